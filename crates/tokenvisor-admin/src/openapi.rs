@@ -1,0 +1,88 @@
+//! The OpenAPI 3.1 document, generated from the handlers' annotations and the view types.
+
+use crate::routes;
+use axum::Json;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+/// The admin API's OpenAPI document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "tokenvisor admin API",
+        description = "Integrations, connections and their tokens. Every /v1 route requires \
+                       `Authorization: Bearer <admin token>`. Errors are \
+                       `{\"error\": {\"code\": \"snake_case\", \"message\": \"...\"}}`."
+    ),
+    paths(
+        routes::integrations::create,
+        routes::integrations::list,
+        routes::connections::create,
+        routes::connections::list,
+        routes::connections::show,
+        routes::connections::token,
+        routes::connections::token_rejected,
+        routes::connections::refresh,
+        routes::connections::deactivate,
+        routes::connections::activate,
+        routes::connections::delete,
+        routes::authorizations::create,
+        routes::authorizations::callback,
+        routes::events::stream,
+        routes::health::healthz,
+        routes::health::readyz,
+        routes::health::metrics,
+    ),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /openapi.json`.
+pub(crate) async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_document_is_openapi_3_1_and_lists_every_route() {
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        assert!(document["openapi"].as_str().unwrap_or_default().starts_with("3.1"));
+        for path in [
+            "/v1/integrations",
+            "/v1/connections",
+            "/v1/connections/{id}",
+            "/v1/connections/{id}/token",
+            "/v1/connections/{id}/token/rejected",
+            "/v1/connections/{id}/refresh",
+            "/v1/connections/{id}/deactivate",
+            "/v1/connections/{id}/activate",
+            "/v1/authorizations",
+            "/oauth/callback",
+            "/v1/events",
+            "/healthz",
+            "/readyz",
+        ] {
+            assert!(document["paths"].get(path).is_some(), "{path} missing");
+        }
+        let view = &document["components"]["schemas"]["ConnectionView"]["properties"];
+        assert!(view.get("token_preview").is_some());
+        assert!(view.get("access_token").is_none());
+        let integration = &document["components"]["schemas"]["IntegrationView"]["properties"];
+        assert!(integration.get("client_secret").is_none());
+    }
+}

@@ -1,0 +1,145 @@
+//! `POST /v1/authorizations` starts the authorization-code flow; `GET /oauth/callback`
+//! is where the provider sends the tenant back.
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::ApiJson;
+use crate::routes::find_integration;
+use crate::views::{AuthorizationView, CreateAuthorization};
+use axum::Json;
+use axum::extract::{Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use std::collections::HashMap;
+use tokenvisor_core::{ConnectionId, SecretString, TenantId};
+use tokenvisor_supervisor::{AuthorizationCallback, AuthorizationRequest};
+
+/// Starts connecting (or re-authorizing) a tenant: the URL to send the tenant to.
+#[utoipa::path(
+    post, path = "/v1/authorizations", tag = "authorizations",
+    request_body = CreateAuthorization,
+    responses(
+        (status = 201, body = AuthorizationView),
+        (status = 404, description = "unknown integration or connection", body = ErrorBody),
+        (status = 422, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateAuthorization>,
+) -> Result<(StatusCode, Json<AuthorizationView>), ApiError> {
+    let tenant_id = TenantId::parse(body.tenant_id).map_err(|error| ApiError::invalid("tenant_id", error))?;
+    let integration = find_integration(state.tokenvisor.store().as_ref(), &body.integration).await?;
+    let redirect_uri = integration.redirect_uri.is_none().then(|| state.options.callback_url());
+    let start = state
+        .tokenvisor
+        .begin_authorization(AuthorizationRequest {
+            tenant_id,
+            integration_id: integration.id,
+            connection_id: body.connection_id.map(ConnectionId),
+            redirect_uri,
+        })
+        .await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AuthorizationView {
+            authorize_url: start.authorize_url,
+            expires_at: start.expires_at,
+        }),
+    ))
+}
+
+/// The provider's redirect: finishes the flow and shows a small page.
+#[utoipa::path(
+    get, path = "/oauth/callback", tag = "authorizations",
+    params(
+        ("state" = String, Query, description = "the state sent to the provider"),
+        ("code" = Option<String>, Query, description = "the authorization code"),
+        ("error" = Option<String>, Query, description = "the provider's error (e.g. access_denied)"),
+    ),
+    responses(
+        (status = 200, description = "connected (HTML)", content_type = "text/html"),
+        (status = 400, description = "denied, unknown or expired state (HTML)", content_type = "text/html"),
+    )
+)]
+pub(crate) async fn callback(State(state): State<AppState>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let get = |key: &str| query.get(key).cloned();
+    let callback = AuthorizationCallback {
+        state: get("state").unwrap_or_default(),
+        code: get("code").map(SecretString::new),
+        error: get("error"),
+        error_description: get("error_description"),
+        accounts_server: get("accounts-server"),
+        location: get("location"),
+    };
+    match state.tokenvisor.complete_authorization(callback).await {
+        Ok(connection) => {
+            tracing::info!(connection.id = %connection.id, tenant.id = %connection.tenant_id, "authorization completed");
+            page(
+                StatusCode::OK,
+                "Connected",
+                &format!(
+                    "Tenant <b>{}</b> is connected. You can close this window.",
+                    escape(connection.tenant_id.as_str())
+                ),
+            )
+        }
+        Err(error) => {
+            let api = ApiError::from(error);
+            tracing::warn!(code = api.code(), "authorization failed");
+            let status = if api.status().is_server_error() {
+                api.status()
+            } else {
+                StatusCode::BAD_REQUEST
+            };
+            let message = match api.code() {
+                "authorization_denied" => "The authorization was denied.",
+                "unknown_state" => "This authorization link is unknown or was already used. Start again.",
+                "expired_state" => "This authorization link expired. Start again.",
+                "code_exchange_failed" => "The provider did not accept the authorization code. Start again.",
+                _ => "The connection could not be completed.",
+            };
+            page(
+                status,
+                "Not connected",
+                &format!("{message} <small>({})</small>", escape(api.code())),
+            )
+        }
+    }
+}
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
+         <body style=\"font-family:sans-serif;margin:3em\"><h1>{title}</h1><p>{body}</p></body></html>"
+    );
+    let mut response = (status, Html(html)).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn escape(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '<' => "&lt;".to_owned(),
+            '>' => "&gt;".to_owned(),
+            '&' => "&amp;".to_owned(),
+            '"' => "&quot;".to_owned(),
+            '\'' => "&#39;".to_owned(),
+            other => other.to_string(),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_escaped() {
+        assert_eq!(escape("<script>\"x\"&'"), "&lt;script&gt;&quot;x&quot;&amp;&#39;");
+    }
+}

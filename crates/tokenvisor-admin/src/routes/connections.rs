@@ -1,0 +1,336 @@
+//! `/v1/connections`: register, list, show, hand out tokens, refresh, (de)activate, delete.
+
+use crate::AppState;
+use crate::error::{ApiError, ErrorBody};
+use crate::extract::{ApiJson, ApiQuery, ConnectionPath};
+use crate::routes::find_integration;
+use crate::views::{ConnectionList, ConnectionQuery, ConnectionView, CreateConnection, RejectedToken, TokenAnswer};
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use std::collections::HashMap;
+use tokenvisor_core::{
+    Connection, ConnectionFilter, ConnectionId, ConnectionStatus, Integration, IntegrationId, SecretString, TenantId,
+};
+use tokenvisor_supervisor::{AccessToken, NewConnection};
+
+const MAX_TOKEN_LENGTH: usize = 16 * 1024;
+const MAX_LIFETIME_SECS: i64 = 366 * 24 * 3600;
+const DEFAULT_PAGE: u64 = 100;
+const MAX_PAGE: u64 = 500;
+
+/// Registers a connection with tokens obtained elsewhere and starts supervising it.
+#[utoipa::path(
+    post, path = "/v1/connections", tag = "connections",
+    request_body = CreateConnection,
+    responses(
+        (status = 201, description = "registered and supervised", body = ConnectionView),
+        (status = 404, description = "unknown integration", body = ErrorBody),
+        (status = 422, description = "invalid input", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateConnection>,
+) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
+    let tenant_id = TenantId::parse(body.tenant_id).map_err(|error| ApiError::invalid("tenant_id", error))?;
+    if body.access_token.is_empty() || body.access_token.len() > MAX_TOKEN_LENGTH {
+        return Err(ApiError::invalid("access_token", "must be 1 to 16384 characters"));
+    }
+    if body
+        .refresh_token
+        .as_ref()
+        .is_some_and(|t| t.is_empty() || t.len() > MAX_TOKEN_LENGTH)
+    {
+        return Err(ApiError::invalid("refresh_token", "must be 1 to 16384 characters"));
+    }
+    let now = chrono::Utc::now();
+    let expires_at = match (body.expires_in, body.expires_at) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "expires_in",
+                "give expires_in or expires_at, not both",
+            ));
+        }
+        (Some(seconds), None) if !(1..=MAX_LIFETIME_SECS).contains(&seconds) => {
+            return Err(ApiError::invalid(
+                "expires_in",
+                "must be a positive number of seconds, at most a year",
+            ));
+        }
+        (Some(seconds), None) => Some(now + chrono::Duration::seconds(seconds)),
+        (None, Some(at)) if at <= now => return Err(ApiError::invalid("expires_at", "must be in the future")),
+        (None, Some(at)) if at - now > chrono::Duration::seconds(MAX_LIFETIME_SECS) => {
+            return Err(ApiError::invalid("expires_at", "must be within a year"));
+        }
+        (None, Some(at)) => Some(at),
+        (None, None) => None,
+    };
+    if body.token_type.as_ref().is_some_and(|t| t.is_empty() || t.len() > 64) {
+        return Err(ApiError::invalid("token_type", "must be 1 to 64 characters"));
+    }
+    let integration = find_integration(state.tokenvisor.store().as_ref(), &body.integration).await?;
+    let connection = state
+        .tokenvisor
+        .register_connection(NewConnection {
+            tenant_id,
+            integration_id: integration.id,
+            access_token: SecretString::new(body.access_token),
+            refresh_token: body.refresh_token.map(SecretString::new),
+            token_type: body.token_type,
+            scope: body.scope,
+            expires_at,
+            metadata: body.metadata.unwrap_or_default(),
+        })
+        .await?;
+    tracing::info!(connection.id = %connection.id, tenant.id = %connection.tenant_id, integration.name = %integration.name, "connection registered");
+    Ok((
+        StatusCode::CREATED,
+        Json(ConnectionView::of(&connection, Some(&integration))),
+    ))
+}
+
+/// Connections matching the filters, ordered by id, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/connections", tag = "connections",
+    params(ConnectionQuery),
+    responses(
+        (status = 200, body = ConnectionList),
+        (status = 400, description = "invalid filter or cursor", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    ApiQuery(query): ApiQuery<ConnectionQuery>,
+) -> Result<Json<ConnectionList>, ApiError> {
+    let store = state.tokenvisor.store();
+    let bad_filter = |code: &'static str, message: &str| ApiError::new(StatusCode::BAD_REQUEST, code, message);
+    let tenant_id = match query.tenant_id {
+        Some(tenant) => Some(TenantId::parse(tenant).map_err(|e| bad_filter("invalid_query", &e.to_string()))?),
+        None => None,
+    };
+    let status = match query.status {
+        Some(status) => Some(status.parse::<ConnectionStatus>().map_err(|_| {
+            bad_filter(
+                "invalid_query",
+                "status must be active, degraded, needs_reauth or disabled",
+            )
+        })?),
+        None => None,
+    };
+    let integration_id = match query.integration {
+        Some(integration) => Some(find_integration(store.as_ref(), &integration).await?.id),
+        None => None,
+    };
+    let after = match query.cursor {
+        Some(cursor) => Some(
+            cursor
+                .parse::<ConnectionId>()
+                .map_err(|_| bad_filter("invalid_cursor", "the cursor is not one this API returned"))?,
+        ),
+        None => None,
+    };
+    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    if !(1..=MAX_PAGE).contains(&limit) {
+        return Err(bad_filter("invalid_query", "limit must be 1 to 500"));
+    }
+    let mut connections = store
+        .list_connections(&ConnectionFilter {
+            tenant_id,
+            status,
+            integration_id,
+            after,
+            limit: Some(limit + 1),
+        })
+        .await?;
+    let next_cursor = if connections.len() as u64 > limit {
+        connections.truncate(limit as usize);
+        connections.last().map(|c| c.id.to_string())
+    } else {
+        None
+    };
+    let integrations = integrations_by_id(&state).await?;
+    Ok(Json(ConnectionList {
+        items: connections
+            .iter()
+            .map(|c| ConnectionView::of(c, integrations.get(&c.integration_id)))
+            .collect(),
+        next_cursor,
+    }))
+}
+
+/// One connection.
+#[utoipa::path(
+    get, path = "/v1/connections/{id}", tag = "connections",
+    params(("id" = uuid::Uuid, Path, description = "connection id")),
+    responses((status = 200, body = ConnectionView), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn show(
+    State(state): State<AppState>,
+    ConnectionPath(id): ConnectionPath,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let connection = state
+        .tokenvisor
+        .connection(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connection"))?;
+    Ok(Json(view(&state, &connection).await?))
+}
+
+/// A valid access token: the one answer that carries it.
+#[utoipa::path(
+    get, path = "/v1/connections/{id}/token", tag = "tokens",
+    params(("id" = uuid::Uuid, Path, description = "connection id")),
+    responses(
+        (status = 200, description = "valid for at least the minimum validity", body = TokenAnswer),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`needs_reauth` or `disabled`", body = ErrorBody),
+        (status = 502, description = "`provider_unavailable` and the token expired", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn token(
+    State(state): State<AppState>,
+    ConnectionPath(id): ConnectionPath,
+) -> Result<Response, ApiError> {
+    let token = state.tokenvisor.access_token(id).await?;
+    Ok(token_response(&token))
+}
+
+/// The API rejected this token (HTTP 401): the current valid token, refreshed if needed.
+#[utoipa::path(
+    post, path = "/v1/connections/{id}/token/rejected", tag = "tokens",
+    params(("id" = uuid::Uuid, Path, description = "connection id")),
+    request_body = RejectedToken,
+    responses(
+        (status = 200, body = TokenAnswer),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn token_rejected(
+    State(state): State<AppState>,
+    ConnectionPath(id): ConnectionPath,
+    ApiJson(body): ApiJson<RejectedToken>,
+) -> Result<Response, ApiError> {
+    if body.access_token.is_empty() || body.access_token.len() > MAX_TOKEN_LENGTH {
+        return Err(ApiError::invalid("access_token", "must be 1 to 16384 characters"));
+    }
+    let token = state
+        .tokenvisor
+        .token_rejected(id, &SecretString::new(body.access_token))
+        .await?;
+    Ok(token_response(&token))
+}
+
+/// Refreshes now (within the provider's spacing limit).
+#[utoipa::path(
+    post, path = "/v1/connections/{id}/refresh", tag = "connections",
+    params(("id" = uuid::Uuid, Path, description = "connection id")),
+    responses(
+        (status = 200, description = "the connection after the refresh", body = ConnectionView),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 502, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn refresh(
+    State(state): State<AppState>,
+    ConnectionPath(id): ConnectionPath,
+) -> Result<Json<ConnectionView>, ApiError> {
+    state.tokenvisor.force_refresh(id).await?;
+    let connection = state
+        .tokenvisor
+        .connection(id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("connection"))?;
+    Ok(Json(view(&state, &connection).await?))
+}
+
+/// Disables the connection: no refreshes, token requests answer 409 `disabled`.
+#[utoipa::path(
+    post, path = "/v1/connections/{id}/deactivate", tag = "connections",
+    params(("id" = uuid::Uuid, Path, description = "connection id")),
+    responses((status = 200, body = ConnectionView), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn deactivate(
+    State(state): State<AppState>,
+    ConnectionPath(id): ConnectionPath,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let connection = state.tokenvisor.deactivate(id).await?;
+    tracing::info!(connection.id = %id, "connection deactivated");
+    Ok(Json(view(&state, &connection).await?))
+}
+
+/// Enables a disabled (or `needs_reauth`) connection again.
+#[utoipa::path(
+    post, path = "/v1/connections/{id}/activate", tag = "connections",
+    params(("id" = uuid::Uuid, Path, description = "connection id")),
+    responses((status = 200, body = ConnectionView), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn activate(
+    State(state): State<AppState>,
+    ConnectionPath(id): ConnectionPath,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let connection = state.tokenvisor.activate(id).await?;
+    tracing::info!(connection.id = %id, "connection activated");
+    Ok(Json(view(&state, &connection).await?))
+}
+
+/// Deletes the connection (its grant is revoked at the provider, best effort).
+#[utoipa::path(
+    delete, path = "/v1/connections/{id}", tag = "connections",
+    params(("id" = uuid::Uuid, Path, description = "connection id")),
+    responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)),
+    security(("bearer" = []))
+)]
+pub(crate) async fn delete(
+    State(state): State<AppState>,
+    ConnectionPath(id): ConnectionPath,
+) -> Result<StatusCode, ApiError> {
+    state.tokenvisor.remove(id).await?;
+    tracing::info!(connection.id = %id, "connection deleted");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+fn token_response(token: &AccessToken) -> Response {
+    let answer = TokenAnswer {
+        access_token: token.secret.expose().to_owned(),
+        token_type: token.token_type.to_string(),
+        expires_at: token.expires_at,
+        api_domain: token.api_domain.as_deref().map(str::to_owned),
+    };
+    let mut response = Json(answer).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn view(state: &AppState, connection: &Connection) -> Result<ConnectionView, ApiError> {
+    let integration = state
+        .tokenvisor
+        .store()
+        .get_integration(connection.integration_id)
+        .await?;
+    Ok(ConnectionView::of(connection, integration.as_ref()))
+}
+
+async fn integrations_by_id(state: &AppState) -> Result<HashMap<IntegrationId, Integration>, ApiError> {
+    Ok(state
+        .tokenvisor
+        .store()
+        .list_integrations()
+        .await?
+        .into_iter()
+        .map(|i| (i.id, i))
+        .collect())
+}

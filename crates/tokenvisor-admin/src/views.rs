@@ -1,0 +1,309 @@
+//! What the admin API reads and answers. Views never carry a secret: a connection shows
+//! at most an 8-character `token_preview`, an integration never its client secret. Only
+//! [`TokenAnswer`] hands out an access token.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use tokenvisor_core::{Connection, ConnectionStatus, Integration};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+/// `POST /v1/integrations`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateIntegration {
+    /// Unique name (1 to 128 characters).
+    pub name: String,
+    /// Provider profile: `generic`, `zoho`, `zoho-desk`, `manageengine-sdp`, `atlassian`, `jira`.
+    pub provider: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// OAuth client secret (stored encrypted, never shown again).
+    pub client_secret: String,
+    /// Scopes requested at authorization.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// Redirect URI registered with the provider (default: this service's `/oauth/callback`).
+    pub redirect_uri: Option<String>,
+    /// Data centre (Zoho: `us`, `eu`, `in`, `au`, `jp`, `ca`, `sa`, `uk`, `cn`).
+    pub data_center: Option<String>,
+    /// Token endpoint override.
+    pub token_url: Option<String>,
+    /// Authorization endpoint override.
+    pub authorize_url: Option<String>,
+    /// Revocation endpoint override.
+    pub revoke_url: Option<String>,
+    /// Profile overrides (`client_auth`, `body_format`, `extra_params`, ...).
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<serde_json::Value>,
+}
+
+/// An integration, without its client secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IntegrationView {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Provider profile.
+    pub provider: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// Redirect URI.
+    pub redirect_uri: Option<String>,
+    /// Data centre.
+    pub data_center: Option<String>,
+    /// Token endpoint override.
+    pub token_url: Option<String>,
+    /// Authorization endpoint override.
+    pub authorize_url: Option<String>,
+    /// Revocation endpoint override.
+    pub revoke_url: Option<String>,
+    /// Profile overrides.
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl IntegrationView {
+    /// The view of a stored integration (the secret left out).
+    pub fn of(integration: &Integration) -> Self {
+        Self {
+            id: integration.id.0,
+            name: integration.name.clone(),
+            provider: integration.provider.clone(),
+            client_id: integration.client_id.clone(),
+            scopes: integration.scopes.clone(),
+            redirect_uri: integration.redirect_uri.clone(),
+            data_center: integration.data_center.clone(),
+            token_url: integration.token_url.clone(),
+            authorize_url: integration.authorize_url.clone(),
+            revoke_url: integration.revoke_url.clone(),
+            settings: integration.settings.clone(),
+            created_at: integration.created_at,
+            updated_at: integration.updated_at,
+        }
+    }
+}
+
+/// `{items: [...]}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IntegrationList {
+    /// Every integration, by name.
+    pub items: Vec<IntegrationView>,
+}
+
+/// `POST /v1/connections`: a connection with tokens obtained elsewhere.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateConnection {
+    /// The tenant (1 to 128 characters from `A-Z a-z 0-9 . _ : @ -`).
+    pub tenant_id: String,
+    /// The integration's name or id.
+    pub integration: String,
+    /// The current access token.
+    pub access_token: String,
+    /// The refresh token, if any.
+    pub refresh_token: Option<String>,
+    /// Seconds until the access token expires (positive).
+    pub expires_in: Option<i64>,
+    /// When the access token expires (instead of `expires_in`).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Token type (default `Bearer`).
+    pub token_type: Option<String>,
+    /// Granted scope.
+    pub scope: Option<String>,
+    /// Provider metadata (`api_domain`, `accounts_server`, `org_id`, `cloud_id`...).
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// The status of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusView {
+    /// Refreshing normally.
+    Active,
+    /// Refreshes fail transiently; retried, recovers by itself.
+    Degraded,
+    /// The tenant must re-authorize.
+    NeedsReauth,
+    /// Switched off by an operator.
+    Disabled,
+}
+
+impl From<ConnectionStatus> for StatusView {
+    fn from(status: ConnectionStatus) -> Self {
+        match status {
+            ConnectionStatus::Active => Self::Active,
+            ConnectionStatus::Degraded => Self::Degraded,
+            ConnectionStatus::NeedsReauth => Self::NeedsReauth,
+            ConnectionStatus::Disabled => Self::Disabled,
+        }
+    }
+}
+
+/// The last error of a connection.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LastErrorView {
+    /// Code (`invalid_grant`, `timeout`, `http_503`...).
+    pub code: String,
+    /// Message.
+    pub message: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// A connection as operators see it: state and counters, never a token (only the first
+/// 8 characters of the access token in `token_preview`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionView {
+    /// Id.
+    pub id: Uuid,
+    /// Tenant.
+    pub tenant_id: String,
+    /// Integration name.
+    pub integration: String,
+    /// Integration id.
+    pub integration_id: Uuid,
+    /// Provider profile.
+    pub provider: String,
+    /// Status.
+    pub status: StatusView,
+    /// False once the connection needs re-authorization or is disabled.
+    pub is_active: bool,
+    /// Escalations to `needs_reauth` so far (kept across re-authorizations).
+    pub refresh_failures: i64,
+    /// Transient failures in a row.
+    pub consecutive_failures: i32,
+    /// Last successful refresh.
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    /// When the current access token expires.
+    pub expires_at: DateTime<Utc>,
+    /// When the next refresh is planned.
+    pub next_refresh_at: Option<DateTime<Utc>>,
+    /// The last error.
+    pub last_error: Option<LastErrorView>,
+    /// At most the first 8 characters of the access token.
+    pub token_preview: String,
+    /// Provider metadata.
+    #[schema(value_type = Object)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+}
+
+impl ConnectionView {
+    /// The view of a stored connection; `integration` is its integration when known.
+    pub fn of(connection: &Connection, integration: Option<&Integration>) -> Self {
+        Self {
+            id: connection.id.0,
+            tenant_id: connection.tenant_id.to_string(),
+            integration: integration.map(|i| i.name.clone()).unwrap_or_default(),
+            integration_id: connection.integration_id.0,
+            provider: integration.map(|i| i.provider.clone()).unwrap_or_default(),
+            status: connection.status.into(),
+            is_active: connection.is_active,
+            refresh_failures: connection.refresh_failures,
+            consecutive_failures: connection.consecutive_failures,
+            last_refresh_at: connection.last_refresh_at,
+            expires_at: connection.expires_at,
+            next_refresh_at: connection.next_refresh_at,
+            last_error: connection.last_error.as_ref().map(|e| LastErrorView {
+                code: e.code.clone(),
+                message: e.message.clone(),
+                at: e.at,
+            }),
+            token_preview: connection.access_token.preview(),
+            metadata: connection.metadata.clone(),
+            created_at: connection.created_at,
+            updated_at: connection.updated_at,
+        }
+    }
+}
+
+/// `{items: [...], next_cursor}`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ConnectionList {
+    /// Connections, ordered by id.
+    pub items: Vec<ConnectionView>,
+    /// Pass as `cursor` to get the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Filters of `GET /v1/connections`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConnectionQuery {
+    /// Only this tenant.
+    pub tenant_id: Option<String>,
+    /// Only this status (`active`, `degraded`, `needs_reauth`, `disabled`).
+    pub status: Option<String>,
+    /// Only this integration (name or id).
+    pub integration: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size (1 to 500, default 100).
+    pub limit: Option<u64>,
+}
+
+/// `GET /v1/connections/{id}/token`: the one answer that carries an access token.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenAnswer {
+    /// The access token, valid for at least the configured minimum.
+    pub access_token: String,
+    /// Token type (`Bearer`).
+    pub token_type: String,
+    /// When it expires.
+    pub expires_at: DateTime<Utc>,
+    /// The API base URL for this connection, when the provider gives one (Zoho).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_domain: Option<String>,
+}
+
+/// `POST /v1/connections/{id}/token/rejected`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RejectedToken {
+    /// The access token the API rejected.
+    pub access_token: String,
+}
+
+/// `POST /v1/authorizations`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAuthorization {
+    /// The tenant.
+    pub tenant_id: String,
+    /// The integration's name or id.
+    pub integration: String,
+    /// The connection to re-authorize.
+    pub connection_id: Option<Uuid>,
+}
+
+/// Where to send the tenant.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuthorizationView {
+    /// The provider's authorization URL.
+    pub authorize_url: String,
+    /// When the authorization stops being accepted.
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `GET /healthz`, `GET /readyz`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    /// `ok` or `ready`.
+    pub status: String,
+    /// Supervised connections (readiness only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub supervised: Option<usize>,
+}

@@ -1,0 +1,224 @@
+//! `tokenvisor-bench`: tokenvisor's benchmarks. Prints a table and, with `--write`,
+//! writes it to BENCHMARKS.md with the machine, the command and the date.
+//!
+//! `cargo run --release -p tokenvisor-bench -- --full --write BENCHMARKS.md` (or
+//! `scripts/bench.sh`). CI runs `--quick` to check that the harness still runs.
+
+mod baseline;
+mod report;
+mod scenarios;
+mod setup;
+
+use clap::Parser;
+use report::Row;
+use std::time::Duration;
+
+#[derive(Debug, Parser)]
+#[command(name = "tokenvisor-bench", about = "tokenvisor benchmarks")]
+struct Cli {
+    /// The sizes of the issue (1k, 10k, 100k; 1M for scale). Slow: minutes.
+    #[arg(long)]
+    full: bool,
+    /// Small sizes only (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Also try one million connections in the scale scenario.
+    #[arg(long)]
+    million: bool,
+    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Write the table to this markdown file.
+    #[arg(long)]
+    write: Option<std::path::PathBuf>,
+    /// Internal: measure scale at one size and print JSON (run in a child process).
+    #[arg(long, hide = true)]
+    scale_one: Option<usize>,
+}
+
+fn wants(cli: &Cli, scenario: &str) -> bool {
+    cli.only.is_empty() || cli.only.iter().any(|s| s == scenario)
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    if let Some(size) = cli.scale_one {
+        let result = runtime.block_on(scenarios::scale_one(size))?;
+        println!("{result}");
+        return Ok(());
+    }
+    let sizes: Vec<usize> = if cli.full {
+        vec![1_000, 10_000, 100_000]
+    } else {
+        vec![1_000]
+    };
+    let mut rows: Vec<Row> = Vec::new();
+
+    if wants(&cli, "scale") {
+        let mut scale_sizes = if cli.quick { vec![1_000] } else { sizes.clone() };
+        if cli.million {
+            scale_sizes.push(1_000_000);
+        }
+        let mut results = Vec::new();
+        for size in scale_sizes {
+            let exe = std::env::current_exe()?;
+            let output = std::process::Command::new(exe)
+                .arg("--scale-one")
+                .arg(size.to_string())
+                .output()?;
+            if !output.status.success() {
+                eprintln!("scale at {size} failed: {}", String::from_utf8_lossy(&output.stderr));
+                continue;
+            }
+            results.push(serde_json::from_slice(&output.stdout)?);
+        }
+        rows.extend(scenarios::scale_rows(&results));
+        print_progress(&rows);
+    }
+    if wants(&cli, "latency") {
+        let size = if cli.quick { 1_000 } else { 10_000 };
+        let duration = if cli.quick {
+            Duration::from_millis(500)
+        } else {
+            Duration::from_secs(3)
+        };
+        rows.extend(runtime.block_on(scenarios::token_latency(size, duration))?);
+        print_progress(&rows);
+    }
+    if wants(&cli, "throughput") {
+        let pgbench = pgbench_tps(if cli.quick { 2 } else { 5 });
+        for &size in &sizes {
+            let size = if cli.full { size.max(10_000) } else { size };
+            // The old two-transaction commit, beside the current one (it is too slow to
+            // run at 100k: minutes).
+            if size <= 10_000 {
+                rows.extend(runtime.block_on(scenarios::refresh_throughput(size, pgbench, true))?);
+            }
+            rows.extend(runtime.block_on(scenarios::refresh_throughput(size, pgbench, false))?);
+            if cli.full && size >= 100_000 {
+                break;
+            }
+        }
+        print_progress(&rows);
+    }
+    if wants(&cli, "precision") {
+        let (size, spread) = if cli.full {
+            (100_000, Duration::from_secs(60))
+        } else {
+            (1_000, Duration::from_secs(3))
+        };
+        rows.extend(runtime.block_on(scenarios::schedule_precision(size, spread))?);
+        print_progress(&rows);
+    }
+    if wants(&cli, "herd") {
+        let (size, window, rate) = if cli.full {
+            (100_000, Duration::from_secs(60), 1_000)
+        } else {
+            (1_000, Duration::from_secs(3), 200)
+        };
+        rows.extend(runtime.block_on(scenarios::herd(size, window, rate))?);
+        print_progress(&rows);
+    }
+    let paused = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+    };
+    if wants(&cli, "dead") {
+        rows.extend(paused()?.block_on(baseline::dead_connection())?);
+        print_progress(&rows);
+    }
+    if wants(&cli, "baseline") {
+        let size = if cli.full { 10_000 } else { 200 };
+        rows.extend(paused()?.block_on(baseline::versus_baseline(size))?);
+    }
+
+    let table = report::markdown(&rows);
+    println!("\n{table}");
+    if let Some(path) = &cli.write {
+        std::fs::write(path, document(&table))?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn print_progress(rows: &[Row]) {
+    if let Some(row) = rows.last() {
+        eprintln!("… {} ({}): {}", row.figure, row.size, row.value);
+    }
+}
+
+/// PostgreSQL's own single-row UPDATE commit rate, measured with pgbench in this run.
+fn pgbench_tps(seconds: u32) -> Option<f64> {
+    let url = std::env::var("TOKENVISOR_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let script = std::env::temp_dir().join("tokenvisor-pgbench.sql");
+    let setup = "DROP TABLE IF EXISTS tokenvisor_pgbench; \
+        CREATE TABLE tokenvisor_pgbench (id int PRIMARY KEY, version bigint NOT NULL, payload bytea NOT NULL); \
+        INSERT INTO tokenvisor_pgbench SELECT g, 1, decode(repeat('ab', 200), 'hex') FROM generate_series(1, 10000) g;";
+    let psql = std::process::Command::new("psql")
+        .arg(&url)
+        .arg("-q")
+        .arg("-c")
+        .arg(setup)
+        .output()
+        .ok()?;
+    if !psql.status.success() {
+        eprintln!("pgbench set-up failed: {}", String::from_utf8_lossy(&psql.stderr));
+        return None;
+    }
+    std::fs::write(
+        &script,
+        "\\set id random(1, 10000)\nUPDATE tokenvisor_pgbench SET version = version + 1, payload = payload WHERE id = :id AND version > 0;\n",
+    )
+    .ok()?;
+    let output = std::process::Command::new("pgbench")
+        .args(["-n", "-c", "16", "-j", "2", "-T", &seconds.to_string(), "-f"])
+        .arg(&script)
+        .arg(&url)
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let tps = text.lines().find_map(|line| {
+        let rest = line.strip_prefix("tps = ")?;
+        rest.split_whitespace().next()?.parse::<f64>().ok()
+    });
+    let _ = std::process::Command::new("psql")
+        .arg(&url)
+        .arg("-q")
+        .arg("-c")
+        .arg("DROP TABLE IF EXISTS tokenvisor_pgbench")
+        .output();
+    tps
+}
+
+fn document(table: &str) -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .next()
+                .map(|l| l.trim_start_matches("MemTotal:").trim().to_owned())
+        })
+        .unwrap_or_default();
+    let command: Vec<String> = std::env::args().collect();
+    format!(
+        "# tokenvisor benchmarks\n\nMeasured {} on {cores} cores ({cpu}), {memory} memory, PostgreSQL at 127.0.0.1, the fake provider on loopback in the same process.\n\nCommand: `{}` (release build; `scripts/bench.sh` runs the full set).\n\n{table}\n",
+        chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
+        command.join(" "),
+    )
+}

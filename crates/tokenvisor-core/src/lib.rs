@@ -1,0 +1,25 @@
+//! Domain types shared by every tokenvisor layer.
+//!
+//! - [`secret`]: the [`SecretString`] newtype that never prints its value.
+//! - [`model`]: integrations, connections, statuses and token sets as stored.
+//! - [`schedule`]: the pure refresh-schedule function and its policy.
+//! - [`clock`]: wall-clock time, injectable for tests.
+//! - [`event`]: the typed events an embedder subscribes to.
+//! - [`failure`]: how a failed refresh is classified.
+
+pub mod clock;
+pub mod event;
+pub mod failure;
+pub mod model;
+pub mod schedule;
+pub mod secret;
+
+pub use clock::{Clock, SystemClock, TokioClock};
+pub use event::{Event, EventBus, EventKind};
+pub use failure::{FailureClass, RefreshFailure};
+pub use model::{
+    Connection, ConnectionFilter, ConnectionId, ConnectionStatus, Integration, IntegrationId, LastError,
+    PendingAuthorization, RefreshAttempt, RefreshOutcomeKind, RefreshReason, TenantId, TokenSet,
+};
+pub use schedule::{SchedulePolicy, next_refresh_at, validity_floor};
+pub use secret::SecretString;

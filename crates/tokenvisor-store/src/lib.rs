@@ -1,0 +1,131 @@
+//! Where a token is stored.
+//!
+//! - [`Store`]: what the supervisor needs from storage; every token write is a
+//!   compare-and-swap on the connection's `version`.
+//! - [`memory::MemoryStore`]: an in-process store (paused-time tests, benchmarks).
+//! - `sql::SqlStore`: sea-orm over SQLite (the embedded default) or PostgreSQL, with
+//!   tokens and client secrets encrypted at rest (see `crypto`).
+
+pub mod crypto;
+mod entity;
+pub mod memory;
+pub mod sql;
+
+use async_trait::async_trait;
+use tokenvisor_core::{
+    Connection, ConnectionFilter, ConnectionId, Integration, IntegrationId, PendingAuthorization, RefreshAttempt,
+};
+
+pub use crypto::Keyring;
+pub use memory::MemoryStore;
+pub use sql::SqlStore;
+
+/// How many refresh attempts the history keeps per connection (the SQL store trims it
+/// every 16 refreshes, so up to 15 more can be stored; listings never return more).
+pub const ATTEMPT_HISTORY_LIMIT: u64 = 50;
+
+/// Storage errors. Messages never contain a secret.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be reached or failed.
+    #[error("database error: {0}")]
+    Database(String),
+    /// A unique constraint was hit (duplicate name or id).
+    #[error("already exists: {0}")]
+    Conflict(String),
+    /// A stored ciphertext could not be decrypted with the configured keys.
+    #[error("decryption failed for {context}: {reason}")]
+    Decryption {
+        /// Which value (table, row, column).
+        context: String,
+        /// Why (unknown key id, wrong key, corrupt data).
+        reason: String,
+    },
+    /// The encryption keys are missing or do not match the stored data.
+    #[error("encryption key error: {0}")]
+    Key(String),
+    /// A stored row could not be understood.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+}
+
+impl StoreError {
+    /// Whether retrying the same operation later may succeed (the database was unreachable).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Database(_))
+    }
+}
+
+/// The result of a compare-and-swap write.
+#[derive(Debug, Clone)]
+pub enum CasOutcome {
+    /// The write was committed; the row now has this version.
+    Committed {
+        /// New version.
+        version: i64,
+    },
+    /// Someone else wrote first: this is the row as stored now (`None` if it was deleted).
+    Conflict {
+        /// Current row.
+        current: Option<Box<Connection>>,
+    },
+}
+
+/// What the supervisor needs from storage.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Inserts an integration. A duplicate name is [`StoreError::Conflict`].
+    async fn insert_integration(&self, integration: &Integration) -> Result<(), StoreError>;
+    /// One integration by id.
+    async fn get_integration(&self, id: IntegrationId) -> Result<Option<Integration>, StoreError>;
+    /// One integration by name.
+    async fn find_integration_by_name(&self, name: &str) -> Result<Option<Integration>, StoreError>;
+    /// All integrations, by name.
+    async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError>;
+
+    /// Inserts a connection (its `version` as given, normally 1).
+    async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError>;
+    /// One connection by id.
+    async fn get_connection(&self, id: ConnectionId) -> Result<Option<Connection>, StoreError>;
+    /// Connections matching the filter, ordered by id.
+    async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError>;
+    /// Every connection that should have a running actor (`active` or `degraded`, `is_active`).
+    async fn load_supervised(&self) -> Result<Vec<Connection>, StoreError>;
+    /// Writes the whole row if its stored version is still `expected_version`; the
+    /// stored version becomes `expected_version + 1` (the `version` field of
+    /// `connection` is ignored). Committed before it returns.
+    async fn compare_and_swap(&self, connection: &Connection, expected_version: i64) -> Result<CasOutcome, StoreError>;
+    /// A compare-and-swap that also appends `attempt` to the history when it commits:
+    /// one transaction (one commit) where the store supports it.
+    async fn commit_refresh(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+        attempt: &RefreshAttempt,
+    ) -> Result<CasOutcome, StoreError> {
+        let outcome = self.compare_and_swap(connection, expected_version).await?;
+        if matches!(outcome, CasOutcome::Committed { .. })
+            && let Err(error) = self.record_attempt(attempt).await
+        {
+            tracing::debug!(connection_id = %connection.id, error = %error, "failed to record refresh attempt");
+        }
+        Ok(outcome)
+    }
+    /// Deletes a connection and its history. Whether it existed.
+    async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError>;
+
+    /// Appends to a connection's refresh history, keeping the newest
+    /// [`ATTEMPT_HISTORY_LIMIT`] entries.
+    async fn record_attempt(&self, attempt: &RefreshAttempt) -> Result<(), StoreError>;
+    /// The newest `limit` attempts, newest first.
+    async fn list_attempts(&self, id: ConnectionId, limit: u64) -> Result<Vec<RefreshAttempt>, StoreError>;
+
+    /// Records an authorization in progress (and forgets expired ones).
+    async fn insert_authorization(&self, authorization: &PendingAuthorization) -> Result<(), StoreError>;
+    /// Removes and returns the authorization with this state hash: a state is usable once,
+    /// even when two callbacks race.
+    async fn take_authorization(&self, state_hash: &str) -> Result<Option<PendingAuthorization>, StoreError>;
+
+    /// Checks that the store answers.
+    async fn ping(&self) -> Result<(), StoreError>;
+}

@@ -1,0 +1,176 @@
+//! An in-process [`Store`]: the same compare-and-swap semantics as the SQL store,
+//! without a database. Used by paused-time tests and benchmarks, and by embedders
+//! who keep tokens elsewhere.
+
+use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, Store, StoreError};
+use async_trait::async_trait;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Mutex, MutexGuard};
+use tokenvisor_core::{
+    Connection, ConnectionFilter, ConnectionId, Integration, IntegrationId, PendingAuthorization, RefreshAttempt,
+};
+
+/// An in-memory store. Nothing survives the process.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    integrations: HashMap<IntegrationId, Integration>,
+    connections: BTreeMap<ConnectionId, Connection>,
+    attempts: HashMap<ConnectionId, VecDeque<RefreshAttempt>>,
+    authorizations: HashMap<String, PendingAuthorization>,
+    writes: u64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many connection writes (inserts and committed compare-and-swaps) happened.
+    pub fn connection_writes(&self) -> u64 {
+        self.lock().writes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+fn matches(connection: &Connection, filter: &ConnectionFilter) -> bool {
+    filter.tenant_id.as_ref().is_none_or(|t| *t == connection.tenant_id)
+        && filter.status.is_none_or(|s| s == connection.status)
+        && filter.integration_id.is_none_or(|i| i == connection.integration_id)
+        && filter.after.is_none_or(|after| connection.id > after)
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    async fn insert_integration(&self, integration: &Integration) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.integrations.values().any(|i| i.name == integration.name)
+            || inner.integrations.contains_key(&integration.id)
+        {
+            return Err(StoreError::Conflict(format!("integration {:?}", integration.name)));
+        }
+        inner.integrations.insert(integration.id, integration.clone());
+        Ok(())
+    }
+
+    async fn get_integration(&self, id: IntegrationId) -> Result<Option<Integration>, StoreError> {
+        Ok(self.lock().integrations.get(&id).cloned())
+    }
+
+    async fn find_integration_by_name(&self, name: &str) -> Result<Option<Integration>, StoreError> {
+        Ok(self.lock().integrations.values().find(|i| i.name == name).cloned())
+    }
+
+    async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
+        let mut all: Vec<Integration> = self.lock().integrations.values().cloned().collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(all)
+    }
+
+    async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.connections.contains_key(&connection.id) {
+            return Err(StoreError::Conflict(format!("connection {}", connection.id)));
+        }
+        inner.connections.insert(connection.id, connection.clone());
+        inner.writes += 1;
+        Ok(())
+    }
+
+    async fn get_connection(&self, id: ConnectionId) -> Result<Option<Connection>, StoreError> {
+        Ok(self.lock().connections.get(&id).cloned())
+    }
+
+    async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError> {
+        let inner = self.lock();
+        let limit = filter.limit.map_or(usize::MAX, |l| l as usize);
+        Ok(inner
+            .connections
+            .values()
+            .filter(|c| matches(c, filter))
+            .take(limit)
+            .cloned()
+            .collect())
+    }
+
+    async fn load_supervised(&self) -> Result<Vec<Connection>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .connections
+            .values()
+            .filter(|c| c.is_active && c.status.is_supervised())
+            .cloned()
+            .collect())
+    }
+
+    async fn compare_and_swap(&self, connection: &Connection, expected_version: i64) -> Result<CasOutcome, StoreError> {
+        let mut inner = self.lock();
+        let Some(stored) = inner.connections.get_mut(&connection.id) else {
+            return Ok(CasOutcome::Conflict { current: None });
+        };
+        if stored.version != expected_version {
+            return Ok(CasOutcome::Conflict {
+                current: Some(Box::new(stored.clone())),
+            });
+        }
+        let mut next = connection.clone();
+        next.version = expected_version + 1;
+        *stored = next;
+        inner.writes += 1;
+        Ok(CasOutcome::Committed {
+            version: expected_version + 1,
+        })
+    }
+
+    async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        inner.attempts.remove(&id);
+        Ok(inner.connections.remove(&id).is_some())
+    }
+
+    async fn record_attempt(&self, attempt: &RefreshAttempt) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let history = inner.attempts.entry(attempt.connection_id).or_default();
+        history.push_front(attempt.clone());
+        history.truncate(ATTEMPT_HISTORY_LIMIT as usize);
+        Ok(())
+    }
+
+    async fn list_attempts(&self, id: ConnectionId, limit: u64) -> Result<Vec<RefreshAttempt>, StoreError> {
+        let inner = self.lock();
+        Ok(inner
+            .attempts
+            .get(&id)
+            .map(|h| h.iter().take(limit as usize).cloned().collect())
+            .unwrap_or_default())
+    }
+
+    async fn insert_authorization(&self, authorization: &PendingAuthorization) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        let now = authorization.created_at;
+        inner.authorizations.retain(|_, pending| pending.expires_at > now);
+        if inner.authorizations.contains_key(&authorization.state_hash) {
+            return Err(StoreError::Conflict("authorization state".into()));
+        }
+        inner
+            .authorizations
+            .insert(authorization.state_hash.clone(), authorization.clone());
+        Ok(())
+    }
+
+    async fn take_authorization(&self, state_hash: &str) -> Result<Option<PendingAuthorization>, StoreError> {
+        Ok(self.lock().authorizations.remove(state_hash))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}

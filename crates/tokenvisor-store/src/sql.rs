@@ -1,0 +1,749 @@
+//! [`SqlStore`]: the [`Store`] over sea-orm, on SQLite (the embedded default, one file)
+//! or PostgreSQL (production), with tokens and client secrets encrypted at rest.
+//!
+//! - The schema comes from `tokenvisor-migration`; opening a store runs the migrations.
+//! - Secrets are encrypted with the [`Keyring`]; each ciphertext is bound to its table,
+//!   row id and column (`connections:<id>:access_token`), so a value copied to another
+//!   row or column does not decrypt.
+//! - The `meta` row `key_check` proves that the configured keys are the ones the data was
+//!   written with: a store opened with the wrong keys refuses to start and writes nothing.
+//! - Every connection write is a single `UPDATE ... WHERE id = ? AND version = ?`.
+//!
+//! Error messages never contain a secret nor a bound parameter value.
+
+use crate::crypto::Keyring;
+use crate::entity::{authorization_state, connection, integration, meta, refresh_attempt};
+use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, Store, StoreError};
+use async_trait::async_trait;
+use sea_orm::sea_query::Query;
+use sea_orm::sqlx::sqlite::SqliteJournalMode;
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait, Order, QueryFilter,
+    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+};
+use sea_orm_migration::{MigratorTrait, SchemaManager};
+use std::fmt;
+use std::time::Duration;
+use tokenvisor_core::{
+    Connection, ConnectionFilter, ConnectionId, ConnectionStatus, Integration, IntegrationId, LastError,
+    PendingAuthorization, RefreshAttempt, SecretString, TenantId,
+};
+use tokenvisor_migration::Migrator;
+use uuid::Uuid;
+
+/// The `meta` key whose value proves which encryption key the database was created with.
+const KEY_CHECK: &str = "key_check";
+/// Associated data of the key check ciphertext.
+const KEY_CHECK_AAD: &[u8] = b"meta:key_check";
+/// The plaintext of the key check.
+const KEY_CHECK_PLAINTEXT: &[u8] = b"tokenvisor key check v1";
+/// How long a SQLite statement waits for another writer before failing.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pool size for a SQLite file (WAL: several readers, one writer at a time).
+const SQLITE_FILE_POOL_SIZE: u32 = 4;
+/// Pool size for PostgreSQL: enough for the default 64 refreshes in flight to commit
+/// in parallel (PostgreSQL groups their WAL flushes).
+const POSTGRES_POOL_SIZE: u32 = 32;
+/// The history of a connection is trimmed once every this many recorded attempts.
+const TRIM_EVERY: i64 = 16;
+
+/// A [`Store`] over SQLite or PostgreSQL with secrets encrypted at rest.
+#[derive(Clone)]
+pub struct SqlStore {
+    db: DatabaseConnection,
+    keyring: Keyring,
+    backend: &'static str,
+}
+
+impl fmt::Debug for SqlStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqlStore")
+            .field("backend", &self.backend)
+            .field("keyring", &self.keyring)
+            .finish()
+    }
+}
+
+impl SqlStore {
+    /// Opens the database at `database_url`, brings its schema up to date and checks the
+    /// encryption keys.
+    ///
+    /// - `sqlite://path/to/file.db` (created when missing; WAL journal, 5 s busy timeout,
+    ///   foreign keys on) or `sqlite::memory:`;
+    /// - `postgres://user@host:port/database` (or `postgresql://`).
+    ///
+    /// A database that already holds a key check must decrypt it with `keyring`, or this
+    /// fails with [`StoreError::Key`] naming the key id the data needs and the configured
+    /// ids, and writes nothing. A fresh database records its key check.
+    pub async fn connect(database_url: &str, keyring: Keyring) -> Result<Self, StoreError> {
+        let db = open(database_url).await?;
+        match Self::from_connection(db.clone(), keyring).await {
+            Ok(store) => Ok(store),
+            Err(error) => {
+                let _ = db.close().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Wraps a connection the embedder opened itself: the same migrations and key check
+    /// as [`SqlStore::connect`]. Only SQLite and PostgreSQL are supported.
+    pub async fn from_connection(db: DatabaseConnection, keyring: Keyring) -> Result<Self, StoreError> {
+        let backend = backend_name(db.get_database_backend())?;
+        // Verify the keys before anything (migrations included) is written.
+        if SchemaManager::new(&db)
+            .has_table("meta")
+            .await
+            .map_err(db_error("inspecting the schema"))?
+        {
+            verify_key_check(&db, &keyring).await?;
+        }
+        Migrator::up(&db, None).await.map_err(db_error("running migrations"))?;
+        ensure_key_check(&db, &keyring).await?;
+        tracing::debug!(backend, primary_key_id = %keyring.primary_key_id(), "store opened");
+        Ok(Self { db, keyring, backend })
+    }
+
+    /// The underlying sea-orm connection (for embedders and tests).
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// `"sqlite"` or `"postgres"`.
+    pub fn backend_name(&self) -> &'static str {
+        self.backend
+    }
+
+    /// The keyring this store encrypts with.
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    /// Inserts many connections in one transaction, in batches (imports, benchmarks).
+    /// A duplicate id or unknown integration fails the whole call.
+    pub async fn insert_connections(&self, connections: &[Connection]) -> Result<(), StoreError> {
+        // SQLite allows 32,766 bound parameters per statement; a row binds 22.
+        const BATCH: usize = 1000;
+        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        for chunk in connections.chunks(BATCH) {
+            let rows = chunk
+                .iter()
+                .map(|connection| self.connection_row(connection, connection.version))
+                .collect::<Result<Vec<_>, _>>()?;
+            connection::Entity::insert_many(rows)
+                .exec_without_returning(&txn)
+                .await
+                .map_err(db_error("inserting connections"))?;
+        }
+        txn.commit().await.map_err(db_error("committing connections"))
+    }
+
+    /// Closes the connection pool.
+    pub async fn close(self) -> Result<(), StoreError> {
+        self.db.close().await.map_err(db_error("closing the database"))
+    }
+
+    fn seal(&self, plaintext: &str, aad: &str) -> Result<Vec<u8>, StoreError> {
+        self.keyring.encrypt(plaintext.as_bytes(), aad.as_bytes())
+    }
+
+    fn open_secret(&self, ciphertext: &[u8], aad: &str) -> Result<SecretString, StoreError> {
+        let plaintext = self.keyring.decrypt(ciphertext, aad.as_bytes())?;
+        String::from_utf8(plaintext)
+            .map(SecretString::from)
+            .map_err(|_| StoreError::Decryption {
+                context: aad.to_owned(),
+                reason: "decrypted value is not UTF-8".to_owned(),
+            })
+    }
+
+    fn integration_row(&self, integration: &Integration) -> Result<integration::ActiveModel, StoreError> {
+        let id = integration.id.0;
+        Ok(integration::ActiveModel {
+            id: Set(id),
+            name: Set(integration.name.clone()),
+            provider: Set(integration.provider.clone()),
+            client_id: Set(integration.client_id.clone()),
+            client_secret: Set(self.seal(integration.client_secret.expose(), &integration_secret_aad(id))?),
+            scopes: Set(serde_json::Value::from(integration.scopes.clone())),
+            redirect_uri: Set(integration.redirect_uri.clone()),
+            data_center: Set(integration.data_center.clone()),
+            token_url: Set(integration.token_url.clone()),
+            authorize_url: Set(integration.authorize_url.clone()),
+            revoke_url: Set(integration.revoke_url.clone()),
+            settings: Set(integration.settings.clone()),
+            created_at: Set(integration.created_at),
+            updated_at: Set(integration.updated_at),
+        })
+    }
+
+    fn integration_from_row(&self, row: integration::Model) -> Result<Integration, StoreError> {
+        let client_secret = self.open_secret(&row.client_secret, &integration_secret_aad(row.id))?;
+        let scopes: Vec<String> = serde_json::from_value(row.scopes)
+            .map_err(|_| StoreError::Corrupt(format!("integrations:{}:scopes is not an array of strings", row.id)))?;
+        Ok(Integration {
+            id: IntegrationId(row.id),
+            name: row.name,
+            provider: row.provider,
+            client_id: row.client_id,
+            client_secret,
+            scopes,
+            redirect_uri: row.redirect_uri,
+            data_center: row.data_center,
+            token_url: row.token_url,
+            authorize_url: row.authorize_url,
+            revoke_url: row.revoke_url,
+            settings: row.settings,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+
+    fn connection_row(&self, connection: &Connection, version: i64) -> Result<connection::ActiveModel, StoreError> {
+        let id = connection.id.0;
+        let access_token = self.seal(connection.access_token.expose(), &connection_aad(id, "access_token"))?;
+        let refresh_token = match &connection.refresh_token {
+            Some(token) => Some(self.seal(token.expose(), &connection_aad(id, "refresh_token"))?),
+            None => None,
+        };
+        let last_error = connection.last_error.as_ref();
+        Ok(connection::ActiveModel {
+            id: Set(id),
+            tenant_id: Set(connection.tenant_id.as_str().to_owned()),
+            integration_id: Set(connection.integration_id.0),
+            access_token: Set(access_token),
+            refresh_token: Set(refresh_token),
+            token_type: Set(connection.token_type.clone()),
+            scope: Set(connection.scope.clone()),
+            issued_at: Set(connection.issued_at),
+            expires_at: Set(connection.expires_at),
+            next_refresh_at: Set(connection.next_refresh_at),
+            last_refresh_at: Set(connection.last_refresh_at),
+            status: Set(connection.status.as_str().to_owned()),
+            is_active: Set(connection.is_active),
+            refresh_failures: Set(connection.refresh_failures),
+            consecutive_failures: Set(connection.consecutive_failures),
+            last_error_code: Set(last_error.map(|error| error.code.clone())),
+            last_error_message: Set(last_error.map(|error| error.message.clone())),
+            last_error_at: Set(last_error.map(|error| error.at)),
+            metadata: Set(serde_json::Value::Object(connection.metadata.clone())),
+            version: Set(version),
+            created_at: Set(connection.created_at),
+            updated_at: Set(connection.updated_at),
+        })
+    }
+
+    fn connection_from_row(&self, row: connection::Model) -> Result<Connection, StoreError> {
+        let id = row.id;
+        let access_token = self.open_secret(&row.access_token, &connection_aad(id, "access_token"))?;
+        let refresh_token = match &row.refresh_token {
+            Some(ciphertext) => Some(self.open_secret(ciphertext, &connection_aad(id, "refresh_token"))?),
+            None => None,
+        };
+        let tenant_id = TenantId::parse(row.tenant_id)
+            .map_err(|_| StoreError::Corrupt(format!("connections:{id}:tenant_id is not a valid tenant id")))?;
+        let status: ConnectionStatus = row
+            .status
+            .parse()
+            .map_err(|_| StoreError::Corrupt(format!("connections:{id}:status is not a known status")))?;
+        let serde_json::Value::Object(metadata) = row.metadata else {
+            return Err(StoreError::Corrupt(format!(
+                "connections:{id}:metadata is not a JSON object"
+            )));
+        };
+        let last_error = match (row.last_error_code, row.last_error_message, row.last_error_at) {
+            (Some(code), Some(message), Some(at)) => Some(LastError { code, message, at }),
+            _ => None,
+        };
+        Ok(Connection {
+            id: ConnectionId(id),
+            tenant_id,
+            integration_id: IntegrationId(row.integration_id),
+            access_token,
+            refresh_token,
+            token_type: row.token_type,
+            scope: row.scope,
+            issued_at: row.issued_at,
+            expires_at: row.expires_at,
+            next_refresh_at: row.next_refresh_at,
+            last_refresh_at: row.last_refresh_at,
+            status,
+            is_active: row.is_active,
+            refresh_failures: row.refresh_failures,
+            consecutive_failures: row.consecutive_failures,
+            last_error,
+            metadata,
+            version: row.version,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        })
+    }
+
+    fn connections_from_rows(&self, rows: Vec<connection::Model>) -> Result<Vec<Connection>, StoreError> {
+        rows.into_iter().map(|row| self.connection_from_row(row)).collect()
+    }
+}
+
+/// Runs the migrations on the database at `database_url` (see [`SqlStore::connect`] for
+/// the accepted URLs) and closes it. Touches no data and needs no key.
+pub async fn migrate(database_url: &str) -> Result<(), StoreError> {
+    let db = open(database_url).await?;
+    let result = Migrator::up(&db, None).await.map_err(db_error("running migrations"));
+    let _ = db.close().await;
+    result
+}
+
+/// Opens a pool for the URL with the store's connection settings.
+async fn open(database_url: &str) -> Result<DatabaseConnection, StoreError> {
+    let mut options = ConnectOptions::new(database_url.to_owned());
+    // Statements are logged by the store's own tracing, never with their values.
+    options.sqlx_logging(false);
+    if database_url.starts_with("sqlite:") {
+        let in_memory = database_url.contains(":memory:") || database_url.contains("mode=memory");
+        // A shared in-memory database must keep one connection open, or it vanishes.
+        options
+            .max_connections(if in_memory { 1 } else { SQLITE_FILE_POOL_SIZE })
+            .min_connections(if in_memory { 1 } else { 0 });
+        if in_memory {
+            options.idle_timeout(None).max_lifetime(None);
+        }
+        options.map_sqlx_sqlite_opts(move |sqlite| {
+            let sqlite = sqlite
+                .create_if_missing(true)
+                .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                .foreign_keys(true);
+            if in_memory {
+                sqlite
+            } else {
+                sqlite.journal_mode(SqliteJournalMode::Wal)
+            }
+        });
+    } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        options.max_connections(POSTGRES_POOL_SIZE);
+    } else {
+        // The URL is not echoed: it may hold a password.
+        return Err(StoreError::Database(
+            "unsupported database URL: expected sqlite://<path>, sqlite::memory:, or postgres://...".to_owned(),
+        ));
+    }
+    Database::connect(options)
+        .await
+        .map_err(db_error("connecting to the database"))
+}
+
+fn backend_name(backend: DbBackend) -> Result<&'static str, StoreError> {
+    match backend {
+        DbBackend::Sqlite => Ok("sqlite"),
+        DbBackend::Postgres => Ok("postgres"),
+        _ => Err(StoreError::Database(
+            "unsupported database backend: only SQLite and PostgreSQL".to_owned(),
+        )),
+    }
+}
+
+/// Checks the stored key check, if any, without writing anything.
+async fn verify_key_check(db: &DatabaseConnection, keyring: &Keyring) -> Result<bool, StoreError> {
+    let Some(row) = meta::Entity::find_by_id(KEY_CHECK)
+        .one(db)
+        .await
+        .map_err(db_error("reading the key check"))?
+    else {
+        return Ok(false);
+    };
+    let matches = keyring
+        .decrypt(&row.value, KEY_CHECK_AAD)
+        .is_ok_and(|plaintext| plaintext == KEY_CHECK_PLAINTEXT);
+    if matches {
+        return Ok(true);
+    }
+    let configured = keyring.key_ids_list();
+    Err(StoreError::Key(match Keyring::ciphertext_key_id(&row.value) {
+        Some(needed) if keyring.key_ids().contains(&needed) => format!(
+            "the configured key {needed} does not decrypt this database's key check (the key check is corrupt, \
+             or a different key has the same id); configured key ids: {configured}"
+        ),
+        Some(needed) => format!(
+            "this database was encrypted with key id {needed}, which is not configured (configured key ids: \
+             {configured}); configure the key this database was created with"
+        ),
+        None => format!("this database's key check is unreadable; configured key ids: {configured}"),
+    }))
+}
+
+/// Records the key check on a fresh database, or verifies the existing one.
+async fn ensure_key_check(db: &DatabaseConnection, keyring: &Keyring) -> Result<(), StoreError> {
+    if verify_key_check(db, keyring).await? {
+        return Ok(());
+    }
+    let row = meta::ActiveModel {
+        key: Set(KEY_CHECK.to_owned()),
+        value: Set(keyring.encrypt(KEY_CHECK_PLAINTEXT, KEY_CHECK_AAD)?),
+    };
+    // Two processes may open a fresh database together: the first key check wins and
+    // the other one is verified against it.
+    meta::Entity::insert(row)
+        .on_conflict_do_nothing()
+        .exec_without_returning(db)
+        .await
+        .map_err(db_error("writing the key check"))?;
+    if verify_key_check(db, keyring).await? {
+        return Ok(());
+    }
+    Err(StoreError::Database(
+        "the key check vanished while opening the store".to_owned(),
+    ))
+}
+
+fn connection_aad(id: Uuid, column: &str) -> String {
+    format!("connections:{id}:{column}")
+}
+
+/// Appends an attempt inside `txn`; with `trim`, deletes all but the newest
+/// [`ATTEMPT_HISTORY_LIMIT`] of the connection. A deleted connection's attempt is skipped.
+async fn insert_attempt(
+    txn: &sea_orm::DatabaseTransaction,
+    attempt: &RefreshAttempt,
+    trim: bool,
+) -> Result<(), StoreError> {
+    let connection_id = attempt.connection_id.0;
+    let row = refresh_attempt::ActiveModel {
+        id: NotSet,
+        connection_id: Set(connection_id),
+        started_at: Set(attempt.started_at),
+        reason: Set(attempt.reason.as_str().to_owned()),
+        outcome: Set(attempt.outcome.as_str().to_owned()),
+        error_code: Set(attempt.error_code.clone()),
+        http_status: Set(attempt.http_status.map(i32::from)),
+        duration_ms: Set(attempt.duration_ms),
+    };
+    if let Err(error) = refresh_attempt::Entity::insert(row).exec_without_returning(txn).await {
+        if matches!(error.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_))) {
+            // The connection was deleted meanwhile: its history went with it.
+            tracing::debug!("refresh attempt of a deleted connection not recorded");
+            return Ok(());
+        }
+        return Err(db_error("recording a refresh attempt")(error));
+    }
+    if !trim {
+        return Ok(());
+    }
+    let newest = Query::select()
+        .column(refresh_attempt::Column::Id)
+        .from(refresh_attempt::Entity)
+        .and_where(refresh_attempt::Column::ConnectionId.eq(connection_id))
+        .order_by(refresh_attempt::Column::Id, Order::Desc)
+        .limit(ATTEMPT_HISTORY_LIMIT)
+        .to_owned();
+    refresh_attempt::Entity::delete_many()
+        .filter(refresh_attempt::Column::ConnectionId.eq(connection_id))
+        .filter(refresh_attempt::Column::Id.not_in_subquery(newest))
+        .exec(txn)
+        .await
+        .map_err(db_error("trimming the refresh history"))?;
+    Ok(())
+}
+
+fn authorization_aad(state_hash: &str) -> String {
+    format!("authorization_states:{state_hash}:code_verifier")
+}
+
+fn integration_secret_aad(id: Uuid) -> String {
+    format!("integrations:{id}:client_secret")
+}
+
+/// Maps a database error to [`StoreError::Database`] with what was being done. The
+/// driver's message names the failure, never the bound values.
+fn db_error(doing: &'static str) -> impl Fn(DbErr) -> StoreError {
+    move |error| StoreError::Database(format!("{doing}: {error}"))
+}
+
+fn parse_stored<T: serde::de::DeserializeOwned>(value: &str, what: &str) -> Result<T, StoreError> {
+    serde_json::from_value(serde_json::Value::String(value.to_owned()))
+        .map_err(|_| StoreError::Corrupt(format!("refresh_attempts: unknown {what} {value:?}")))
+}
+
+#[async_trait]
+impl Store for SqlStore {
+    #[tracing::instrument(skip_all, fields(integration_id = %integration.id))]
+    async fn insert_integration(&self, integration: &Integration) -> Result<(), StoreError> {
+        let row = self.integration_row(integration)?;
+        match integration::Entity::insert(row).exec_without_returning(&self.db).await {
+            Ok(_) => Ok(()),
+            Err(error) => match error.sql_err() {
+                Some(SqlErr::UniqueConstraintViolation(_)) => {
+                    Err(StoreError::Conflict(format!("integration {:?}", integration.name)))
+                }
+                _ => Err(db_error("inserting an integration")(error)),
+            },
+        }
+    }
+
+    async fn get_integration(&self, id: IntegrationId) -> Result<Option<Integration>, StoreError> {
+        integration::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await
+            .map_err(db_error("reading an integration"))?
+            .map(|row| self.integration_from_row(row))
+            .transpose()
+    }
+
+    async fn find_integration_by_name(&self, name: &str) -> Result<Option<Integration>, StoreError> {
+        integration::Entity::find()
+            .filter(integration::Column::Name.eq(name))
+            .one(&self.db)
+            .await
+            .map_err(db_error("reading an integration"))?
+            .map(|row| self.integration_from_row(row))
+            .transpose()
+    }
+
+    async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
+        integration::Entity::find()
+            .order_by_asc(integration::Column::Name)
+            .all(&self.db)
+            .await
+            .map_err(db_error("listing integrations"))?
+            .into_iter()
+            .map(|row| self.integration_from_row(row))
+            .collect()
+    }
+
+    #[tracing::instrument(skip_all, fields(connection_id = %connection.id))]
+    async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError> {
+        let row = self.connection_row(connection, connection.version)?;
+        match connection::Entity::insert(row).exec_without_returning(&self.db).await {
+            Ok(_) => Ok(()),
+            Err(error) => match error.sql_err() {
+                Some(SqlErr::UniqueConstraintViolation(_)) => {
+                    Err(StoreError::Conflict(format!("connection {}", connection.id)))
+                }
+                Some(SqlErr::ForeignKeyConstraintViolation(_)) => Err(StoreError::Conflict(format!(
+                    "connection {}: integration {} does not exist",
+                    connection.id, connection.integration_id
+                ))),
+                _ => Err(db_error("inserting a connection")(error)),
+            },
+        }
+    }
+
+    async fn get_connection(&self, id: ConnectionId) -> Result<Option<Connection>, StoreError> {
+        connection::Entity::find_by_id(id.0)
+            .one(&self.db)
+            .await
+            .map_err(db_error("reading a connection"))?
+            .map(|row| self.connection_from_row(row))
+            .transpose()
+    }
+
+    async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError> {
+        let mut query = connection::Entity::find().order_by_asc(connection::Column::Id);
+        if let Some(tenant_id) = &filter.tenant_id {
+            query = query.filter(connection::Column::TenantId.eq(tenant_id.as_str()));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(connection::Column::Status.eq(status.as_str()));
+        }
+        if let Some(integration_id) = filter.integration_id {
+            query = query.filter(connection::Column::IntegrationId.eq(integration_id.0));
+        }
+        if let Some(after) = filter.after {
+            query = query.filter(connection::Column::Id.gt(after.0));
+        }
+        if let Some(limit) = filter.limit {
+            query = query.limit(limit);
+        }
+        let rows = query.all(&self.db).await.map_err(db_error("listing connections"))?;
+        self.connections_from_rows(rows)
+    }
+
+    async fn load_supervised(&self) -> Result<Vec<Connection>, StoreError> {
+        let supervised = [ConnectionStatus::Active, ConnectionStatus::Degraded];
+        let rows = connection::Entity::find()
+            .filter(connection::Column::IsActive.eq(true))
+            .filter(connection::Column::Status.is_in(supervised.map(ConnectionStatus::as_str)))
+            .order_by_asc(connection::Column::Id)
+            .all(&self.db)
+            .await
+            .map_err(db_error("loading supervised connections"))?;
+        self.connections_from_rows(rows)
+    }
+
+    #[tracing::instrument(skip_all, fields(connection_id = %connection.id, expected_version))]
+    async fn compare_and_swap(&self, connection: &Connection, expected_version: i64) -> Result<CasOutcome, StoreError> {
+        let next_version = expected_version + 1;
+        let mut row = self.connection_row(connection, next_version)?;
+        row.id = NotSet;
+        let result = connection::Entity::update_many()
+            .set(row)
+            .filter(connection::Column::Id.eq(connection.id.0))
+            .filter(connection::Column::Version.eq(expected_version))
+            .exec(&self.db)
+            .await
+            .map_err(db_error("writing a connection"))?;
+        if result.rows_affected == 1 {
+            return Ok(CasOutcome::Committed { version: next_version });
+        }
+        let current = self.get_connection(connection.id).await?;
+        Ok(CasOutcome::Conflict {
+            current: current.map(Box::new),
+        })
+    }
+
+    #[tracing::instrument(skip_all, fields(connection_id = %connection.id))]
+    async fn commit_refresh(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+        attempt: &RefreshAttempt,
+    ) -> Result<CasOutcome, StoreError> {
+        let next_version = expected_version + 1;
+        let mut row = self.connection_row(connection, next_version)?;
+        row.id = NotSet;
+        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let result = connection::Entity::update_many()
+            .set(row)
+            .filter(connection::Column::Id.eq(connection.id.0))
+            .filter(connection::Column::Version.eq(expected_version))
+            .exec(&txn)
+            .await
+            .map_err(db_error("writing a connection"))?;
+        if result.rows_affected != 1 {
+            txn.rollback().await.map_err(db_error("rolling back"))?;
+            let current = self.get_connection(connection.id).await?;
+            return Ok(CasOutcome::Conflict {
+                current: current.map(Box::new),
+            });
+        }
+        insert_attempt(&txn, attempt, next_version % TRIM_EVERY == 0).await?;
+        txn.commit().await.map_err(db_error("committing a refresh"))?;
+        Ok(CasOutcome::Committed { version: next_version })
+    }
+
+    #[tracing::instrument(skip_all, fields(connection_id = %id))]
+    async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError> {
+        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        refresh_attempt::Entity::delete_many()
+            .filter(refresh_attempt::Column::ConnectionId.eq(id.0))
+            .exec(&txn)
+            .await
+            .map_err(db_error("deleting refresh attempts"))?;
+        let deleted = connection::Entity::delete_by_id(id.0)
+            .exec(&txn)
+            .await
+            .map_err(db_error("deleting a connection"))?;
+        txn.commit().await.map_err(db_error("committing a deletion"))?;
+        Ok(deleted.rows_affected > 0)
+    }
+
+    #[tracing::instrument(skip_all, fields(connection_id = %attempt.connection_id))]
+    async fn record_attempt(&self, attempt: &RefreshAttempt) -> Result<(), StoreError> {
+        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        insert_attempt(&txn, attempt, true).await?;
+        txn.commit().await.map_err(db_error("committing a refresh attempt"))
+    }
+
+    async fn list_attempts(&self, id: ConnectionId, limit: u64) -> Result<Vec<RefreshAttempt>, StoreError> {
+        let rows = refresh_attempt::Entity::find()
+            .filter(refresh_attempt::Column::ConnectionId.eq(id.0))
+            .order_by_desc(refresh_attempt::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(db_error("listing refresh attempts"))?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(RefreshAttempt {
+                    connection_id: ConnectionId(row.connection_id),
+                    started_at: row.started_at,
+                    reason: parse_stored(&row.reason, "reason")?,
+                    outcome: parse_stored(&row.outcome, "outcome")?,
+                    error_code: row.error_code,
+                    http_status: row.http_status.and_then(|status| u16::try_from(status).ok()),
+                    duration_ms: row.duration_ms,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_authorization(&self, authorization: &PendingAuthorization) -> Result<(), StoreError> {
+        let aad = authorization_aad(&authorization.state_hash);
+        let code_verifier = match &authorization.code_verifier {
+            Some(verifier) => Some(self.seal(verifier.expose(), &aad)?),
+            None => None,
+        };
+        authorization_state::Entity::delete_many()
+            .filter(authorization_state::Column::ExpiresAt.lt(authorization.created_at))
+            .exec(&self.db)
+            .await
+            .map_err(db_error("forgetting expired authorizations"))?;
+        let row = authorization_state::ActiveModel {
+            state_hash: Set(authorization.state_hash.clone()),
+            tenant_id: Set(authorization.tenant_id.as_str().to_owned()),
+            integration_id: Set(authorization.integration_id.0),
+            connection_id: Set(authorization.connection_id.map(|id| id.0)),
+            redirect_uri: Set(authorization.redirect_uri.clone()),
+            code_verifier: Set(code_verifier),
+            created_at: Set(authorization.created_at),
+            expires_at: Set(authorization.expires_at),
+        };
+        match authorization_state::Entity::insert(row)
+            .exec_without_returning(&self.db)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(error) => match error.sql_err() {
+                Some(SqlErr::UniqueConstraintViolation(_)) => Err(StoreError::Conflict("authorization state".into())),
+                Some(SqlErr::ForeignKeyConstraintViolation(_)) => Err(StoreError::Conflict(format!(
+                    "integration {} does not exist",
+                    authorization.integration_id
+                ))),
+                _ => Err(db_error("recording an authorization")(error)),
+            },
+        }
+    }
+
+    async fn take_authorization(&self, state_hash: &str) -> Result<Option<PendingAuthorization>, StoreError> {
+        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let Some(row) = authorization_state::Entity::find_by_id(state_hash.to_owned())
+            .one(&txn)
+            .await
+            .map_err(db_error("reading an authorization"))?
+        else {
+            return Ok(None);
+        };
+        let deleted = authorization_state::Entity::delete_by_id(state_hash.to_owned())
+            .exec(&txn)
+            .await
+            .map_err(db_error("consuming an authorization"))?;
+        txn.commit().await.map_err(db_error("committing an authorization"))?;
+        if deleted.rows_affected == 0 {
+            // Another callback consumed it first.
+            return Ok(None);
+        }
+        let aad = authorization_aad(&row.state_hash);
+        let code_verifier = match &row.code_verifier {
+            Some(ciphertext) => Some(self.open_secret(ciphertext, &aad)?),
+            None => None,
+        };
+        let tenant_id = TenantId::parse(row.tenant_id)
+            .map_err(|_| StoreError::Corrupt("authorization_states:tenant_id is not a valid tenant id".into()))?;
+        Ok(Some(PendingAuthorization {
+            state_hash: row.state_hash,
+            tenant_id,
+            integration_id: IntegrationId(row.integration_id),
+            connection_id: row.connection_id.map(ConnectionId),
+            redirect_uri: row.redirect_uri,
+            code_verifier,
+            created_at: row.created_at,
+            expires_at: row.expires_at,
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        self.db.ping().await.map_err(db_error("pinging the database"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

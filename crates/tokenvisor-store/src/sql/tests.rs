@@ -1,0 +1,820 @@
+//! The SQL store against a real SQLite file and a real PostgreSQL (one fresh database per
+//! test). PostgreSQL comes from `TOKENVISOR_TEST_POSTGRES_URL` (an admin URL, default
+//! `postgres://postgres@127.0.0.1:5432/postgres`); when it is unreachable the PostgreSQL
+//! tests fail rather than being skipped.
+
+use super::*;
+use chrono::{DateTime, SubsecRound as _, Utc};
+use tokenvisor_core::{RefreshOutcomeKind, RefreshReason};
+
+use tokenvisor_testkit::database::TestDatabase as TestDb;
+
+macro_rules! on_both_backends {
+    ($($scenario:ident),* $(,)?) => {
+        $(
+            mod $scenario {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$scenario(super::TestDb::sqlite()).await;
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    super::$scenario(super::TestDb::postgres().await).await;
+                }
+            }
+        )*
+    };
+}
+
+on_both_backends!(
+    integrations_and_connections_round_trip,
+    duplicates_and_unknown_integrations_are_conflicts,
+    a_compare_and_swap_commits_and_increments_the_version,
+    a_stale_compare_and_swap_returns_the_current_row_and_changes_nothing,
+    concurrent_compare_and_swaps_commit_exactly_once,
+    listing_honours_every_filter_and_load_supervised_only_active_ones,
+    the_refresh_history_is_bounded_and_deleted_with_its_connection,
+    a_ciphertext_copied_to_another_row_or_column_fails_to_decrypt,
+    a_wrong_key_is_refused_and_changes_nothing,
+    a_rotated_keyring_reads_old_data_and_writes_with_the_new_key,
+    migrate_alone_prepares_a_database_for_a_store,
+    an_authorization_state_is_usable_once_and_its_verifier_is_encrypted,
+);
+
+fn key(byte: u8) -> [u8; 32] {
+    [byte; 32]
+}
+
+fn now() -> DateTime<Utc> {
+    // PostgreSQL keeps microseconds: compare values both backends store exactly.
+    Utc::now().trunc_subsecs(6)
+}
+
+fn sample_integration(name: &str) -> Integration {
+    let now = now();
+    Integration {
+        id: IntegrationId::new(),
+        name: name.to_owned(),
+        provider: "zoho".to_owned(),
+        client_id: "client-id-1".to_owned(),
+        client_secret: SecretString::new(format!("client-secret-of-{name}")),
+        scopes: vec!["ZohoCRM.modules.ALL".to_owned(), "offline_access".to_owned()],
+        redirect_uri: Some("https://app.example/callback".to_owned()),
+        data_center: Some("eu".to_owned()),
+        token_url: None,
+        authorize_url: Some("https://accounts.zoho.eu/oauth/v2/auth".to_owned()),
+        revoke_url: None,
+        settings: serde_json::json!({"client_auth": "body", "max_tokens_per_10_min": 10}),
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn sample_connection(integration_id: IntegrationId, tenant: &str) -> Connection {
+    let now = now();
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("api_domain".to_owned(), serde_json::json!("https://www.zohoapis.eu"));
+    metadata.insert("nested".to_owned(), serde_json::json!({"a": [1, 2, 3], "b": null}));
+    Connection {
+        id: ConnectionId::new(),
+        tenant_id: TenantId::parse(tenant).expect("valid tenant"),
+        integration_id,
+        access_token: SecretString::new(format!("access-{}", Uuid::new_v4())),
+        refresh_token: Some(SecretString::new(format!("refresh-{}", Uuid::new_v4()))),
+        token_type: "Bearer".to_owned(),
+        scope: Some("ZohoCRM.modules.ALL".to_owned()),
+        issued_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+        next_refresh_at: Some(now + chrono::Duration::minutes(45)),
+        last_refresh_at: None,
+        status: ConnectionStatus::Active,
+        is_active: true,
+        refresh_failures: 0,
+        consecutive_failures: 0,
+        last_error: None,
+        metadata,
+        version: 1,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+fn sample_attempt(connection_id: ConnectionId, sequence: i64) -> RefreshAttempt {
+    RefreshAttempt {
+        connection_id,
+        started_at: now(),
+        reason: RefreshReason::OnDemand,
+        outcome: if sequence % 2 == 0 {
+            RefreshOutcomeKind::Success
+        } else {
+            RefreshOutcomeKind::RateLimited
+        },
+        error_code: (sequence % 2 == 1).then(|| "http_429".to_owned()),
+        http_status: Some(if sequence % 2 == 0 { 200 } else { 429 }),
+        duration_ms: sequence,
+    }
+}
+
+/// Every field, secrets included, as comparable text.
+fn connection_fingerprint(connection: &Connection) -> String {
+    format!(
+        "{connection:?} access={} refresh={:?}",
+        connection.access_token.expose(),
+        connection.refresh_token.as_ref().map(SecretString::expose)
+    )
+}
+
+fn integration_fingerprint(integration: &Integration) -> String {
+    format!("{integration:?} secret={}", integration.client_secret.expose())
+}
+
+async fn open_store(db: &TestDb, keyring: Keyring) -> SqlStore {
+    SqlStore::connect(db.url(), keyring).await.expect("store opens")
+}
+
+/// Every stored ciphertext and the key check, byte for byte, read without the store.
+async fn raw_ciphertexts(url: &str) -> Vec<(String, Vec<u8>)> {
+    let db = open(url).await.expect("raw connection");
+    let mut all = Vec::new();
+    for row in connection::Entity::find()
+        .order_by_asc(connection::Column::Id)
+        .all(&db)
+        .await
+        .expect("connections")
+    {
+        all.push((format!("{}:access_token", row.id), row.access_token));
+        all.push((
+            format!("{}:refresh_token", row.id),
+            row.refresh_token.unwrap_or_default(),
+        ));
+    }
+    for row in integration::Entity::find()
+        .order_by_asc(integration::Column::Id)
+        .all(&db)
+        .await
+        .expect("integrations")
+    {
+        all.push((format!("{}:client_secret", row.id), row.client_secret));
+    }
+    for row in meta::Entity::find()
+        .order_by_asc(meta::Column::Key)
+        .all(&db)
+        .await
+        .expect("meta")
+    {
+        all.push((row.key, row.value));
+    }
+    db.close().await.expect("close raw connection");
+    all
+}
+
+async fn integrations_and_connections_round_trip(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    assert_eq!(
+        store.backend_name(),
+        if db.backend() == tokenvisor_testkit::database::Backend::Postgres {
+            "postgres"
+        } else {
+            "sqlite"
+        }
+    );
+    store.ping().await.expect("ping");
+
+    let zoho = sample_integration("zoho-eu");
+    let jira = Integration {
+        provider: "atlassian".to_owned(),
+        ..sample_integration("jira")
+    };
+    store.insert_integration(&zoho).await.expect("insert zoho");
+    store.insert_integration(&jira).await.expect("insert jira");
+
+    let by_id = store.get_integration(zoho.id).await.expect("get").expect("present");
+    assert_eq!(integration_fingerprint(&by_id), integration_fingerprint(&zoho));
+    let by_name = store
+        .find_integration_by_name("jira")
+        .await
+        .expect("find")
+        .expect("present");
+    assert_eq!(integration_fingerprint(&by_name), integration_fingerprint(&jira));
+    assert!(store.find_integration_by_name("nope").await.expect("find").is_none());
+    assert!(
+        store
+            .get_integration(IntegrationId::new())
+            .await
+            .expect("get")
+            .is_none()
+    );
+    let names: Vec<String> = store
+        .list_integrations()
+        .await
+        .expect("list")
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names, ["jira", "zoho-eu"]);
+
+    let with_refresh = Connection {
+        last_error: Some(LastError {
+            code: "http_503".to_owned(),
+            message: "provider unavailable".to_owned(),
+            at: now(),
+        }),
+        status: ConnectionStatus::Degraded,
+        consecutive_failures: 2,
+        refresh_failures: 3,
+        last_refresh_at: Some(now()),
+        ..sample_connection(zoho.id, "acme")
+    };
+    let without_refresh = Connection {
+        refresh_token: None,
+        scope: None,
+        next_refresh_at: None,
+        metadata: serde_json::Map::new(),
+        ..sample_connection(jira.id, "globex")
+    };
+    store.insert_connection(&with_refresh).await.expect("insert");
+    store.insert_connection(&without_refresh).await.expect("insert");
+
+    let loaded = store
+        .get_connection(with_refresh.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(connection_fingerprint(&loaded), connection_fingerprint(&with_refresh));
+    assert_eq!(
+        loaded.metadata["nested"],
+        serde_json::json!({"a": [1, 2, 3], "b": null})
+    );
+    let loaded = store
+        .get_connection(without_refresh.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        connection_fingerprint(&loaded),
+        connection_fingerprint(&without_refresh)
+    );
+    assert!(loaded.refresh_token.is_none());
+    assert!(store.get_connection(ConnectionId::new()).await.expect("get").is_none());
+
+    // Secrets are stored encrypted: no plaintext in the raw rows.
+    for (place, bytes) in raw_ciphertexts(db.url()).await {
+        for secret in [with_refresh.access_token.expose(), zoho.client_secret.expose()] {
+            assert!(
+                !bytes.windows(secret.len()).any(|window| window == secret.as_bytes()),
+                "{place} is plaintext"
+            );
+        }
+    }
+    store.close().await.expect("close");
+}
+
+async fn duplicates_and_unknown_integrations_are_conflicts(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+
+    let same_name = sample_integration("zoho");
+    let error = store.insert_integration(&same_name).await.expect_err("duplicate name");
+    assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+    assert!(!error.to_string().contains(same_name.client_secret.expose()));
+
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("insert");
+    let error = store.insert_connection(&connection).await.expect_err("duplicate id");
+    assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+    assert!(!error.to_string().contains(connection.access_token.expose()));
+
+    let orphan = sample_connection(IntegrationId::new(), "acme");
+    let error = store.insert_connection(&orphan).await.expect_err("unknown integration");
+    assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+    assert!(error.to_string().contains("does not exist"), "{error}");
+    assert!(store.get_connection(orphan.id).await.expect("get").is_none());
+    store.close().await.expect("close");
+}
+
+async fn a_compare_and_swap_commits_and_increments_the_version(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("insert");
+
+    let mut next = connection.clone();
+    next.access_token = SecretString::new("access-2");
+    next.refresh_token = Some(SecretString::new("refresh-2"));
+    next.last_refresh_at = Some(now());
+    next.metadata.insert("cloud_id".to_owned(), serde_json::json!("abc"));
+    next.version = 999; // ignored
+    let outcome = store.compare_and_swap(&next, 1).await.expect("cas");
+    assert!(matches!(outcome, CasOutcome::Committed { version: 2 }), "{outcome:?}");
+
+    let stored = store
+        .get_connection(connection.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(stored.version, 2);
+    assert_eq!(
+        connection_fingerprint(&stored),
+        connection_fingerprint(&Connection {
+            version: 2,
+            ..next.clone()
+        })
+    );
+
+    // Another store on the same database sees the committed write at once.
+    let other = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let seen = other
+        .get_connection(connection.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(seen.access_token.expose(), "access-2");
+    other.close().await.expect("close");
+
+    let outcome = store.compare_and_swap(&next, 2).await.expect("cas");
+    assert!(matches!(outcome, CasOutcome::Committed { version: 3 }), "{outcome:?}");
+
+    let missing = sample_connection(integration.id, "acme");
+    let outcome = store.compare_and_swap(&missing, 1).await.expect("cas");
+    assert!(matches!(outcome, CasOutcome::Conflict { current: None }), "{outcome:?}");
+    assert!(store.get_connection(missing.id).await.expect("get").is_none());
+    store.close().await.expect("close");
+}
+
+async fn a_stale_compare_and_swap_returns_the_current_row_and_changes_nothing(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("atlassian");
+    store.insert_integration(&integration).await.expect("insert");
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("insert");
+
+    let mut winner = connection.clone();
+    winner.access_token = SecretString::new("winner-access");
+    winner.refresh_token = Some(SecretString::new("winner-refresh"));
+    assert!(matches!(
+        store.compare_and_swap(&winner, 1).await.expect("cas"),
+        CasOutcome::Committed { version: 2 }
+    ));
+    let before = raw_ciphertexts(db.url()).await;
+
+    let mut loser = connection.clone();
+    loser.access_token = SecretString::new("loser-access");
+    loser.refresh_token = Some(SecretString::new("loser-refresh"));
+    loser.status = ConnectionStatus::NeedsReauth;
+    let CasOutcome::Conflict { current: Some(current) } = store.compare_and_swap(&loser, 1).await.expect("cas") else {
+        panic!("a stale version must conflict");
+    };
+    assert_eq!(current.version, 2);
+    assert_eq!(
+        connection_fingerprint(&current),
+        connection_fingerprint(&Connection {
+            version: 2,
+            ..winner.clone()
+        })
+    );
+
+    let stored = store
+        .get_connection(connection.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(connection_fingerprint(&stored), connection_fingerprint(&current));
+    assert_eq!(
+        raw_ciphertexts(db.url()).await,
+        before,
+        "a conflicting write changes nothing"
+    );
+    store.close().await.expect("close");
+}
+
+async fn concurrent_compare_and_swaps_commit_exactly_once(db: TestDb) {
+    let store = std::sync::Arc::new(open_store(&db, Keyring::new(key(1), vec![])).await);
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("insert");
+
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let store = store.clone();
+        let mut next = connection.clone();
+        next.access_token = SecretString::new(format!("access-from-{writer}"));
+        writers.push(tokio::spawn(async move {
+            store.compare_and_swap(&next, 1).await.expect("cas")
+        }));
+    }
+    let mut committed = Vec::new();
+    for (writer, handle) in writers.into_iter().enumerate() {
+        match handle.await.expect("writer") {
+            CasOutcome::Committed { version } => committed.push((writer, version)),
+            CasOutcome::Conflict { current } => assert_eq!(current.expect("still there").version, 2),
+        }
+    }
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    let (winner, version) = committed[0];
+    assert_eq!(version, 2);
+    let stored = store
+        .get_connection(connection.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(stored.access_token.expose(), format!("access-from-{winner}"));
+}
+
+async fn listing_honours_every_filter_and_load_supervised_only_active_ones(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let zoho = sample_integration("zoho");
+    let jira = sample_integration("jira");
+    store.insert_integration(&zoho).await.expect("insert");
+    store.insert_integration(&jira).await.expect("insert");
+
+    let active = sample_connection(zoho.id, "acme");
+    let degraded = Connection {
+        status: ConnectionStatus::Degraded,
+        ..sample_connection(jira.id, "acme")
+    };
+    let needs_reauth = Connection {
+        status: ConnectionStatus::NeedsReauth,
+        is_active: false,
+        ..sample_connection(zoho.id, "globex")
+    };
+    let disabled = Connection {
+        status: ConnectionStatus::Disabled,
+        is_active: false,
+        ..sample_connection(zoho.id, "initech")
+    };
+    let active_but_switched_off = Connection {
+        is_active: false,
+        ..sample_connection(jira.id, "globex")
+    };
+    let all = [&active, &degraded, &needs_reauth, &disabled, &active_but_switched_off];
+    for connection in all {
+        store.insert_connection(connection).await.expect("insert");
+    }
+    let ids = |connections: Vec<Connection>| connections.into_iter().map(|c| c.id).collect::<Vec<_>>();
+    let sorted = |mut expected: Vec<ConnectionId>| {
+        expected.sort();
+        expected
+    };
+
+    assert_eq!(
+        ids(store.load_supervised().await.expect("supervised")),
+        sorted(vec![active.id, degraded.id])
+    );
+
+    let everything = ids(store
+        .list_connections(&ConnectionFilter::default())
+        .await
+        .expect("list"));
+    assert_eq!(everything, sorted(all.iter().map(|c| c.id).collect()));
+
+    let acme = ConnectionFilter {
+        tenant_id: Some(TenantId::parse("acme").expect("tenant")),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_connections(&acme).await.expect("list")),
+        sorted(vec![active.id, degraded.id])
+    );
+
+    let reauth = ConnectionFilter {
+        status: Some(ConnectionStatus::NeedsReauth),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_connections(&reauth).await.expect("list")),
+        vec![needs_reauth.id]
+    );
+
+    let of_jira = ConnectionFilter {
+        integration_id: Some(jira.id),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_connections(&of_jira).await.expect("list")),
+        sorted(vec![degraded.id, active_but_switched_off.id])
+    );
+
+    let combined = ConnectionFilter {
+        tenant_id: Some(TenantId::parse("globex").expect("tenant")),
+        integration_id: Some(zoho.id),
+        status: Some(ConnectionStatus::NeedsReauth),
+        ..Default::default()
+    };
+    assert_eq!(
+        ids(store.list_connections(&combined).await.expect("list")),
+        vec![needs_reauth.id]
+    );
+
+    // Paging with a cursor walks every row once, in id order.
+    let mut paged = Vec::new();
+    let mut after = None;
+    loop {
+        let page = ConnectionFilter {
+            after,
+            limit: Some(2),
+            ..Default::default()
+        };
+        let batch = ids(store.list_connections(&page).await.expect("list"));
+        assert!(batch.len() <= 2);
+        let Some(last) = batch.last().copied() else { break };
+        paged.extend(batch);
+        after = Some(last);
+    }
+    assert_eq!(paged, everything);
+    store.close().await.expect("close");
+}
+
+async fn the_refresh_history_is_bounded_and_deleted_with_its_connection(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let busy = sample_connection(integration.id, "acme");
+    let quiet = sample_connection(integration.id, "globex");
+    store.insert_connection(&busy).await.expect("insert");
+    store.insert_connection(&quiet).await.expect("insert");
+
+    let total = ATTEMPT_HISTORY_LIMIT as i64 + 8; // the newest one (odd) is rate limited
+    for sequence in 0..total {
+        store
+            .record_attempt(&sample_attempt(busy.id, sequence))
+            .await
+            .expect("record");
+    }
+    store
+        .record_attempt(&sample_attempt(quiet.id, 1))
+        .await
+        .expect("record");
+
+    let history = store.list_attempts(busy.id, 1_000).await.expect("list");
+    assert_eq!(history.len() as u64, ATTEMPT_HISTORY_LIMIT);
+    let durations: Vec<i64> = history.iter().map(|attempt| attempt.duration_ms).collect();
+    let expected: Vec<i64> = (total - ATTEMPT_HISTORY_LIMIT as i64..total).rev().collect();
+    assert_eq!(durations, expected, "newest first, oldest dropped");
+    let newest = &history[0];
+    assert_eq!(newest.reason, RefreshReason::OnDemand);
+    assert_eq!(newest.outcome, RefreshOutcomeKind::RateLimited);
+    assert_eq!(newest.error_code.as_deref(), Some("http_429"));
+    assert_eq!(newest.http_status, Some(429));
+    assert_eq!(store.list_attempts(busy.id, 3).await.expect("list").len(), 3);
+
+    let raw_rows = refresh_attempt::Entity::find()
+        .all(store.connection())
+        .await
+        .expect("raw rows");
+    assert_eq!(
+        raw_rows.len() as u64,
+        ATTEMPT_HISTORY_LIMIT + 1,
+        "older rows are deleted, not hidden"
+    );
+    assert_eq!(store.list_attempts(quiet.id, 10).await.expect("list").len(), 1);
+
+    assert!(store.delete_connection(busy.id).await.expect("delete"));
+    assert!(!store.delete_connection(busy.id).await.expect("delete again"));
+    assert!(store.get_connection(busy.id).await.expect("get").is_none());
+    assert!(store.list_attempts(busy.id, 100).await.expect("list").is_empty());
+    let raw_rows = refresh_attempt::Entity::find()
+        .all(store.connection())
+        .await
+        .expect("raw rows");
+    assert_eq!(raw_rows.len(), 1);
+
+    // An attempt of a deleted connection is not an error, and is not kept.
+    store
+        .record_attempt(&sample_attempt(busy.id, 1))
+        .await
+        .expect("record after delete");
+    assert!(store.list_attempts(busy.id, 100).await.expect("list").is_empty());
+    store.close().await.expect("close");
+}
+
+async fn a_ciphertext_copied_to_another_row_or_column_fails_to_decrypt(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let source = sample_connection(integration.id, "acme");
+    let target = sample_connection(integration.id, "globex");
+    store.insert_connection(&source).await.expect("insert");
+    store.insert_connection(&target).await.expect("insert");
+
+    let raw_source = connection::Entity::find_by_id(source.id.0)
+        .one(store.connection())
+        .await
+        .expect("raw read")
+        .expect("present");
+
+    // Another row, same column.
+    connection::Entity::update_many()
+        .col_expr(connection::Column::AccessToken, raw_source.access_token.clone().into())
+        .filter(connection::Column::Id.eq(target.id.0))
+        .exec(store.connection())
+        .await
+        .expect("copy");
+    let error = store.get_connection(target.id).await.expect_err("moved ciphertext");
+    let StoreError::Decryption { context, .. } = &error else {
+        panic!("expected a decryption error, got {error}")
+    };
+    assert_eq!(context, &format!("connections:{}:access_token", target.id));
+    let message = error.to_string();
+    assert!(!message.contains(source.access_token.expose()), "{message}");
+
+    // Same row, another column.
+    connection::Entity::update_many()
+        .col_expr(connection::Column::RefreshToken, raw_source.access_token.clone().into())
+        .filter(connection::Column::Id.eq(source.id.0))
+        .exec(store.connection())
+        .await
+        .expect("copy");
+    let error = store.get_connection(source.id).await.expect_err("moved ciphertext");
+    assert!(
+        error
+            .to_string()
+            .contains(&format!("connections:{}:refresh_token", source.id)),
+        "{error}"
+    );
+
+    // Listing reports the damage instead of handing out a wrong token.
+    assert!(store.list_connections(&ConnectionFilter::default()).await.is_err());
+    store.close().await.expect("close");
+}
+
+async fn a_wrong_key_is_refused_and_changes_nothing(db: TestDb) {
+    let right = Keyring::new(key(1), vec![]);
+    let wrong = Keyring::new(key(2), vec![key(3)]);
+    let store = open_store(&db, right.clone()).await;
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("insert");
+    store.close().await.expect("close");
+
+    let before = raw_ciphertexts(db.url()).await;
+    assert!(before.iter().any(|(place, _)| place == "key_check"));
+
+    let error = SqlStore::connect(db.url(), wrong.clone()).await.expect_err("wrong key");
+    let StoreError::Key(message) = &error else {
+        panic!("expected a key error, got {error}")
+    };
+    assert!(
+        message.contains(&right.primary_key_id().to_string()),
+        "names the key the data needs: {message}"
+    );
+    for configured in wrong.key_ids() {
+        assert!(
+            message.contains(&configured.to_string()),
+            "names the configured keys: {message}"
+        );
+    }
+    assert_eq!(raw_ciphertexts(db.url()).await, before, "a refused key writes nothing");
+
+    let reopened = open_store(&db, right).await;
+    let loaded = reopened
+        .get_connection(connection.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(connection_fingerprint(&loaded), connection_fingerprint(&connection));
+    let loaded = reopened
+        .get_integration(integration.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(loaded.client_secret.expose(), integration.client_secret.expose());
+    reopened.close().await.expect("close");
+    assert_eq!(
+        raw_ciphertexts(db.url()).await,
+        before,
+        "re-opening with the right key rewrites nothing"
+    );
+}
+
+async fn a_rotated_keyring_reads_old_data_and_writes_with_the_new_key(db: TestDb) {
+    let old = Keyring::new(key(1), vec![]);
+    let store = open_store(&db, old.clone()).await;
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("insert");
+    store.close().await.expect("close");
+
+    let rotated = Keyring::new(key(4), vec![key(1)]);
+    let store = open_store(&db, rotated.clone()).await;
+    let loaded = store
+        .get_connection(connection.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(connection_fingerprint(&loaded), connection_fingerprint(&connection));
+
+    let mut next = loaded.clone();
+    next.access_token = SecretString::new("rotated-access");
+    assert!(matches!(
+        store.compare_and_swap(&next, 1).await.expect("cas"),
+        CasOutcome::Committed { version: 2 }
+    ));
+    let raw = connection::Entity::find_by_id(connection.id.0)
+        .one(store.connection())
+        .await
+        .expect("raw read")
+        .expect("present");
+    assert_eq!(
+        Keyring::ciphertext_key_id(&raw.access_token),
+        Some(rotated.primary_key_id())
+    );
+    assert_eq!(
+        store
+            .get_connection(connection.id)
+            .await
+            .expect("get")
+            .expect("present")
+            .access_token
+            .expose(),
+        "rotated-access"
+    );
+    store.close().await.expect("close");
+
+    // Dropping the old key while the database still needs it is refused.
+    let error = SqlStore::connect(db.url(), Keyring::new(key(4), vec![]))
+        .await
+        .expect_err("old key missing");
+    assert!(matches!(error, StoreError::Key(_)), "{error}");
+}
+
+async fn migrate_alone_prepares_a_database_for_a_store(db: TestDb) {
+    migrate(db.url()).await.expect("migrate");
+    migrate(db.url()).await.expect("migrating twice is a no-op");
+    assert!(
+        raw_ciphertexts(db.url()).await.is_empty(),
+        "migrations write no data and no key check"
+    );
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    assert!(store.list_integrations().await.expect("list").is_empty());
+    store.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn an_in_memory_sqlite_store_works() {
+    let store = SqlStore::connect("sqlite::memory:", Keyring::new(key(1), vec![]))
+        .await
+        .expect("open");
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("insert");
+    assert!(store.get_connection(connection.id).await.expect("get").is_some());
+}
+
+#[tokio::test]
+async fn an_unsupported_url_is_refused_without_echoing_it() {
+    let error = SqlStore::connect("mysql://user:hunter2@db/x", Keyring::new(key(1), vec![]))
+        .await
+        .expect_err("mysql");
+    assert!(!error.to_string().contains("hunter2"), "{error}");
+}
+
+async fn an_authorization_state_is_usable_once_and_its_verifier_is_encrypted(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("auth");
+    store.insert_integration(&integration).await.expect("integration");
+    let pending = tokenvisor_core::PendingAuthorization {
+        state_hash: "a".repeat(64),
+        tenant_id: TenantId::parse("acme").expect("tenant"),
+        integration_id: integration.id,
+        connection_id: Some(ConnectionId::new()),
+        redirect_uri: "https://app.example/callback".into(),
+        code_verifier: Some(SecretString::new("verifier-secret-value-0123456789-0123456789-abc")),
+        created_at: now(),
+        expires_at: now() + chrono::Duration::minutes(10),
+    };
+    store.insert_authorization(&pending).await.expect("insert");
+    let raw = open(db.url()).await.expect("raw connection");
+    let rows = crate::entity::authorization_state::Entity::find()
+        .all(&raw)
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    let stored = rows[0].code_verifier.clone().expect("verifier column");
+    assert!(
+        !stored.windows(15).any(|w| w == b"verifier-secret"),
+        "verifier stored in clear"
+    );
+    let taken = store
+        .take_authorization(&pending.state_hash)
+        .await
+        .expect("take")
+        .expect("present");
+    assert_eq!(taken.code_verifier, pending.code_verifier);
+    assert_eq!(taken.connection_id, pending.connection_id);
+    assert_eq!(taken.tenant_id, pending.tenant_id);
+    assert!(
+        store
+            .take_authorization(&pending.state_hash)
+            .await
+            .expect("take")
+            .is_none(),
+        "single use"
+    );
+}

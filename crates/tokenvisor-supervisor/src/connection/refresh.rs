@@ -1,0 +1,433 @@
+//! Where a refresh happens: one provider call and one compare-and-swap commit, run
+//! as a task outside the actor so the actor keeps answering from memory meanwhile.
+//!
+//! The task holds the connection's refresh lock from before the provider call until
+//! its result is committed (invariant 3), and commits new tokens before it reports
+//! them to the actor, which is the only one that hands them out (invariant 2).
+
+use crate::shared::{IntegrationRuntime, Shared};
+use chrono::{DateTime, Utc};
+use std::sync::Arc;
+use std::time::Instant;
+use tokenvisor_core::{
+    Connection, ConnectionStatus, FailureClass, LastError, RefreshAttempt, RefreshFailure, RefreshOutcomeKind,
+    RefreshReason, TokenSet, next_refresh_at,
+};
+use tokenvisor_store::CasOutcome;
+use tracing::{Instrument, field};
+
+/// What the actor asks for.
+#[derive(Debug)]
+pub(crate) struct RefreshJob {
+    /// The actor's committed view of the connection.
+    pub base: Connection,
+    /// Tokens obtained earlier whose commit failed: commit these instead of calling the provider.
+    pub pending: Option<PendingTokens>,
+    pub reason: RefreshReason,
+    /// 1 for the first attempt after a success.
+    pub attempt: u32,
+    /// Start times of recent refreshes (oldest first), for spacing.
+    pub recent: Vec<DateTime<Utc>>,
+    /// A number in `[0, 1)` that spreads the next refresh.
+    pub jitter: f64,
+    /// The span of the caller whose request started this refresh (`tokenvisor.access_token`,
+    /// `tokenvisor.token_rejected`, `tokenvisor.force_refresh`): the refresh span becomes
+    /// its child. `Span::none()` for scheduled refreshes and retries, which start a trace.
+    pub parent: tracing::Span,
+}
+
+/// Tokens obtained from the provider but not yet committed.
+#[derive(Debug, Clone)]
+pub(crate) struct PendingTokens {
+    pub tokens: TokenSet,
+    pub obtained_at: DateTime<Utc>,
+}
+
+/// What the task reports.
+#[derive(Debug)]
+pub(crate) enum RefreshResult {
+    /// New tokens are committed; this is the stored row.
+    Refreshed { connection: Connection },
+    /// The store holds a state this process did not write (new tokens from elsewhere,
+    /// a status change); adopt it.
+    Adopted { connection: Connection },
+    /// The connection was deleted.
+    Deleted,
+    /// The provider answered with new tokens, but the commit failed: keep them and retry the commit.
+    CommitFailed { pending: PendingTokens, message: String },
+    /// The refresh failed; `connection` is the row after recording the failure, if that write succeeded.
+    Failed {
+        failure: RefreshFailure,
+        connection: Option<Connection>,
+    },
+}
+
+impl RefreshResult {
+    fn outcome(&self) -> (&'static str, Option<&str>) {
+        match self {
+            Self::Refreshed { .. } => ("success", None),
+            Self::Adopted { .. } => ("adopted", None),
+            Self::Deleted => ("deleted", None),
+            Self::CommitFailed { .. } => ("commit_failed", Some("store_unavailable")),
+            Self::Failed { failure, .. } => (outcome_kind(failure.class).as_str(), Some(failure.code.as_str())),
+        }
+    }
+}
+
+fn outcome_kind(class: FailureClass) -> RefreshOutcomeKind {
+    match class {
+        FailureClass::Permanent => RefreshOutcomeKind::Permanent,
+        FailureClass::IntegrationMisconfigured => RefreshOutcomeKind::Misconfigured,
+        FailureClass::RateLimited => RefreshOutcomeKind::RateLimited,
+        FailureClass::Transient => RefreshOutcomeKind::Transient,
+    }
+}
+
+/// Runs one refresh inside a span carrying the connection, reason, attempt and outcome
+/// (status error unless the refresh succeeded), with child spans for the token endpoint
+/// call and the store writes; records the refresh metrics. Returns the result and the
+/// span, still open: the actor handles the result inside it (its log lines belong to the
+/// refresh's trace) and an escalation links to it.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    integration: Arc<IntegrationRuntime>,
+    job: RefreshJob,
+) -> (RefreshResult, tracing::Span) {
+    let span = tracing::info_span!(
+        parent: job.parent.id(),
+        "refresh",
+        otel.name = "tokenvisor.refresh",
+        connection.id = %job.base.id,
+        tenant.id = %job.base.tenant_id,
+        integration = %integration.name,
+        provider = %integration.provider,
+        refresh.reason = job.reason.as_str(),
+        refresh.attempt = i64::from(job.attempt),
+        outcome = field::Empty,
+        error.code = field::Empty,
+        http.response.status_code = field::Empty,
+        duration_ms = field::Empty,
+        otel.status_code = field::Empty,
+        otel.status_description = field::Empty,
+    );
+    let started = Instant::now();
+    let result = run_inner(&shared, &integration, job).instrument(span.clone()).await;
+    let elapsed = started.elapsed();
+    let (outcome, code) = result.outcome();
+    span.record("outcome", outcome);
+    if let Some(code) = code {
+        span.record("error.code", code);
+    }
+    match &result {
+        RefreshResult::Failed { failure, .. } => {
+            if let Some(status) = failure.http_status {
+                span.record("http.response.status_code", i64::from(status));
+            }
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", failure.code.as_str());
+            if failure.class == FailureClass::RateLimited {
+                shared.metrics.throttled(&integration.provider, "provider");
+            }
+        }
+        RefreshResult::CommitFailed { .. } => {
+            span.record("otel.status_code", "error");
+            span.record("otel.status_description", "store_unavailable");
+        }
+        _ => {
+            span.record("otel.status_code", "ok");
+        }
+    }
+    span.record("duration_ms", elapsed.as_millis() as i64);
+    shared
+        .metrics
+        .refresh(&integration.provider, outcome, elapsed.as_secs_f64());
+    (result, span)
+}
+
+async fn run_inner(shared: &Shared, integration: &IntegrationRuntime, job: RefreshJob) -> RefreshResult {
+    // The integration's own limits first, so a throttled or slow integration never holds
+    // process-wide slots while it waits; committing kept tokens calls no provider.
+    let _integration_permit = match &job.pending {
+        Some(_) => None,
+        None => match integration.limiter.acquire().await {
+            Some(permit) => Some(permit),
+            None => {
+                return RefreshResult::Failed {
+                    failure: RefreshFailure::new(
+                        FailureClass::Transient,
+                        "shutting_down",
+                        "tokenvisor is shutting down",
+                    ),
+                    connection: None,
+                };
+            }
+        },
+    };
+    let Ok(_permit) = shared.refresh_slots.acquire().await else {
+        return RefreshResult::Failed {
+            failure: RefreshFailure::new(FailureClass::Transient, "shutting_down", "tokenvisor is shutting down"),
+            connection: None,
+        };
+    };
+    let slot = shared
+        .registry
+        .get_or_insert(job.base.id, crate::registry::SlotState::Starting, job.base.version);
+    let mut committed_version = slot.refresh_lock.clone().lock_owned().await;
+    let started_at = shared.clock.now();
+    let started = Instant::now();
+
+    // Someone (a previous actor of this connection, the supervisor) wrote since the
+    // actor's view was taken: start from the stored row.
+    let mut base = job.base.clone();
+    if *committed_version != base.version {
+        match shared.store.get_connection(base.id).await {
+            Ok(Some(current)) => {
+                if !current.same_tokens_as(&base) || !current.status.is_supervised() {
+                    return RefreshResult::Adopted { connection: current };
+                }
+                base = current;
+            }
+            Ok(None) => return RefreshResult::Deleted,
+            Err(error) => return store_failure(&error.to_string()),
+        }
+    }
+
+    let pending = match job.pending.clone() {
+        Some(pending) => pending,
+        None => match obtain_tokens(shared, integration, &base).await {
+            Ok(tokens) => PendingTokens {
+                tokens,
+                obtained_at: shared.clock.now(),
+            },
+            Err(failure) => {
+                let connection = record_failure(shared, &base, &failure, &mut committed_version).await;
+                record_attempt(
+                    shared,
+                    &base,
+                    &job,
+                    started_at,
+                    started,
+                    outcome_kind(failure.class),
+                    Some(&failure),
+                )
+                .await;
+                return RefreshResult::Failed { failure, connection };
+            }
+        },
+    };
+
+    // The success is recorded in the history in the same transaction as the tokens.
+    let attempt = RefreshAttempt {
+        connection_id: base.id,
+        started_at,
+        reason: job.reason,
+        outcome: RefreshOutcomeKind::Success,
+        error_code: None,
+        http_status: None,
+        duration_ms: started.elapsed().as_millis() as i64,
+    };
+    commit_tokens(
+        shared,
+        &integration.policy,
+        base,
+        &pending,
+        &job,
+        &attempt,
+        &mut committed_version,
+    )
+    .await
+}
+
+async fn obtain_tokens(
+    shared: &Shared,
+    integration: &IntegrationRuntime,
+    base: &Connection,
+) -> Result<TokenSet, RefreshFailure> {
+    let Some(refresh_token) = &base.refresh_token else {
+        return Err(RefreshFailure::new(
+            FailureClass::Permanent,
+            "no_refresh_token",
+            "no refresh token is stored and the access token is expiring",
+        ));
+    };
+    let resolved = integration.resolved.as_ref().map_err(|e| {
+        RefreshFailure::new(
+            FailureClass::IntegrationMisconfigured,
+            "integration_config",
+            e.to_string(),
+        )
+    })?;
+    // An HTTP client span (OpenTelemetry HTTP semantic conventions): method, server and
+    // path of the token endpoint, never its query string nor a body.
+    let endpoint = resolved.token_url_for(&base.metadata).ok();
+    let span = tracing::info_span!(
+        "token_endpoint",
+        otel.name = "POST",
+        otel.kind = "client",
+        http.request.method = "POST",
+        server.address = endpoint.as_ref().and_then(|url| url.host_str()).unwrap_or_default(),
+        server.port = i64::from(endpoint.as_ref().and_then(|url| url.port_or_known_default()).unwrap_or_default()),
+        url.path = endpoint.as_ref().map(|url| url.path()).unwrap_or_default(),
+        http.response.status_code = field::Empty,
+        error.type = field::Empty,
+        otel.status_code = field::Empty,
+    );
+    let answer = shared
+        .client
+        .refresh(resolved, &base.metadata, refresh_token)
+        .instrument(span.clone())
+        .await;
+    match &answer {
+        // The client accepts only success answers carrying an access token (RFC 6749 §5.1: 200).
+        Ok(_) => {
+            span.record("http.response.status_code", 200_i64);
+        }
+        Err(error) => {
+            if let Some(status) = error.http_status() {
+                span.record("http.response.status_code", i64::from(status));
+            }
+            span.record("error.type", error.code().as_str());
+            span.record("otel.status_code", "error");
+        }
+    }
+    answer.map_err(|e| e.to_failure())
+}
+
+/// Commits `pending` on top of `base` with compare-and-swap. On a conflict, re-applies
+/// onto the stored row when it still holds the tokens this refresh started from (only
+/// its status or metadata changed); otherwise adopts the stored row.
+async fn commit_tokens(
+    shared: &Shared,
+    policy: &tokenvisor_core::SchedulePolicy,
+    mut base: Connection,
+    pending: &PendingTokens,
+    job: &RefreshJob,
+    attempt: &RefreshAttempt,
+    committed_version: &mut i64,
+) -> RefreshResult {
+    let span = tracing::info_span!(
+        "store_commit",
+        otel.name = "tokenvisor.store.commit",
+        db.operation.name = "compare_and_swap",
+        outcome = field::Empty,
+    );
+    let outcome_span = span.clone();
+    let result = async move {
+        for _ in 0..8 {
+            let now = shared.clock.now();
+            let mut next = base.clone();
+            next.apply_token_set(&pending.tokens, pending.obtained_at);
+            if next.status.is_supervised() {
+                next.status = ConnectionStatus::Active;
+            }
+            next.consecutive_failures = 0;
+            next.last_error = None;
+            next.last_refresh_at = Some(now);
+            next.updated_at = now;
+            let mut recent = job.recent.clone();
+            recent.push(now);
+            next.next_refresh_at = Some(next_refresh_at(next.issued_at, next.expires_at, &recent, now, policy, job.jitter));
+            match shared.store.commit_refresh(&next, base.version, attempt).await {
+                Ok(CasOutcome::Committed { version }) => {
+                    next.version = version;
+                    *committed_version = version;
+                    return RefreshResult::Refreshed { connection: next };
+                }
+                Ok(CasOutcome::Conflict { current: None }) => return RefreshResult::Deleted,
+                Ok(CasOutcome::Conflict { current: Some(current) }) => {
+                    if !current.same_tokens_as(&base) {
+                        tracing::warn!(connection.id = %base.id, "tokens changed elsewhere during refresh; adopting the stored ones");
+                        return RefreshResult::Adopted { connection: *current };
+                    }
+                    base = *current;
+                }
+                Err(error) => {
+                    tracing::warn!(connection.id = %base.id, error = %error, "failed to commit refreshed tokens; keeping them to retry the commit");
+                    return RefreshResult::CommitFailed { pending: pending.clone(), message: error.to_string() };
+                }
+            }
+        }
+        RefreshResult::CommitFailed { pending: pending.clone(), message: "too many concurrent writes".into() }
+    }
+    .instrument(span)
+    .await;
+    outcome_span.record("outcome", result.outcome().0);
+    result
+}
+
+/// Records a non-permanent failure on the row (status `degraded`, counters, last
+/// error). Permanent failures are written by the supervisor when it escalates.
+async fn record_failure(
+    shared: &Shared,
+    base: &Connection,
+    failure: &RefreshFailure,
+    committed_version: &mut i64,
+) -> Option<Connection> {
+    if failure.class.is_permanent() {
+        return None;
+    }
+    let now = shared.clock.now();
+    let mut next = base.clone();
+    if next.status == ConnectionStatus::Active {
+        next.status = ConnectionStatus::Degraded;
+    }
+    next.consecutive_failures = next.consecutive_failures.saturating_add(1);
+    next.last_error = Some(LastError {
+        code: failure.code.clone(),
+        message: failure.message.clone(),
+        at: now,
+    });
+    next.updated_at = now;
+    let span = tracing::info_span!(
+        "store_record_failure",
+        otel.name = "tokenvisor.store.record_failure",
+        db.operation.name = "compare_and_swap",
+    );
+    match shared
+        .store
+        .compare_and_swap(&next, base.version)
+        .instrument(span)
+        .await
+    {
+        Ok(CasOutcome::Committed { version }) => {
+            next.version = version;
+            *committed_version = version;
+            Some(next)
+        }
+        Ok(CasOutcome::Conflict { .. }) => None,
+        Err(error) => {
+            tracing::warn!(connection.id = %base.id, error = %error, "failed to record refresh failure");
+            None
+        }
+    }
+}
+
+async fn record_attempt(
+    shared: &Shared,
+    connection: &Connection,
+    job: &RefreshJob,
+    started_at: DateTime<Utc>,
+    started: Instant,
+    outcome: RefreshOutcomeKind,
+    failure: Option<&RefreshFailure>,
+) {
+    let attempt = RefreshAttempt {
+        connection_id: connection.id,
+        started_at,
+        reason: job.reason,
+        outcome,
+        error_code: failure.map(|f| f.code.clone()),
+        http_status: failure.and_then(|f| f.http_status),
+        duration_ms: started.elapsed().as_millis() as i64,
+    };
+    if let Err(error) = shared.store.record_attempt(&attempt).await {
+        tracing::debug!(connection.id = %connection.id, error = %error, "failed to record refresh attempt");
+    }
+}
+
+fn store_failure(message: &str) -> RefreshResult {
+    RefreshResult::Failed {
+        failure: RefreshFailure::new(FailureClass::Transient, "store_unavailable", message),
+        connection: None,
+    }
+}

@@ -1,0 +1,206 @@
+//! tokenvisor's OpenTelemetry metrics. The library only records into a
+//! [`Meter`] (the one in
+//! [`TokenvisorConfig::meter`](crate::TokenvisorConfig::meter), else the global meter
+//! provider's `tokenvisor` meter, taken when [`Tokenvisor::start`](crate::Tokenvisor::start)
+//! runs); whoever installed the meter provider exports them.
+//!
+//! | instrument | kind | attributes |
+//! |---|---|---|
+//! | `tokenvisor.refreshes` | counter | `provider`, `outcome` (`success`, `transient`, `rate_limited`, `permanent`, `misconfigured`, `commit_failed`, `adopted`, `deleted`) |
+//! | `tokenvisor.refresh.duration` (s) | histogram | `provider`, `outcome` |
+//! | `tokenvisor.connections` | gauge | `status` (`active`, `degraded`, `needs_reauth`, `disabled`, `starting`) |
+//! | `tokenvisor.token.soonest_expiry` (s) | gauge | none: seconds until the soonest expiry of a supervised connection's access token |
+//! | `tokenvisor.escalations` | counter | `provider`, `error.code` |
+//! | `tokenvisor.provider.throttled` | counter | `provider`, `source` (`provider`: it answered 429 or its throttling error; `spacing`: tokenvisor held a refresh back to respect the provider's limits) |
+//! | `tokenvisor.events.delivered`, `tokenvisor.events.failed` | counters | `sink`, `event` (recorded by the admin channel with [`record_event_delivery`]) |
+//!
+//! Prometheus names replace dots with underscores and add unit and `_total` suffixes
+//! (`tokenvisor_refreshes_total`, `tokenvisor_refresh_duration_seconds_bucket`...).
+
+use crate::registry::SlotState;
+use crate::shared::Shared;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
+use std::collections::BTreeMap;
+use std::sync::{OnceLock, Weak};
+use tokenvisor_core::Clock;
+
+/// The name of the meter tokenvisor records into when none is configured.
+pub const METER_NAME: &str = "tokenvisor";
+
+/// Histogram buckets of refresh durations, in seconds (token endpoints answer in tens of
+/// milliseconds to seconds; the client times out after tens of seconds).
+const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+
+/// The instruments of one tokenvisor instance.
+pub(crate) struct Metrics {
+    refreshes: Counter<u64>,
+    refresh_duration: Histogram<f64>,
+    escalations: Counter<u64>,
+    throttled: Counter<u64>,
+    gauges: OnceLock<(ObservableGauge<u64>, ObservableGauge<f64>)>,
+    meter: Meter,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub(crate) fn new(meter: Option<&Meter>) -> Self {
+        let meter = meter
+            .cloned()
+            .unwrap_or_else(|| opentelemetry::global::meter(METER_NAME));
+        Self {
+            refreshes: meter
+                .u64_counter("tokenvisor.refreshes")
+                .with_description("Refresh attempts, by provider and outcome")
+                .build(),
+            refresh_duration: meter
+                .f64_histogram("tokenvisor.refresh.duration")
+                .with_unit("s")
+                .with_description("Duration of refresh attempts (provider call and commit)")
+                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .build(),
+            escalations: meter
+                .u64_counter("tokenvisor.escalations")
+                .with_description("Connections marked needs_reauth after a permanent failure")
+                .build(),
+            throttled: meter
+                .u64_counter("tokenvisor.provider.throttled")
+                .with_description("Refreshes throttled by the provider or held back by its limits")
+                .build(),
+            gauges: OnceLock::new(),
+            meter,
+        }
+    }
+
+    /// Registers the gauges that read the instance's registry when metrics are collected.
+    pub(crate) fn observe(&self, shared: Weak<Shared>) {
+        let by_status = shared.clone();
+        let connections = self
+            .meter
+            .u64_observable_gauge("tokenvisor.connections")
+            .with_description("Connections known to this process, by status")
+            .with_callback(move |observer| {
+                let Some(shared) = by_status.upgrade() else {
+                    return;
+                };
+                for (status, count) in connections_by_status(&shared) {
+                    observer.observe(count, &[KeyValue::new("status", status)]);
+                }
+            })
+            .build();
+        let expiry = self
+            .meter
+            .f64_observable_gauge("tokenvisor.token.soonest_expiry")
+            .with_unit("s")
+            .with_description("Seconds until the soonest access token expiry of a supervised connection")
+            .with_callback(move |observer| {
+                let Some(shared) = shared.upgrade() else {
+                    return;
+                };
+                if let Some(seconds) = soonest_expiry_secs(&shared) {
+                    observer.observe(seconds, &[]);
+                }
+            })
+            .build();
+        let _ = self.gauges.set((connections, expiry));
+    }
+
+    /// One refresh attempt ended with `outcome` after `seconds`.
+    pub(crate) fn refresh(&self, provider: &str, outcome: &'static str, seconds: f64) {
+        let attributes = [
+            KeyValue::new("provider", provider.to_owned()),
+            KeyValue::new("outcome", outcome),
+        ];
+        self.refreshes.add(1, &attributes);
+        self.refresh_duration.record(seconds, &attributes);
+    }
+
+    /// A connection was marked `needs_reauth`.
+    pub(crate) fn escalation(&self, provider: &str, code: &str) {
+        self.escalations.add(
+            1,
+            &[
+                KeyValue::new("provider", provider.to_owned()),
+                KeyValue::new("error.code", code.to_owned()),
+            ],
+        );
+    }
+
+    /// A refresh was throttled by the provider (`source = "provider"`) or held back by its
+    /// limits (`source = "spacing"`).
+    pub(crate) fn throttled(&self, provider: &str, source: &'static str) {
+        self.throttled.add(
+            1,
+            &[
+                KeyValue::new("provider", provider.to_owned()),
+                KeyValue::new("source", source),
+            ],
+        );
+    }
+}
+
+fn connections_by_status(shared: &Shared) -> BTreeMap<&'static str, u64> {
+    let mut counts: BTreeMap<&'static str, u64> = ["active", "degraded", "needs_reauth", "disabled"]
+        .into_iter()
+        .map(|status| (status, 0))
+        .collect();
+    for slot in shared.registry.slots() {
+        let status = match slot.state() {
+            SlotState::Running(_) => slot.observed_status().as_str(),
+            SlotState::Starting => "starting",
+            SlotState::Inactive(status) => status.as_str(),
+        };
+        *counts.entry(status).or_default() += 1;
+    }
+    counts
+}
+
+fn soonest_expiry_secs(shared: &Shared) -> Option<f64> {
+    let now = Clock::now(shared.clock.as_ref());
+    shared
+        .registry
+        .slots()
+        .iter()
+        .filter(|slot| matches!(slot.state(), SlotState::Running(_)))
+        .filter_map(|slot| slot.token())
+        .map(|token| token.expires_at)
+        .min()
+        .map(|soonest| (soonest - now).num_milliseconds() as f64 / 1000.0)
+}
+
+/// Counts one event handed to a sink (`sink`: `webhook`, `sse`...; `event`: the event
+/// kind, e.g. `needs_reauthorization`): `tokenvisor.events.delivered` when `delivered`,
+/// else `tokenvisor.events.failed`. Records into the global meter provider's `tokenvisor`
+/// meter, so install the meter provider before the first call.
+pub fn record_event_delivery(sink: &str, event: &str, delivered: bool) {
+    static COUNTERS: OnceLock<(Counter<u64>, Counter<u64>)> = OnceLock::new();
+    let (delivered_counter, failed_counter) = COUNTERS.get_or_init(|| {
+        let meter = opentelemetry::global::meter(METER_NAME);
+        (
+            meter
+                .u64_counter("tokenvisor.events.delivered")
+                .with_description("Events delivered to a sink (webhook, stream)")
+                .build(),
+            meter
+                .u64_counter("tokenvisor.events.failed")
+                .with_description("Events a sink failed to deliver")
+                .build(),
+        )
+    });
+    let attributes = [
+        KeyValue::new("sink", sink.to_owned()),
+        KeyValue::new("event", event.to_owned()),
+    ];
+    if delivered {
+        delivered_counter.add(1, &attributes);
+    } else {
+        failed_counter.add(1, &attributes);
+    }
+}

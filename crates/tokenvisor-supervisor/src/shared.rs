@@ -1,0 +1,120 @@
+//! What every actor of one tokenvisor instance shares.
+
+use crate::config::TokenvisorConfig;
+use crate::metrics::Metrics;
+use crate::registry::Registry;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokenvisor_core::{Clock, EventBus, Integration, IntegrationId, SchedulePolicy};
+use tokenvisor_provider::{EndpointError, ResolvedIntegration, TokenClient};
+use tokenvisor_store::Store;
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub store: Arc<dyn Store>,
+    pub clock: Arc<dyn Clock>,
+    pub events: EventBus,
+    pub client: TokenClient,
+    pub config: TokenvisorConfig,
+    /// Bounds the refreshes in flight process-wide.
+    pub refresh_slots: Semaphore,
+    /// Every refresh and store task, so shutdown can wait for them to commit.
+    pub tasks: TaskTracker,
+    pub registry: Registry,
+    /// This instance's metric instruments.
+    pub metrics: Metrics,
+    integrations: std::sync::RwLock<std::collections::HashMap<IntegrationId, IntegrationRef>>,
+    shutting_down: AtomicBool,
+}
+
+impl Shared {
+    pub fn new(store: Arc<dyn Store>, client: TokenClient, config: TokenvisorConfig) -> Self {
+        Self {
+            store,
+            clock: config.clock.clone(),
+            metrics: Metrics::new(config.meter.as_ref()),
+            events: config
+                .event_bus
+                .clone()
+                .unwrap_or_else(|| tokenvisor_core::EventBus::new(config.event_capacity)),
+            client,
+            refresh_slots: Semaphore::new(config.max_concurrent_refreshes.max(1)),
+            config,
+            tasks: TaskTracker::new(),
+            registry: Registry::default(),
+            integrations: Default::default(),
+            shutting_down: AtomicBool::new(false),
+        }
+    }
+
+    /// The runtime of an integration, loaded from the store once and cached.
+    pub async fn integration(&self, id: IntegrationId) -> Result<Option<IntegrationRef>, tokenvisor_store::StoreError> {
+        if let Some(runtime) = self.integrations.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(Some(runtime.clone()));
+        }
+        let Some(integration) = self.store.get_integration(id).await? else {
+            return Ok(None);
+        };
+        let runtime = Arc::new(IntegrationRuntime::new(&integration, &self.config));
+        if let Err(error) = &runtime.resolved {
+            tracing::error!(integration = %integration.name, error = %error, "integration cannot be used to refresh");
+        }
+        let mut cache = self.integrations.write().unwrap_or_else(|p| p.into_inner());
+        Ok(Some(cache.entry(id).or_insert(runtime).clone()))
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::Release);
+    }
+}
+
+/// An integration as its connection actors use it.
+#[derive(Debug)]
+pub(crate) struct IntegrationRuntime {
+    pub name: String,
+    pub provider: String,
+    /// The integration resolved against its profile, or why it cannot be used.
+    pub resolved: Result<ResolvedIntegration, EndpointError>,
+    /// The schedule for its connections (profile limits applied).
+    pub policy: SchedulePolicy,
+    /// Concurrency and rate limits on its provider calls.
+    pub limiter: crate::limits::IntegrationLimiter,
+}
+
+impl IntegrationRuntime {
+    pub fn new(integration: &Integration, config: &TokenvisorConfig) -> Self {
+        let resolved = ResolvedIntegration::resolve(integration, &config.allow_insecure_hosts);
+        let policy = match &resolved {
+            Ok(resolved) => resolved.schedule_policy(&config.schedule),
+            Err(_) => config.schedule.clone(),
+        };
+        let mut limits = config.provider_limits;
+        if let Ok(resolved) = &resolved {
+            if let Some(max) = resolved.limits.max_concurrent_refreshes {
+                limits.max_concurrent = max;
+            }
+            if let Some(per_second) = resolved.limits.max_refreshes_per_second {
+                limits.per_second = std::num::NonZeroU32::new(per_second);
+            }
+        }
+        Self {
+            limiter: crate::limits::IntegrationLimiter::new(limits),
+            name: integration.name.clone(),
+            provider: integration.provider.clone(),
+            resolved,
+            policy,
+        }
+    }
+}
+
+/// Shared handle type.
+pub(crate) type SharedRef = Arc<Shared>;
+
+/// Shared handle to an integration runtime.
+pub(crate) type IntegrationRef = Arc<IntegrationRuntime>;

@@ -1,0 +1,462 @@
+//! Where a failure escalates: the supervisor actor spawns one linked connection actor
+//! per supervised connection, restarts crashed ones within a budget, and turns
+//! permanent failures into `needs_reauth` (inactive, `refresh_failures + 1`, event),
+//! one connection at a time, without touching any other.
+
+#[cfg(feature = "fault-injection")]
+use crate::connection::ConnectionMsg;
+use crate::connection::{ConnectionActor, ConnectionArgs};
+use crate::registry::SlotState;
+use crate::shared::{IntegrationRef, SharedRef};
+use opentelemetry::trace::{SpanContext, TraceContextExt as _};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use std::collections::{HashMap, VecDeque};
+use tokenvisor_core::{
+    Connection, ConnectionId, ConnectionStatus, Event, EventKind, FailureClass, IntegrationId, LastError,
+    RefreshFailure,
+};
+use tokenvisor_store::CasOutcome;
+use tokio::time::Instant;
+use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+
+/// Links `span` to the span that caused it (when OpenTelemetry is on and `cause` is valid).
+fn link(span: &tracing::Span, cause: SpanContext) {
+    if cause.is_valid() {
+        span.add_link(cause);
+    }
+}
+
+/// Messages the supervisor handles.
+pub(crate) enum SupervisorMsg {
+    /// Start (or keep) an actor for this connection.
+    Spawn {
+        connection: Box<Connection>,
+        startup: bool,
+        reply: Option<RpcReplyPort<()>>,
+    },
+    /// A connection actor met a permanent failure; `cause` is the refresh span's context
+    /// (the escalation span links to it).
+    Escalate {
+        connection_id: ConnectionId,
+        failure: RefreshFailure,
+        cause: SpanContext,
+    },
+    /// A connection actor found its connection inactive or deleted in the store, during
+    /// the refresh whose span context is `cause`.
+    Reconciled {
+        connection_id: ConnectionId,
+        cause: SpanContext,
+    },
+    /// Stop the actor of a connection (an operator changes it); answers once stopped.
+    StopConnection {
+        connection_id: ConnectionId,
+        reply: RpcReplyPort<()>,
+    },
+    /// Test hook: make a connection actor panic.
+    #[cfg(feature = "fault-injection")]
+    InjectPanic { connection_id: ConnectionId },
+}
+
+/// The supervisor actor.
+pub(crate) struct Supervisor;
+
+pub(crate) struct SupervisorArgs {
+    pub shared: SharedRef,
+    pub connections: Vec<Connection>,
+}
+
+pub(crate) struct SupervisorState {
+    shared: SharedRef,
+    actors: HashMap<ActorId, ConnectionId>,
+    restarts: HashMap<ConnectionId, VecDeque<Instant>>,
+}
+
+impl Actor for Supervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = SupervisorArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        args: SupervisorArgs,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let mut state = SupervisorState {
+            shared: args.shared,
+            actors: HashMap::new(),
+            restarts: HashMap::new(),
+        };
+        let total = args.connections.len();
+        for connection in args.connections {
+            state.spawn(&myself, connection, true).await;
+        }
+        tracing::info!(connections = total, "supervisor started");
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        message: SupervisorMsg,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            SupervisorMsg::Spawn {
+                connection,
+                startup,
+                reply,
+            } => {
+                state.spawn(&myself, *connection, startup).await;
+                if let Some(reply) = reply {
+                    let _ = reply.send(());
+                }
+            }
+            SupervisorMsg::Escalate {
+                connection_id,
+                failure,
+                cause,
+            } => state.escalate(connection_id, failure, cause),
+            SupervisorMsg::Reconciled { connection_id, cause } => state.reconciled(connection_id, cause),
+            SupervisorMsg::StopConnection { connection_id, reply } => {
+                state.stop_actor(connection_id);
+                let _ = reply.send(());
+            }
+            #[cfg(feature = "fault-injection")]
+            SupervisorMsg::InjectPanic { connection_id } => {
+                if let Some(slot) = state.shared.registry.get(connection_id)
+                    && let SlotState::Running(actor) = slot.state()
+                {
+                    let _ = actor.cast(ConnectionMsg::Panic);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        event: SupervisionEvent,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Never stop the supervisor because a child stopped (ractor's default would).
+        match event {
+            SupervisionEvent::ActorFailed(cell, error) => {
+                if let Some(connection_id) = state.actors.remove(&cell.get_id()) {
+                    tracing::error!(connection.id = %connection_id, error = %error, "connection actor failed");
+                    state.restart(&myself, connection_id);
+                }
+            }
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                if let Some(connection_id) = state.actors.remove(&cell.get_id()) {
+                    tracing::warn!(connection.id = %connection_id, reason = ?reason, "connection actor stopped unexpectedly");
+                    state.restart(&myself, connection_id);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        state: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        for (_, actor) in state.shared.registry.running() {
+            actor.stop(Some("shutdown".into()));
+        }
+        state.actors.clear();
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    async fn integration(&mut self, id: IntegrationId) -> Option<IntegrationRef> {
+        match self.shared.integration(id).await {
+            Ok(runtime) => runtime,
+            Err(error) => {
+                tracing::error!(integration.id = %id, error = %error, "failed to load integration");
+                None
+            }
+        }
+    }
+
+    async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, connection: Connection, startup: bool) {
+        let connection_id = connection.id;
+        let slot = self
+            .shared
+            .registry
+            .get_or_insert(connection_id, SlotState::Starting, connection.version);
+        if let SlotState::Running(actor) = slot.state()
+            && self.actors.contains_key(&actor.get_id())
+        {
+            return;
+        }
+        if !connection.is_active || !connection.status.is_supervised() {
+            slot.set_state(SlotState::Inactive(connection.status));
+            return;
+        }
+        let Some(integration) = self.integration(connection.integration_id).await else {
+            tracing::error!(connection.id = %connection_id, "integration of connection not found; not supervising it");
+            slot.set_state(SlotState::Inactive(ConnectionStatus::Disabled));
+            return;
+        };
+        let args = ConnectionArgs {
+            connection,
+            integration,
+            shared: self.shared.clone(),
+            slot: slot.clone(),
+            supervisor: myself.clone(),
+            startup,
+        };
+        match Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.actors.insert(actor.get_id(), connection_id);
+                slot.set_state(SlotState::Running(actor));
+            }
+            Err(error) => {
+                tracing::error!(connection.id = %connection_id, error = %error, "failed to spawn connection actor");
+                slot.set_state(SlotState::Starting);
+                self.restart(myself, connection_id);
+            }
+        }
+    }
+
+    fn stop_actor(&mut self, connection_id: ConnectionId) {
+        let Some(slot) = self.shared.registry.get(connection_id) else {
+            return;
+        };
+        if let SlotState::Running(actor) = slot.state() {
+            self.actors.remove(&actor.get_id());
+            actor.stop(None);
+        }
+    }
+
+    /// Restarts a crashed actor from the stored state, within the restart budget;
+    /// past it, escalates like a permanent failure.
+    fn restart(&mut self, myself: &ActorRef<SupervisorMsg>, connection_id: ConnectionId) {
+        let budget = self.shared.config.restart_budget;
+        let now = Instant::now();
+        let history = self.restarts.entry(connection_id).or_default();
+        history.retain(|at| now.duration_since(*at) < budget.within);
+        history.push_back(now);
+        let over_budget = history.len() as u32 > budget.max_restarts;
+        let span = tracing::info_span!(
+            parent: None,
+            "supervisor_decision",
+            otel.name = "tokenvisor.supervisor.restart",
+            connection.id = %connection_id,
+            decision = if over_budget { "escalate" } else { "restart" },
+            restarts.recent = history.len() as i64,
+        );
+        let _entered = span.enter();
+        if over_budget {
+            let failure = RefreshFailure::new(
+                FailureClass::Permanent,
+                "actor_crash_loop",
+                format!(
+                    "the connection actor failed more than {} times within {:?}",
+                    budget.max_restarts, budget.within
+                ),
+            );
+            let cause = span.context().span().span_context().clone();
+            self.escalate(connection_id, failure, cause);
+            return;
+        }
+        if let Some(slot) = self.shared.registry.get(connection_id) {
+            slot.set_state(SlotState::Starting);
+        }
+        let shared = self.shared.clone();
+        let supervisor = myself.clone();
+        let task_span = span.clone();
+        self.shared.tasks.spawn(tracing::Instrument::instrument(async move {
+            match shared.store.get_connection(connection_id).await {
+                Ok(Some(connection)) => {
+                    tracing::info!(connection.id = %connection_id, "restarting connection actor from the stored state");
+                    let _ = supervisor.cast(SupervisorMsg::Spawn { connection: Box::new(connection), startup: false, reply: None });
+                }
+                Ok(None) => {
+                    shared.registry.remove(connection_id);
+                }
+                Err(error) => {
+                    tracing::error!(connection.id = %connection_id, error = %error, "failed to reload connection for restart");
+                }
+            }
+        }, task_span));
+    }
+
+    /// Stops the actor of a connection that a refresh found inactive or deleted in the
+    /// store (a decision span linked to that refresh).
+    fn reconciled(&mut self, connection_id: ConnectionId, cause: SpanContext) {
+        let span = tracing::info_span!(
+            parent: None,
+            "supervisor_decision",
+            otel.name = "tokenvisor.supervisor.reconcile",
+            connection.id = %connection_id,
+            decision = "stop_actor",
+        );
+        link(&span, cause);
+        let _entered = span.enter();
+        self.stop_actor(connection_id);
+        let shared = self.shared.clone();
+        let task_span = span.clone();
+        self.shared.tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                match shared.store.get_connection(connection_id).await {
+                    Ok(Some(connection)) => {
+                        if let Some(slot) = shared.registry.get(connection_id) {
+                            slot.set_state(SlotState::Inactive(connection.status));
+                        }
+                    }
+                    Ok(None) => {
+                        shared.registry.remove(connection_id);
+                    }
+                    Err(error) => {
+                        tracing::error!(connection.id = %connection_id, error = %error, "failed to reload connection")
+                    }
+                }
+            },
+            task_span,
+        ));
+    }
+
+    /// Marks the connection `needs_reauth`, inactive, `refresh_failures + 1`, records the
+    /// error, publishes the event and stops the actor. Exactly once per escalation: the
+    /// actor is stopped first, so no second escalation can come from it.
+    ///
+    /// Traced as a `tokenvisor.escalate` span (decision `mark_needs_reauth`) linked to
+    /// `cause`, the span of the refresh (or restart decision) that failed for good.
+    fn escalate(&mut self, connection_id: ConnectionId, failure: RefreshFailure, cause: SpanContext) {
+        let span = tracing::warn_span!(
+            parent: None,
+            "escalation",
+            otel.name = "tokenvisor.escalate",
+            connection.id = %connection_id,
+            tenant.id = tracing::field::Empty,
+            integration = tracing::field::Empty,
+            provider = tracing::field::Empty,
+            error.code = %failure.code,
+            decision = "mark_needs_reauth",
+            refresh_failures = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        link(&span, cause);
+        let _entered = span.enter();
+        self.stop_actor(connection_id);
+        let slot = self
+            .shared
+            .registry
+            .get_or_insert(connection_id, SlotState::Starting, 0);
+        slot.publish(None);
+        slot.set_state(SlotState::Inactive(ConnectionStatus::NeedsReauth));
+        let shared = self.shared.clone();
+        let task_span = span.clone();
+        self.shared.tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let mut version_guard = slot.refresh_lock.clone().lock_owned().await;
+                let write_span = tracing::info_span!(
+                    "store_mark_needs_reauth",
+                    otel.name = "tokenvisor.store.mark_needs_reauth",
+                    db.operation.name = "compare_and_swap",
+                );
+                let written =
+                    tracing::Instrument::instrument(mark_needs_reauth(&shared, connection_id, &failure), write_span)
+                        .await;
+                let current = tracing::Span::current();
+                match written {
+                    Ok(Some(connection)) => {
+                        *version_guard = connection.version;
+                        current.record("tenant.id", tracing::field::display(&connection.tenant_id));
+                        current.record("refresh_failures", connection.refresh_failures);
+                        let provider = match shared.integration(connection.integration_id).await {
+                            Ok(Some(integration)) => {
+                                current.record("integration", integration.name.as_str());
+                                current.record("provider", integration.provider.as_str());
+                                integration.provider.clone()
+                            }
+                            _ => "unknown".to_owned(),
+                        };
+                        shared.metrics.escalation(&provider, &failure.code);
+                        tracing::warn!(
+                            connection.id = %connection_id,
+                            tenant.id = %connection.tenant_id,
+                            refresh_failures = connection.refresh_failures,
+                            error.code = %failure.code,
+                            "connection needs re-authorization"
+                        );
+                        shared.events.publish(Event {
+                            at: shared.clock.now(),
+                            connection_id,
+                            tenant_id: connection.tenant_id.clone(),
+                            integration_id: connection.integration_id,
+                            kind: EventKind::NeedsReauthorization {
+                                code: failure.code.clone(),
+                                message: failure.message.clone(),
+                                refresh_failures: connection.refresh_failures,
+                            },
+                        });
+                    }
+                    Ok(None) => {
+                        shared.registry.remove(connection_id);
+                    }
+                    Err(error) => {
+                        current.record("otel.status_code", "error");
+                        tracing::error!(connection.id = %connection_id, error = %error, "failed to record escalation");
+                    }
+                }
+            },
+            task_span,
+        ));
+    }
+}
+
+/// The store write of an escalation, retried on compare-and-swap conflicts.
+async fn mark_needs_reauth(
+    shared: &SharedRef,
+    connection_id: ConnectionId,
+    failure: &RefreshFailure,
+) -> Result<Option<Connection>, tokenvisor_store::StoreError> {
+    let mut delay = std::time::Duration::from_millis(100);
+    loop {
+        let attempt = async {
+            for _ in 0..16 {
+                let Some(mut connection) = shared.store.get_connection(connection_id).await? else {
+                    return Ok(None);
+                };
+                if connection.status == ConnectionStatus::NeedsReauth && !connection.is_active {
+                    // Already escalated (e.g. by an earlier process): count it once.
+                    return Ok(Some(connection));
+                }
+                let now = shared.clock.now();
+                let expected = connection.version;
+                connection.status = ConnectionStatus::NeedsReauth;
+                connection.is_active = false;
+                connection.refresh_failures += 1;
+                connection.next_refresh_at = None;
+                connection.last_error = Some(LastError {
+                    code: failure.code.clone(),
+                    message: failure.message.clone(),
+                    at: now,
+                });
+                connection.updated_at = now;
+                if let CasOutcome::Committed { version } = shared.store.compare_and_swap(&connection, expected).await? {
+                    connection.version = version;
+                    return Ok(Some(connection));
+                }
+            }
+            Err(tokenvisor_store::StoreError::Database(
+                "too many concurrent writes".into(),
+            ))
+        }
+        .await;
+        match attempt {
+            Err(error) if error.is_transient() && !shared.is_shutting_down() => {
+                tracing::warn!(connection.id = %connection_id, error = %error, "retrying escalation write");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(30));
+            }
+            other => return other,
+        }
+    }
+}

@@ -1,0 +1,250 @@
+//! Telemetry set-up for the `tokenvisor` binary (libraries never install a subscriber).
+//!
+//! - `config`: what to do, from `RUST_LOG`, `TOKENVISOR_LOG_FORMAT` and the standard `OTEL_*`
+//!   variables ([`TelemetryConfig`]);
+//! - `format`: log lines as text or JSON, with the trace and span ids of their span;
+//! - `propagation`: W3C `traceparent` in and out of HTTP headers ([`extract_parent_context`]);
+//! - this file: [`init`] installs the global subscriber (`EnvFilter`, fmt layer,
+//!   `tracing-opentelemetry` layer), the global meter provider (Prometheus text always,
+//!   OTLP/HTTP when configured), the global tracer provider (OTLP/HTTP when configured) and
+//!   the W3C trace-context propagator. The returned [`TelemetryGuard`] flushes the exporters
+//!   on [`TelemetryGuard::shutdown`].
+
+mod config;
+mod format;
+mod propagation;
+
+pub use config::{ConfigError, LogFormat, TelemetryConfig};
+pub use format::{JsonWithTraceIds, TextWithTraceIds, current_trace_ids, fmt_layer};
+pub use propagation::{extract_parent_context, http_server_span, inject_context, record_http_status};
+
+use opentelemetry::KeyValue;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::metrics::SdkMeterProvider;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::sync::Arc;
+use std::time::Duration;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer as _};
+
+/// Renders the current metrics as Prometheus text exposition.
+pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// How long shutdown waits for each exporter to flush.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps the telemetry pipeline alive; shut it down to flush.
+#[derive(Default)]
+pub struct TelemetryGuard {
+    metrics: Option<MetricsRenderer>,
+    tracer_provider: Option<SdkTracerProvider>,
+    meter_provider: Option<SdkMeterProvider>,
+}
+
+impl std::fmt::Debug for TelemetryGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TelemetryGuard")
+            .field("metrics", &self.metrics.is_some())
+            .field("tracer_provider", &self.tracer_provider.is_some())
+            .field("meter_provider", &self.meter_provider.is_some())
+            .finish()
+    }
+}
+
+impl TelemetryGuard {
+    /// The Prometheus renderer, when metrics are enabled.
+    pub fn prometheus(&self) -> Option<MetricsRenderer> {
+        self.metrics.clone()
+    }
+
+    /// Flushes and stops the exporters: every span ended so far is exported, and metrics
+    /// get a final export. Blocks for at most a few seconds per exporter.
+    pub fn shutdown(self) {
+        if let Some(provider) = &self.tracer_provider
+            && let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
+        {
+            eprintln!("warning: failed to flush trace export: {error}");
+        }
+        if let Some(provider) = &self.meter_provider
+            && let Err(error) = provider.shutdown_with_timeout(SHUTDOWN_TIMEOUT)
+        {
+            eprintln!("warning: failed to flush metrics export: {error}");
+        }
+    }
+}
+
+/// Installs the global pipeline from the environment ([`TelemetryConfig::from_env`]).
+/// A configuration it refuses (e.g. `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`) is logged as an
+/// error and export stays off; logs and Prometheus metrics still work.
+pub fn init() -> TelemetryGuard {
+    match TelemetryConfig::from_env() {
+        Ok(config) => init_with(config),
+        Err(error) => {
+            let fallback = TelemetryConfig {
+                filter: std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                log_format: std::env::var("TOKENVISOR_LOG_FORMAT")
+                    .ok()
+                    .and_then(|value| LogFormat::parse(&value).ok())
+                    .unwrap_or_default(),
+                ..TelemetryConfig::default()
+            };
+            let guard = init_with(fallback);
+            tracing::error!(error = %error, "telemetry export is off: its configuration is refused");
+            guard
+        }
+    }
+}
+
+/// Installs the global pipeline described by `config`: the subscriber (filter, fmt layer
+/// on stderr, OpenTelemetry layer), the tracer and meter providers and the W3C
+/// propagator. Export failures are logged and never stop the process.
+pub fn init_with(config: TelemetryConfig) -> TelemetryGuard {
+    // reqwest is built without a default TLS provider in this workspace.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    let resource = resource(&config);
+    let mut problems = Vec::new();
+
+    // Traces: the provider always exists so spans have ids (log lines carry them, an
+    // incoming traceparent is continued); it exports only when configured.
+    let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
+    if config.export_traces {
+        match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+            Ok(exporter) => tracer_builder = tracer_builder.with_batch_exporter(exporter),
+            Err(error) => problems.push(format!("failed to build the OTLP span exporter: {error}")),
+        }
+    }
+    let tracer_provider = tracer_builder.build();
+    opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+    let tracer = tracer_provider.tracer("tokenvisor");
+
+    // Metrics: Prometheus text always, OTLP when configured.
+    let mut meter_builder = SdkMeterProvider::builder().with_resource(resource);
+    let mut renderer: Option<MetricsRenderer> = None;
+    match prometheus_reader() {
+        Ok((reader, render)) => {
+            meter_builder = meter_builder.with_reader(reader);
+            renderer = Some(render);
+        }
+        Err(error) => problems.push(format!("failed to build the Prometheus exporter: {error}")),
+    }
+    if config.export_metrics {
+        match opentelemetry_otlp::MetricExporter::builder().with_http().build() {
+            Ok(exporter) => meter_builder = meter_builder.with_periodic_exporter(exporter),
+            Err(error) => problems.push(format!("failed to build the OTLP metric exporter: {error}")),
+        }
+    }
+    let meter_provider = meter_builder.build();
+    opentelemetry::global::set_meter_provider(meter_provider.clone());
+
+    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|error| {
+        problems.push(format!("RUST_LOG={} is invalid ({error}); using info", config.filter));
+        EnvFilter::new("info")
+    });
+    let ansi = config.log_format == LogFormat::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let installed = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt_layer(config.log_format, std::io::stderr, ansi))
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::filter::filter_fn(not_actor_lifetime_span)),
+        )
+        .try_init();
+    if installed.is_err() {
+        problems.push("a global tracing subscriber was already installed; keeping it".into());
+    }
+    for problem in problems {
+        tracing::error!("{problem}");
+    }
+    tracing::debug!(
+        traces = config.export_traces,
+        metrics = config.export_metrics,
+        format = ?config.log_format,
+        "telemetry initialised"
+    );
+    TelemetryGuard {
+        metrics: renderer,
+        tracer_provider: Some(tracer_provider),
+        meter_provider: Some(meter_provider),
+    }
+}
+
+/// ractor wraps each actor's whole life in an `Actor` span (target `ractor`): useful
+/// context in log lines, but as OpenTelemetry spans they would stay open for days and
+/// hold every span created inside an actor in one endless trace. They are kept out of the
+/// OpenTelemetry layer (tokenvisor's own spans set their parents explicitly).
+pub fn not_actor_lifetime_span(metadata: &tracing::Metadata<'_>) -> bool {
+    !metadata.target().starts_with("ractor")
+}
+
+/// The resource: the SDK's detectors (`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`), with
+/// `service.name` defaulting to `tokenvisor` and `service.version` set.
+fn resource(config: &TelemetryConfig) -> Resource {
+    let named = std::env::var("OTEL_SERVICE_NAME").is_ok_and(|name| !name.trim().is_empty())
+        || std::env::var("OTEL_RESOURCE_ATTRIBUTES").is_ok_and(|attrs| attrs.contains("service.name="));
+    let mut builder = Resource::builder().with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")));
+    if !named {
+        builder = builder.with_service_name(config.default_service_name.clone());
+    }
+    builder.build()
+}
+
+/// A metric reader for a meter provider, and the function that renders what it reads as
+/// Prometheus text (the admin API's `GET /metrics`).
+pub fn prometheus_reader()
+-> Result<(opentelemetry_prometheus::PrometheusExporter, MetricsRenderer), opentelemetry_sdk::error::OTelSdkError> {
+    let registry = prometheus::Registry::new();
+    let reader = opentelemetry_prometheus::exporter()
+        .with_registry(registry.clone())
+        .scope_info_enabled(false)
+        .build()?;
+    Ok((reader, Arc::new(move || render_prometheus(&registry))))
+}
+
+/// Prometheus text exposition of everything in `registry`.
+pub fn render_prometheus(registry: &prometheus::Registry) -> String {
+    let encoder = prometheus::TextEncoder::new();
+    encoder
+        .encode_to_string(&registry.gather())
+        .unwrap_or_else(|error| format!("# failed to encode metrics: {error}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use opentelemetry::metrics::MeterProvider as _;
+
+    #[test]
+    fn prometheus_text_reflects_the_instruments_of_the_meter_provider() {
+        let (reader, render) = prometheus_reader().expect("reader");
+        let provider = SdkMeterProvider::builder().with_reader(reader).build();
+        let meter = provider.meter("tokenvisor");
+        let refreshes = meter.u64_counter("tokenvisor.refreshes").build();
+        refreshes.add(
+            3,
+            &[KeyValue::new("provider", "zoho"), KeyValue::new("outcome", "success")],
+        );
+        refreshes.add(
+            1,
+            &[KeyValue::new("provider", "zoho"), KeyValue::new("outcome", "transient")],
+        );
+        let duration = meter
+            .f64_histogram("tokenvisor.refresh.duration")
+            .with_unit("s")
+            .build();
+        duration.record(0.2, &[KeyValue::new("provider", "zoho")]);
+        let text = render();
+        assert!(
+            text.contains(r#"tokenvisor_refreshes_total{outcome="success",provider="zoho"} 3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"tokenvisor_refreshes_total{outcome="transient",provider="zoho"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains("tokenvisor_refresh_duration_seconds_count"), "{text}");
+    }
+}

@@ -1,0 +1,223 @@
+//! The server-side subcommands: `serve`, `migrate`, `status`.
+
+use crate::settings::Config;
+use anyhow::Context;
+use std::sync::Arc;
+use std::time::Duration;
+use tokenvisor_admin::{AdminOptions, WebhookDispatcher};
+use tokenvisor_core::ConnectionFilter;
+use tokenvisor_store::{SqlStore, Store};
+use tokenvisor_supervisor::Tokenvisor;
+use tokio_util::sync::CancellationToken;
+
+/// Opens the store: migrations run, the key is checked; a newly generated key file is
+/// written only after the store accepted the key.
+async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    if config.is_embedded_default() || config.encryption_key.is_none() {
+        config.ensure_data_dir()?;
+    }
+    let (keyring, new_key_file) = config.keyring()?;
+    let url = config.database_url();
+    let store = SqlStore::connect(&url, keyring.clone()).await.map_err(|error| {
+        let hint = match &new_key_file {
+            Some(path) => format!(" (no key was configured and {} does not exist)", path.display()),
+            None => String::new(),
+        };
+        anyhow::anyhow!("failed to open the database: {error}{hint}")
+    })?;
+    if let Some(path) = new_key_file {
+        keyring
+            .write_file(&path)
+            .with_context(|| format!("failed to write key file {}", path.display()))?;
+        tracing::warn!(path = %path.display(), "generated a new encryption key; back it up: without it the stored tokens cannot be read");
+    }
+    Ok(store)
+}
+
+/// `tokenvisor serve`: supervise and serve the admin API until SIGINT or SIGTERM, then
+/// stop cleanly (the API stops taking requests, in-flight refreshes commit, queued
+/// webhooks get a few seconds).
+pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard) -> anyhow::Result<()> {
+    let signals = ShutdownSignals::listen()?;
+    let store = Arc::new(open_store(config).await?);
+    let backend = store.backend_name();
+    let (admin_token, token_file) = {
+        if config.admin_token.is_none() {
+            config.ensure_data_dir()?;
+        }
+        config.admin_token_or_generate()?
+    };
+    if let Some(path) = &token_file {
+        tracing::info!(path = %path.display(), "admin API token is in this file (set TOKENVISOR_ADMIN_TOKEN to choose one)");
+    }
+    let listener = tokio::net::TcpListener::bind(config.admin_addr)
+        .await
+        .with_context(|| format!("invalid TOKENVISOR_ADMIN_ADDR: cannot listen on {}", config.admin_addr))?;
+    let local_addr = listener.local_addr().context("failed to read the admin address")?;
+
+    // Subscribe the webhooks before starting, so start-up refreshes reach them too.
+    let mut tokenvisor_config = config.tokenvisor_config();
+    let event_bus = tokenvisor_core::EventBus::new(tokenvisor_config.event_capacity);
+    tokenvisor_config.event_bus = Some(event_bus.clone());
+    let webhooks = match &config.webhooks {
+        Some(webhooks) => Some(
+            WebhookDispatcher::start(event_bus.subscribe(), webhooks.clone())
+                .context("failed to start webhook delivery")?,
+        ),
+        None => None,
+    };
+    let tokenvisor = Tokenvisor::start(store, tokenvisor_config)
+        .await
+        .context("failed to start the supervisor")?;
+    tracing::info!(
+        database = backend,
+        connections = tokenvisor.supervised_count(),
+        "tokenvisor is supervising"
+    );
+
+    let shutdown = CancellationToken::new();
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local_addr}"));
+    let options = AdminOptions {
+        metrics: telemetry.prometheus(),
+        shutdown: shutdown.clone(),
+        ..AdminOptions::new(admin_token, public_url.clone())
+    };
+    let app = tokenvisor_admin::router(tokenvisor.clone(), options);
+    tracing::info!(addr = %local_addr, public_url = %public_url, "admin API listening");
+    let signal = shutdown.clone();
+    let server = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move { signal.cancelled().await })
+            .await
+    });
+
+    signals.wait().await;
+    tracing::info!("shutting down: letting in-flight refreshes commit");
+    shutdown.cancel();
+    match tokio::time::timeout(Duration::from_secs(10), server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => tracing::warn!(error = %error, "admin API stopped with an error"),
+        Ok(Err(error)) => tracing::warn!(error = %error, "admin API task failed"),
+        Err(_) => tracing::warn!("admin API requests still open after 10 s; stopping anyway"),
+    }
+    tokenvisor.shutdown().await;
+    if let Some(webhooks) = webhooks {
+        webhooks.shutdown(Duration::from_secs(3)).await;
+    }
+    Ok(())
+}
+
+/// `tokenvisor migrate`.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    if config.is_embedded_default() {
+        config.ensure_data_dir()?;
+    }
+    tokenvisor_store::sql::migrate(&config.database_url())
+        .await
+        .context("migration failed")?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+/// `tokenvisor status`: a table of connections.
+pub async fn status(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let integrations = store.list_integrations().await?;
+    let connections = store.list_connections(&ConnectionFilter::default()).await?;
+    let now = chrono::Utc::now();
+    println!(
+        "{:<24} {:<20} {:<13} {:>12} {:>8}  LAST REFRESH",
+        "TENANT", "INTEGRATION", "STATUS", "EXPIRES IN", "FAILURES"
+    );
+    for connection in &connections {
+        let integration = integrations
+            .iter()
+            .find(|i| i.id == connection.integration_id)
+            .map(|i| i.name.as_str())
+            .unwrap_or("?");
+        let last_refresh = connection
+            .last_refresh_at
+            .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            .unwrap_or_else(|| "never".into());
+        println!(
+            "{:<24} {:<20} {:<13} {:>12} {:>8}  {}",
+            connection.tenant_id,
+            integration,
+            connection.status,
+            human_duration(connection.expires_at - now),
+            connection.refresh_failures,
+            last_refresh
+        );
+    }
+    println!("{} connection(s)", connections.len());
+    Ok(())
+}
+
+/// `1h 36m`, `5m 3s`, `expired`.
+pub fn human_duration(duration: chrono::Duration) -> String {
+    let seconds = duration.num_seconds();
+    if seconds <= 0 {
+        return "expired".into();
+    }
+    let (hours, minutes, secs) = (seconds / 3600, (seconds % 3600) / 60, seconds % 60);
+    if hours > 0 {
+        format!("{hours}h {minutes}m")
+    } else {
+        format!("{minutes}m {secs}s")
+    }
+}
+
+/// SIGINT and SIGTERM listeners, registered when created: a signal that arrives while
+/// the service is still starting is not lost (and does not kill the process).
+#[cfg(unix)]
+struct ShutdownSignals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+#[cfg(unix)]
+impl ShutdownSignals {
+    fn listen() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            interrupt: signal(SignalKind::interrupt()).context("failed to listen for SIGINT")?,
+            terminate: signal(SignalKind::terminate()).context("failed to listen for SIGTERM")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
+    }
+}
+
+#[cfg(not(unix))]
+struct ShutdownSignals;
+
+#[cfg(not(unix))]
+impl ShutdownSignals {
+    fn listen() -> anyhow::Result<Self> {
+        Ok(Self)
+    }
+
+    async fn wait(self) {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_like_an_operator_would_say_them() {
+        assert_eq!(human_duration(chrono::Duration::minutes(96)), "1h 36m");
+        assert_eq!(human_duration(chrono::Duration::seconds(303)), "5m 3s");
+        assert_eq!(human_duration(chrono::Duration::seconds(-1)), "expired");
+    }
+}

@@ -1,0 +1,588 @@
+//! Settings: a TOML file (`--config`), then environment variables and flags, which
+//! override it. Only the binary reads them; the libraries take values.
+
+use anyhow::{Context, bail};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use tokenvisor_admin::{WebhookConfig, WebhookSecret};
+use tokenvisor_core::{SchedulePolicy, SecretString};
+use tokenvisor_store::Keyring;
+use tokenvisor_supervisor::TokenvisorConfig;
+
+/// What flags and environment variables say (each overrides the config file).
+#[derive(Debug, Default, clap::Args)]
+pub struct Settings {
+    /// TOML configuration file (environment variables and flags override it).
+    #[arg(long, global = true, env = "TOKENVISOR_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Directory for the SQLite database, the generated encryption key and admin token
+    /// [default: ./tokenvisor-data].
+    #[arg(long, global = true, env = "TOKENVISOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL (`sqlite://PATH` or `postgres://...`); default: SQLite in the data directory.
+    #[arg(long, global = true, env = "TOKENVISOR_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+    /// Base64 AES-256 key for tokens at rest; default: a key file in the data directory,
+    /// generated on first run.
+    #[arg(long, global = true, env = "TOKENVISOR_ENCRYPTION_KEY", hide_env_values = true)]
+    pub encryption_key: Option<String>,
+    /// Address of the admin API [default: 127.0.0.1:7070].
+    #[arg(long, global = true, env = "TOKENVISOR_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+    /// Bearer token of the admin API; default: generated into the data directory.
+    #[arg(long, global = true, env = "TOKENVISOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Public base URL of this service (the OAuth callback is `{public_url}/oauth/callback`)
+    /// [default: http://ADMIN_ADDR].
+    #[arg(long, global = true, env = "TOKENVISOR_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Refresh this long before expiry (e.g. `15m`) [default: 15m].
+    #[arg(long, global = true, env = "TOKENVISOR_REFRESH_LEAD")]
+    pub refresh_lead: Option<String>,
+    /// Tokens handed out stay valid at least this long (e.g. `60s`) [default: 60s].
+    #[arg(long, global = true, env = "TOKENVISOR_MIN_VALIDITY")]
+    pub min_validity: Option<String>,
+    /// Two refreshes of one connection are at least this far apart [default: 10s].
+    #[arg(long, global = true, env = "TOKENVISOR_MIN_SPACING")]
+    pub min_spacing: Option<String>,
+    /// First retry delay after a transient failure [default: 2s].
+    #[arg(long, global = true, env = "TOKENVISOR_RETRY_BASE")]
+    pub retry_base: Option<String>,
+    /// Longest retry delay after transient failures [default: 5m].
+    #[arg(long, global = true, env = "TOKENVISOR_RETRY_CAP")]
+    pub retry_cap: Option<String>,
+    /// Start-up refreshes of tokens already due are spread over this window [default: 10s].
+    #[arg(long, global = true, env = "TOKENVISOR_STARTUP_SPREAD")]
+    pub startup_spread: Option<String>,
+    /// Hosts that token endpoints may use over plain HTTP (comma-separated).
+    #[arg(long, global = true, env = "TOKENVISOR_ALLOW_INSECURE_ENDPOINTS")]
+    pub allow_insecure_endpoints: Option<String>,
+    /// Webhook endpoints receiving the events (comma-separated URLs).
+    #[arg(long, global = true, env = "TOKENVISOR_WEBHOOK_URLS")]
+    pub webhook_urls: Option<String>,
+    /// Webhook signing secret, `whsec_<base64>`.
+    #[arg(long, global = true, env = "TOKENVISOR_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+}
+
+/// The TOML file. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    data_dir: Option<PathBuf>,
+    database_url: Option<String>,
+    encryption_key: Option<String>,
+    admin_addr: Option<String>,
+    admin_token: Option<String>,
+    public_url: Option<String>,
+    refresh_lead: Option<String>,
+    min_validity: Option<String>,
+    min_spacing: Option<String>,
+    retry_base: Option<String>,
+    retry_cap: Option<String>,
+    startup_spread: Option<String>,
+    allow_insecure_endpoints: Option<Vec<String>>,
+    webhooks: Option<FileWebhooks>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhooks {
+    urls: Option<Vec<String>>,
+    secret: Option<String>,
+}
+
+/// The resolved configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Explicit database URL, if any.
+    pub database_url: Option<String>,
+    /// Explicit encryption key, if any.
+    pub encryption_key: Option<SecretString>,
+    /// Admin API address.
+    pub admin_addr: SocketAddr,
+    /// Explicit admin token, if any.
+    pub admin_token: Option<SecretString>,
+    /// Public base URL (no trailing slash), if set.
+    pub public_url: Option<String>,
+    /// The refresh schedule.
+    pub schedule: SchedulePolicy,
+    /// Hosts allowed over plain HTTP.
+    pub allow_insecure_endpoints: Vec<String>,
+    /// Webhook delivery, when URLs are configured.
+    pub webhooks: Option<WebhookConfig>,
+}
+
+/// Where a value came from, for error messages that name the bad setting.
+struct Source<'a> {
+    env: &'static str,
+    file_key: &'static str,
+    file: Option<&'a Path>,
+}
+
+impl Source<'_> {
+    fn name(&self, from_env: bool) -> String {
+        match (from_env, self.file) {
+            (true, _) | (false, None) => self.env.to_owned(),
+            (false, Some(path)) => format!("{} in {}", self.file_key, path.display()),
+        }
+    }
+}
+
+/// The flag/environment value, else the file value, with the name of where it came from.
+fn pick<T>(env_value: Option<T>, file_value: Option<T>, source: &Source<'_>) -> Option<(T, String)> {
+    match (env_value, file_value) {
+        (Some(value), _) => Some((value, source.name(true))),
+        (None, Some(value)) => Some((value, source.name(false))),
+        (None, None) => None,
+    }
+}
+
+impl Settings {
+    /// Reads the config file (if any) and merges it under the flags and environment.
+    /// Every error names the bad setting.
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        let file_path = self.config.as_deref();
+        let file: FileConfig = match file_path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| {
+                    format!("failed to read the config file {} (TOKENVISOR_CONFIG)", path.display())
+                })?;
+                toml::from_str(&text)
+                    .map_err(|error| anyhow::anyhow!("invalid config file {}: {}", path.display(), error.message()))?
+            }
+            None => FileConfig::default(),
+        };
+        let source = |env: &'static str, file_key: &'static str| Source {
+            env,
+            file_key,
+            file: file_path,
+        };
+
+        let data_dir = pick(
+            self.data_dir.clone(),
+            file.data_dir,
+            &source("TOKENVISOR_DATA_DIR", "data_dir"),
+        )
+        .map(|(dir, _)| dir)
+        .unwrap_or_else(|| PathBuf::from("./tokenvisor-data"));
+        let database_url = match pick(
+            self.database_url.clone(),
+            file.database_url,
+            &source("TOKENVISOR_DATABASE_URL", "database_url"),
+        ) {
+            Some((url, name)) => {
+                let url = url.trim().to_owned();
+                if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    bail!("invalid {name}: must start with sqlite://, postgres:// or postgresql://");
+                }
+                Some(url)
+            }
+            None => None,
+        };
+        let encryption_key = pick(
+            self.encryption_key.clone(),
+            file.encryption_key,
+            &source("TOKENVISOR_ENCRYPTION_KEY", "encryption_key"),
+        )
+        .map(|(key, _)| SecretString::new(key.trim()));
+        let admin_addr = match pick(
+            self.admin_addr.clone(),
+            file.admin_addr,
+            &source("TOKENVISOR_ADMIN_ADDR", "admin_addr"),
+        ) {
+            Some((addr, name)) => addr
+                .trim()
+                .parse::<SocketAddr>()
+                .map_err(|_| anyhow::anyhow!("invalid {name}: {addr:?} is not an address like 127.0.0.1:7070"))?,
+            None => SocketAddr::from(([127, 0, 0, 1], 7070)),
+        };
+        let admin_token = match pick(
+            self.admin_token.clone(),
+            file.admin_token,
+            &source("TOKENVISOR_ADMIN_TOKEN", "admin_token"),
+        ) {
+            Some((token, name)) => {
+                let token = token.trim().to_owned();
+                if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                    bail!("invalid {name}: must be at least 16 characters without spaces");
+                }
+                Some(SecretString::new(token))
+            }
+            None => None,
+        };
+        let public_url = match pick(
+            self.public_url.clone(),
+            file.public_url,
+            &source("TOKENVISOR_PUBLIC_URL", "public_url"),
+        ) {
+            Some((url, name)) => {
+                let parsed = url::Url::parse(url.trim()).map_err(|error| anyhow::anyhow!("invalid {name}: {error}"))?;
+                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+                    bail!("invalid {name}: must be an http(s) URL with a host");
+                }
+                Some(url.trim().trim_end_matches('/').to_owned())
+            }
+            None => None,
+        };
+
+        let defaults = SchedulePolicy::default();
+        let duration = |env_value: &Option<String>,
+                        file_value: Option<String>,
+                        env: &'static str,
+                        key: &'static str,
+                        default: chrono::Duration|
+         -> anyhow::Result<chrono::Duration> {
+            match pick(env_value.clone(), file_value, &source(env, key)) {
+                Some((text, name)) => {
+                    parse_duration(&text).map_err(|reason| anyhow::anyhow!("invalid {name}: {reason}"))
+                }
+                None => Ok(default),
+            }
+        };
+        let schedule = SchedulePolicy {
+            lead: duration(
+                &self.refresh_lead,
+                file.refresh_lead,
+                "TOKENVISOR_REFRESH_LEAD",
+                "refresh_lead",
+                defaults.lead,
+            )?,
+            min_validity: duration(
+                &self.min_validity,
+                file.min_validity,
+                "TOKENVISOR_MIN_VALIDITY",
+                "min_validity",
+                defaults.min_validity,
+            )?,
+            min_spacing: duration(
+                &self.min_spacing,
+                file.min_spacing,
+                "TOKENVISOR_MIN_SPACING",
+                "min_spacing",
+                defaults.min_spacing,
+            )?,
+            retry_base: duration(
+                &self.retry_base,
+                file.retry_base,
+                "TOKENVISOR_RETRY_BASE",
+                "retry_base",
+                defaults.retry_base,
+            )?,
+            retry_cap: duration(
+                &self.retry_cap,
+                file.retry_cap,
+                "TOKENVISOR_RETRY_CAP",
+                "retry_cap",
+                defaults.retry_cap,
+            )?,
+            startup_spread: duration(
+                &self.startup_spread,
+                file.startup_spread,
+                "TOKENVISOR_STARTUP_SPREAD",
+                "startup_spread",
+                defaults.startup_spread,
+            )?,
+            ..defaults
+        };
+        if schedule.lead <= chrono::Duration::zero() {
+            bail!("invalid TOKENVISOR_REFRESH_LEAD: must be positive");
+        }
+        if schedule.retry_base <= chrono::Duration::zero() || schedule.retry_cap < schedule.retry_base {
+            bail!(
+                "invalid TOKENVISOR_RETRY_BASE / TOKENVISOR_RETRY_CAP: the base must be positive and at most the cap"
+            );
+        }
+
+        let allow_insecure_endpoints = match (&self.allow_insecure_endpoints, file.allow_insecure_endpoints) {
+            (Some(list), _) => split_list(list),
+            (None, Some(list)) => list
+                .iter()
+                .map(|h| h.trim().to_owned())
+                .filter(|h| !h.is_empty())
+                .collect(),
+            (None, None) => Vec::new(),
+        };
+        for host in &allow_insecure_endpoints {
+            if host.contains(['/', ':', ' ']) && !host.starts_with('[') {
+                bail!(
+                    "invalid TOKENVISOR_ALLOW_INSECURE_ENDPOINTS: {host:?} is not a host name (no scheme, port or path)"
+                );
+            }
+        }
+
+        let file_webhooks = file.webhooks.unwrap_or_default();
+        let urls = match (&self.webhook_urls, file_webhooks.urls) {
+            (Some(list), _) => split_list(list)
+                .iter()
+                .map(|u| WebhookConfig::parse_url(u))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| anyhow::anyhow!("invalid TOKENVISOR_WEBHOOK_URLS: {error}"))?,
+            (None, Some(list)) => list
+                .iter()
+                .map(|u| WebhookConfig::parse_url(u))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|error| anyhow::anyhow!("invalid webhooks.urls in the config file: {error}"))?,
+            (None, None) => Vec::new(),
+        };
+        let secret = pick(
+            self.webhook_secret.clone(),
+            file_webhooks.secret,
+            &source("TOKENVISOR_WEBHOOK_SECRET", "webhooks.secret"),
+        );
+        let webhooks = match (urls.is_empty(), secret) {
+            (true, _) => None,
+            (false, None) => bail!(
+                "invalid TOKENVISOR_WEBHOOK_SECRET: required when webhook URLs are configured (generate one: {})",
+                "whsec_$(head -c32 /dev/urandom | base64)"
+            ),
+            (false, Some((secret, name))) => {
+                let secret =
+                    WebhookSecret::parse(&secret).map_err(|error| anyhow::anyhow!("invalid {name}: {error}"))?;
+                Some(WebhookConfig::new(urls, secret))
+            }
+        };
+
+        Ok(Config {
+            data_dir,
+            database_url,
+            encryption_key,
+            admin_addr,
+            admin_token,
+            public_url,
+            schedule,
+            allow_insecure_endpoints,
+            webhooks,
+        })
+    }
+}
+
+fn split_list(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(|item| item.trim().to_owned())
+        .filter(|item| !item.is_empty())
+        .collect()
+}
+
+impl Config {
+    /// The database URL, defaulting to SQLite in the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) => url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("tokenvisor.db").display()),
+        }
+    }
+
+    /// Whether the database is the embedded default SQLite file.
+    pub fn is_embedded_default(&self) -> bool {
+        self.database_url.is_none()
+    }
+
+    /// The key file in the data directory.
+    pub fn key_file(&self) -> PathBuf {
+        self.data_dir.join("encryption.key")
+    }
+
+    /// The generated admin token's file in the data directory.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_dir.join("admin.token")
+    }
+
+    /// The supervisor configuration.
+    pub fn tokenvisor_config(&self) -> TokenvisorConfig {
+        TokenvisorConfig {
+            schedule: self.schedule.clone(),
+            allow_insecure_hosts: self.allow_insecure_endpoints.clone(),
+            ..TokenvisorConfig::default()
+        }
+    }
+
+    /// The keyring: the configured key, or the key file. When neither exists, a new key
+    /// is generated and returned with `Some(path)`: the caller writes it there only once
+    /// the store has accepted it (a database encrypted with another key is never
+    /// paired with a new key file).
+    pub fn keyring(&self) -> anyhow::Result<(Keyring, Option<PathBuf>)> {
+        if let Some(key) = &self.encryption_key {
+            let keyring = Keyring::from_base64(key.expose(), &[]).context("invalid TOKENVISOR_ENCRYPTION_KEY")?;
+            return Ok((keyring, None));
+        }
+        let path = self.key_file();
+        if let Some(keyring) =
+            Keyring::load_file(&path).with_context(|| format!("failed to read key file {}", path.display()))?
+        {
+            return Ok((keyring, None));
+        }
+        let (keyring, _) = Keyring::generate();
+        Ok((keyring, Some(path)))
+    }
+
+    /// Creates the data directory (mode 0700 where it is new).
+    pub fn ensure_data_dir(&self) -> anyhow::Result<()> {
+        create_private_dir(&self.data_dir)
+    }
+
+    /// The admin token: configured, or read from (or generated into) the data directory's
+    /// `admin.token` (mode 0600). Returns the token and the file it lives in, if any.
+    pub fn admin_token_or_generate(&self) -> anyhow::Result<(SecretString, Option<PathBuf>)> {
+        if let Some(token) = &self.admin_token {
+            return Ok((token.clone(), None));
+        }
+        let path = self.admin_token_file();
+        if let Some(token) = read_token_file(&path)? {
+            return Ok((token, Some(path)));
+        }
+        let bytes: [u8; 32] = rand::random();
+        let token = format!(
+            "tv_{}",
+            base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, bytes)
+        );
+        write_private_file(&path, &token)
+            .with_context(|| format!("failed to write admin token file {}", path.display()))?;
+        Ok((SecretString::new(token), Some(path)))
+    }
+
+    /// The admin token for CLI requests: configured, or the data directory's file.
+    pub fn admin_token_for_client(&self) -> anyhow::Result<Option<SecretString>> {
+        if let Some(token) = &self.admin_token {
+            return Ok(Some(token.clone()));
+        }
+        read_token_file(&self.admin_token_file())
+    }
+}
+
+fn read_token_file(path: &Path) -> anyhow::Result<Option<SecretString>> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(Some(SecretString::new(text.trim()))),
+        Ok(_) => Ok(None),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(error) => Err(error).with_context(|| format!("failed to read admin token file {}", path.display())),
+    }
+}
+
+fn write_private_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(contents.as_bytes())?;
+    file.write_all(b"\n")?;
+    file.sync_all()
+}
+
+fn create_private_dir(path: &Path) -> anyhow::Result<()> {
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(path)
+        .with_context(|| format!("failed to create data directory {}", path.display()))?;
+    Ok(())
+}
+
+/// Parses `500ms`, `90s`, `15m`, `1h`, `2d` or a number of seconds.
+pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(split) => text.split_at(split),
+        None => (text, "s"),
+    };
+    let value: i64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 60s, 15m or 1h"))?;
+    let seconds = match unit {
+        "ms" => value / 1000,
+        "s" => value,
+        "m" => value.saturating_mul(60),
+        "h" => value.saturating_mul(3600),
+        "d" => value.saturating_mul(86_400),
+        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
+    };
+    if seconds > 366 * 24 * 3600 {
+        return Err(format!("{text:?} is too long (at most a year)"));
+    }
+    Ok(match unit {
+        "ms" => chrono::Duration::milliseconds(value),
+        _ => chrono::Duration::seconds(seconds),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("15m"), Ok(chrono::Duration::minutes(15)));
+        assert_eq!(parse_duration("60s"), Ok(chrono::Duration::seconds(60)));
+        assert_eq!(parse_duration("90"), Ok(chrono::Duration::seconds(90)));
+        assert_eq!(parse_duration("250ms"), Ok(chrono::Duration::milliseconds(250)));
+        assert!(parse_duration("-5m").is_err());
+        assert!(parse_duration("5 weeks").is_err());
+        assert!(parse_duration("400d").is_err());
+    }
+
+    #[test]
+    fn the_environment_overrides_the_file_and_errors_name_the_setting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokenvisor.toml");
+        std::fs::write(
+            &path,
+            "admin_addr = \"127.0.0.1:9000\"\nrefresh_lead = \"10m\"\nmin_validity = \"30s\"\n[webhooks]\nurls = [\"http://127.0.0.1:1/hook\"]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+        )
+        .expect("write");
+        let settings = Settings {
+            config: Some(path.clone()),
+            refresh_lead: Some("5m".into()),
+            ..Settings::default()
+        };
+        let config = settings.resolve().expect("valid");
+        assert_eq!(config.schedule.lead, chrono::Duration::minutes(5));
+        assert_eq!(config.schedule.min_validity, chrono::Duration::seconds(30));
+        assert_eq!(config.admin_addr.port(), 9000);
+        assert_eq!(config.webhooks.as_ref().map(|w| w.urls.len()), Some(1));
+
+        let bad = Settings {
+            config: Some(path.clone()),
+            min_validity: Some("soon".into()),
+            ..Settings::default()
+        };
+        let message = bad.resolve().expect_err("invalid").to_string();
+        assert!(message.contains("TOKENVISOR_MIN_VALIDITY"), "{message}");
+
+        std::fs::write(&path, "refresh_lead = \"forever\"\n").expect("write");
+        let message = Settings {
+            config: Some(path.clone()),
+            ..Settings::default()
+        }
+        .resolve()
+        .expect_err("invalid")
+        .to_string();
+        assert!(message.contains("refresh_lead in"), "{message}");
+
+        std::fs::write(&path, "refresh_leed = \"1m\"\n").expect("write");
+        let message = Settings {
+            config: Some(path),
+            ..Settings::default()
+        }
+        .resolve()
+        .expect_err("unknown key")
+        .to_string();
+        assert!(message.contains("refresh_leed"), "{message}");
+    }
+
+    #[test]
+    fn webhook_urls_need_a_secret() {
+        let settings = Settings {
+            webhook_urls: Some("http://127.0.0.1:1/hook".into()),
+            ..Settings::default()
+        };
+        let message = settings.resolve().expect_err("no secret").to_string();
+        assert!(message.contains("TOKENVISOR_WEBHOOK_SECRET"), "{message}");
+    }
+}

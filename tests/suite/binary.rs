@@ -1,0 +1,83 @@
+//! The real `tokenvisor` binary: serve with no configuration, migrate, status, and a
+//! wrong key refused at start-up.
+
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+use tokenvisor_store::{Keyring, SqlStore};
+use tokenvisor_supervisor::Tokenvisor;
+use tokenvisor_testkit::Dialect;
+use tokenvisor_tests::process::Server;
+use tokenvisor_tests::{Harness, fake, test_config};
+
+/// The binary cargo built for this suite.
+fn command(dir: &std::path::Path) -> std::process::Command {
+    tokenvisor_tests::process::command(std::path::Path::new(env!("CARGO_BIN_EXE_tokenvisor")), dir)
+}
+
+#[test]
+fn serve_runs_with_no_configuration_and_stops_cleanly_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = Server::spawn(command(dir.path()));
+    server.wait_for("tokenvisor is supervising", Duration::from_secs(30));
+    let status = server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let data = dir.path().join("tokenvisor-data");
+    assert!(data.join("tokenvisor.db").exists());
+    let mode = std::fs::metadata(data.join("encryption.key"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the generated key file is private");
+}
+
+#[test]
+fn migrate_prepares_the_embedded_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(dir.path()).arg("migrate").output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(dir.path().join("tokenvisor-data/tokenvisor.db").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lists_connections_and_a_wrong_key_is_refused_without_touching_the_key_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("tokenvisor-data");
+    std::fs::create_dir_all(&data).unwrap();
+    let (keyring, encoded) = Keyring::generate();
+    let url = format!("sqlite://{}", data.join("tokenvisor.db").display());
+    let store = Arc::new(SqlStore::connect(&url, keyring.clone()).await.unwrap());
+    let harness = Harness::start(store, fake(Dialect::Generic, 3600).await, test_config()).await;
+    harness.connect("acme-corp").await;
+    harness.tokenvisor.shutdown().await;
+    drop(harness);
+
+    let output = command(dir.path())
+        .arg("status")
+        .env("TOKENVISOR_ENCRYPTION_KEY", &encoded)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        stdout.contains("acme-corp") && stdout.contains("active") && stdout.contains("fake"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("1 connection(s)"));
+
+    // Without the key (no key file either) start-up fails and no key file is created.
+    let output = command(dir.path()).arg("status").output().unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("encryption key"), "{stderr}");
+    assert!(
+        !data.join("encryption.key").exists(),
+        "a new key was not paired with an existing database"
+    );
+
+    // The right key still reads every token.
+    let store = Arc::new(SqlStore::connect(&url, keyring).await.unwrap());
+    let tokenvisor = Tokenvisor::start(store, test_config()).await.unwrap();
+    assert_eq!(tokenvisor.supervised_count(), 1);
+    tokenvisor.shutdown().await;
+}

@@ -1,0 +1,21 @@
+//! tokenvisor's integration tests: one binary, one module per concern. Each test
+//! names the invariant of DESIGN.md it guards.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod admin_api;
+mod admin_e2e;
+mod admin_restart;
+mod binary;
+mod cli;
+mod commit_order;
+mod escalation;
+mod isolation;
+mod providers;
+mod reauthorization;
+mod rotation;
+mod schedule;
+mod single_flight;
+mod storage;
+mod telemetry;
+mod transient;
+mod webhooks;
