@@ -1,5 +1,13 @@
 //! `kill -9` of the service while it refreshes rotating tokens, then a restart on the
 //! same data: no refresh token is lost, no retired token is replayed (invariants 1 and 2).
+//!
+//! A kill can land between the provider's rotating answer and our commit: that answer is
+//! gone with the process, and the restarted service presents the previous refresh token,
+//! which the provider accepts inside its grace period (Atlassian: 10 minutes) and answers
+//! with the family's current token. Such a lost answer is the only reuse allowed: at most
+//! one per connection per kill, always inside the grace period (a reuse outside it revokes
+//! the family, which the test would see as a revocation and a connection needing
+//! re-authorization).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +25,7 @@ fn binary() -> &'static std::path::Path {
 async fn a_killed_service_restarts_on_the_same_data_without_losing_or_replaying_refresh_tokens() {
     let fake = fake(
         Dialect::Rotating {
-            grace: Duration::from_secs(1),
+            grace: Duration::from_secs(60),
         },
         4,
     )
@@ -31,7 +39,8 @@ async fn a_killed_service_restarts_on_the_same_data_without_losing_or_replaying_
     }
 
     // Kill -9 twice while refreshes are going on (tokens live 4 s: one refresh round every ~3 s).
-    for round in 0..2 {
+    let kills = 2;
+    for round in 0..kills {
         let target: u64 = tenants.iter().map(|t| fake.refreshes_for(t)).sum::<u64>() + 3;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         while tenants.iter().map(|t| fake.refreshes_for(t)).sum::<u64>() < target {
@@ -69,7 +78,12 @@ async fn a_killed_service_restarts_on_the_same_data_without_losing_or_replaying_
         assert!(fake.is_access_token_live(token.body["access_token"].as_str().unwrap()));
     }
     assert_eq!(fake.family_revocations(), 0, "a retired refresh token was replayed");
-    assert_eq!(fake.reuse_events(), 0, "a rotated-away refresh token was used again");
+    let lost_answers_at_most = kills as u64 * tenants.len() as u64;
+    assert!(
+        fake.reuse_events() <= lost_answers_at_most,
+        "{} reuses of rotated-away refresh tokens: more than one lost answer per connection per kill",
+        fake.reuse_events()
+    );
 
     // The stored refresh token of every connection is the provider's current one.
     let status = service.server.terminate();
