@@ -11,6 +11,7 @@ mod setup;
 
 use clap::Parser;
 use report::Row;
+use scenarios::CommitPath;
 use std::time::Duration;
 
 #[derive(Debug, Parser)]
@@ -31,6 +32,9 @@ struct Cli {
     /// Write the table to this markdown file.
     #[arg(long)]
     write: Option<std::path::PathBuf>,
+    /// Throughput only at this size (all three commit paths), e.g. for profiling.
+    #[arg(long)]
+    throughput_size: Option<usize>,
     /// Internal: measure scale at one size and print JSON (run in a child process).
     #[arg(long, hide = true)]
     scale_one: Option<usize>,
@@ -91,14 +95,20 @@ fn main() -> anyhow::Result<()> {
     }
     if wants(&cli, "throughput") {
         let pgbench = pgbench_tps(if cli.quick { 2 } else { 5 });
-        for &size in &sizes {
+        let throughput_sizes = match cli.throughput_size {
+            Some(size) => vec![size],
+            None => sizes.clone(),
+        };
+        for &size in &throughput_sizes {
             let size = if cli.full { size.max(10_000) } else { size };
-            // The old two-transaction commit, beside the current one (it is too slow to
-            // run at 100k: minutes).
+            // The earlier commit paths beside the current one, in the same run (they are
+            // too slow to run at 100k: minutes).
             if size <= 10_000 {
-                rows.extend(runtime.block_on(scenarios::refresh_throughput(size, pgbench, true))?);
+                for path in [CommitPath::SplitHistory, CommitPath::Transaction] {
+                    rows.extend(runtime.block_on(scenarios::refresh_throughput(size, pgbench, path))?);
+                }
             }
-            rows.extend(runtime.block_on(scenarios::refresh_throughput(size, pgbench, false))?);
+            rows.extend(runtime.block_on(scenarios::refresh_throughput(size, pgbench, CommitPath::GroupCommit))?);
             if cli.full && size >= 100_000 {
                 break;
             }

@@ -259,3 +259,45 @@ pub fn percentile<T: Copy>(sorted: &[T], p: f64) -> Option<T> {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted.get(index.min(sorted.len() - 1)).copied()
 }
+
+/// CPU time (user + system) of process `pid` ("self" for this one), in milliseconds.
+pub fn cpu_ms(pid: &str) -> u64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0;
+    };
+    // Fields after the command name (which may hold spaces) start at field 3.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, rest)| rest) else {
+        return 0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| fields.get(index).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) * 1000 / clock_ticks_per_second()
+}
+
+fn clock_ticks_per_second() -> u64 {
+    // Linux reports CPU times in USER_HZ, 100 on every mainstream architecture.
+    100
+}
+
+/// CPU time of the PostgreSQL backends serving database `name` (their command line
+/// names it), in milliseconds.
+pub fn postgres_cpu_ms(name: &str) -> u64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|cmdline| {
+                    let cmdline = String::from_utf8_lossy(&cmdline);
+                    cmdline.starts_with("postgres: ") && cmdline.split_whitespace().any(|word| word == name)
+                })
+                .unwrap_or(false)
+        })
+        .map(|pid| cpu_ms(&pid))
+        .sum()
+}

@@ -40,6 +40,9 @@ on_both_backends!(
     a_rotated_keyring_reads_old_data_and_writes_with_the_new_key,
     migrate_alone_prepares_a_database_for_a_store,
     an_authorization_state_is_usable_once_and_its_verifier_is_encrypted,
+    refresh_commits_of_many_connections_land_together_and_a_stale_one_conflicts,
+    concurrent_refresh_commits_of_one_connection_commit_exactly_once,
+    refresh_commits_keep_the_history_bounded_and_skip_deleted_connections,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -817,4 +820,170 @@ async fn an_authorization_state_is_usable_once_and_its_verifier_is_encrypted(db:
             .is_none(),
         "single use"
     );
+}
+
+/// The refreshed state of `connection` with tokens numbered `n`.
+fn refreshed(connection: &Connection, n: usize) -> Connection {
+    let mut next = connection.clone();
+    next.access_token = SecretString::new(format!("access-{n}-{}", connection.id));
+    next.refresh_token = Some(SecretString::new(format!("refresh-{n}-{}", connection.id)));
+    next.last_refresh_at = Some(now());
+    next.next_refresh_at = Some(now() + chrono::Duration::minutes(45));
+    next.metadata.insert("refreshed".to_owned(), serde_json::json!(n));
+    next.updated_at = now();
+    next
+}
+
+/// Many refresh commits at once (on PostgreSQL they share group-commit statements):
+/// every matching one commits with its history entry, the stale one conflicts and
+/// changes nothing, and each row holds exactly its own tokens.
+async fn refresh_commits_of_many_connections_land_together_and_a_stale_one_conflicts(db: TestDb) {
+    let store = std::sync::Arc::new(open_store(&db, Keyring::new(key(1), vec![])).await);
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let count = 64;
+    let mut connections = Vec::new();
+    for i in 0..count {
+        let connection = sample_connection(integration.id, &format!("tenant-{i}"));
+        store.insert_connection(&connection).await.expect("insert");
+        connections.push(connection);
+    }
+    // The stale one: stored at version 2 by another writer, committed over version 1.
+    let stale = connections[count / 2].clone();
+    let elsewhere = refreshed(&stale, 99);
+    assert!(matches!(
+        store.compare_and_swap(&elsewhere, 1).await.expect("cas"),
+        CasOutcome::Committed { version: 2 }
+    ));
+
+    let mut writers = Vec::new();
+    for (i, connection) in connections.iter().enumerate() {
+        let store = store.clone();
+        let next = refreshed(connection, i);
+        writers.push(tokio::spawn(async move {
+            let attempt = sample_attempt(next.id, 0);
+            let outcome = store.commit_refresh(&next, 1, &attempt).await.expect("commit");
+            (next, outcome)
+        }));
+    }
+    for handle in writers {
+        let (next, outcome) = handle.await.expect("writer");
+        let stored = store.get_connection(next.id).await.expect("get").expect("present");
+        let history = store.list_attempts(next.id, 10).await.expect("list");
+        if next.id == stale.id {
+            let CasOutcome::Conflict { current: Some(current) } = outcome else {
+                panic!("a stale version must conflict: {outcome:?}");
+            };
+            assert_eq!(current.version, 2);
+            assert_eq!(current.access_token.expose(), elsewhere.access_token.expose());
+            assert_eq!(stored.access_token.expose(), elsewhere.access_token.expose());
+            assert!(history.is_empty(), "a conflicting commit records no history");
+            continue;
+        }
+        assert!(matches!(outcome, CasOutcome::Committed { version: 2 }), "{outcome:?}");
+        assert_eq!(
+            connection_fingerprint(&stored),
+            connection_fingerprint(&Connection { version: 2, ..next })
+        );
+        assert_eq!(history.len(), 1);
+        assert_eq!(history[0].outcome, RefreshOutcomeKind::Success);
+    }
+}
+
+/// Commits of one connection over the same version, at once: exactly one commits (one
+/// history entry), the others conflict and see the winner.
+async fn concurrent_refresh_commits_of_one_connection_commit_exactly_once(db: TestDb) {
+    let store = std::sync::Arc::new(open_store(&db, Keyring::new(key(1), vec![])).await);
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("insert");
+
+    let mut writers = Vec::new();
+    for writer in 0..8 {
+        let store = store.clone();
+        let next = refreshed(&connection, writer);
+        writers.push(tokio::spawn(async move {
+            let attempt = sample_attempt(next.id, 0);
+            store.commit_refresh(&next, 1, &attempt).await.expect("commit")
+        }));
+    }
+    let mut committed = Vec::new();
+    for (writer, handle) in writers.into_iter().enumerate() {
+        match handle.await.expect("writer") {
+            CasOutcome::Committed { version } => committed.push((writer, version)),
+            CasOutcome::Conflict { current } => assert_eq!(current.expect("still there").version, 2),
+        }
+    }
+    assert_eq!(committed.len(), 1, "{committed:?}");
+    let (winner, version) = committed[0];
+    assert_eq!(version, 2);
+    let stored = store
+        .get_connection(connection.id)
+        .await
+        .expect("get")
+        .expect("present");
+    assert_eq!(
+        stored.access_token.expose(),
+        refreshed(&connection, winner).access_token.expose()
+    );
+    assert_eq!(store.list_attempts(connection.id, 100).await.expect("list").len(), 1);
+}
+
+/// Refresh commits trim the history to the newest entries (every few versions), and a
+/// commit of a deleted connection conflicts without recording anything.
+async fn refresh_commits_keep_the_history_bounded_and_skip_deleted_connections(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("insert");
+
+    // Versions 2..=64: the commit to version 64 trims, leaving exactly the newest ones.
+    let mut version = 1;
+    let mut sequence = 0;
+    while (version + 1) % TRIM_EVERY != 0 || version + 1 < ATTEMPT_HISTORY_LIMIT as i64 + TRIM_EVERY {
+        let next = refreshed(&connection, sequence as usize);
+        let outcome = store
+            .commit_refresh(&next, version, &sample_attempt(connection.id, sequence))
+            .await
+            .expect("commit");
+        assert!(
+            matches!(outcome, CasOutcome::Committed { version: v } if v == version + 1),
+            "{outcome:?}"
+        );
+        version += 1;
+        sequence += 1;
+    }
+    let next = refreshed(&connection, sequence as usize);
+    let outcome = store
+        .commit_refresh(&next, version, &sample_attempt(connection.id, sequence))
+        .await
+        .expect("commit");
+    assert!(matches!(outcome, CasOutcome::Committed { .. }), "{outcome:?}");
+    assert_eq!((version + 1) % TRIM_EVERY, 0);
+    let total = sequence + 1;
+    let history = store.list_attempts(connection.id, 1_000).await.expect("list");
+    assert_eq!(history.len() as u64, ATTEMPT_HISTORY_LIMIT);
+    let durations: Vec<i64> = history.iter().map(|attempt| attempt.duration_ms).collect();
+    let expected: Vec<i64> = (total - ATTEMPT_HISTORY_LIMIT as i64..total).rev().collect();
+    assert_eq!(durations, expected, "newest first, oldest dropped");
+    let raw_rows = refresh_attempt::Entity::find()
+        .all(store.connection())
+        .await
+        .expect("raw rows");
+    assert_eq!(raw_rows.len() as u64, ATTEMPT_HISTORY_LIMIT, "older rows are deleted");
+
+    assert!(store.delete_connection(connection.id).await.expect("delete"));
+    let outcome = store
+        .commit_refresh(&next, version + 1, &sample_attempt(connection.id, 0))
+        .await
+        .expect("commit after delete");
+    assert!(matches!(outcome, CasOutcome::Conflict { current: None }), "{outcome:?}");
+    let raw_rows = refresh_attempt::Entity::find()
+        .all(store.connection())
+        .await
+        .expect("raw rows");
+    assert!(raw_rows.is_empty(), "a deleted connection's attempt is not kept");
+    store.close().await.expect("close");
 }

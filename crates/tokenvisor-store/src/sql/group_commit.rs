@@ -1,0 +1,390 @@
+//! Group commit of refreshes on PostgreSQL.
+//!
+//! A refresh commit is one compare-and-swap `UPDATE` of its connection, one history
+//! `INSERT` and, every [`TRIM_EVERY`](super::TRIM_EVERY) versions, a trim of that history.
+//! Here they are one statement: data-modifying CTEs over `unnest`ed arrays, in autocommit,
+//! so the statement is its own transaction. The history row of a connection is inserted
+//! only when its `UPDATE` matched (`id` and expected `version`), in the same transaction.
+//!
+//! The [`GroupCommitter`] task collects the commits waiting at a given moment (no timer:
+//! whatever queued while the previous statements ran) and writes up to [`MAX_BATCH`] of
+//! them in one statement, with up to [`MAX_IN_FLIGHT`] statements in flight. Each caller
+//! awaits its own answer: `true` when its row matched and the statement committed, `false`
+//! when its version did not match (or the row is gone), an error when the statement
+//! failed. A batch never holds two commits of the same connection: a second one waits for
+//! the next batch. When a batch statement fails (a deadlock between two batches, a
+//! constraint of one row), every commit of it is retried alone, so one bad row fails
+//! only its own commit.
+
+use crate::StoreError;
+use chrono::{DateTime, Utc};
+use sea_orm::sqlx::{self, PgPool, Row as _};
+use std::collections::HashSet;
+use std::sync::Arc;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use uuid::Uuid;
+
+/// Most commits written by one statement.
+pub(super) const MAX_BATCH: usize = 256;
+/// Most batch statements running at once (each holds one pooled connection).
+pub(super) const MAX_IN_FLIGHT: usize = 4;
+
+/// The statement: `$1`..`$29` are arrays (one element per commit), `$30` how many older
+/// history rows a trimmed connection keeps besides the one inserted here (the `DELETE`
+/// sees the table as it was before this statement, not the sibling `INSERT`'s row).
+/// Returns the ids whose compare-and-swap matched.
+const COMMIT_SQL: &str = r#"
+WITH input AS (
+    SELECT * FROM unnest(
+        $1::uuid[], $2::int8[], $3::text[], $4::uuid[], $5::bytea[], $6::bytea[], $7::text[], $8::text[],
+        $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::text[],
+        $14::bool[], $15::int8[], $16::int4[], $17::text[], $18::text[], $19::timestamptz[], $20::text[],
+        $21::timestamptz[], $22::timestamptz[],
+        $23::timestamptz[], $24::text[], $25::text[], $26::text[], $27::int4[], $28::int8[], $29::bool[]
+    ) AS t(id, expected_version, tenant_id, integration_id, access_token, refresh_token, token_type, scope,
+           issued_at, expires_at, next_refresh_at, last_refresh_at, status,
+           is_active, refresh_failures, consecutive_failures, last_error_code, last_error_message, last_error_at, metadata,
+           created_at, updated_at,
+           started_at, reason, outcome, error_code, http_status, duration_ms, trim_history)
+),
+updated AS (
+    UPDATE connections AS c SET
+        tenant_id = i.tenant_id,
+        integration_id = i.integration_id,
+        access_token = i.access_token,
+        refresh_token = i.refresh_token,
+        token_type = i.token_type,
+        scope = i.scope,
+        issued_at = i.issued_at,
+        expires_at = i.expires_at,
+        next_refresh_at = i.next_refresh_at,
+        last_refresh_at = i.last_refresh_at,
+        status = i.status,
+        is_active = i.is_active,
+        refresh_failures = i.refresh_failures,
+        consecutive_failures = i.consecutive_failures,
+        last_error_code = i.last_error_code,
+        last_error_message = i.last_error_message,
+        last_error_at = i.last_error_at,
+        metadata = i.metadata::jsonb,
+        version = i.expected_version + 1,
+        created_at = i.created_at,
+        updated_at = i.updated_at
+    FROM input AS i
+    WHERE c.id = i.id AND c.version = i.expected_version
+    RETURNING c.id
+),
+recorded AS (
+    INSERT INTO refresh_attempts (connection_id, started_at, reason, outcome, error_code, http_status, duration_ms)
+    SELECT i.id, i.started_at, i.reason, i.outcome, i.error_code, i.http_status, i.duration_ms
+    FROM input AS i JOIN updated AS u ON u.id = i.id
+),
+trimmed AS (
+    DELETE FROM refresh_attempts AS r
+    USING input AS i, updated AS u
+    WHERE u.id = i.id AND i.trim_history AND r.connection_id = i.id
+      AND r.id NOT IN (
+          SELECT k.id FROM refresh_attempts AS k
+          WHERE k.connection_id = i.id
+          ORDER BY k.id DESC
+          LIMIT $30
+      )
+)
+SELECT id FROM updated
+"#;
+
+/// One refresh commit, encrypted and ready to bind.
+#[derive(Debug)]
+pub(super) struct PreparedCommit {
+    pub id: Uuid,
+    pub expected_version: i64,
+    pub tenant_id: String,
+    pub integration_id: Uuid,
+    pub access_token: Vec<u8>,
+    pub refresh_token: Option<Vec<u8>>,
+    pub token_type: String,
+    pub scope: Option<String>,
+    pub issued_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub next_refresh_at: Option<DateTime<Utc>>,
+    pub last_refresh_at: Option<DateTime<Utc>>,
+    pub status: String,
+    pub is_active: bool,
+    pub refresh_failures: i64,
+    pub consecutive_failures: i32,
+    pub last_error_code: Option<String>,
+    pub last_error_message: Option<String>,
+    pub last_error_at: Option<DateTime<Utc>>,
+    /// JSON text of the metadata object.
+    pub metadata: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub started_at: DateTime<Utc>,
+    pub reason: String,
+    pub outcome: String,
+    pub error_code: Option<String>,
+    pub http_status: Option<i32>,
+    pub duration_ms: i64,
+    /// Trim the history of this connection to the newest entries.
+    pub trim_history: bool,
+}
+
+struct Request {
+    commit: PreparedCommit,
+    reply: oneshot::Sender<Result<bool, StoreError>>,
+}
+
+/// Writes refresh commits of many connections together (see the module documentation).
+#[derive(Debug)]
+pub(super) struct GroupCommitter {
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl GroupCommitter {
+    /// Starts the committer task on the current tokio runtime; `None` outside one.
+    pub fn start(pool: PgPool, history_keep_older: i64) -> Option<Self> {
+        let runtime = tokio::runtime::Handle::try_current().ok()?;
+        let (requests, receiver) = mpsc::unbounded_channel();
+        runtime.spawn(run(pool, receiver, history_keep_older));
+        Some(Self { requests })
+    }
+
+    /// Queues `commit` and waits for its batch. `Ok(true)`: committed; `Ok(false)`: the
+    /// version did not match (nothing of it was written). `Err(commit)` back when the
+    /// committer task is gone (nothing was sent).
+    pub async fn commit(&self, commit: PreparedCommit) -> Result<Result<bool, StoreError>, PreparedCommit> {
+        let (reply, answer) = oneshot::channel();
+        if let Err(error) = self.requests.send(Request { commit, reply }) {
+            return Err(error.0.commit);
+        }
+        Ok(answer.await.unwrap_or_else(|_| {
+            // The task stopped (its runtime shut down) with this commit taken: whether it
+            // committed is unknown, as after a lost connection.
+            Err(StoreError::Database(
+                "the group committer stopped before answering; the commit may or may not have happened".to_owned(),
+            ))
+        }))
+    }
+}
+
+async fn run(pool: PgPool, mut receiver: mpsc::UnboundedReceiver<Request>, history_keep_older: i64) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+    let mut deferred: Vec<Request> = Vec::new();
+    loop {
+        let Ok(permit) = in_flight.clone().acquire_owned().await else {
+            break;
+        };
+        let mut waiting = std::mem::take(&mut deferred);
+        if waiting.is_empty() {
+            match receiver.recv().await {
+                Some(request) => waiting.push(request),
+                None => break,
+            }
+        }
+        while waiting.len() < MAX_BATCH {
+            match receiver.try_recv() {
+                Ok(request) => waiting.push(request),
+                Err(_) => break,
+            }
+        }
+        // One commit per connection and batch: a later one waits for the next batch.
+        let mut ids = HashSet::with_capacity(waiting.len());
+        let mut batch = Vec::with_capacity(waiting.len());
+        for request in waiting {
+            if batch.len() < MAX_BATCH && ids.insert(request.commit.id) {
+                batch.push(request);
+            } else {
+                deferred.push(request);
+            }
+        }
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            write_batch(&pool, batch, history_keep_older).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Writes `batch` in one statement and answers each request; on failure, retries each
+/// commit alone.
+async fn write_batch(pool: &PgPool, batch: Vec<Request>, history_keep_older: i64) {
+    let (commits, replies): (Vec<PreparedCommit>, Vec<_>) =
+        batch.into_iter().map(|request| (request.commit, request.reply)).unzip();
+    let ids: Vec<Uuid> = commits.iter().map(|commit| commit.id).collect();
+    if commits.len() == 1 {
+        let result = execute(pool, commits, history_keep_older).await;
+        for (id, reply) in ids.iter().zip(replies) {
+            let answer = match &result {
+                Ok(matched) => Ok(matched.contains(id)),
+                Err(error) => Err(StoreError::Database(error.to_string())),
+            };
+            let _ = reply.send(answer);
+        }
+        return;
+    }
+    // The commits are needed again if the batch fails: keep a copy of the cheap parts.
+    let retry: Vec<PreparedCommit> = commits.iter().map(PreparedCommit::duplicate).collect();
+    match execute(pool, commits, history_keep_older).await {
+        Ok(matched) => {
+            for (id, reply) in ids.iter().zip(replies) {
+                let _ = reply.send(Ok(matched.contains(id)));
+            }
+        }
+        Err(error) => {
+            tracing::debug!(size = ids.len(), error = %error, "group commit failed; committing one by one");
+            for (commit, reply) in retry.into_iter().zip(replies) {
+                let id = commit.id;
+                let result = execute(pool, vec![commit], history_keep_older)
+                    .await
+                    .map(|matched| matched.contains(&id));
+                let _ = reply.send(result);
+            }
+        }
+    }
+}
+
+impl PreparedCommit {
+    fn duplicate(&self) -> Self {
+        Self {
+            id: self.id,
+            expected_version: self.expected_version,
+            tenant_id: self.tenant_id.clone(),
+            integration_id: self.integration_id,
+            access_token: self.access_token.clone(),
+            refresh_token: self.refresh_token.clone(),
+            token_type: self.token_type.clone(),
+            scope: self.scope.clone(),
+            issued_at: self.issued_at,
+            expires_at: self.expires_at,
+            next_refresh_at: self.next_refresh_at,
+            last_refresh_at: self.last_refresh_at,
+            status: self.status.clone(),
+            is_active: self.is_active,
+            refresh_failures: self.refresh_failures,
+            consecutive_failures: self.consecutive_failures,
+            last_error_code: self.last_error_code.clone(),
+            last_error_message: self.last_error_message.clone(),
+            last_error_at: self.last_error_at,
+            metadata: self.metadata.clone(),
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            started_at: self.started_at,
+            reason: self.reason.clone(),
+            outcome: self.outcome.clone(),
+            error_code: self.error_code.clone(),
+            http_status: self.http_status,
+            duration_ms: self.duration_ms,
+            trim_history: self.trim_history,
+        }
+    }
+}
+
+/// Runs the statement for `commits` (distinct connections). The ids whose
+/// compare-and-swap matched; the statement committed when this returns `Ok`.
+pub(super) async fn execute(
+    pool: &PgPool,
+    commits: Vec<PreparedCommit>,
+    history_keep_older: i64,
+) -> Result<HashSet<Uuid>, StoreError> {
+    let n = commits.len();
+    let mut id = Vec::with_capacity(n);
+    let mut expected_version = Vec::with_capacity(n);
+    let mut tenant_id = Vec::with_capacity(n);
+    let mut integration_id = Vec::with_capacity(n);
+    let mut access_token = Vec::with_capacity(n);
+    let mut refresh_token = Vec::with_capacity(n);
+    let mut token_type = Vec::with_capacity(n);
+    let mut scope = Vec::with_capacity(n);
+    let mut issued_at = Vec::with_capacity(n);
+    let mut expires_at = Vec::with_capacity(n);
+    let mut next_refresh_at = Vec::with_capacity(n);
+    let mut last_refresh_at = Vec::with_capacity(n);
+    let mut status = Vec::with_capacity(n);
+    let mut is_active = Vec::with_capacity(n);
+    let mut refresh_failures = Vec::with_capacity(n);
+    let mut consecutive_failures = Vec::with_capacity(n);
+    let mut last_error_code = Vec::with_capacity(n);
+    let mut last_error_message = Vec::with_capacity(n);
+    let mut last_error_at = Vec::with_capacity(n);
+    let mut metadata = Vec::with_capacity(n);
+    let mut created_at = Vec::with_capacity(n);
+    let mut updated_at = Vec::with_capacity(n);
+    let mut started_at = Vec::with_capacity(n);
+    let mut reason = Vec::with_capacity(n);
+    let mut outcome = Vec::with_capacity(n);
+    let mut error_code = Vec::with_capacity(n);
+    let mut http_status = Vec::with_capacity(n);
+    let mut duration_ms = Vec::with_capacity(n);
+    let mut trim_history = Vec::with_capacity(n);
+    for commit in commits {
+        id.push(commit.id);
+        expected_version.push(commit.expected_version);
+        tenant_id.push(commit.tenant_id);
+        integration_id.push(commit.integration_id);
+        access_token.push(commit.access_token);
+        refresh_token.push(commit.refresh_token);
+        token_type.push(commit.token_type);
+        scope.push(commit.scope);
+        issued_at.push(commit.issued_at);
+        expires_at.push(commit.expires_at);
+        next_refresh_at.push(commit.next_refresh_at);
+        last_refresh_at.push(commit.last_refresh_at);
+        status.push(commit.status);
+        is_active.push(commit.is_active);
+        refresh_failures.push(commit.refresh_failures);
+        consecutive_failures.push(commit.consecutive_failures);
+        last_error_code.push(commit.last_error_code);
+        last_error_message.push(commit.last_error_message);
+        last_error_at.push(commit.last_error_at);
+        metadata.push(commit.metadata);
+        created_at.push(commit.created_at);
+        updated_at.push(commit.updated_at);
+        started_at.push(commit.started_at);
+        reason.push(commit.reason);
+        outcome.push(commit.outcome);
+        error_code.push(commit.error_code);
+        http_status.push(commit.http_status);
+        duration_ms.push(commit.duration_ms);
+        trim_history.push(commit.trim_history);
+    }
+    let rows = sqlx::query(COMMIT_SQL)
+        .bind(id)
+        .bind(expected_version)
+        .bind(tenant_id)
+        .bind(integration_id)
+        .bind(access_token)
+        .bind(refresh_token)
+        .bind(token_type)
+        .bind(scope)
+        .bind(issued_at)
+        .bind(expires_at)
+        .bind(next_refresh_at)
+        .bind(last_refresh_at)
+        .bind(status)
+        .bind(is_active)
+        .bind(refresh_failures)
+        .bind(consecutive_failures)
+        .bind(last_error_code)
+        .bind(last_error_message)
+        .bind(last_error_at)
+        .bind(metadata)
+        .bind(created_at)
+        .bind(updated_at)
+        .bind(started_at)
+        .bind(reason)
+        .bind(outcome)
+        .bind(error_code)
+        .bind(http_status)
+        .bind(duration_ms)
+        .bind(trim_history)
+        .bind(history_keep_older)
+        .fetch_all(pool)
+        .await
+        .map_err(|error| StoreError::Database(format!("committing refreshes: {error}")))?;
+    rows.iter()
+        .map(|row| {
+            row.try_get::<Uuid, _>(0)
+                .map_err(|error| StoreError::Database(format!("reading committed ids: {error}")))
+        })
+        .collect()
+}
