@@ -15,6 +15,7 @@ mod reauthorization;
 mod rotation;
 mod schedule;
 mod single_flight;
+mod startup;
 mod storage;
 mod telemetry;
 mod transient;

@@ -67,8 +67,8 @@ impl Store for FaultyStore {
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError> {
         self.inner.list_connections(filter).await
     }
-    async fn load_supervised(&self) -> Result<Vec<Connection>, StoreError> {
-        self.inner.load_supervised().await
+    fn load_supervised(&self) -> futures::stream::BoxStream<'_, Result<Connection, StoreError>> {
+        self.inner.load_supervised()
     }
     async fn compare_and_swap(&self, connection: &Connection, expected_version: i64) -> Result<CasOutcome, StoreError> {
         self.check()?;

@@ -35,6 +35,9 @@ struct Cli {
     /// Throughput only at this size (all three commit paths), e.g. for profiling.
     #[arg(long)]
     throughput_size: Option<usize>,
+    /// Refreshes in flight in the throughput scenario (`max_concurrent_refreshes`).
+    #[arg(long, default_value_t = 256)]
+    throughput_concurrency: usize,
     /// Internal: measure scale at one size and print JSON (run in a child process).
     #[arg(long, hide = true)]
     scale_one: Option<usize>,
@@ -105,10 +108,20 @@ fn main() -> anyhow::Result<()> {
             // too slow to run at 100k: minutes).
             if size <= 10_000 {
                 for path in [CommitPath::SplitHistory, CommitPath::Transaction] {
-                    rows.extend(runtime.block_on(scenarios::refresh_throughput(size, pgbench, path))?);
+                    rows.extend(runtime.block_on(scenarios::refresh_throughput(
+                        size,
+                        pgbench,
+                        path,
+                        cli.throughput_concurrency,
+                    ))?);
                 }
             }
-            rows.extend(runtime.block_on(scenarios::refresh_throughput(size, pgbench, CommitPath::GroupCommit))?);
+            rows.extend(runtime.block_on(scenarios::refresh_throughput(
+                size,
+                pgbench,
+                CommitPath::GroupCommit,
+                cli.throughput_concurrency,
+            ))?);
             if cli.full && size >= 100_000 {
                 break;
             }

@@ -45,7 +45,7 @@ pub async fn scale_one(size: usize) -> anyhow::Result<serde_json::Value> {
     let rss_before = setup::rss_bytes();
     // Load + decrypt alone first (what start-up does before spawning), for the breakdown.
     let loading = Instant::now();
-    let loaded = store.load_supervised().await?.len();
+    let loaded = load_all(store.as_ref()).await?;
     let load = loading.elapsed();
     anyhow::ensure!(loaded == size, "loaded {loaded} of {size} connections");
     let started = Instant::now();
@@ -192,7 +192,12 @@ pub enum CommitPath {
 
 /// Refreshes per second, each a provider call on loopback and a committed
 /// compare-and-swap on PostgreSQL; beside PostgreSQL's own single-row UPDATE commit rate.
-pub async fn refresh_throughput(size: usize, pgbench_tps: Option<f64>, path: CommitPath) -> anyhow::Result<Vec<Row>> {
+pub async fn refresh_throughput(
+    size: usize,
+    pgbench_tps: Option<f64>,
+    path: CommitPath,
+    concurrency: usize,
+) -> anyhow::Result<Vec<Row>> {
     let (database, sql) = setup::postgres_store().await?;
     let sql = if path == CommitPath::GroupCommit {
         sql
@@ -205,13 +210,22 @@ pub async fn refresh_throughput(size: usize, pgbench_tps: Option<f64>, path: Com
     let expires_at = Utc::now() + chrono::Duration::minutes(5);
     let connections = setup::granted_connections(&fake, integration.id, size, |_| expires_at);
     sql.insert_connections(&connections).await?;
+    let group_stats = {
+        let sql = sql.clone();
+        move || sql.group_commit_stats()
+    };
     let mut counting = CountingStore::new(sql);
     counting.split_history_commit = path == CommitPath::SplitHistory;
     let counting = Arc::new(counting);
     let database_name = database.url().rsplit('/').next().unwrap_or_default().to_owned();
     let cpu_before = (setup::cpu_ms("self"), setup::postgres_cpu_ms(&database_name));
     let started = Instant::now();
-    let tokenvisor = Tokenvisor::start(counting.clone(), setup::config()).await?;
+    // More refreshes in flight than the default 64: while one group-commit statement
+    // runs, the next one gathers more refreshes (fewer, larger statements).
+    let mut config = setup::config();
+    config.max_concurrent_refreshes = concurrency;
+    config.provider_limits.max_concurrent = u32::try_from(concurrency).unwrap_or(u32::MAX);
+    let tokenvisor = Tokenvisor::start(counting.clone(), config).await?;
     let deadline = started + Duration::from_secs(600);
     while counting.commits() < size as u64 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -222,16 +236,28 @@ pub async fn refresh_throughput(size: usize, pgbench_tps: Option<f64>, path: Com
     // the PostgreSQL backends of this database. On a shared machine these are steadier
     // than the rate.
     let per_refresh = |before: u64, after: u64| after.saturating_sub(before) as f64 * 1000.0 / commits.max(1) as f64;
-    let cpu = format!(
+    let mut cpu = format!(
         "CPU per refresh: {:.0} µs here, {:.0} µs PostgreSQL",
         per_refresh(cpu_before.0, setup::cpu_ms("self")),
         per_refresh(cpu_before.1, setup::postgres_cpu_ms(&database_name)),
     );
+    let (statements, grouped, statement_us) = group_stats();
+    if statements > 0 {
+        cpu.push_str(&format!(
+            "; {statements} statements, {:.1} refreshes and {:.1} ms each",
+            grouped as f64 / statements as f64,
+            statement_us as f64 / statements as f64 / 1000.0
+        ));
+    }
     tokenvisor.shutdown().await;
     let rate = commits as f64 / elapsed.as_secs_f64();
     let before = match path {
-        CommitPath::SplitHistory => Some("refresh throughput, before: history in a second transaction"),
-        CommitPath::Transaction => Some("refresh throughput, before: one transaction per refresh (4 round trips)"),
+        CommitPath::SplitHistory => {
+            Some("refresh throughput, before: history in a second transaction (same concurrency)")
+        }
+        CommitPath::Transaction => {
+            Some("refresh throughput, before: one transaction per refresh, 4 round trips (same concurrency)")
+        }
         CommitPath::GroupCommit => None,
     };
     if let Some(figure) = before {
@@ -402,4 +428,17 @@ pub async fn herd(size: usize, window: Duration, rate: u32) -> anyhow::Result<Ve
             Some(refreshed == size && late == 0),
         ),
     ])
+}
+
+/// Loads (and decrypts) every supervised connection as start-up does; answers how many
+/// there were.
+async fn load_all(store: &dyn tokenvisor_store::Store) -> anyhow::Result<usize> {
+    use futures::StreamExt as _;
+    let mut total = 0;
+    let mut stream = store.load_supervised();
+    while let Some(connection) = stream.next().await {
+        connection?;
+        total += 1;
+    }
+    Ok(total)
 }

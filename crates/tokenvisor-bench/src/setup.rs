@@ -193,9 +193,9 @@ impl Store for CountingStore {
         self.query();
         self.inner.list_connections(filter).await
     }
-    async fn load_supervised(&self) -> Result<Vec<Connection>, StoreError> {
+    fn load_supervised(&self) -> futures::stream::BoxStream<'_, Result<Connection, StoreError>> {
         self.query();
-        self.inner.load_supervised().await
+        self.inner.load_supervised()
     }
     async fn compare_and_swap(&self, connection: &Connection, expected_version: i64) -> Result<CasOutcome, StoreError> {
         self.query();

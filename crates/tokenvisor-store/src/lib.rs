@@ -12,6 +12,7 @@ pub mod memory;
 pub mod sql;
 
 use async_trait::async_trait;
+use futures::stream::BoxStream;
 use tokenvisor_core::{
     Connection, ConnectionFilter, ConnectionId, Integration, IntegrationId, PendingAuthorization, RefreshAttempt,
 };
@@ -89,8 +90,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn get_connection(&self, id: ConnectionId) -> Result<Option<Connection>, StoreError>;
     /// Connections matching the filter, ordered by id.
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError>;
-    /// Every connection that should have a running actor (`active` or `degraded`, `is_active`).
-    async fn load_supervised(&self) -> Result<Vec<Connection>, StoreError>;
+    /// Every connection that should have a running actor (`active` or `degraded`,
+    /// `is_active`), decrypted as the stream is polled (one query, no order): start-up
+    /// spawns the first actors while the rest still arrive.
+    fn load_supervised(&self) -> BoxStream<'_, Result<Connection, StoreError>>;
     /// Writes the whole row if its stored version is still `expected_version`; the
     /// stored version becomes `expected_version + 1` (the `version` field of
     /// `connection` is ignored). Committed before it returns.

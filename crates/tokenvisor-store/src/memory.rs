@@ -4,6 +4,8 @@
 
 use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, Store, StoreError};
 use async_trait::async_trait;
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 use tokenvisor_core::{
@@ -101,14 +103,15 @@ impl Store for MemoryStore {
             .collect())
     }
 
-    async fn load_supervised(&self) -> Result<Vec<Connection>, StoreError> {
-        let inner = self.lock();
-        Ok(inner
+    fn load_supervised(&self) -> BoxStream<'_, Result<Connection, StoreError>> {
+        let supervised: Vec<Connection> = self
+            .lock()
             .connections
             .values()
             .filter(|c| c.is_active && c.status.is_supervised())
             .cloned()
-            .collect())
+            .collect();
+        futures::stream::iter(supervised.into_iter().map(Ok)).boxed()
     }
 
     async fn compare_and_swap(&self, connection: &Connection, expected_version: i64) -> Result<CasOutcome, StoreError> {

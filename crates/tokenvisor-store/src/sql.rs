@@ -15,7 +15,9 @@ use crate::crypto::Keyring;
 use crate::entity::{authorization_state, connection, integration, meta, refresh_attempt};
 use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, Store, StoreError};
 use async_trait::async_trait;
-use sea_orm::sea_query::Query;
+use futures::StreamExt as _;
+use futures::stream::BoxStream;
+use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::sqlx::sqlite::SqliteJournalMode;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -136,6 +138,16 @@ impl SqlStore {
     pub fn without_group_commit(mut self) -> Self {
         self.group_commit = false;
         self
+    }
+
+    /// PostgreSQL group commit so far: batch statements written, the refresh commits
+    /// they carried, and the time they took in microseconds (zeros before the first
+    /// refresh commit, and on SQLite).
+    pub fn group_commit_stats(&self) -> (u64, u64, u64) {
+        match self.group_committer.get() {
+            Some(Some(committer)) => committer.stats(),
+            _ => (0, 0, 0),
+        }
     }
 
     /// The keyring this store encrypts with.
@@ -525,11 +537,14 @@ async fn insert_attempt(
     if !trim {
         return Ok(());
     }
+    // Ordered by `id + 0`, not `id`: ordering by the primary key lets PostgreSQL walk the
+    // whole primary key backwards looking for this connection's rows; on the expression it
+    // takes the rows from the connection_id index and sorts a few dozen ids.
     let newest = Query::select()
         .column(refresh_attempt::Column::Id)
         .from(refresh_attempt::Entity)
         .and_where(refresh_attempt::Column::ConnectionId.eq(connection_id))
-        .order_by(refresh_attempt::Column::Id, Order::Desc)
+        .order_by_expr(Expr::col(refresh_attempt::Column::Id).add(0), Order::Desc)
         .limit(ATTEMPT_HISTORY_LIMIT)
         .to_owned();
     refresh_attempt::Entity::delete_many()
@@ -654,16 +669,24 @@ impl Store for SqlStore {
         self.connections_from_rows(rows)
     }
 
-    async fn load_supervised(&self) -> Result<Vec<Connection>, StoreError> {
+    fn load_supervised(&self) -> BoxStream<'_, Result<Connection, StoreError>> {
         let supervised = [ConnectionStatus::Active, ConnectionStatus::Degraded];
-        let rows = connection::Entity::find()
+        let query = connection::Entity::find()
             .filter(connection::Column::IsActive.eq(true))
-            .filter(connection::Column::Status.is_in(supervised.map(ConnectionStatus::as_str)))
-            .order_by_asc(connection::Column::Id)
-            .all(&self.db)
-            .await
-            .map_err(db_error("loading supervised connections"))?;
-        self.connections_from_rows(rows)
+            .filter(connection::Column::Status.is_in(supervised.map(ConnectionStatus::as_str)));
+        let rows = async move {
+            match query.stream(&self.db).await {
+                Ok(rows) => rows.boxed(),
+                Err(error) => futures::stream::once(async move { Err(error) }).boxed(),
+            }
+        };
+        futures::stream::once(rows)
+            .flatten()
+            .map(move |row| {
+                row.map_err(db_error("loading supervised connections"))
+                    .and_then(|row| self.connection_from_row(row))
+            })
+            .boxed()
     }
 
     #[tracing::instrument(skip_all, fields(connection_id = %connection.id, expected_version))]

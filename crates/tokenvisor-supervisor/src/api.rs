@@ -5,7 +5,7 @@ use crate::connection::ConnectionMsg;
 use crate::error::{AdminError, StartError, TokenError};
 use crate::registry::SlotState;
 use crate::shared::{Shared, SharedRef};
-use crate::supervisor::{Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::supervisor::{LoadFailed, StartupPage, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::token::AccessToken;
 use chrono::{DateTime, Utc};
 use ractor::rpc::CallResult;
@@ -16,7 +16,7 @@ use tokenvisor_core::{
     RefreshAttempt, SecretString, TenantId, TokenSet, validity_floor,
 };
 use tokenvisor_provider::{ResolvedIntegration, TokenClient};
-use tokenvisor_store::{CasOutcome, Store};
+use tokenvisor_store::{CasOutcome, Store, StoreError};
 use tokio::sync::broadcast;
 use tracing::Instrument as _;
 
@@ -108,6 +108,38 @@ impl std::fmt::Debug for Tokenvisor {
     }
 }
 
+/// Connections handed to the supervisor per page at start-up.
+const STARTUP_PAGE: usize = 10_000;
+
+/// Streams the supervised connections from `store` (decrypting them) into `pages`. On a
+/// store error, sends [`LoadFailed`] (the supervisor then stops what it started) and
+/// returns the error.
+async fn load_pages(store: Arc<dyn Store>, pages: tokio::sync::mpsc::Sender<StartupPage>) -> Result<(), StoreError> {
+    use futures::StreamExt as _;
+    let loading = std::time::Instant::now();
+    let mut total = 0;
+    let mut stream = store.load_supervised().chunks(STARTUP_PAGE);
+    while let Some(chunk) = stream.next().await {
+        let page = match chunk.into_iter().collect::<Result<Vec<Connection>, StoreError>>() {
+            Ok(page) => page,
+            Err(error) => {
+                let _ = pages.send(Err(LoadFailed)).await;
+                return Err(error);
+            }
+        };
+        total += page.len();
+        if pages.send(Ok(page)).await.is_err() {
+            break;
+        }
+    }
+    tracing::info!(
+        connections = total,
+        elapsed_ms = loading.elapsed().as_millis() as u64,
+        "loaded supervised connections"
+    );
+    Ok(())
+}
+
 impl Tokenvisor {
     /// Loads every supervised connection from `store`, spawns its actor (tokens already
     /// inside their lead are refreshed at once, spread out, under the concurrency limit)
@@ -116,15 +148,35 @@ impl Tokenvisor {
         let client = TokenClient::new(config.client.clone()).map_err(|e| StartError::Client(e.to_string()))?;
         let shared = Arc::new(Shared::new(store, client, config));
         shared.metrics.observe(Arc::downgrade(&shared));
-        let connections = shared.store.load_supervised().await?;
+        // Pages are loaded and decrypted by one task while the supervisor spawns the
+        // actors of the previous page.
+        let (pages, receiver) = tokio::sync::mpsc::channel(2);
+        let loader = tokio::spawn(load_pages(shared.store.clone(), pages));
         let args = SupervisorArgs {
             shared: shared.clone(),
-            connections,
+            pages: receiver,
         };
-        let (supervisor, _) = Actor::spawn(None, Supervisor, args)
-            .await
-            .map_err(|e| StartError::Spawn(e.to_string()))?;
-        Ok(Self { shared, supervisor })
+        let started = Actor::spawn(None, Supervisor, args).await;
+        let loaded = loader.await.map_err(|e| StartError::Spawn(e.to_string()));
+        match (started, loaded) {
+            (Ok((supervisor, _)), Ok(Ok(()))) => Ok(Self { shared, supervisor }),
+            (started, loaded) => {
+                // Start-up fails as a whole: a supervisor that did start stops, and its
+                // linked actors with it.
+                let spawn_error = match started {
+                    Ok((supervisor, _)) => {
+                        supervisor.stop(None);
+                        None
+                    }
+                    Err(error) => Some(StartError::Spawn(error.to_string())),
+                };
+                Err(match loaded {
+                    Ok(Err(error)) => StartError::Store(error),
+                    Err(error) => error,
+                    Ok(Ok(())) => spawn_error.unwrap_or_else(|| StartError::Spawn("the supervisor stopped".into())),
+                })
+            }
+        }
     }
 
     pub(crate) fn shared(&self) -> &SharedRef {

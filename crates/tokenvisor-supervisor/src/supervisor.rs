@@ -3,19 +3,18 @@
 //! permanent failures into `needs_reauth` (inactive, `refresh_failures + 1`, event),
 //! one connection at a time, without touching any other.
 
-#[cfg(feature = "fault-injection")]
-use crate::connection::ConnectionMsg;
-use crate::connection::{ConnectionActor, ConnectionArgs};
-use crate::registry::SlotState;
+use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg};
+use crate::registry::{Slot, SlotState};
 use crate::shared::{IntegrationRef, SharedRef};
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
-use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 use std::collections::{HashMap, VecDeque};
 use tokenvisor_core::{
     Connection, ConnectionId, ConnectionStatus, Event, EventKind, FailureClass, IntegrationId, LastError,
     RefreshFailure,
 };
 use tokenvisor_store::CasOutcome;
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
@@ -57,13 +56,32 @@ pub(crate) enum SupervisorMsg {
     InjectPanic { connection_id: ConnectionId },
 }
 
+/// How many connection actors start-up spawns concurrently.
+const STARTUP_SPAWN_BATCH: usize = 512;
+
 /// The supervisor actor.
 pub(crate) struct Supervisor;
 
 pub(crate) struct SupervisorArgs {
     pub shared: SharedRef,
-    pub connections: Vec<Connection>,
+    /// The supervised connections, page by page, until the sender is dropped.
+    pub pages: mpsc::Receiver<StartupPage>,
 }
+
+/// A page of supervised connections loaded at start-up, or the mark that loading failed.
+pub(crate) type StartupPage = Result<Vec<Connection>, LoadFailed>;
+
+/// Loading the supervised connections failed (the loader returns the store's error).
+#[derive(Debug)]
+pub(crate) struct LoadFailed;
+
+impl std::fmt::Display for LoadFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("loading the supervised connections failed")
+    }
+}
+
+impl std::error::Error for LoadFailed {}
 
 pub(crate) struct SupervisorState {
     shared: SharedRef,
@@ -86,11 +104,25 @@ impl Actor for Supervisor {
             actors: HashMap::new(),
             restarts: HashMap::new(),
         };
-        let total = args.connections.len();
-        for connection in args.connections {
-            state.spawn(&myself, connection, true).await;
+        let spawning = std::time::Instant::now();
+        let mut pages = args.pages;
+        while let Some(page) = pages.recv().await {
+            match page {
+                Ok(connections) => state.spawn_all(&myself, connections, true).await,
+                Err(failed) => {
+                    // Start-up fails as a whole: stop the actors of the pages before.
+                    for (_, actor) in state.shared.registry.running() {
+                        actor.stop(None);
+                    }
+                    return Err(Box::new(failed));
+                }
+            }
         }
-        tracing::info!(connections = total, "supervisor started");
+        tracing::info!(
+            connections = state.actors.len(),
+            elapsed_ms = spawning.elapsed().as_millis() as u64,
+            "supervisor started"
+        );
         Ok(state)
     }
 
@@ -184,6 +216,48 @@ impl SupervisorState {
 
     async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, connection: Connection, startup: bool) {
         let connection_id = connection.id;
+        let Some(args) = self.prepare_spawn(myself, connection, startup).await else {
+            return;
+        };
+        let slot = args.slot.clone();
+        let spawned = Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()).await;
+        self.finish_spawn(myself, connection_id, &slot, spawned);
+    }
+
+    /// Spawns the actors of many connections, [`STARTUP_SPAWN_BATCH`] at a time: the
+    /// spawns of a batch run concurrently (their `pre_start`s on every worker thread)
+    /// instead of one round trip to the runtime per connection.
+    async fn spawn_all(&mut self, myself: &ActorRef<SupervisorMsg>, connections: Vec<Connection>, startup: bool) {
+        let mut connections = connections.into_iter().peekable();
+        while connections.peek().is_some() {
+            let mut slots = Vec::with_capacity(STARTUP_SPAWN_BATCH);
+            let mut batch = Vec::with_capacity(STARTUP_SPAWN_BATCH);
+            for connection in connections.by_ref().take(STARTUP_SPAWN_BATCH) {
+                let connection_id = connection.id;
+                if let Some(args) = self.prepare_spawn(myself, connection, startup).await {
+                    slots.push((connection_id, args.slot.clone()));
+                    batch.push(args);
+                }
+            }
+            let spawns = batch
+                .into_iter()
+                .map(|args| Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()));
+            let results = futures::future::join_all(spawns).await;
+            for ((connection_id, slot), spawned) in slots.into_iter().zip(results) {
+                self.finish_spawn(myself, connection_id, &slot, spawned);
+            }
+        }
+    }
+
+    /// Claims the connection's slot and builds its actor's arguments; `None` when no
+    /// actor is needed (one runs already, or the connection is not supervised).
+    async fn prepare_spawn(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        connection: Connection,
+        startup: bool,
+    ) -> Option<ConnectionArgs> {
+        let connection_id = connection.id;
         let slot = self
             .shared
             .registry
@@ -191,26 +265,36 @@ impl SupervisorState {
         if let SlotState::Running(actor) = slot.state()
             && self.actors.contains_key(&actor.get_id())
         {
-            return;
+            return None;
         }
         if !connection.is_active || !connection.status.is_supervised() {
             slot.set_state(SlotState::Inactive(connection.status));
-            return;
+            return None;
         }
         let Some(integration) = self.integration(connection.integration_id).await else {
             tracing::error!(connection.id = %connection_id, "integration of connection not found; not supervising it");
             slot.set_state(SlotState::Inactive(ConnectionStatus::Disabled));
-            return;
+            return None;
         };
-        let args = ConnectionArgs {
+        Some(ConnectionArgs {
             connection,
             integration,
             shared: self.shared.clone(),
-            slot: slot.clone(),
+            slot,
             supervisor: myself.clone(),
             startup,
-        };
-        match Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()).await {
+        })
+    }
+
+    /// Records a spawned actor in the slot, or schedules a restart if it failed to start.
+    fn finish_spawn(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        connection_id: ConnectionId,
+        slot: &Slot,
+        spawned: Result<(ActorRef<ConnectionMsg>, tokio::task::JoinHandle<()>), SpawnErr>,
+    ) {
+        match spawned {
             Ok((actor, _)) => {
                 self.actors.insert(actor.get_id(), connection_id);
                 slot.set_state(SlotState::Running(actor));

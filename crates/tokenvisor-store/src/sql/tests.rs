@@ -463,10 +463,10 @@ async fn listing_honours_every_filter_and_load_supervised_only_active_ones(db: T
         expected
     };
 
-    assert_eq!(
-        ids(store.load_supervised().await.expect("supervised")),
-        sorted(vec![active.id, degraded.id])
-    );
+    let supervised: Vec<Connection> = futures::TryStreamExt::try_collect(store.load_supervised())
+        .await
+        .expect("supervised");
+    assert_eq!(sorted(ids(supervised)), sorted(vec![active.id, degraded.id]));
 
     let everything = ids(store
         .list_connections(&ConnectionFilter::default())

@@ -111,7 +111,10 @@ pub(crate) async fn run(
         otel.status_description = field::Empty,
     );
     let started = Instant::now();
-    let result = run_inner(&shared, &integration, job).instrument(span.clone()).await;
+    // The refresh's state (the job, the provider call, the commit) lives in one ordinary
+    // heap block: the task that runs this future is allocated cache-line aligned, and an
+    // aligned allocation of several kilobytes per refresh is slow and fragments the heap.
+    let result = Box::pin(run_inner(&shared, &integration, job).instrument(span.clone())).await;
     let elapsed = started.elapsed();
     let (outcome, code) = result.outcome();
     span.record("outcome", outcome);
