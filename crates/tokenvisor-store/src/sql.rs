@@ -387,10 +387,9 @@ impl SqlStore {
             },
             None => commit,
         };
-        let id = commit.id;
-        Ok(group_commit::execute(pool, vec![commit], keep_older)
+        Ok(group_commit::execute(pool, std::slice::from_ref(&commit), keep_older)
             .await?
-            .contains(&id))
+            .contains(&commit.id))
     }
 }
 

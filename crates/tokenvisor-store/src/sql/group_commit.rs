@@ -252,74 +252,28 @@ async fn run(pool: PgPool, mut receiver: mpsc::UnboundedReceiver<Request>, histo
 async fn write_batch(pool: &PgPool, batch: Vec<Request>, history_keep_older: i64) -> bool {
     let (commits, replies): (Vec<PreparedCommit>, Vec<_>) =
         batch.into_iter().map(|request| (request.commit, request.reply)).unzip();
-    let ids: Vec<Uuid> = commits.iter().map(|commit| commit.id).collect();
-    if commits.len() == 1 {
-        let result = execute(pool, commits, history_keep_older).await;
-        let succeeded = result.is_ok();
-        for (id, reply) in ids.iter().zip(replies) {
-            let answer = match &result {
-                Ok(matched) => Ok(matched.contains(id)),
-                Err(error) => Err(StoreError::Database(error.to_string())),
-            };
-            let _ = reply.send(answer);
-        }
-        return succeeded;
-    }
-    // The commits are needed again if the batch fails: keep a copy of the cheap parts.
-    let retry: Vec<PreparedCommit> = commits.iter().map(PreparedCommit::duplicate).collect();
-    match execute(pool, commits, history_keep_older).await {
+    match execute(pool, &commits, history_keep_older).await {
         Ok(matched) => {
-            for (id, reply) in ids.iter().zip(replies) {
-                let _ = reply.send(Ok(matched.contains(id)));
+            for (commit, reply) in commits.iter().zip(replies) {
+                let _ = reply.send(Ok(matched.contains(&commit.id)));
             }
             true
         }
-        Err(error) => {
-            tracing::debug!(size = ids.len(), error = %error, "group commit failed; committing one by one");
-            for (commit, reply) in retry.into_iter().zip(replies) {
-                let id = commit.id;
-                let result = execute(pool, vec![commit], history_keep_older)
-                    .await
-                    .map(|matched| matched.contains(&id));
-                let _ = reply.send(result);
+        Err(error) if commits.len() == 1 => {
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::Database(error.to_string())));
             }
             false
         }
-    }
-}
-
-impl PreparedCommit {
-    fn duplicate(&self) -> Self {
-        Self {
-            id: self.id,
-            expected_version: self.expected_version,
-            tenant_id: self.tenant_id.clone(),
-            integration_id: self.integration_id,
-            access_token: self.access_token.clone(),
-            refresh_token: self.refresh_token.clone(),
-            token_type: self.token_type.clone(),
-            scope: self.scope.clone(),
-            issued_at: self.issued_at,
-            expires_at: self.expires_at,
-            next_refresh_at: self.next_refresh_at,
-            last_refresh_at: self.last_refresh_at,
-            status: self.status.clone(),
-            is_active: self.is_active,
-            refresh_failures: self.refresh_failures,
-            consecutive_failures: self.consecutive_failures,
-            last_error_code: self.last_error_code.clone(),
-            last_error_message: self.last_error_message.clone(),
-            last_error_at: self.last_error_at,
-            metadata: self.metadata.clone(),
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            started_at: self.started_at,
-            reason: self.reason.clone(),
-            outcome: self.outcome.clone(),
-            error_code: self.error_code.clone(),
-            http_status: self.http_status,
-            duration_ms: self.duration_ms,
-            trim_history: self.trim_history,
+        Err(error) => {
+            tracing::debug!(size = commits.len(), error = %error, "group commit failed; committing one by one");
+            for (commit, reply) in commits.iter().zip(replies) {
+                let result = execute(pool, std::slice::from_ref(commit), history_keep_older)
+                    .await
+                    .map(|matched| matched.contains(&commit.id));
+                let _ = reply.send(result);
+            }
+            false
         }
     }
 }
@@ -328,7 +282,7 @@ impl PreparedCommit {
 /// compare-and-swap matched; the statement committed when this returns `Ok`.
 pub(super) async fn execute(
     pool: &PgPool,
-    commits: Vec<PreparedCommit>,
+    commits: &[PreparedCommit],
     history_keep_older: i64,
 ) -> Result<HashSet<Uuid>, StoreError> {
     let n = commits.len();
@@ -364,30 +318,30 @@ pub(super) async fn execute(
     for commit in commits {
         id.push(commit.id);
         expected_version.push(commit.expected_version);
-        tenant_id.push(commit.tenant_id);
+        tenant_id.push(commit.tenant_id.as_str());
         integration_id.push(commit.integration_id);
-        access_token.push(commit.access_token);
-        refresh_token.push(commit.refresh_token);
-        token_type.push(commit.token_type);
-        scope.push(commit.scope);
+        access_token.push(commit.access_token.as_slice());
+        refresh_token.push(commit.refresh_token.as_deref());
+        token_type.push(commit.token_type.as_str());
+        scope.push(commit.scope.as_deref());
         issued_at.push(commit.issued_at);
         expires_at.push(commit.expires_at);
         next_refresh_at.push(commit.next_refresh_at);
         last_refresh_at.push(commit.last_refresh_at);
-        status.push(commit.status);
+        status.push(commit.status.as_str());
         is_active.push(commit.is_active);
         refresh_failures.push(commit.refresh_failures);
         consecutive_failures.push(commit.consecutive_failures);
-        last_error_code.push(commit.last_error_code);
-        last_error_message.push(commit.last_error_message);
+        last_error_code.push(commit.last_error_code.as_deref());
+        last_error_message.push(commit.last_error_message.as_deref());
         last_error_at.push(commit.last_error_at);
-        metadata.push(commit.metadata);
+        metadata.push(commit.metadata.as_str());
         created_at.push(commit.created_at);
         updated_at.push(commit.updated_at);
         started_at.push(commit.started_at);
-        reason.push(commit.reason);
-        outcome.push(commit.outcome);
-        error_code.push(commit.error_code);
+        reason.push(commit.reason.as_str());
+        outcome.push(commit.outcome.as_str());
+        error_code.push(commit.error_code.as_deref());
         http_status.push(commit.http_status);
         duration_ms.push(commit.duration_ms);
         trim_history.push(commit.trim_history);

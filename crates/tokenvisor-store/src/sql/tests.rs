@@ -43,6 +43,7 @@ on_both_backends!(
     refresh_commits_of_many_connections_land_together_and_a_stale_one_conflicts,
     concurrent_refresh_commits_of_one_connection_commit_exactly_once,
     refresh_commits_keep_the_history_bounded_and_skip_deleted_connections,
+    a_failing_refresh_commit_fails_alone_and_the_others_commit,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -986,4 +987,49 @@ async fn refresh_commits_keep_the_history_bounded_and_skip_deleted_connections(d
         .expect("raw rows");
     assert!(raw_rows.is_empty(), "a deleted connection's attempt is not kept");
     store.close().await.expect("close");
+}
+
+/// One commit among many breaks a constraint (an unknown integration): it fails and
+/// writes nothing, the others commit (on PostgreSQL its group-commit statement fails and
+/// each of its commits is retried alone).
+async fn a_failing_refresh_commit_fails_alone_and_the_others_commit(db: TestDb) {
+    let store = std::sync::Arc::new(open_store(&db, Keyring::new(key(1), vec![])).await);
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    let mut connections = Vec::new();
+    for i in 0..32 {
+        let connection = sample_connection(integration.id, &format!("tenant-{i}"));
+        store.insert_connection(&connection).await.expect("insert");
+        connections.push(connection);
+    }
+    let broken = connections[7].id;
+    let mut writers = Vec::new();
+    for (i, connection) in connections.iter().enumerate() {
+        let store = store.clone();
+        let mut next = refreshed(connection, i);
+        if next.id == broken {
+            next.integration_id = IntegrationId::new();
+        }
+        writers.push(tokio::spawn(async move {
+            let attempt = sample_attempt(next.id, 0);
+            (next.id, store.commit_refresh(&next, 1, &attempt).await)
+        }));
+    }
+    for handle in writers {
+        let (id, outcome) = handle.await.expect("writer");
+        let stored = store.get_connection(id).await.expect("get").expect("present");
+        let history = store.list_attempts(id, 10).await.expect("list");
+        if id == broken {
+            assert!(outcome.is_err(), "{outcome:?}");
+            assert_eq!(stored.version, 1, "nothing of it is written");
+            assert!(history.is_empty());
+        } else {
+            assert!(
+                matches!(outcome, Ok(CasOutcome::Committed { version: 2 })),
+                "{outcome:?}"
+            );
+            assert_eq!(stored.version, 2);
+            assert_eq!(history.len(), 1);
+        }
+    }
 }
