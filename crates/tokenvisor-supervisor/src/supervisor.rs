@@ -239,12 +239,42 @@ impl SupervisorState {
                     batch.push(args);
                 }
             }
-            let spawns = batch
-                .into_iter()
-                .map(|args| Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()));
-            let results = futures::future::join_all(spawns).await;
-            for ((connection_id, slot), spawned) in slots.into_iter().zip(results) {
-                self.finish_spawn(myself, connection_id, &slot, spawned);
+            // One task per worker thread builds and starts its share of the batch.
+            let tasks = std::thread::available_parallelism().map_or(2, usize::from).clamp(1, 8);
+            let share = batch.len().div_ceil(tasks).max(1);
+            let mut handles = Vec::with_capacity(tasks);
+            while !batch.is_empty() {
+                let rest = batch.split_off(share.min(batch.len()));
+                let chunk = std::mem::replace(&mut batch, rest);
+                let supervisor = myself.get_cell();
+                handles.push(tokio::spawn(async move {
+                    let spawns = chunk
+                        .into_iter()
+                        .map(|args| Actor::spawn_linked(None, ConnectionActor, args, supervisor.clone()));
+                    futures::future::join_all(spawns).await
+                }));
+            }
+            let mut slots = slots.into_iter();
+            for handle in handles {
+                let results = match handle.await {
+                    Ok(results) => results,
+                    Err(error) => {
+                        // A spawn task panicked: its connections restart from the store.
+                        tracing::error!(error = %error, "a start-up spawn task failed");
+                        Vec::new()
+                    }
+                };
+                let expected = share.min(slots.len());
+                let mut results = results.into_iter();
+                for (connection_id, slot) in slots.by_ref().take(expected) {
+                    match results.next() {
+                        Some(spawned) => self.finish_spawn(myself, connection_id, &slot, spawned),
+                        None => {
+                            slot.set_state(SlotState::Starting);
+                            self.restart(myself, connection_id);
+                        }
+                    }
+                }
             }
         }
     }
