@@ -97,33 +97,57 @@ fn main() -> anyhow::Result<()> {
         print_progress(&rows);
     }
     if wants(&cli, "throughput") {
-        let pgbench = pgbench_tps(if cli.quick { 2 } else { 5 });
+        let pgbench_seconds = if cli.quick { 2 } else { 5 };
+        let pgbench_before = pgbench_tps(pgbench_seconds);
         let throughput_sizes = match cli.throughput_size {
             Some(size) => vec![size],
             None => sizes.clone(),
         };
+        let mut measured: Vec<(usize, f64)> = Vec::new();
         for &size in &throughput_sizes {
             let size = if cli.full { size.max(10_000) } else { size };
             // The earlier commit paths beside the current one, in the same run (they are
             // too slow to run at 100k: minutes).
             if size <= 10_000 {
                 for path in [CommitPath::SplitHistory, CommitPath::Transaction] {
-                    rows.extend(runtime.block_on(scenarios::refresh_throughput(
-                        size,
-                        pgbench,
-                        path,
-                        cli.throughput_concurrency,
-                    ))?);
+                    let (found, _) =
+                        runtime.block_on(scenarios::refresh_throughput(size, path, cli.throughput_concurrency))?;
+                    rows.extend(found);
                 }
             }
-            rows.extend(runtime.block_on(scenarios::refresh_throughput(
+            let (found, rate) = runtime.block_on(scenarios::refresh_throughput(
                 size,
-                pgbench,
                 CommitPath::GroupCommit,
                 cli.throughput_concurrency,
-            ))?);
+            ))?;
+            rows.extend(found);
+            measured.push((size, rate));
             if cli.full && size >= 100_000 {
                 break;
+            }
+        }
+        // pgbench before and after the refreshes; the ratio is taken against the higher
+        // of the two, so a machine busier during one pgbench run does not flatter it.
+        let pgbench_after = pgbench_tps(pgbench_seconds);
+        let ceiling = match (pgbench_before, pgbench_after) {
+            (Some(before), Some(after)) => Some(before.max(after)),
+            (one, other) => one.or(other),
+        };
+        if let Some(tps) = ceiling {
+            let both = format!(
+                "pgbench {} before, {} after",
+                pgbench_before.map_or("-".to_owned(), |t| format!("{t:.0}")),
+                pgbench_after.map_or("-".to_owned(), |t| format!("{t:.0}"))
+            );
+            for (size, rate) in measured {
+                let ratio = rate / tps;
+                rows.push(Row::new(
+                    "refresh throughput (group commit) ÷ pgbench single-row UPDATE commits/s",
+                    size,
+                    format!("{:.0}% of {tps:.0} tps ({both})", ratio * 100.0),
+                    "≥ 55%",
+                    Some(ratio >= 0.55),
+                ));
             }
         }
         print_progress(&rows);
