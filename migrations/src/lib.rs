@@ -7,12 +7,14 @@
 //!   database to the current schema.
 //! - `m20250101_000001_initial`: `integrations`, `connections`, `refresh_attempts`, `meta`.
 //! - `m20251122_000002_authorizations`: `authorization_states` (authorization-code flows in progress).
+//! - `m20261122_000003_refresh_leases`: `refresh_leases` (cluster-wide single flight).
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
 
 mod m20250101_000001_initial;
 mod m20251122_000002_authorizations;
+mod m20261122_000003_refresh_leases;
 
 /// Every tokenvisor migration, in order.
 #[derive(Debug, Clone, Copy, Default)]
@@ -24,6 +26,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20250101_000001_initial::Migration),
             Box::new(m20251122_000002_authorizations::Migration),
+            Box::new(m20261122_000003_refresh_leases::Migration),
         ]
     }
 }

@@ -7,6 +7,7 @@ mod admin_e2e;
 mod admin_restart;
 mod binary;
 mod cli;
+mod cluster;
 mod commit_order;
 mod escalation;
 mod isolation;

@@ -97,8 +97,13 @@ async fn tokens_are_committed_before_they_are_handed_out(database: TestDatabase)
         stored.refresh_token.as_ref().map(|t| t.expose().to_owned()),
         harness.fake.current_refresh_token("tenant")
     );
-    let token = harness.tokenvisor.access_token(connection.id).await.expect("token");
-    assert_eq!(token.secret, stored.access_token);
+    // The actor learns of the commit just after the row changes: until then it may still
+    // hand out the previous access token (valid, and committed before it).
+    wait_until("the committed token is handed out", async || {
+        let token = harness.tokenvisor.access_token(connection.id).await.expect("token");
+        token.secret == stored.access_token
+    })
+    .await;
     assert_eq!(harness.fake.reuse_events(), 0);
     harness.tokenvisor.shutdown().await;
 }

@@ -59,6 +59,18 @@ impl Store for InterferingStore {
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError> {
         self.inner.list_connections(filter).await
     }
+    async fn acquire_refresh_lease(
+        &self,
+        connection: ConnectionId,
+        owner: &str,
+        now: chrono::DateTime<chrono::Utc>,
+        until: chrono::DateTime<chrono::Utc>,
+    ) -> Result<tokenvisor_store::LeaseOutcome, StoreError> {
+        self.inner.acquire_refresh_lease(connection, owner, now, until).await
+    }
+    async fn release_refresh_lease(&self, connection: ConnectionId, owner: &str) -> Result<(), StoreError> {
+        self.inner.release_refresh_lease(connection, owner).await
+    }
     fn load_supervised(&self) -> futures::stream::BoxStream<'_, Result<Connection, StoreError>> {
         self.inner.load_supervised()
     }

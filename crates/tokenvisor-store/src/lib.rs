@@ -12,6 +12,7 @@ pub mod memory;
 pub mod sql;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use tokenvisor_core::{
     Connection, ConnectionFilter, ConnectionId, Integration, IntegrationId, PendingAuthorization, RefreshAttempt,
@@ -72,6 +73,22 @@ pub enum CasOutcome {
     },
 }
 
+/// The answer to a request for a connection's refresh lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseOutcome {
+    /// The caller holds the lease until the deadline it asked for.
+    Acquired,
+    /// Another owner holds it until `until`.
+    Held {
+        /// The holder.
+        owner: String,
+        /// When the holder's lease runs out.
+        until: DateTime<Utc>,
+    },
+    /// The connection does not exist (any more).
+    Missing,
+}
+
 /// What the supervisor needs from storage.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
@@ -98,6 +115,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// stored version becomes `expected_version + 1` (the `version` field of
     /// `connection` is ignored). Committed before it returns.
     async fn compare_and_swap(&self, connection: &Connection, expected_version: i64) -> Result<CasOutcome, StoreError>;
+    /// Takes the cluster-wide lease to refresh `connection` for `owner` until `until`: granted
+    /// when nobody holds it, when the holder's lease ran out before `now`, or when `owner`
+    /// holds it already (then extended). One atomic statement, so of replicas racing for
+    /// it exactly one wins.
+    async fn acquire_refresh_lease(
+        &self,
+        connection: ConnectionId,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<LeaseOutcome, StoreError>;
+    /// Gives the lease back if `owner` still holds it.
+    async fn release_refresh_lease(&self, connection: ConnectionId, owner: &str) -> Result<(), StoreError>;
     /// A compare-and-swap that also appends `attempt` to the history when it commits:
     /// one transaction (one commit) where the store supports it.
     async fn commit_refresh(

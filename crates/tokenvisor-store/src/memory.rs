@@ -2,8 +2,9 @@
 //! without a database. Used by paused-time tests and benchmarks, and by embedders
 //! who keep tokens elsewhere.
 
-use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, Store, StoreError};
+use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, LeaseOutcome, Store, StoreError};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -24,6 +25,7 @@ struct Inner {
     connections: BTreeMap<ConnectionId, Connection>,
     attempts: HashMap<ConnectionId, VecDeque<RefreshAttempt>>,
     authorizations: HashMap<String, PendingAuthorization>,
+    leases: HashMap<ConnectionId, (String, DateTime<Utc>)>,
     writes: u64,
 }
 
@@ -136,7 +138,40 @@ impl Store for MemoryStore {
     async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError> {
         let mut inner = self.lock();
         inner.attempts.remove(&id);
+        inner.leases.remove(&id);
         Ok(inner.connections.remove(&id).is_some())
+    }
+
+    async fn acquire_refresh_lease(
+        &self,
+        connection: ConnectionId,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<LeaseOutcome, StoreError> {
+        let mut inner = self.lock();
+        if !inner.connections.contains_key(&connection) {
+            return Ok(LeaseOutcome::Missing);
+        }
+        if let Some((holder, holder_until)) = inner.leases.get(&connection)
+            && holder != owner
+            && *holder_until >= now
+        {
+            return Ok(LeaseOutcome::Held {
+                owner: holder.clone(),
+                until: *holder_until,
+            });
+        }
+        inner.leases.insert(connection, (owner.to_owned(), until));
+        Ok(LeaseOutcome::Acquired)
+    }
+
+    async fn release_refresh_lease(&self, connection: ConnectionId, owner: &str) -> Result<(), StoreError> {
+        let mut inner = self.lock();
+        if inner.leases.get(&connection).is_some_and(|(holder, _)| holder == owner) {
+            inner.leases.remove(&connection);
+        }
+        Ok(())
     }
 
     async fn record_attempt(&self, attempt: &RefreshAttempt) -> Result<(), StoreError> {

@@ -13,8 +13,9 @@
 
 use crate::crypto::Keyring;
 use crate::entity::{authorization_state, connection, integration, meta, refresh_attempt};
-use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, Store, StoreError};
+use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, LeaseOutcome, Store, StoreError};
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
@@ -52,6 +53,7 @@ const POSTGRES_POOL_SIZE: u32 = 32;
 const TRIM_EVERY: i64 = 16;
 
 mod group_commit;
+mod lease;
 use group_commit::{GroupCommitter, PreparedCommit};
 
 /// A [`Store`] over SQLite or PostgreSQL with secrets encrypted at rest.
@@ -765,6 +767,22 @@ impl Store for SqlStore {
             .map_err(db_error("deleting a connection"))?;
         txn.commit().await.map_err(db_error("committing a deletion"))?;
         Ok(deleted.rows_affected > 0)
+    }
+
+    #[tracing::instrument(skip_all, fields(connection_id = %connection))]
+    async fn acquire_refresh_lease(
+        &self,
+        connection: ConnectionId,
+        owner: &str,
+        now: DateTime<Utc>,
+        until: DateTime<Utc>,
+    ) -> Result<LeaseOutcome, StoreError> {
+        lease::acquire(&self.db, connection, owner, now, until).await
+    }
+
+    #[tracing::instrument(skip_all, fields(connection_id = %connection))]
+    async fn release_refresh_lease(&self, connection: ConnectionId, owner: &str) -> Result<(), StoreError> {
+        lease::release(&self.db, connection, owner).await
     }
 
     #[tracing::instrument(skip_all, fields(connection_id = %attempt.connection_id))]

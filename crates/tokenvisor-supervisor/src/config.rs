@@ -54,6 +54,11 @@ pub struct TokenvisorConfig {
     /// Where tokenvisor's metrics are recorded (see `tokenvisor_supervisor::metrics`);
     /// `None`: the global meter provider's `tokenvisor` meter, taken at start.
     pub meter: Option<opentelemetry::metrics::Meter>,
+    /// Cluster-wide single flight, for several replicas on one database: before calling
+    /// the provider, a refresh takes the connection's lease in the store for this long
+    /// (longer than a refresh takes); a replica that finds it held waits for the holder's
+    /// commit and adopts its tokens. `None` (the default): one process per database.
+    pub cluster_lease: Option<std::time::Duration>,
 }
 
 impl Default for TokenvisorConfig {
@@ -70,6 +75,7 @@ impl Default for TokenvisorConfig {
             authorization_ttl: chrono::Duration::minutes(10),
             clock: Arc::new(SystemClock),
             meter: None,
+            cluster_lease: None,
         }
     }
 }

@@ -25,6 +25,8 @@ pub(crate) struct Shared {
     pub registry: Registry,
     /// This instance's metric instruments.
     pub metrics: Metrics,
+    /// This instance's name as the owner of refresh leases (unique per start).
+    pub instance_id: String,
     integrations: std::sync::RwLock<std::collections::HashMap<IntegrationId, IntegrationRef>>,
     shutting_down: AtomicBool,
 }
@@ -46,6 +48,7 @@ impl Shared {
             registry: Registry::default(),
             integrations: Default::default(),
             shutting_down: AtomicBool::new(false),
+            instance_id: uuid::Uuid::new_v4().to_string(),
         }
     }
 

@@ -55,6 +55,10 @@ pub struct Settings {
     /// Start-up refreshes of tokens already due are spread over this window [default: 10s].
     #[arg(long, global = true, env = "TOKENVISOR_STARTUP_SPREAD")]
     pub startup_spread: Option<String>,
+    /// Several replicas on one database: a refresh holds the connection's lease in the
+    /// database this long, so only one replica calls the provider (e.g. `30s`) [default: off].
+    #[arg(long, global = true, env = "TOKENVISOR_CLUSTER_LEASE")]
+    pub cluster_lease: Option<String>,
     /// Hosts that token endpoints may use over plain HTTP (comma-separated).
     #[arg(long, global = true, env = "TOKENVISOR_ALLOW_INSECURE_ENDPOINTS")]
     pub allow_insecure_endpoints: Option<String>,
@@ -82,6 +86,7 @@ struct FileConfig {
     retry_base: Option<String>,
     retry_cap: Option<String>,
     startup_spread: Option<String>,
+    cluster_lease: Option<String>,
     allow_insecure_endpoints: Option<Vec<String>>,
     webhooks: Option<FileWebhooks>,
 }
@@ -110,6 +115,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// The refresh schedule.
     pub schedule: SchedulePolicy,
+    /// Cluster-wide refresh lease duration, when several replicas share the database.
+    pub cluster_lease: Option<std::time::Duration>,
     /// Hosts allowed over plain HTTP.
     pub allow_insecure_endpoints: Vec<String>,
     /// Webhook delivery, when URLs are configured.
@@ -291,6 +298,20 @@ impl Settings {
         if schedule.lead <= chrono::Duration::zero() {
             bail!("invalid TOKENVISOR_REFRESH_LEAD: must be positive");
         }
+        let cluster_lease = match pick(
+            self.cluster_lease.clone(),
+            file.cluster_lease,
+            &source("TOKENVISOR_CLUSTER_LEASE", "cluster_lease"),
+        ) {
+            None => None,
+            Some((text, name)) => {
+                let lease = parse_duration(&text).map_err(|reason| anyhow::anyhow!("invalid {name}: {reason}"))?;
+                if lease < chrono::Duration::seconds(1) || lease > chrono::Duration::minutes(10) {
+                    bail!("invalid {name}: must be between 1s and 10m (longer than a refresh takes)");
+                }
+                lease.to_std().ok()
+            }
+        };
         if schedule.retry_base <= chrono::Duration::zero() || schedule.retry_cap < schedule.retry_base {
             bail!(
                 "invalid TOKENVISOR_RETRY_BASE / TOKENVISOR_RETRY_CAP: the base must be positive and at most the cap"
@@ -354,6 +375,7 @@ impl Settings {
             admin_token,
             public_url,
             schedule,
+            cluster_lease,
             allow_insecure_endpoints,
             webhooks,
         })
@@ -396,6 +418,7 @@ impl Config {
         TokenvisorConfig {
             schedule: self.schedule.clone(),
             allow_insecure_hosts: self.allow_insecure_endpoints.clone(),
+            cluster_lease: self.cluster_lease,
             ..TokenvisorConfig::default()
         }
     }

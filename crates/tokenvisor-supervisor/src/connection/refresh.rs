@@ -13,7 +13,7 @@ use tokenvisor_core::{
     Connection, ConnectionStatus, FailureClass, LastError, RefreshAttempt, RefreshFailure, RefreshOutcomeKind,
     RefreshReason, TokenSet, next_refresh_at,
 };
-use tokenvisor_store::CasOutcome;
+use tokenvisor_store::{CasOutcome, LeaseOutcome};
 use tracing::{Instrument, field};
 
 /// What the actor asks for.
@@ -195,6 +195,99 @@ async fn run_inner(shared: &Shared, integration: &IntegrationRuntime, job: Refre
         }
     }
 
+    // Several replicas: the one holding the connection's lease calls the provider; the
+    // others wait for its commit and adopt the tokens it stored.
+    let leased = match (shared.config.cluster_lease, &job.pending) {
+        (Some(lease), None) => match take_lease(shared, &base, lease).await {
+            LeaseWait::Acquired(current) => {
+                base = current;
+                true
+            }
+            LeaseWait::Done(result) => return result,
+        },
+        _ => false,
+    };
+    let result = refresh_and_commit(
+        shared,
+        integration,
+        &job,
+        base.clone(),
+        &mut committed_version,
+        started_at,
+        started,
+    )
+    .await;
+    if leased && let Err(error) = shared.store.release_refresh_lease(base.id, &shared.instance_id).await {
+        // It runs out by itself: the other replicas wait at most the lease duration.
+        tracing::warn!(connection.id = %base.id, error = %error, "failed to release the refresh lease");
+    }
+    result
+}
+
+/// What waiting for the cluster-wide refresh lease ended with.
+enum LeaseWait {
+    /// This replica holds the lease; the connection as stored now (unchanged tokens).
+    Acquired(Connection),
+    /// No refresh by this replica: another one changed the connection (adopt it), it was
+    /// deleted, or the store failed.
+    Done(RefreshResult),
+}
+
+/// Takes the connection's refresh lease, waiting while another replica holds it. After
+/// taking it, the row is read again: if another replica refreshed meanwhile, its tokens
+/// are adopted instead of refreshing twice (with a rotated-away refresh token).
+async fn take_lease(shared: &Shared, base: &Connection, lease: std::time::Duration) -> LeaseWait {
+    let owner = shared.instance_id.as_str();
+    let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
+    loop {
+        let now = shared.clock.now();
+        match shared
+            .store
+            .acquire_refresh_lease(base.id, owner, now, now + lease)
+            .await
+        {
+            Ok(LeaseOutcome::Acquired) => {}
+            Ok(LeaseOutcome::Missing) => return LeaseWait::Done(RefreshResult::Deleted),
+            Ok(LeaseOutcome::Held { until, .. }) => {
+                // Look again every 100 ms (or when the holder's lease runs out).
+                let wait = (until - now).to_std().unwrap_or_default();
+                tokio::time::sleep(wait.min(std::time::Duration::from_millis(100))).await;
+                match shared.store.get_connection(base.id).await {
+                    Ok(Some(current)) if current.version != base.version => {
+                        return LeaseWait::Done(RefreshResult::Adopted { connection: current });
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => return LeaseWait::Done(RefreshResult::Deleted),
+                    Err(error) => return LeaseWait::Done(store_failure(&error.to_string())),
+                }
+            }
+            Err(error) => return LeaseWait::Done(store_failure(&error.to_string())),
+        }
+        return match shared.store.get_connection(base.id).await {
+            Ok(Some(current)) if current.version == base.version => LeaseWait::Acquired(current),
+            Ok(Some(current)) => {
+                let _ = shared.store.release_refresh_lease(base.id, owner).await;
+                LeaseWait::Done(RefreshResult::Adopted { connection: current })
+            }
+            Ok(None) => LeaseWait::Done(RefreshResult::Deleted),
+            Err(error) => {
+                let _ = shared.store.release_refresh_lease(base.id, owner).await;
+                LeaseWait::Done(store_failure(&error.to_string()))
+            }
+        };
+    }
+}
+
+/// Calls the provider (unless the job carries tokens still to commit) and commits.
+async fn refresh_and_commit(
+    shared: &Shared,
+    integration: &IntegrationRuntime,
+    job: &RefreshJob,
+    base: Connection,
+    committed_version: &mut tokio::sync::OwnedMutexGuard<i64>,
+    started_at: DateTime<Utc>,
+    started: Instant,
+) -> RefreshResult {
     let pending = match job.pending.clone() {
         Some(pending) => pending,
         None => match obtain_tokens(shared, integration, &base).await {
@@ -203,11 +296,11 @@ async fn run_inner(shared: &Shared, integration: &IntegrationRuntime, job: Refre
                 obtained_at: shared.clock.now(),
             },
             Err(failure) => {
-                let connection = record_failure(shared, &base, &failure, &mut committed_version).await;
+                let connection = record_failure(shared, &base, &failure, committed_version).await;
                 record_attempt(
                     shared,
                     &base,
-                    &job,
+                    job,
                     started_at,
                     started,
                     outcome_kind(failure.class),
@@ -234,9 +327,9 @@ async fn run_inner(shared: &Shared, integration: &IntegrationRuntime, job: Refre
         &integration.policy,
         base,
         &pending,
-        &job,
+        job,
         &attempt,
-        &mut committed_version,
+        committed_version,
     )
     .await
 }

@@ -1,0 +1,118 @@
+//! Refresh leases (cluster-wide single flight) on SQLite and PostgreSQL: one upsert that
+//! only takes over a lease that ran out or is the caller's own, so of replicas racing
+//! for a connection exactly one gets it.
+
+use super::db_error;
+use crate::{LeaseOutcome, StoreError};
+use chrono::{DateTime, TimeZone as _, Utc};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbBackend, SqlErr, Statement, Value};
+use tokenvisor_core::ConnectionId;
+
+/// `$n` placeholders on PostgreSQL, `?` (in the same order) on SQLite.
+fn statement(backend: DbBackend, postgres: &str, values: Vec<Value>) -> Statement {
+    let sql = match backend {
+        DbBackend::Postgres => postgres.to_owned(),
+        _ => {
+            let mut sql = String::with_capacity(postgres.len());
+            let mut chars = postgres.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                    while chars.peek().is_some_and(char::is_ascii_digit) {
+                        chars.next();
+                    }
+                    sql.push('?');
+                } else {
+                    sql.push(c);
+                }
+            }
+            sql
+        }
+    };
+    Statement::from_sql_and_values(backend, sql, values)
+}
+
+/// Takes the lease of `connection` for `owner` until `until` (see
+/// [`crate::Store::acquire_refresh_lease`]).
+pub(super) async fn acquire(
+    db: &DatabaseConnection,
+    connection: ConnectionId,
+    owner: &str,
+    now: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Result<LeaseOutcome, StoreError> {
+    let backend = db.get_database_backend();
+    let upsert = statement(
+        backend,
+        "INSERT INTO refresh_leases (connection_id, owner, expires_at_ms) VALUES ($1, $2, $3) \
+         ON CONFLICT (connection_id) DO UPDATE SET owner = excluded.owner, expires_at_ms = excluded.expires_at_ms \
+         WHERE refresh_leases.expires_at_ms < $4 OR refresh_leases.owner = excluded.owner \
+         RETURNING owner",
+        vec![
+            Value::from(connection.0),
+            Value::from(owner.to_owned()),
+            Value::from(until.timestamp_millis()),
+            Value::from(now.timestamp_millis()),
+        ],
+    );
+    // A holder may give the lease back between our upsert and our look at it: ask again.
+    for _ in 0..3 {
+        match db.query_one_raw(upsert.clone()).await {
+            Ok(Some(_)) => return Ok(LeaseOutcome::Acquired),
+            Ok(None) => {}
+            Err(error) if matches!(error.sql_err(), Some(SqlErr::ForeignKeyConstraintViolation(_))) => {
+                return Ok(LeaseOutcome::Missing);
+            }
+            Err(error) => return Err(db_error("taking a refresh lease")(error)),
+        }
+        let holder = statement(
+            backend,
+            "SELECT owner, expires_at_ms FROM refresh_leases WHERE connection_id = $1",
+            vec![Value::from(connection.0)],
+        );
+        let row = db
+            .query_one_raw(holder)
+            .await
+            .map_err(db_error("reading a refresh lease"))?;
+        if let Some(row) = row {
+            let owner: String = row.try_get("", "owner").map_err(db_error("reading a refresh lease"))?;
+            let until_ms: i64 = row
+                .try_get("", "expires_at_ms")
+                .map_err(db_error("reading a refresh lease"))?;
+            let until = Utc.timestamp_millis_opt(until_ms).single().ok_or_else(|| {
+                StoreError::Corrupt(format!("refresh_leases:{connection}:expires_at_ms is out of range"))
+            })?;
+            return Ok(LeaseOutcome::Held { owner, until });
+        }
+    }
+    Err(StoreError::Database(format!(
+        "the refresh lease of connection {connection} kept changing hands"
+    )))
+}
+
+/// Gives the lease of `connection` back if `owner` holds it.
+pub(super) async fn release(db: &DatabaseConnection, connection: ConnectionId, owner: &str) -> Result<(), StoreError> {
+    let delete = statement(
+        db.get_database_backend(),
+        "DELETE FROM refresh_leases WHERE connection_id = $1 AND owner = $2",
+        vec![Value::from(connection.0), Value::from(owner.to_owned())],
+    );
+    db.execute_raw(delete)
+        .await
+        .map_err(db_error("releasing a refresh lease"))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_statements_use_positional_placeholders_in_order() {
+        let statement = statement(
+            DbBackend::Sqlite,
+            "SELECT $1, $2 WHERE x < $10",
+            vec![Value::from(1), Value::from(2), Value::from(3)],
+        );
+        assert_eq!(statement.sql, "SELECT ?, ? WHERE x < ?");
+    }
+}

@@ -1,0 +1,124 @@
+//! Several replicas on one database (invariant 3, cluster-wide): with the refresh lease
+//! on, one replica calls the provider and the others adopt what it committed, so a
+//! rotating provider never sees a refresh token twice.
+
+use chrono::Utc;
+use std::time::{Duration, Instant};
+use tokenvisor_store::LeaseOutcome;
+use tokenvisor_supervisor::{Tokenvisor, TokenvisorConfig};
+use tokenvisor_testkit::Dialect;
+use tokenvisor_tests::databases::{TestDatabase, fast_config, open, test_keyring};
+use tokenvisor_tests::{Harness, fake, on_both_backends};
+
+on_both_backends!(
+    two_replicas_refresh_a_connection_once_and_hand_out_the_same_tokens,
+    a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead,
+);
+
+fn with_lease() -> TokenvisorConfig {
+    TokenvisorConfig {
+        cluster_lease: Some(Duration::from_secs(10)),
+        ..fast_config()
+    }
+}
+
+async fn two_replicas_refresh_a_connection_once_and_hand_out_the_same_tokens(database: TestDatabase) {
+    // Grace 0: a second use of a rotated-away refresh token revokes the family.
+    let fake = fake(Dialect::Rotating { grace: Duration::ZERO }, 3600).await;
+    let first = Harness::start(open(&database, test_keyring()).await, fake, with_lease()).await;
+    let connection = first.connect("shared-tenant").await;
+    let second = Tokenvisor::start(open(&database, test_keyring()).await, with_lease())
+        .await
+        .expect("second replica starts");
+    assert_eq!(second.supervised_count(), 1);
+    first.fake.set_latency(Duration::from_millis(400));
+
+    for round in 1..=3u64 {
+        let (a, b) = tokio::join!(
+            first.tokenvisor.force_refresh(connection.id),
+            second.force_refresh(connection.id)
+        );
+        let (a, b) = (a.expect("first replica"), b.expect("second replica"));
+        assert_eq!(
+            first.fake.refreshes(),
+            round,
+            "round {round}: one provider call for both replicas"
+        );
+        assert_eq!(
+            a.secret, b.secret,
+            "round {round}: both replicas hand out the committed token"
+        );
+        assert!(first.fake.is_access_token_live(a.secret.expose()));
+    }
+    assert_eq!(first.fake.reuse_events(), 0);
+    assert_eq!(first.fake.family_revocations(), 0);
+    let stored = first.store.get_connection(connection.id).await.unwrap().unwrap();
+    assert_eq!(
+        stored.refresh_token.as_ref().map(|t| t.expose().to_owned()),
+        first.fake.current_refresh_token("shared-tenant")
+    );
+    assert_eq!(stored.refresh_failures, 0);
+    second.shutdown().await;
+    first.tokenvisor.shutdown().await;
+}
+
+async fn a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead(database: TestDatabase) {
+    let harness = Harness::start(
+        open(&database, test_keyring()).await,
+        fake(Dialect::Generic, 3600).await,
+        with_lease(),
+    )
+    .await;
+    let connection = harness.connect("tenant").await;
+    let store = &harness.store;
+
+    // A replica died holding the lease for two more seconds.
+    let now = Utc::now();
+    let until = now + chrono::Duration::seconds(2);
+    let taken = store
+        .acquire_refresh_lease(connection.id, "dead-replica", now, until)
+        .await;
+    assert_eq!(taken.expect("lease"), LeaseOutcome::Acquired);
+    let other = store
+        .acquire_refresh_lease(connection.id, "other", now, now + chrono::Duration::seconds(5))
+        .await
+        .expect("lease answer");
+    assert!(
+        matches!(other, LeaseOutcome::Held { ref owner, .. } if owner == "dead-replica"),
+        "{other:?}"
+    );
+    let unknown = store
+        .acquire_refresh_lease(tokenvisor_core::ConnectionId::new(), "other", now, until)
+        .await
+        .expect("lease answer");
+    assert_eq!(unknown, LeaseOutcome::Missing);
+
+    let asked = Instant::now();
+    let token = harness
+        .tokenvisor
+        .force_refresh(connection.id)
+        .await
+        .expect("refresh after the lease ran out");
+    assert!(
+        asked.elapsed() >= Duration::from_millis(1500),
+        "waited {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(harness.fake.refreshes(), 1);
+    assert_ne!(token.secret, connection.access_token);
+
+    // The lease was given back: the next refresh does not wait.
+    let asked = Instant::now();
+    harness
+        .tokenvisor
+        .force_refresh(connection.id)
+        .await
+        .expect("second refresh");
+    assert!(
+        asked.elapsed() < Duration::from_millis(1500),
+        "waited {:?}",
+        asked.elapsed()
+    );
+    assert_eq!(harness.fake.refreshes(), 2);
+    harness.tokenvisor.shutdown().await;
+}
