@@ -2,17 +2,19 @@
 //! on, one replica calls the provider and the others adopt what it committed, so a
 //! rotating provider never sees a refresh token twice.
 
-use chrono::Utc;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokenvisor_store::LeaseOutcome;
 use tokenvisor_supervisor::{Tokenvisor, TokenvisorConfig};
 use tokenvisor_testkit::Dialect;
 use tokenvisor_tests::databases::{TestDatabase, fast_config, open, test_keyring};
+use tokenvisor_tests::faulty_store::FaultyStore;
 use tokenvisor_tests::{Harness, fake, on_both_backends};
 
 on_both_backends!(
     two_replicas_refresh_a_connection_once_and_hand_out_the_same_tokens,
     a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead,
+    tokens_awaiting_their_commit_keep_the_lease_so_no_replica_refreshes_from_the_old_token,
 );
 
 fn with_lease() -> TokenvisorConfig {
@@ -73,22 +75,21 @@ async fn a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead(data
     let store = &harness.store;
 
     // A replica died holding the lease for two more seconds.
-    let now = Utc::now();
-    let until = now + chrono::Duration::seconds(2);
     let taken = store
-        .acquire_refresh_lease(connection.id, "dead-replica", now, until)
+        .acquire_refresh_lease(connection.id, "dead-replica", Duration::from_secs(2))
         .await;
     assert_eq!(taken.expect("lease"), LeaseOutcome::Acquired);
     let other = store
-        .acquire_refresh_lease(connection.id, "other", now, now + chrono::Duration::seconds(5))
+        .acquire_refresh_lease(connection.id, "other", Duration::from_secs(5))
         .await
         .expect("lease answer");
     assert!(
-        matches!(other, LeaseOutcome::Held { ref owner, .. } if owner == "dead-replica"),
+        matches!(other, LeaseOutcome::Held { ref owner, remaining }
+            if owner == "dead-replica" && remaining <= Duration::from_secs(2)),
         "{other:?}"
     );
     let unknown = store
-        .acquire_refresh_lease(tokenvisor_core::ConnectionId::new(), "other", now, until)
+        .acquire_refresh_lease(tokenvisor_core::ConnectionId::new(), "other", Duration::from_secs(2))
         .await
         .expect("lease answer");
     assert_eq!(unknown, LeaseOutcome::Missing);
@@ -121,4 +122,49 @@ async fn a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead(data
     );
     assert_eq!(harness.fake.refreshes(), 2);
     harness.tokenvisor.shutdown().await;
+}
+
+async fn tokens_awaiting_their_commit_keep_the_lease_so_no_replica_refreshes_from_the_old_token(
+    database: TestDatabase,
+) {
+    let faulty = Arc::new(FaultyStore::new(open(&database, test_keyring()).await));
+    let fake = fake(Dialect::Rotating { grace: Duration::ZERO }, 3600).await;
+    let first = Harness::start(faulty.clone(), fake, with_lease()).await;
+    let connection = first.connect("tenant").await;
+    let second = Tokenvisor::start(open(&database, test_keyring()).await, with_lease())
+        .await
+        .expect("second replica starts");
+
+    // The first replica gets rotated tokens but cannot commit them: it keeps them, and the lease.
+    faulty.set_fail_writes(true);
+    first
+        .tokenvisor
+        .force_refresh(connection.id)
+        .await
+        .expect_err("not committed, not handed out");
+    assert_eq!(first.fake.refreshes(), 1);
+
+    // The second replica must not refresh from the stored, rotated-away token: it waits.
+    let waiting = tokio::spawn({
+        let second = second.clone();
+        async move { second.force_refresh(connection.id).await }
+    });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        first.fake.refreshes(),
+        1,
+        "the second replica refreshed from the old token"
+    );
+    assert!(!waiting.is_finished());
+
+    // The database comes back: the kept tokens are committed and the second replica adopts them.
+    faulty.set_fail_writes(false);
+    let adopted = waiting.await.expect("task").expect("adopted token");
+    let stored = first.store.get_connection(connection.id).await.unwrap().unwrap();
+    assert_eq!(adopted.secret, stored.access_token);
+    assert_eq!(first.fake.refreshes(), 1);
+    assert_eq!(first.fake.reuse_events(), 0);
+    assert_eq!(first.fake.family_revocations(), 0);
+    second.shutdown().await;
+    first.tokenvisor.shutdown().await;
 }

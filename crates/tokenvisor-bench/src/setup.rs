@@ -197,10 +197,9 @@ impl Store for CountingStore {
         &self,
         connection: ConnectionId,
         owner: &str,
-        now: chrono::DateTime<chrono::Utc>,
-        until: chrono::DateTime<chrono::Utc>,
+        lease: std::time::Duration,
     ) -> Result<tokenvisor_store::LeaseOutcome, StoreError> {
-        self.inner.acquire_refresh_lease(connection, owner, now, until).await
+        self.inner.acquire_refresh_lease(connection, owner, lease).await
     }
     async fn release_refresh_lease(&self, connection: ConnectionId, owner: &str) -> Result<(), StoreError> {
         self.inner.release_refresh_lease(connection, owner).await

@@ -12,7 +12,6 @@ pub mod memory;
 pub mod sql;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
 use tokenvisor_core::{
     Connection, ConnectionFilter, ConnectionId, Integration, IntegrationId, PendingAuthorization, RefreshAttempt,
@@ -78,12 +77,12 @@ pub enum CasOutcome {
 pub enum LeaseOutcome {
     /// The caller holds the lease until the deadline it asked for.
     Acquired,
-    /// Another owner holds it until `until`.
+    /// Another owner holds it for `remaining` more.
     Held {
         /// The holder.
         owner: String,
-        /// When the holder's lease runs out.
-        until: DateTime<Utc>,
+        /// How long the holder's lease still runs.
+        remaining: std::time::Duration,
     },
     /// The connection does not exist (any more).
     Missing,
@@ -115,16 +114,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// stored version becomes `expected_version + 1` (the `version` field of
     /// `connection` is ignored). Committed before it returns.
     async fn compare_and_swap(&self, connection: &Connection, expected_version: i64) -> Result<CasOutcome, StoreError>;
-    /// Takes the cluster-wide lease to refresh `connection` for `owner` until `until`: granted
-    /// when nobody holds it, when the holder's lease ran out before `now`, or when `owner`
+    /// Takes the cluster-wide lease to refresh `connection` for `owner`, for `lease` from
+    /// now: granted when nobody holds it, when the holder's lease ran out, or when `owner`
     /// holds it already (then extended). One atomic statement, so of replicas racing for
-    /// it exactly one wins.
+    /// it exactly one wins; "now" is the database's clock, so replicas' clocks may differ.
     async fn acquire_refresh_lease(
         &self,
         connection: ConnectionId,
         owner: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
+        lease: std::time::Duration,
     ) -> Result<LeaseOutcome, StoreError>;
     /// Gives the lease back if `owner` still holds it.
     async fn release_refresh_lease(&self, connection: ConnectionId, owner: &str) -> Result<(), StoreError>;

@@ -4,7 +4,6 @@
 
 use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, LeaseOutcome, Store, StoreError};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -25,7 +24,7 @@ struct Inner {
     connections: BTreeMap<ConnectionId, Connection>,
     attempts: HashMap<ConnectionId, VecDeque<RefreshAttempt>>,
     authorizations: HashMap<String, PendingAuthorization>,
-    leases: HashMap<ConnectionId, (String, DateTime<Utc>)>,
+    leases: HashMap<ConnectionId, (String, tokio::time::Instant)>,
     writes: u64,
 }
 
@@ -146,23 +145,24 @@ impl Store for MemoryStore {
         &self,
         connection: ConnectionId,
         owner: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
+        lease: std::time::Duration,
     ) -> Result<LeaseOutcome, StoreError> {
+        // One process: tokio's clock (paused in tests) is every holder's clock.
+        let now = tokio::time::Instant::now();
         let mut inner = self.lock();
         if !inner.connections.contains_key(&connection) {
             return Ok(LeaseOutcome::Missing);
         }
-        if let Some((holder, holder_until)) = inner.leases.get(&connection)
+        if let Some((holder, until)) = inner.leases.get(&connection)
             && holder != owner
-            && *holder_until >= now
+            && *until >= now
         {
             return Ok(LeaseOutcome::Held {
                 owner: holder.clone(),
-                until: *holder_until,
+                remaining: until.duration_since(now),
             });
         }
-        inner.leases.insert(connection, (owner.to_owned(), until));
+        inner.leases.insert(connection, (owner.to_owned(), now + lease));
         Ok(LeaseOutcome::Acquired)
     }
 

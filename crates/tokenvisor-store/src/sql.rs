@@ -15,7 +15,6 @@ use crate::crypto::Keyring;
 use crate::entity::{authorization_state, connection, integration, meta, refresh_attempt};
 use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, LeaseOutcome, Store, StoreError};
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
@@ -774,10 +773,9 @@ impl Store for SqlStore {
         &self,
         connection: ConnectionId,
         owner: &str,
-        now: DateTime<Utc>,
-        until: DateTime<Utc>,
+        lease: std::time::Duration,
     ) -> Result<LeaseOutcome, StoreError> {
-        lease::acquire(&self.db, connection, owner, now, until).await
+        lease::acquire(&self.db, connection, owner, lease).await
     }
 
     #[tracing::instrument(skip_all, fields(connection_id = %connection))]

@@ -148,6 +148,11 @@ impl Tokenvisor {
         let client = TokenClient::new(config.client.clone()).map_err(|e| StartError::Client(e.to_string()))?;
         let shared = Arc::new(Shared::new(store, client, config));
         shared.metrics.observe(Arc::downgrade(&shared));
+        // The integrations first: while the connections stream, a single-connection pool
+        // (in-memory SQLite) has no connection left to look them up one by one.
+        for integration in shared.store.list_integrations().await? {
+            shared.integration(integration.id).await?;
+        }
         // Pages are loaded and decrypted by one task while the supervisor spawns the
         // actors of the previous page.
         let (pages, receiver) = tokio::sync::mpsc::channel(2);
@@ -165,11 +170,18 @@ impl Tokenvisor {
                 // linked actors with it.
                 let spawn_error = match started {
                     Ok((supervisor, _)) => {
-                        supervisor.stop(None);
+                        let _ = supervisor
+                            .stop_and_wait(None, Some(std::time::Duration::from_secs(30)))
+                            .await;
                         None
                     }
                     Err(error) => Some(StartError::Spawn(error.to_string())),
                 };
+                // Nothing of the failed start keeps running: refreshes already in flight
+                // commit (or fail) before start returns.
+                shared.begin_shutdown();
+                shared.tasks.close();
+                shared.tasks.wait().await;
                 Err(match loaded {
                     Ok(Err(error)) => StartError::Store(error),
                     Err(error) => error,

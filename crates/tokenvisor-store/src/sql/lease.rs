@@ -4,8 +4,8 @@
 
 use super::db_error;
 use crate::{LeaseOutcome, StoreError};
-use chrono::{DateTime, TimeZone as _, Utc};
 use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbBackend, SqlErr, Statement, Value};
+use std::time::Duration;
 use tokenvisor_core::ConnectionId;
 
 /// `$n` placeholders on PostgreSQL, `?` (in the same order) on SQLite.
@@ -31,27 +31,38 @@ fn statement(backend: DbBackend, postgres: &str, values: Vec<Value>) -> Statemen
     Statement::from_sql_and_values(backend, sql, values)
 }
 
-/// Takes the lease of `connection` for `owner` until `until` (see
+/// The database's clock in milliseconds since the Unix epoch: every replica judges
+/// leases by the same clock.
+fn now_ms(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+        _ => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    }
+}
+
+/// Takes the lease of `connection` for `owner` for `lease` (see
 /// [`crate::Store::acquire_refresh_lease`]).
 pub(super) async fn acquire(
     db: &DatabaseConnection,
     connection: ConnectionId,
     owner: &str,
-    now: DateTime<Utc>,
-    until: DateTime<Utc>,
+    lease: Duration,
 ) -> Result<LeaseOutcome, StoreError> {
     let backend = db.get_database_backend();
+    let now = now_ms(backend);
+    let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2);
     let upsert = statement(
         backend,
-        "INSERT INTO refresh_leases (connection_id, owner, expires_at_ms) VALUES ($1, $2, $3) \
-         ON CONFLICT (connection_id) DO UPDATE SET owner = excluded.owner, expires_at_ms = excluded.expires_at_ms \
-         WHERE refresh_leases.expires_at_ms < $4 OR refresh_leases.owner = excluded.owner \
-         RETURNING owner",
+        &format!(
+            "INSERT INTO refresh_leases (connection_id, owner, expires_at_ms) VALUES ($1, $2, {now} + $3) \
+             ON CONFLICT (connection_id) DO UPDATE SET owner = excluded.owner, expires_at_ms = excluded.expires_at_ms \
+             WHERE refresh_leases.expires_at_ms < {now} OR refresh_leases.owner = excluded.owner \
+             RETURNING owner"
+        ),
         vec![
             Value::from(connection.0),
             Value::from(owner.to_owned()),
-            Value::from(until.timestamp_millis()),
-            Value::from(now.timestamp_millis()),
+            Value::from(lease_ms),
         ],
     );
     // A holder may give the lease back between our upsert and our look at it: ask again.
@@ -66,7 +77,9 @@ pub(super) async fn acquire(
         }
         let holder = statement(
             backend,
-            "SELECT owner, expires_at_ms FROM refresh_leases WHERE connection_id = $1",
+            &format!(
+                "SELECT owner, expires_at_ms - {now} AS remaining_ms FROM refresh_leases WHERE connection_id = $1"
+            ),
             vec![Value::from(connection.0)],
         );
         let row = db
@@ -75,13 +88,11 @@ pub(super) async fn acquire(
             .map_err(db_error("reading a refresh lease"))?;
         if let Some(row) = row {
             let owner: String = row.try_get("", "owner").map_err(db_error("reading a refresh lease"))?;
-            let until_ms: i64 = row
-                .try_get("", "expires_at_ms")
+            let remaining_ms: i64 = row
+                .try_get("", "remaining_ms")
                 .map_err(db_error("reading a refresh lease"))?;
-            let until = Utc.timestamp_millis_opt(until_ms).single().ok_or_else(|| {
-                StoreError::Corrupt(format!("refresh_leases:{connection}:expires_at_ms is out of range"))
-            })?;
-            return Ok(LeaseOutcome::Held { owner, until });
+            let remaining = Duration::from_millis(u64::try_from(remaining_ms).unwrap_or(0));
+            return Ok(LeaseOutcome::Held { owner, remaining });
         }
     }
     Err(StoreError::Database(format!(

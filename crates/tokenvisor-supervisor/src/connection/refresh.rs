@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use std::sync::Arc;
 use std::time::Instant;
 use tokenvisor_core::{
-    Connection, ConnectionStatus, FailureClass, LastError, RefreshAttempt, RefreshFailure, RefreshOutcomeKind,
-    RefreshReason, TokenSet, next_refresh_at,
+    Connection, ConnectionId, ConnectionStatus, FailureClass, LastError, RefreshAttempt, RefreshFailure,
+    RefreshOutcomeKind, RefreshReason, TokenSet, next_refresh_at,
 };
 use tokenvisor_store::{CasOutcome, LeaseOutcome};
 use tracing::{Instrument, field};
@@ -197,17 +197,29 @@ async fn run_inner(shared: &Shared, integration: &IntegrationRuntime, job: Refre
 
     // Several replicas: the one holding the connection's lease calls the provider; the
     // others wait for its commit and adopt the tokens it stored.
-    let leased = match (shared.config.cluster_lease, &job.pending) {
+    let lease = shared
+        .config
+        .cluster_lease
+        .map(|configured| effective_lease(shared, configured));
+    let guard = match (lease, &job.pending) {
         (Some(lease), None) => match take_lease(shared, &base, lease).await {
             LeaseWait::Acquired(current) => {
                 base = current;
-                true
+                Some(LeaseGuard::new(shared, base.id))
             }
             LeaseWait::Done(result) => return result,
         },
-        _ => false,
+        (Some(lease), Some(_)) => {
+            // Committing tokens obtained under a lease that was kept for this: extend it.
+            let _ = shared
+                .store
+                .acquire_refresh_lease(base.id, &shared.instance_id, lease)
+                .await;
+            Some(LeaseGuard::new(shared, base.id))
+        }
+        (None, _) => None,
     };
-    let result = refresh_and_commit(
+    let work = refresh_and_commit(
         shared,
         integration,
         &job,
@@ -215,13 +227,105 @@ async fn run_inner(shared: &Shared, integration: &IntegrationRuntime, job: Refre
         &mut committed_version,
         started_at,
         started,
-    )
-    .await;
-    if leased && let Err(error) = shared.store.release_refresh_lease(base.id, &shared.instance_id).await {
-        // It runs out by itself: the other replicas wait at most the lease duration.
-        tracing::warn!(connection.id = %base.id, error = %error, "failed to release the refresh lease");
+    );
+    let result = match (lease, &guard) {
+        (Some(lease), Some(_)) => with_renewal(shared, base.id, lease, work).await,
+        _ => work.await,
+    };
+    if let Some(guard) = guard {
+        match &result {
+            // The provider's tokens wait in the actor for their commit: other replicas must
+            // not refresh from the stored (maybe rotated-away) token meanwhile.
+            RefreshResult::CommitFailed { .. } => guard.keep(PENDING_COMMIT_LEASE).await,
+            _ => guard.release().await,
+        }
     }
     result
+}
+
+/// How long the lease is kept for tokens that await their commit (Atlassian's grace
+/// period for the previous refresh token is 10 minutes).
+const PENDING_COMMIT_LEASE: std::time::Duration = std::time::Duration::from_secs(600);
+
+/// The configured lease, but never shorter than a provider call plus a commit can take.
+fn effective_lease(shared: &Shared, configured: std::time::Duration) -> std::time::Duration {
+    let floor = shared.config.client.request_timeout
+        + shared.config.client.connect_timeout
+        + std::time::Duration::from_secs(10);
+    configured.max(floor)
+}
+
+/// Runs `work` while renewing the connection's lease every third of its duration, so a
+/// slow provider call or commit never outlives it.
+async fn with_renewal(
+    shared: &Shared,
+    id: ConnectionId,
+    lease: std::time::Duration,
+    work: impl std::future::Future<Output = RefreshResult>,
+) -> RefreshResult {
+    tokio::pin!(work);
+    let mut renew = tokio::time::interval(lease / 3);
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
+    loop {
+        tokio::select! {
+            result = &mut work => return result,
+            _ = renew.tick() => {
+                if let Err(error) = shared.store.acquire_refresh_lease(id, &shared.instance_id, lease).await {
+                    tracing::warn!(connection.id = %id, error = %error, "failed to renew the refresh lease");
+                }
+            }
+        }
+    }
+}
+
+/// This replica's hold on a connection's lease: given back when dropped (a panic or a
+/// cancelled task included) unless kept.
+struct LeaseGuard {
+    store: std::sync::Arc<dyn tokenvisor_store::Store>,
+    owner: String,
+    id: ConnectionId,
+    armed: bool,
+}
+
+impl LeaseGuard {
+    fn new(shared: &Shared, id: ConnectionId) -> Self {
+        Self {
+            store: shared.store.clone(),
+            owner: shared.instance_id.clone(),
+            id,
+            armed: true,
+        }
+    }
+
+    async fn release(mut self) {
+        self.armed = false;
+        if let Err(error) = self.store.release_refresh_lease(self.id, &self.owner).await {
+            // It runs out by itself: the other replicas wait at most the lease duration.
+            tracing::warn!(connection.id = %self.id, error = %error, "failed to release the refresh lease");
+        }
+    }
+
+    async fn keep(mut self, lease: std::time::Duration) {
+        self.armed = false;
+        if let Err(error) = self.store.acquire_refresh_lease(self.id, &self.owner, lease).await {
+            tracing::warn!(connection.id = %self.id, error = %error, "failed to extend the refresh lease");
+        }
+    }
+}
+
+impl Drop for LeaseGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let (store, owner, id) = (self.store.clone(), std::mem::take(&mut self.owner), self.id);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let _ = store.release_refresh_lease(id, &owner).await;
+            });
+        }
+    }
 }
 
 /// What waiting for the cluster-wide refresh lease ended with.
@@ -238,20 +342,17 @@ enum LeaseWait {
 /// are adopted instead of refreshing twice (with a rotated-away refresh token).
 async fn take_lease(shared: &Shared, base: &Connection, lease: std::time::Duration) -> LeaseWait {
     let owner = shared.instance_id.as_str();
-    let lease = chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::seconds(30));
     loop {
-        let now = shared.clock.now();
-        match shared
-            .store
-            .acquire_refresh_lease(base.id, owner, now, now + lease)
-            .await
-        {
+        match shared.store.acquire_refresh_lease(base.id, owner, lease).await {
             Ok(LeaseOutcome::Acquired) => {}
             Ok(LeaseOutcome::Missing) => return LeaseWait::Done(RefreshResult::Deleted),
-            Ok(LeaseOutcome::Held { until, .. }) => {
+            Ok(LeaseOutcome::Held { remaining, .. }) => {
                 // Look again every 100 ms (or when the holder's lease runs out).
-                let wait = (until - now).to_std().unwrap_or_default();
-                tokio::time::sleep(wait.min(std::time::Duration::from_millis(100))).await;
+                tokio::time::sleep(remaining.clamp(
+                    std::time::Duration::from_millis(1),
+                    std::time::Duration::from_millis(100),
+                ))
+                .await;
                 match shared.store.get_connection(base.id).await {
                     Ok(Some(current)) if current.version != base.version => {
                         return LeaseWait::Done(RefreshResult::Adopted { connection: current });
