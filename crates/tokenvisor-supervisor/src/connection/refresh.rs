@@ -148,6 +148,44 @@ pub(crate) async fn run(
 }
 
 async fn run_inner(shared: &Shared, integration: &IntegrationRuntime, job: RefreshJob) -> RefreshResult {
+    let Some(lease) = shared
+        .config
+        .cluster_lease
+        .map(|configured| effective_lease(shared, configured))
+    else {
+        return run_locked(shared, integration, &job).await;
+    };
+    // Several replicas: the one holding the connection's lease calls the provider; the
+    // others wait for its commit and adopt the tokens it stored. The lease comes first, so
+    // a replica waiting for another one's holds no permit and no refresh slot.
+    let guard = match &job.pending {
+        None => {
+            if let Some(result) = take_lease(shared, &job.base, lease).await {
+                return result;
+            }
+            LeaseGuard::new(shared, job.base.id)
+        }
+        Some(_) => {
+            // Committing tokens obtained under a lease that was kept for this: extend it.
+            let _ = shared
+                .store
+                .acquire_refresh_lease(job.base.id, &shared.instance_id, lease)
+                .await;
+            LeaseGuard::new(shared, job.base.id)
+        }
+    };
+    let result = with_renewal(shared, job.base.id, lease, run_locked(shared, integration, &job)).await;
+    match &result {
+        // The provider's tokens wait in the actor for their commit: other replicas must
+        // not refresh from the stored (maybe rotated-away) token meanwhile.
+        RefreshResult::CommitFailed { .. } => guard.keep(PENDING_COMMIT_LEASE).await,
+        _ => guard.release().await,
+    }
+    result
+}
+
+/// The refresh under this process's limits and the connection's refresh lock.
+async fn run_locked(shared: &Shared, integration: &IntegrationRuntime, job: &RefreshJob) -> RefreshResult {
     // The integration's own limits first, so a throttled or slow integration never holds
     // process-wide slots while it waits; committing kept tokens calls no provider.
     let _integration_permit = match &job.pending {
@@ -195,52 +233,16 @@ async fn run_inner(shared: &Shared, integration: &IntegrationRuntime, job: Refre
         }
     }
 
-    // Several replicas: the one holding the connection's lease calls the provider; the
-    // others wait for its commit and adopt the tokens it stored.
-    let lease = shared
-        .config
-        .cluster_lease
-        .map(|configured| effective_lease(shared, configured));
-    let guard = match (lease, &job.pending) {
-        (Some(lease), None) => match take_lease(shared, &base, lease).await {
-            LeaseWait::Acquired(current) => {
-                base = current;
-                Some(LeaseGuard::new(shared, base.id))
-            }
-            LeaseWait::Done(result) => return result,
-        },
-        (Some(lease), Some(_)) => {
-            // Committing tokens obtained under a lease that was kept for this: extend it.
-            let _ = shared
-                .store
-                .acquire_refresh_lease(base.id, &shared.instance_id, lease)
-                .await;
-            Some(LeaseGuard::new(shared, base.id))
-        }
-        (None, _) => None,
-    };
-    let work = refresh_and_commit(
+    refresh_and_commit(
         shared,
         integration,
-        &job,
-        base.clone(),
+        job,
+        base,
         &mut committed_version,
         started_at,
         started,
-    );
-    let result = match (lease, &guard) {
-        (Some(lease), Some(_)) => with_renewal(shared, base.id, lease, work).await,
-        _ => work.await,
-    };
-    if let Some(guard) = guard {
-        match &result {
-            // The provider's tokens wait in the actor for their commit: other replicas must
-            // not refresh from the stored (maybe rotated-away) token meanwhile.
-            RefreshResult::CommitFailed { .. } => guard.keep(PENDING_COMMIT_LEASE).await,
-            _ => guard.release().await,
-        }
-    }
-    result
+    )
+    .await
 }
 
 /// How long the lease is kept for tokens that await their commit (Atlassian's grace
@@ -328,24 +330,17 @@ impl Drop for LeaseGuard {
     }
 }
 
-/// What waiting for the cluster-wide refresh lease ended with.
-enum LeaseWait {
-    /// This replica holds the lease; the connection as stored now (unchanged tokens).
-    Acquired(Connection),
-    /// No refresh by this replica: another one changed the connection (adopt it), it was
-    /// deleted, or the store failed.
-    Done(RefreshResult),
-}
-
 /// Takes the connection's refresh lease, waiting while another replica holds it. After
 /// taking it, the row is read again: if another replica refreshed meanwhile, its tokens
-/// are adopted instead of refreshing twice (with a rotated-away refresh token).
-async fn take_lease(shared: &Shared, base: &Connection, lease: std::time::Duration) -> LeaseWait {
+/// are adopted instead of refreshing twice (with a rotated-away refresh token). `None`:
+/// this replica holds the lease; otherwise what the refresh ends with instead (adopt the
+/// other replica's commit, deleted, or a store failure).
+async fn take_lease(shared: &Shared, base: &Connection, lease: std::time::Duration) -> Option<RefreshResult> {
     let owner = shared.instance_id.as_str();
     loop {
         match shared.store.acquire_refresh_lease(base.id, owner, lease).await {
             Ok(LeaseOutcome::Acquired) => {}
-            Ok(LeaseOutcome::Missing) => return LeaseWait::Done(RefreshResult::Deleted),
+            Ok(LeaseOutcome::Missing) => return Some(RefreshResult::Deleted),
             Ok(LeaseOutcome::Held { remaining, .. }) => {
                 // Look again every 100 ms (or when the holder's lease runs out).
                 tokio::time::sleep(remaining.clamp(
@@ -355,25 +350,25 @@ async fn take_lease(shared: &Shared, base: &Connection, lease: std::time::Durati
                 .await;
                 match shared.store.get_connection(base.id).await {
                     Ok(Some(current)) if current.version != base.version => {
-                        return LeaseWait::Done(RefreshResult::Adopted { connection: current });
+                        return Some(RefreshResult::Adopted { connection: current });
                     }
                     Ok(Some(_)) => continue,
-                    Ok(None) => return LeaseWait::Done(RefreshResult::Deleted),
-                    Err(error) => return LeaseWait::Done(store_failure(&error.to_string())),
+                    Ok(None) => return Some(RefreshResult::Deleted),
+                    Err(error) => return Some(store_failure(&error.to_string())),
                 }
             }
-            Err(error) => return LeaseWait::Done(store_failure(&error.to_string())),
+            Err(error) => return Some(store_failure(&error.to_string())),
         }
         return match shared.store.get_connection(base.id).await {
-            Ok(Some(current)) if current.version == base.version => LeaseWait::Acquired(current),
+            Ok(Some(current)) if current.version == base.version => None,
             Ok(Some(current)) => {
                 let _ = shared.store.release_refresh_lease(base.id, owner).await;
-                LeaseWait::Done(RefreshResult::Adopted { connection: current })
+                Some(RefreshResult::Adopted { connection: current })
             }
-            Ok(None) => LeaseWait::Done(RefreshResult::Deleted),
+            Ok(None) => Some(RefreshResult::Deleted),
             Err(error) => {
                 let _ = shared.store.release_refresh_lease(base.id, owner).await;
-                LeaseWait::Done(store_failure(&error.to_string()))
+                Some(store_failure(&error.to_string()))
             }
         };
     }
