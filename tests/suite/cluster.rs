@@ -15,6 +15,7 @@ on_both_backends!(
     two_replicas_refresh_a_connection_once_and_hand_out_the_same_tokens,
     a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead,
     tokens_awaiting_their_commit_keep_the_lease_so_no_replica_refreshes_from_the_old_token,
+    waiting_for_another_replicas_lease_holds_no_refresh_slot,
 );
 
 fn with_lease() -> TokenvisorConfig {
@@ -167,4 +168,43 @@ async fn tokens_awaiting_their_commit_keep_the_lease_so_no_replica_refreshes_fro
     assert_eq!(first.fake.family_revocations(), 0);
     second.shutdown().await;
     first.tokenvisor.shutdown().await;
+}
+
+async fn waiting_for_another_replicas_lease_holds_no_refresh_slot(database: TestDatabase) {
+    // One refresh slot in this process: a wait for a lease must not sit on it.
+    let config = TokenvisorConfig {
+        max_concurrent_refreshes: 1,
+        ..with_lease()
+    };
+    let harness = Harness::start(
+        open(&database, test_keyring()).await,
+        fake(Dialect::Generic, 3600).await,
+        config,
+    )
+    .await;
+    let held = harness.connect("held-elsewhere").await;
+    let free = harness.connect("free").await;
+    let taken = harness
+        .store
+        .acquire_refresh_lease(held.id, "slow-replica", Duration::from_secs(5))
+        .await
+        .expect("lease");
+    assert_eq!(taken, LeaseOutcome::Acquired);
+
+    let waiting = tokio::spawn({
+        let tokenvisor = harness.tokenvisor.clone();
+        async move { tokenvisor.force_refresh(held.id).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    harness
+        .tokenvisor
+        .force_refresh(free.id)
+        .await
+        .expect("the other connection refreshes");
+    assert!(asked.elapsed() < Duration::from_secs(2), "waited {:?}", asked.elapsed());
+    assert!(!waiting.is_finished(), "the held connection waits for the lease");
+    waiting.await.expect("task").expect("refreshed once the lease ran out");
+    assert_eq!(harness.fake.refreshes(), 2);
+    harness.tokenvisor.shutdown().await;
 }
