@@ -16,6 +16,7 @@ on_both_backends!(
     a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead,
     tokens_awaiting_their_commit_keep_the_lease_so_no_replica_refreshes_from_the_old_token,
     waiting_for_another_replicas_lease_holds_no_refresh_slot,
+    a_revoked_grant_is_presented_once_for_all_replicas,
 );
 
 fn with_lease() -> TokenvisorConfig {
@@ -207,4 +208,36 @@ async fn waiting_for_another_replicas_lease_holds_no_refresh_slot(database: Test
     waiting.await.expect("task").expect("refreshed once the lease ran out");
     assert_eq!(harness.fake.refreshes(), 2);
     harness.tokenvisor.shutdown().await;
+}
+
+async fn a_revoked_grant_is_presented_once_for_all_replicas(database: TestDatabase) {
+    let first = Harness::start(
+        open(&database, test_keyring()).await,
+        fake(Dialect::Generic, 3600).await,
+        with_lease(),
+    )
+    .await;
+    let connection = first.connect("revoked").await;
+    let second = Tokenvisor::start(open(&database, test_keyring()).await, with_lease())
+        .await
+        .expect("second replica starts");
+    first.fake.revoke_family("revoked");
+    first.fake.set_latency(Duration::from_millis(300));
+    let requests_before = first.fake.token_requests();
+
+    let (a, b) = tokio::join!(
+        first.tokenvisor.force_refresh(connection.id),
+        second.force_refresh(connection.id)
+    );
+    assert!(a.is_err() && b.is_err(), "{a:?} {b:?}");
+    assert_eq!(
+        first.fake.token_requests() - requests_before,
+        1,
+        "one replica presented the dead grant; the other adopted the escalation"
+    );
+    let stored = first.store.get_connection(connection.id).await.unwrap().unwrap();
+    assert_eq!(stored.status, tokenvisor_core::ConnectionStatus::NeedsReauth);
+    assert_eq!(stored.refresh_failures, 1);
+    second.shutdown().await;
+    first.tokenvisor.shutdown().await;
 }

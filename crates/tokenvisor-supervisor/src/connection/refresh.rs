@@ -179,6 +179,10 @@ async fn run_inner(shared: &Shared, integration: &IntegrationRuntime, job: Refre
         // The provider's tokens wait in the actor for their commit: other replicas must
         // not refresh from the stored (maybe rotated-away) token meanwhile.
         RefreshResult::CommitFailed { .. } => guard.keep(PENDING_COMMIT_LEASE).await,
+        // The supervisor is about to mark it needs_reauth: the other replicas wait for
+        // that write (and adopt it) instead of presenting the dead grant again. Should the
+        // escalation never land, the lease runs out and they find out for themselves.
+        RefreshResult::Failed { failure, .. } if failure.class == FailureClass::Permanent => guard.keep(lease).await,
         _ => guard.release().await,
     }
     result
