@@ -8,6 +8,7 @@
 //! - `m20250101_000001_initial`: `integrations`, `connections`, `refresh_attempts`, `meta`.
 //! - `m20251122_000002_authorizations`: `authorization_states` (authorization-code flows in progress).
 //! - `m20261122_000003_refresh_leases`: `refresh_leases` (cluster-wide single flight).
+//! - `m20261122_000004_webhook_outbox`: `webhook_outbox` (events awaiting webhook delivery).
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -15,6 +16,7 @@ use sea_orm_migration::prelude::*;
 mod m20250101_000001_initial;
 mod m20251122_000002_authorizations;
 mod m20261122_000003_refresh_leases;
+mod m20261122_000004_webhook_outbox;
 
 /// Every tokenvisor migration, in order.
 #[derive(Debug, Clone, Copy, Default)]
@@ -27,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000001_initial::Migration),
             Box::new(m20251122_000002_authorizations::Migration),
             Box::new(m20261122_000003_refresh_leases::Migration),
+            Box::new(m20261122_000004_webhook_outbox::Migration),
         ]
     }
 }

@@ -11,6 +11,7 @@ mod cluster;
 mod commit_order;
 mod escalation;
 mod isolation;
+mod outbox;
 mod providers;
 mod reauthorization;
 mod rotation;

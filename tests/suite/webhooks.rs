@@ -1,5 +1,6 @@
 //! Webhooks from the real binary: events arrive signed as Standard Webhooks describes,
-//! and a receiver that was down for a while gets every event it missed, in order.
+//! and a receiver that was down for a while, across a restart of the service, gets every
+//! event it missed, in order.
 
 use axum::body::Bytes;
 use axum::http::HeaderMap;
@@ -107,11 +108,8 @@ async fn a_webhook_receiver_gets_signed_events_including_those_sent_while_it_was
         format!("[webhooks]\nurls = [\"http://127.0.0.1:{port}/hook\"]\nsecret = \"{SECRET}\"\n"),
     )
     .unwrap();
-    let service = Service::start(
-        binary(),
-        dir.path(),
-        &[("TOKENVISOR_CONFIG", config.display().to_string())],
-    );
+    let env = [("TOKENVISOR_CONFIG", config.display().to_string())];
+    let mut service = Service::start(binary(), dir.path(), &env);
     service.add_integration(&fake, "crm").await;
     let view = service.connect(&fake, "crm", "acme").await;
     let id = view["id"].as_str().unwrap().to_owned();
@@ -152,6 +150,13 @@ async fn a_webhook_receiver_gets_signed_events_including_those_sent_while_it_was
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(types(&received), ["connected"]);
+
+    // The service stops and starts again meanwhile: the undelivered events wait in the
+    // database's outbox, not in the stopped process.
+    let status = service.server.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    service = Service::start(binary(), dir.path(), &env);
+    assert_eq!(service.get("/v1/connections").await.status, 200);
 
     // Back up on the same port: every missed event arrives, in order.
     let (_, _stop, _task) = receiver(port, received.clone()).await;

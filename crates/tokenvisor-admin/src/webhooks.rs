@@ -2,24 +2,22 @@
 //! describes: headers `webhook-id`, `webhook-timestamp` and
 //! `webhook-signature: v1,<base64 HMAC-SHA256(secret, "{id}.{timestamp}.{body}")>`.
 //!
-//! A forwarder task copies every event into one bounded, ordered queue per endpoint; one
-//! delivery task per endpoint sends the oldest message until the endpoint answers 2xx,
-//! retrying with capped exponential backoff (the `webhook-id` stays the same, so
-//! receivers can deduplicate). Refreshes never wait for any of this: events are published
-//! on a broadcast channel and the forwarder only moves them in memory. A dead endpoint
-//! keeps its messages until it answers again; only when its queue is full is the oldest
-//! message dropped (logged and counted), and messages still queued when the process
-//! stops are lost (logged).
+//! A forwarder task writes every event into the database's webhook outbox, one row per
+//! endpoint; one delivery task per endpoint sends the oldest row until the endpoint
+//! answers 2xx, retrying with capped exponential backoff (the `webhook-id` stays the
+//! same, so receivers can deduplicate), and deletes it once delivered. Refreshes never
+//! wait for any of this: events are published on a broadcast channel. A dead endpoint
+//! loses nothing: its messages wait in the outbox, across restarts, until it answers.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokenvisor_core::Event;
+use tokenvisor_store::sql::{OutboxMessage, WebhookOutbox};
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -46,6 +44,9 @@ pub enum WebhookError {
     /// The HTTP client could not be built.
     #[error("failed to build the webhook HTTP client: {0}")]
     Client(String),
+    /// The outbox could not be read at start.
+    #[error("failed to read the webhook outbox: {0}")]
+    Outbox(String),
 }
 
 impl WebhookSecret {
@@ -84,8 +85,6 @@ pub struct WebhookConfig {
     pub urls: Vec<url::Url>,
     /// Signing secret.
     pub secret: WebhookSecret,
-    /// Messages kept per endpoint while it is down; beyond that the oldest is dropped.
-    pub queue_capacity: usize,
     /// Timeout of one delivery attempt.
     pub request_timeout: Duration,
     /// First retry delay.
@@ -95,13 +94,11 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
-    /// Defaults: 10 000 queued messages per endpoint, 10 s per attempt, retries from
-    /// 500 ms doubling up to 30 s.
+    /// Defaults: 10 s per attempt, retries from 500 ms doubling up to 30 s.
     pub fn new(urls: Vec<url::Url>, secret: WebhookSecret) -> Self {
         Self {
             urls,
             secret,
-            queue_capacity: 10_000,
             request_timeout: Duration::from_secs(10),
             retry_base: Duration::from_millis(500),
             retry_cap: Duration::from_secs(30),
@@ -118,61 +115,20 @@ impl WebhookConfig {
     }
 }
 
-#[derive(Clone)]
-struct Message {
-    id: String,
-    body: Arc<[u8]>,
-}
-
-struct Queue {
-    endpoint: String,
-    items: Mutex<VecDeque<Message>>,
+/// One endpoint's delivery state; its messages live in the outbox.
+struct Endpoint {
+    /// The endpoint's URL: its key in the outbox.
+    key: String,
+    /// Its host, for logs.
+    host: String,
     notify: Notify,
-    dropped: AtomicU64,
+    pending: AtomicU64,
     delivered: AtomicU64,
-}
-
-impl Queue {
-    fn len(&self) -> usize {
-        self.items.lock().map(|items| items.len()).unwrap_or(0)
-    }
-
-    fn front(&self) -> Option<Message> {
-        self.items.lock().ok().and_then(|items| items.front().cloned())
-    }
-
-    fn pop_if(&self, id: &str) {
-        if let Ok(mut items) = self.items.lock()
-            && items.front().is_some_and(|m| m.id == id)
-        {
-            items.pop_front();
-        }
-    }
-
-    fn push(&self, message: Message, capacity: usize) {
-        let dropped = match self.items.lock() {
-            Ok(mut items) => {
-                let dropped = if items.len() >= capacity.max(1) {
-                    items.pop_front()
-                } else {
-                    None
-                };
-                items.push_back(message);
-                dropped
-            }
-            Err(_) => None,
-        };
-        if let Some(dropped) = dropped {
-            let total = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            tracing::warn!(endpoint = %self.endpoint, webhook.id = %dropped.id, dropped_total = total, "webhook queue full; dropped the oldest message");
-        }
-        self.notify.notify_one();
-    }
 }
 
 /// Delivers events to webhook endpoints in the background.
 pub struct WebhookDispatcher {
-    queues: Vec<Arc<Queue>>,
+    endpoints: Vec<Arc<Endpoint>>,
     cancel: CancellationToken,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -180,16 +136,21 @@ pub struct WebhookDispatcher {
 impl std::fmt::Debug for WebhookDispatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("WebhookDispatcher")
-            .field("endpoints", &self.queues.len())
+            .field("endpoints", &self.endpoints.len())
             .field("pending", &self.pending())
             .finish()
     }
 }
 
 impl WebhookDispatcher {
-    /// Starts delivering the events `events` receives (subscribe before anything
-    /// publishes, so nothing is missed). Runs on the caller's tokio runtime.
-    pub fn start(events: broadcast::Receiver<Event>, config: WebhookConfig) -> Result<Self, WebhookError> {
+    /// Starts delivering what `outbox` holds from earlier runs, then the events `events`
+    /// receives (subscribe before anything publishes, so nothing is missed). Runs on the
+    /// caller's tokio runtime.
+    pub async fn start(
+        events: broadcast::Receiver<Event>,
+        config: WebhookConfig,
+        outbox: WebhookOutbox,
+    ) -> Result<Self, WebhookError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -198,68 +159,80 @@ impl WebhookDispatcher {
             .build()
             .map_err(|e| WebhookError::Client(e.to_string()))?;
         let cancel = CancellationToken::new();
-        let queues: Vec<Arc<Queue>> = config
-            .urls
-            .iter()
-            .map(|url| {
-                Arc::new(Queue {
-                    endpoint: url.host_str().map(str::to_owned).unwrap_or_default(),
-                    items: Mutex::new(VecDeque::new()),
-                    notify: Notify::new(),
-                    dropped: AtomicU64::new(0),
-                    delivered: AtomicU64::new(0),
-                })
-            })
-            .collect();
+        let mut endpoints = Vec::with_capacity(config.urls.len());
+        for url in &config.urls {
+            let key = url.to_string();
+            let waiting = outbox
+                .count(&key)
+                .await
+                .map_err(|e| WebhookError::Outbox(e.to_string()))?;
+            if waiting > 0 {
+                tracing::info!(
+                    endpoint = url.host_str().unwrap_or_default(),
+                    waiting,
+                    "webhook messages from an earlier run wait for delivery"
+                );
+            }
+            endpoints.push(Arc::new(Endpoint {
+                key,
+                host: url.host_str().map(str::to_owned).unwrap_or_default(),
+                notify: Notify::new(),
+                pending: AtomicU64::new(waiting),
+                delivered: AtomicU64::new(0),
+            }));
+        }
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(forward(
             events,
-            queues.clone(),
-            config.queue_capacity,
+            endpoints.clone(),
+            outbox.clone(),
             cancel.clone(),
         )));
-        for (url, queue) in config.urls.iter().zip(&queues) {
+        for (url, endpoint) in config.urls.iter().zip(&endpoints) {
             tasks.push(tokio::spawn(deliver(
                 client.clone(),
                 url.clone(),
-                queue.clone(),
+                endpoint.clone(),
+                outbox.clone(),
                 config.clone(),
                 cancel.clone(),
             )));
         }
-        tracing::info!(endpoints = queues.len(), "webhook delivery started");
-        Ok(Self { queues, cancel, tasks })
+        tracing::info!(endpoints = endpoints.len(), "webhook delivery started");
+        Ok(Self {
+            endpoints,
+            cancel,
+            tasks,
+        })
     }
 
     /// Messages waiting for delivery, over all endpoints.
-    pub fn pending(&self) -> usize {
-        self.queues.iter().map(|q| q.len()).sum()
+    pub fn pending(&self) -> u64 {
+        self.endpoints.iter().map(|e| e.pending.load(Ordering::Relaxed)).sum()
     }
 
-    /// Messages delivered so far, over all endpoints.
+    /// Messages delivered so far by this process, over all endpoints.
     pub fn delivered(&self) -> u64 {
-        self.queues.iter().map(|q| q.delivered.load(Ordering::Relaxed)).sum()
+        self.endpoints.iter().map(|e| e.delivered.load(Ordering::Relaxed)).sum()
     }
 
-    /// Messages dropped because a queue was full, over all endpoints.
-    pub fn dropped(&self) -> u64 {
-        self.queues.iter().map(|q| q.dropped.load(Ordering::Relaxed)).sum()
-    }
-
-    /// Keeps delivering for at most `grace`, then stops. Returns how many messages were
-    /// left undelivered (they are logged and lost).
-    pub async fn shutdown(self, grace: Duration) -> usize {
+    /// Keeps delivering for at most `grace`, then stops. Returns how many messages are
+    /// left in the outbox (delivered after the next start).
+    pub async fn shutdown(self, grace: Duration) -> u64 {
         let deadline = tokio::time::Instant::now() + grace;
         while self.pending() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         self.cancel.cancel();
+        let left = self.pending();
         for task in self.tasks {
             let _ = task.await;
         }
-        let left = self.queues.iter().map(|q| q.len()).sum();
         if left > 0 {
-            tracing::warn!(undelivered = left, "stopping with undelivered webhook messages");
+            tracing::info!(
+                undelivered = left,
+                "webhook messages stay in the outbox for the next start"
+            );
         }
         left
     }
@@ -267,10 +240,11 @@ impl WebhookDispatcher {
 
 async fn forward(
     mut events: broadcast::Receiver<Event>,
-    queues: Vec<Arc<Queue>>,
-    capacity: usize,
+    endpoints: Vec<Arc<Endpoint>>,
+    outbox: WebhookOutbox,
     cancel: CancellationToken,
 ) {
+    let keys: Vec<String> = endpoints.iter().map(|e| e.key.clone()).collect();
     loop {
         let received = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -278,12 +252,22 @@ async fn forward(
         };
         match received {
             Ok(event) => {
-                let message = Message {
-                    id: format!("msg_{}", uuid::Uuid::now_v7().simple()),
-                    body: payload(&event).into(),
-                };
-                for queue in &queues {
-                    queue.push(message.clone(), capacity);
+                let message_id = format!("msg_{}", uuid::Uuid::now_v7().simple());
+                let body = payload(&event);
+                // The database may be down for a moment: keep trying, the event is not
+                // dropped (the broadcast channel buffers what arrives meanwhile).
+                let mut attempt: u32 = 0;
+                while let Err(error) = outbox.push(&keys, &message_id, &body).await {
+                    attempt = attempt.saturating_add(1);
+                    tracing::warn!(webhook.id = %message_id, attempt, error = %error, "failed to queue a webhook message");
+                    tokio::select! {
+                        _ = cancel.cancelled() => return,
+                        _ = tokio::time::sleep(backoff(attempt, Duration::from_millis(100), Duration::from_secs(5))) => {}
+                    }
+                }
+                for endpoint in &endpoints {
+                    endpoint.pending.fetch_add(1, Ordering::Relaxed);
+                    endpoint.notify.notify_one();
                 }
             }
             Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -298,52 +282,73 @@ async fn forward(
 }
 
 /// The body: `{"type": "<event type>", "timestamp": "<event time>", "data": <event>}`.
-fn payload(event: &Event) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({
+fn payload(event: &Event) -> String {
+    serde_json::json!({
         "type": event.kind.name(),
         "timestamp": event.at,
         "data": event,
-    }))
-    .unwrap_or_default()
+    })
+    .to_string()
 }
 
 async fn deliver(
     client: reqwest::Client,
     url: url::Url,
-    queue: Arc<Queue>,
+    endpoint: Arc<Endpoint>,
+    outbox: WebhookOutbox,
     config: WebhookConfig,
     cancel: CancellationToken,
 ) {
+    let mut attempt: u32 = 0;
     loop {
-        let Some(message) = queue.front() else {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = queue.notify.notified() => continue,
+        let message = match outbox.front(&endpoint.key).await {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                endpoint.pending.store(0, Ordering::Relaxed);
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = endpoint.notify.notified() => continue,
+                    // Also look again now and then (rows written before this task ran).
+                    _ = tokio::time::sleep(Duration::from_secs(5)) => continue,
+                }
+            }
+            Err(error) => {
+                attempt = attempt.saturating_add(1);
+                tracing::warn!(endpoint = %endpoint.host, error = %error, "failed to read the webhook outbox");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(backoff(attempt, config.retry_base, config.retry_cap)) => continue,
+                }
             }
         };
-        let mut attempt: u32 = 0;
-        loop {
-            match send(&client, &url, &config.secret, &message).await {
-                Ok(()) => {
-                    queue.pop_if(&message.id);
-                    queue.delivered.fetch_add(1, Ordering::Relaxed);
-                    if attempt > 0 {
-                        tracing::info!(endpoint = %queue.endpoint, webhook.id = %message.id, attempts = attempt + 1, "webhook delivered after retries");
-                    }
-                    break;
+        match send(&client, &url, &config.secret, &message).await {
+            Ok(()) => {
+                if attempt > 0 {
+                    tracing::info!(endpoint = %endpoint.host, webhook.id = %message.message_id, attempts = attempt + 1, "webhook delivered after retries");
                 }
-                Err(reason) => {
-                    attempt = attempt.saturating_add(1);
-                    let delay = backoff(attempt, config.retry_base, config.retry_cap);
-                    tracing::warn!(endpoint = %queue.endpoint, webhook.id = %message.id, attempt, error = %reason, retry_in_ms = delay.as_millis() as u64, "webhook delivery failed");
+                attempt = 0;
+                // Until the row is gone the message would be sent again (same webhook-id).
+                let mut tries: u32 = 0;
+                while let Err(error) = outbox.remove(message.seq).await {
+                    tries = tries.saturating_add(1);
+                    tracing::warn!(endpoint = %endpoint.host, webhook.id = %message.message_id, error = %error, "failed to remove a delivered webhook message");
                     tokio::select! {
                         _ = cancel.cancelled() => return,
-                        _ = tokio::time::sleep(delay) => {}
+                        _ = tokio::time::sleep(backoff(tries, config.retry_base, config.retry_cap)) => {}
                     }
-                    // Dropped meanwhile (queue overflow): go on with the new oldest message.
-                    if queue.front().is_none_or(|front| front.id != message.id) {
-                        break;
-                    }
+                }
+                endpoint.delivered.fetch_add(1, Ordering::Relaxed);
+                let _ = endpoint
+                    .pending
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
+            }
+            Err(reason) => {
+                attempt = attempt.saturating_add(1);
+                let delay = backoff(attempt, config.retry_base, config.retry_cap);
+                tracing::warn!(endpoint = %endpoint.host, webhook.id = %message.message_id, attempt, error = %reason, retry_in_ms = delay.as_millis() as u64, "webhook delivery failed");
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(delay) => {}
                 }
             }
         }
@@ -354,17 +359,17 @@ async fn send(
     client: &reqwest::Client,
     url: &url::Url,
     secret: &WebhookSecret,
-    message: &Message,
+    message: &OutboxMessage,
 ) -> Result<(), String> {
     let timestamp = chrono::Utc::now().timestamp();
-    let signature = secret.sign(&message.id, timestamp, &message.body);
+    let signature = secret.sign(&message.message_id, timestamp, message.body.as_bytes());
     let response = client
         .post(url.clone())
         .header("content-type", "application/json")
-        .header("webhook-id", &message.id)
+        .header("webhook-id", &message.message_id)
         .header("webhook-timestamp", timestamp.to_string())
         .header("webhook-signature", signature)
-        .body(message.body.to_vec())
+        .body(message.body.clone())
         .send()
         .await
         .map_err(|e| {
@@ -421,28 +426,5 @@ mod tests {
         assert!(backoff(1, base, cap) >= base && backoff(1, base, cap) <= base + base / 4);
         assert!(backoff(3, base, cap) >= Duration::from_secs(2));
         assert!(backoff(40, base, cap) <= cap + cap / 4);
-    }
-
-    #[test]
-    fn a_full_queue_drops_the_oldest_message() {
-        let queue = Queue {
-            endpoint: "x".into(),
-            items: Mutex::new(VecDeque::new()),
-            notify: Notify::new(),
-            dropped: AtomicU64::new(0),
-            delivered: AtomicU64::new(0),
-        };
-        for id in ["a", "b", "c"] {
-            queue.push(
-                Message {
-                    id: id.into(),
-                    body: Arc::from(&b"{}"[..]),
-                },
-                2,
-            );
-        }
-        assert_eq!(queue.len(), 2);
-        assert_eq!(queue.front().map(|m| m.id), Some("b".into()));
-        assert_eq!(queue.dropped.load(Ordering::Relaxed), 1);
     }
 }

@@ -53,7 +53,10 @@ const TRIM_EVERY: i64 = 16;
 
 mod group_commit;
 mod lease;
+mod outbox;
+
 use group_commit::{GroupCommitter, PreparedCommit};
+pub use outbox::{OutboxMessage, WebhookOutbox};
 
 /// A [`Store`] over SQLite or PostgreSQL with secrets encrypted at rest.
 #[derive(Clone)]
@@ -149,6 +152,11 @@ impl SqlStore {
             Some(Some(committer)) => committer.stats(),
             _ => (0, 0, 0),
         }
+    }
+
+    /// The webhook outbox in this store's database.
+    pub fn webhook_outbox(&self) -> WebhookOutbox {
+        WebhookOutbox::new(self.db.clone())
     }
 
     /// The keyring this store encrypts with.

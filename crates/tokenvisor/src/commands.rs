@@ -61,7 +61,8 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
     tokenvisor_config.event_bus = Some(event_bus.clone());
     let webhooks = match &config.webhooks {
         Some(webhooks) => Some(
-            WebhookDispatcher::start(event_bus.subscribe(), webhooks.clone())
+            WebhookDispatcher::start(event_bus.subscribe(), webhooks.clone(), store.webhook_outbox())
+                .await
                 .context("failed to start webhook delivery")?,
         ),
         None => None,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use tokenvisor_core::ConnectionId;
 
 /// `$n` placeholders on PostgreSQL, `?` (in the same order) on SQLite.
-fn statement(backend: DbBackend, postgres: &str, values: Vec<Value>) -> Statement {
+pub(super) fn statement(backend: DbBackend, postgres: &str, values: Vec<Value>) -> Statement {
     let sql = match backend {
         DbBackend::Postgres => postgres.to_owned(),
         _ => {
