@@ -321,8 +321,10 @@ async fn deliver(
                 }
             }
         };
+        let kind = event_type(&message.body);
         match send(&client, &url, &config.secret, &message).await {
             Ok(()) => {
+                tokenvisor_supervisor::metrics::record_event_delivery("webhook", &kind, true);
                 if attempt > 0 {
                     tracing::info!(endpoint = %endpoint.host, webhook.id = %message.message_id, attempts = attempt + 1, "webhook delivered after retries");
                 }
@@ -343,6 +345,7 @@ async fn deliver(
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| Some(n.saturating_sub(1)));
             }
             Err(reason) => {
+                tokenvisor_supervisor::metrics::record_event_delivery("webhook", &kind, false);
                 attempt = attempt.saturating_add(1);
                 let delay = backoff(attempt, config.retry_base, config.retry_cap);
                 tracing::warn!(endpoint = %endpoint.host, webhook.id = %message.message_id, attempt, error = %reason, retry_in_ms = delay.as_millis() as u64, "webhook delivery failed");
@@ -353,6 +356,14 @@ async fn deliver(
             }
         }
     }
+}
+
+/// The `type` of a queued body (`unknown` if it has none).
+fn event_type(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|value| value.get("type").and_then(|t| t.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 async fn send(
