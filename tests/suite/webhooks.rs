@@ -169,4 +169,22 @@ async fn a_webhook_receiver_gets_signed_events_including_those_sent_while_it_was
         .map(|(h, _)| h["webhook-id"].to_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids.len(), 4, "each event has its own webhook-id");
+
+    // The restarted process delivered the three it found in the outbox, and counted them.
+    let metrics = service
+        .http
+        .get(format!("{}/metrics", service.base))
+        .bearer_auth(&service.token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let delivered: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("tokenvisor_events_delivered_total{") && line.contains("sink=\"webhook\""))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(delivered, 3.0, "{metrics}");
 }
