@@ -510,3 +510,82 @@ async fn an_authorization_started_through_the_api_finishes_at_the_callback() {
     assert_eq!(items.len(), 1, "{list:?}");
     assert_eq!(items[0]["status"], "active");
 }
+
+/// Reads the SSE stream until `done` holds for what arrived (10 s at most).
+async fn read_sse(events: &mut reqwest::Response, done: impl Fn(&str) -> bool) -> String {
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !done(&seen) {
+        let chunk = tokio::time::timeout_at(deadline, events.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("stream so far: {seen}"))
+            .unwrap()
+            .expect("stream open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    seen
+}
+
+/// The `(id, event)` pairs of an SSE text.
+fn sse_events(text: &str) -> Vec<(Option<String>, String)> {
+    text.split("\n\n")
+        .filter_map(|block| {
+            let field = |name: &str| {
+                block
+                    .lines()
+                    .find_map(|line| line.strip_prefix(name).map(|v| v.trim().to_owned()))
+            };
+            Some((field("id:"), field("event:")?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stream_client_that_reconnects_with_last_event_id_gets_what_it_missed() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    let subscribe = |last_event_id: Option<String>| {
+        let mut request = service
+            .http
+            .get(format!("{}/v1/events", service.base))
+            .bearer_auth(&service.token);
+        if let Some(id) = last_event_id {
+            request = request.header("last-event-id", id);
+        }
+        request.send()
+    };
+
+    let mut events = subscribe(None).await.unwrap();
+    service.add_integration(&fake, "crm").await;
+    let view = service.connect(&fake, "crm", "acme").await;
+    let id = view["id"].as_str().unwrap().to_owned();
+    let seen = read_sse(&mut events, |s| s.contains("event: connected")).await;
+    let (last_id, kind) = sse_events(&seen).pop().expect("one event");
+    assert_eq!(kind, "connected");
+    let last_id = last_id.expect("events carry an id");
+    drop(events);
+
+    // While the client is away: three events.
+    for action in ["deactivate", "activate", "refresh"] {
+        assert_eq!(
+            service
+                .post_empty(&format!("/v1/connections/{id}/{action}"))
+                .await
+                .status,
+            200
+        );
+    }
+
+    // Reconnecting with the last id it saw, it gets exactly those three, in order.
+    let mut resumed = subscribe(Some(last_id.clone())).await.unwrap();
+    let seen = read_sse(&mut resumed, |s| s.contains("event: refreshed")).await;
+    let kinds: Vec<String> = sse_events(&seen).into_iter().map(|(_, kind)| kind).collect();
+    assert_eq!(kinds, ["deactivated", "activated", "refreshed"], "{seen}");
+
+    // An id from another run (or made up): what is kept, announced as an unknown gap.
+    let mut stranger = subscribe(Some("0000000-1".into())).await.unwrap();
+    let seen = read_sse(&mut stranger, |s| s.contains("event: refreshed")).await;
+    assert!(seen.contains("event: lagged\ndata: {\"missed\":null}"), "{seen}");
+    assert!(seen.contains("event: connected"), "{seen}");
+}

@@ -16,6 +16,7 @@
 mod auth;
 pub mod error;
 mod extract;
+mod journal;
 pub mod openapi;
 mod routes;
 pub mod views;
@@ -89,6 +90,7 @@ impl AdminOptions {
 #[derive(Clone)]
 pub(crate) struct AppState {
     pub(crate) tokenvisor: Tokenvisor,
+    pub(crate) journal: Arc<journal::Journal>,
     pub(crate) options: Arc<AdminOptions>,
     pub(crate) admin_token_digest: Arc<[u8; 32]>,
 }
@@ -97,6 +99,7 @@ pub(crate) struct AppState {
 pub fn router(tokenvisor: Tokenvisor, options: AdminOptions) -> Router {
     let state = AppState {
         admin_token_digest: Arc::new(auth::digest(options.admin_token.expose().as_bytes())),
+        journal: journal::Journal::start(tokenvisor.subscribe(), options.shutdown.clone()),
         tokenvisor,
         options: Arc::new(options),
     };

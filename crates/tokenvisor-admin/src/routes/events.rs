@@ -4,7 +4,7 @@ use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiQuery;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures::Stream;
 use serde::Deserialize;
@@ -27,8 +27,11 @@ pub(crate) struct EventQuery {
 
 /// Server-sent events: `event: <type>` (`refreshed`, `refresh_failed`,
 /// `needs_reauthorization`, `recovered`, `deactivated`, `activated`, `reauthorized`,
-/// `connected`, `removed`) with the event as JSON in `data`. A client that falls behind
-/// gets `event: lagged` with `{"missed": n}`. The stream starts with a `: subscribed` comment.
+/// `connected`, `removed`) with the event as JSON in `data` and an `id`. A client that
+/// reconnects with `Last-Event-ID` first gets the events it missed (the last 10,000 are
+/// kept); one that falls behind, or asks for more than is kept, gets `event: lagged` with
+/// `{"missed": n}` (`null` when its id is from before a restart). The stream starts with
+/// a `: subscribed` comment.
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
     params(EventQuery),
@@ -40,6 +43,7 @@ pub(crate) struct EventQuery {
 )]
 pub(crate) async fn stream(
     State(state): State<AppState>,
+    headers: HeaderMap,
     ApiQuery(query): ApiQuery<EventQuery>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
     let tenant = match query.tenant_id {
@@ -59,10 +63,24 @@ pub(crate) async fn stream(
     let wanted = Arc::new(move |event: &Event| {
         tenant.as_ref().is_none_or(|t| *t == event.tenant_id) && connection.is_none_or(|c| c == event.connection_id)
     });
-    let receiver = state.tokenvisor.subscribe();
+    let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok());
+    let resume = state.journal.resume(last_event_id);
+    let journal = state.journal.clone();
+    let mut head = vec![Ok(SseEvent::default().comment("subscribed"))];
+    if let Some(missed) = resume.missed {
+        head.push(Ok(lagged(missed)));
+    }
+    head.extend(
+        resume
+            .backlog
+            .iter()
+            .filter(|(_, event)| wanted(event))
+            .map(|(number, event)| Ok(to_sse(event).id(journal.id(*number)))),
+    );
     let shutdown = state.options.shutdown.clone();
-    let events = futures::stream::unfold((receiver, shutdown), move |(mut receiver, shutdown)| {
+    let live = futures::stream::unfold((resume.live, shutdown), move |(mut receiver, shutdown)| {
         let wanted = wanted.clone();
+        let journal = journal.clone();
         async move {
             loop {
                 let received = tokio::select! {
@@ -70,19 +88,24 @@ pub(crate) async fn stream(
                     received = receiver.recv() => received,
                 };
                 let item = match received {
-                    Ok(event) if wanted(&event) => to_sse(&event),
+                    Ok((number, event)) if wanted(&event) => to_sse(&event).id(journal.id(number)),
                     Ok(_) => continue,
-                    Err(broadcast::error::RecvError::Lagged(missed)) => SseEvent::default()
-                        .event("lagged")
-                        .data(serde_json::json!({ "missed": missed }).to_string()),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => lagged(Some(missed)),
                     Err(broadcast::error::RecvError::Closed) => return None,
                 };
                 return Some((Ok(item), (receiver, shutdown)));
             }
         }
     });
-    let first = futures::stream::once(async { Ok(SseEvent::default().comment("subscribed")) });
-    Ok(Sse::new(futures::StreamExt::chain(first, events)).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(futures::StreamExt::chain(futures::stream::iter(head), live)).keep_alive(KeepAlive::default()))
+}
+
+/// `event: lagged` with how many events the client missed (`null`: unknown, it last
+/// saw an event of an earlier run).
+fn lagged(missed: Option<u64>) -> SseEvent {
+    SseEvent::default()
+        .event("lagged")
+        .data(serde_json::json!({ "missed": missed }).to_string())
 }
 
 fn to_sse(event: &Event) -> SseEvent {
