@@ -22,7 +22,7 @@ use sea_orm::sqlx::sqlite::SqliteJournalMode;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait, Order, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, TransactionTrait,
+    QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait, Value,
 };
 use sea_orm_migration::{MigratorTrait, SchemaManager};
 use std::fmt;
@@ -570,6 +570,29 @@ fn authorization_aad(state_hash: &str) -> String {
 
 fn integration_secret_aad(id: Uuid) -> String {
     format!("integrations:{id}:client_secret")
+}
+
+/// `$n` placeholders on PostgreSQL, `?` (in the same order) on SQLite.
+fn statement(backend: DbBackend, postgres: &str, values: Vec<Value>) -> Statement {
+    let sql = match backend {
+        DbBackend::Postgres => postgres.to_owned(),
+        _ => {
+            let mut sql = String::with_capacity(postgres.len());
+            let mut chars = postgres.chars().peekable();
+            while let Some(c) = chars.next() {
+                if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+                    while chars.peek().is_some_and(char::is_ascii_digit) {
+                        chars.next();
+                    }
+                    sql.push('?');
+                } else {
+                    sql.push(c);
+                }
+            }
+            sql
+        }
+    };
+    Statement::from_sql_and_values(backend, sql, values)
 }
 
 /// Maps a database error to [`StoreError::Database`] with what was being done. The

@@ -151,7 +151,7 @@ impl Tokenvisor {
         // The integrations first: while the connections stream, a single-connection pool
         // (in-memory SQLite) has no connection left to look them up one by one.
         for integration in shared.store.list_integrations().await? {
-            shared.integration(integration.id).await?;
+            shared.cache_integration(&integration);
         }
         // Pages are loaded and decrypted by one task while the supervisor spawns the
         // actors of the previous page.

@@ -60,12 +60,18 @@ impl Shared {
         let Some(integration) = self.store.get_integration(id).await? else {
             return Ok(None);
         };
-        let runtime = Arc::new(IntegrationRuntime::new(&integration, &self.config));
+        Ok(Some(self.cache_integration(&integration)))
+    }
+
+    /// Caches the runtime of an integration already read from the store (a runtime
+    /// cached before wins).
+    pub fn cache_integration(&self, integration: &Integration) -> IntegrationRef {
+        let runtime = Arc::new(IntegrationRuntime::new(integration, &self.config));
         if let Err(error) = &runtime.resolved {
             tracing::error!(integration = %integration.name, error = %error, "integration cannot be used to refresh");
         }
         let mut cache = self.integrations.write().unwrap_or_else(|p| p.into_inner());
-        Ok(Some(cache.entry(id).or_insert(runtime).clone()))
+        cache.entry(integration.id).or_insert(runtime).clone()
     }
 
     pub fn is_shutting_down(&self) -> bool {

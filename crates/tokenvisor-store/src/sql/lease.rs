@@ -2,34 +2,11 @@
 //! only takes over a lease that ran out or is the caller's own, so of replicas racing
 //! for a connection exactly one gets it.
 
-use super::db_error;
+use super::{db_error, statement};
 use crate::{LeaseOutcome, StoreError};
-use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbBackend, SqlErr, Statement, Value};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbBackend, SqlErr, Value};
 use std::time::Duration;
 use tokenvisor_core::ConnectionId;
-
-/// `$n` placeholders on PostgreSQL, `?` (in the same order) on SQLite.
-pub(super) fn statement(backend: DbBackend, postgres: &str, values: Vec<Value>) -> Statement {
-    let sql = match backend {
-        DbBackend::Postgres => postgres.to_owned(),
-        _ => {
-            let mut sql = String::with_capacity(postgres.len());
-            let mut chars = postgres.chars().peekable();
-            while let Some(c) = chars.next() {
-                if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
-                    while chars.peek().is_some_and(char::is_ascii_digit) {
-                        chars.next();
-                    }
-                    sql.push('?');
-                } else {
-                    sql.push(c);
-                }
-            }
-            sql
-        }
-    };
-    Statement::from_sql_and_values(backend, sql, values)
-}
 
 /// The database's clock in milliseconds since the Unix epoch: every replica judges
 /// leases by the same clock.
@@ -111,19 +88,4 @@ pub(super) async fn release(db: &DatabaseConnection, connection: ConnectionId, o
         .await
         .map_err(db_error("releasing a refresh lease"))?;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sqlite_statements_use_positional_placeholders_in_order() {
-        let statement = statement(
-            DbBackend::Sqlite,
-            "SELECT $1, $2 WHERE x < $10",
-            vec![Value::from(1), Value::from(2), Value::from(3)],
-        );
-        assert_eq!(statement.sql, "SELECT ?, ? WHERE x < ?");
-    }
 }

@@ -2,8 +2,7 @@
 //! endpoint and event, delivered oldest first and deleted once the endpoint took them.
 //! Event payloads carry ids and codes only (no secret), so they are stored as they are.
 
-use super::db_error;
-use super::lease::statement;
+use super::{db_error, statement};
 use crate::StoreError;
 use sea_orm::{ConnectionTrait as _, DatabaseConnection, Value};
 

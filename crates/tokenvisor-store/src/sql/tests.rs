@@ -1033,3 +1033,17 @@ async fn a_failing_refresh_commit_fails_alone_and_the_others_commit(db: TestDb) 
         }
     }
 }
+
+#[test]
+fn sqlite_statements_use_positional_placeholders_in_order() {
+    let statement = statement(
+        DbBackend::Sqlite,
+        "SELECT $1, $2 WHERE x < $10",
+        vec![
+            sea_orm::Value::from(1),
+            sea_orm::Value::from(2),
+            sea_orm::Value::from(3),
+        ],
+    );
+    assert_eq!(statement.sql, "SELECT ?, ? WHERE x < ?");
+}
