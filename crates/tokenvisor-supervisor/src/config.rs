@@ -56,8 +56,10 @@ pub struct TokenvisorConfig {
     pub meter: Option<opentelemetry::metrics::Meter>,
     /// Cluster-wide single flight, for several replicas on one database: before calling
     /// the provider, a refresh takes the connection's lease in the store for this long
-    /// (longer than a refresh takes); a replica that finds it held waits for the holder's
-    /// commit and adopts its tokens. `None` (the default): one process per database.
+    /// (raised to at least the client's request + connect timeouts + 10 s, 35 s by
+    /// default, and renewed while the refresh runs); a replica that finds it held waits
+    /// for the holder's commit and adopts its tokens. `None` (the default): one process
+    /// per database.
     pub cluster_lease: Option<std::time::Duration>,
 }
 

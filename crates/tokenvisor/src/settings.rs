@@ -56,7 +56,7 @@ pub struct Settings {
     #[arg(long, global = true, env = "TOKENVISOR_STARTUP_SPREAD")]
     pub startup_spread: Option<String>,
     /// Several replicas on one database: a refresh holds the connection's lease in the
-    /// database this long, so only one replica calls the provider (e.g. `30s`) [default: off].
+    /// database this long, so only one replica calls the provider (raised to at least 35 s, the token request timeouts + 10 s) [default: off].
     #[arg(long, global = true, env = "TOKENVISOR_CLUSTER_LEASE")]
     pub cluster_lease: Option<String>,
     /// Hosts that token endpoints may use over plain HTTP (comma-separated).
