@@ -6,6 +6,7 @@
 //! - [`clock`]: wall-clock time, injectable for tests.
 //! - [`event`]: the typed events an embedder subscribes to.
 //! - [`failure`]: how a failed refresh is classified.
+//! - [`token_check`]: [`check_token`], the validation every incoming token passes.
 
 pub mod clock;
 pub mod event;
@@ -13,6 +14,7 @@ pub mod failure;
 pub mod model;
 pub mod schedule;
 pub mod secret;
+pub mod token_check;
 
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use event::{Event, EventBus, EventKind};
@@ -23,3 +25,4 @@ pub use model::{
 };
 pub use schedule::{SchedulePolicy, next_refresh_at, validity_floor};
 pub use secret::SecretString;
+pub use token_check::{InvalidToken, MAX_TOKEN_BYTES, TokenProblem, check_token};
