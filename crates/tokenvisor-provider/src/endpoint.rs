@@ -324,26 +324,16 @@ fn apply_settings(profile: &mut ProviderProfile, settings: &IntegrationSettings)
         profile.rotates_refresh_tokens = rotates;
     }
     if let Some(secs) = settings.default_lifetime_secs {
-        if secs == 0 || secs > 366 * 24 * 3600 {
-            return Err(EndpointError::InvalidSettings(
-                "default_lifetime_secs must be 1..=31622400".into(),
-            ));
-        }
-        profile.default_lifetime = chrono::Duration::seconds(secs as i64);
+        profile.default_lifetime = bounded_seconds("default_lifetime_secs", secs, 1, MAX_SETTING_SECS)?;
     }
     if let Some(secs) = settings.min_spacing_secs {
-        if secs > 24 * 3600 {
-            return Err(EndpointError::InvalidSettings(
-                "min_spacing_secs must be at most 86400".into(),
-            ));
-        }
-        profile.min_spacing = chrono::Duration::seconds(secs as i64);
+        profile.min_spacing = bounded_seconds("min_spacing_secs", secs, 0, MAX_SPACING_SECS)?;
     }
     match (settings.max_refreshes_per_window, settings.window_secs) {
         (Some(max), Some(secs)) if max > 0 && secs > 0 => {
             profile.window = Some(RateWindow {
                 max,
-                per: chrono::Duration::seconds(secs as i64),
+                per: bounded_seconds("window_secs", secs, 1, MAX_SETTING_SECS)?,
             });
         }
         (None, None) => {}
@@ -354,6 +344,25 @@ fn apply_settings(profile: &mut ProviderProfile, settings: &IntegrationSettings)
         }
     }
     Ok(())
+}
+
+/// Longest duration a setting may name: a lifetime or a window (366 days).
+const MAX_SETTING_SECS: u64 = 366 * 24 * 3600;
+
+/// Longest minimum spacing between two refreshes of one connection (a day).
+const MAX_SPACING_SECS: u64 = 24 * 3600;
+
+/// `secs` of setting `field` as a duration, if within `min..=max`; never panics,
+/// whatever the number.
+fn bounded_seconds(field: &'static str, secs: u64, min: u64, max: u64) -> Result<chrono::Duration, EndpointError> {
+    let out_of_range = || EndpointError::InvalidSettings(format!("{field} must be {min}..={max}, not {secs}"));
+    if !(min..=max).contains(&secs) {
+        return Err(out_of_range());
+    }
+    i64::try_from(secs)
+        .ok()
+        .and_then(chrono::Duration::try_seconds)
+        .ok_or_else(out_of_range)
 }
 
 /// Parses `raw` and requires https, unless its host is in `allow_insecure_hosts`.
@@ -489,5 +498,62 @@ mod tests {
         generic.settings = serde_json::json!({"client_auth": "basic", "body_format": "json"});
         let resolved = ResolvedIntegration::resolve(&generic, &[]).expect("resolves");
         assert_eq!(resolved.profile.client_auth, ClientAuth::Basic);
+    }
+
+    #[test]
+    fn an_integration_with_a_window_of_ten_quadrillion_seconds_is_refused_without_panicking() {
+        let mut generic = integration("generic");
+        generic.token_url = Some("https://example.com/token".into());
+        generic.settings =
+            serde_json::json!({"max_refreshes_per_window": 10, "window_secs": 10_000_000_000_000_000u64});
+        let resolved = std::panic::catch_unwind(|| ResolvedIntegration::resolve(&generic, &[]));
+        let Ok(resolved) = resolved else {
+            panic!("resolving the integration panicked");
+        };
+        match resolved {
+            Err(EndpointError::InvalidSettings(reason)) => assert!(reason.contains("window_secs"), "{reason}"),
+            other => panic!("expected InvalidSettings naming window_secs, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_duration_setting_is_bounded_and_named_when_refused() {
+        let mut generic = integration("generic");
+        generic.token_url = Some("https://example.com/token".into());
+        for (settings, field) in [
+            (
+                serde_json::json!({"default_lifetime_secs": u64::MAX}),
+                "default_lifetime_secs",
+            ),
+            (serde_json::json!({"default_lifetime_secs": 0}), "default_lifetime_secs"),
+            (serde_json::json!({"min_spacing_secs": u64::MAX}), "min_spacing_secs"),
+            (serde_json::json!({"min_spacing_secs": 86_401}), "min_spacing_secs"),
+            (
+                serde_json::json!({"max_refreshes_per_window": 1, "window_secs": u64::MAX}),
+                "window_secs",
+            ),
+            (
+                serde_json::json!({"max_refreshes_per_window": 1, "window_secs": 366 * 24 * 3600 + 1}),
+                "window_secs",
+            ),
+        ] {
+            generic.settings = settings.clone();
+            match ResolvedIntegration::resolve(&generic, &[]) {
+                Err(EndpointError::InvalidSettings(reason)) => assert!(reason.contains(field), "{reason}"),
+                other => panic!("{settings} gave {other:?}"),
+            }
+        }
+        generic.settings = serde_json::json!({
+            "default_lifetime_secs": 366 * 24 * 3600,
+            "min_spacing_secs": 86_400,
+            "max_refreshes_per_window": 1,
+            "window_secs": 366 * 24 * 3600,
+        });
+        let resolved = ResolvedIntegration::resolve(&generic, &[]).expect("the bounds themselves are accepted");
+        assert_eq!(resolved.profile.default_lifetime, chrono::Duration::days(366));
+        assert_eq!(
+            resolved.profile.window.map(|w| w.per),
+            Some(chrono::Duration::days(366))
+        );
     }
 }
