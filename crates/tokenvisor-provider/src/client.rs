@@ -4,7 +4,10 @@ use crate::endpoint::ResolvedIntegration;
 use crate::error::{ProviderError, class_of_status, sanitize};
 use crate::profile::{BodyFormat, ClientAuth, SuccessRule};
 use std::time::Duration;
-use tokenvisor_core::{FailureClass, SecretString, TokenSet};
+use tokenvisor_core::{FailureClass, SecretString, TokenSet, check_token};
+
+/// Longest access token lifetime believed (366 days); a longer `expires_in` is clamped.
+const MAX_LIFETIME_SECS: i64 = 366 * 24 * 3600;
 
 /// Options of the token client.
 #[derive(Debug, Clone)]
@@ -13,7 +16,8 @@ pub struct TokenClientOptions {
     pub connect_timeout: Duration,
     /// Whole-request timeout.
     pub request_timeout: Duration,
-    /// Largest answer body read.
+    /// Largest answer body read (default 1 MiB). A larger answer is unusable: it is
+    /// not parsed, so a token it carries is lost; keep this well above any sane answer.
     pub max_answer_bytes: usize,
 }
 
@@ -22,7 +26,7 @@ impl Default for TokenClientOptions {
         Self {
             connect_timeout: Duration::from_secs(5),
             request_timeout: Duration::from_secs(20),
-            max_answer_bytes: 64 * 1024,
+            max_answer_bytes: 1024 * 1024,
         }
     }
 }
@@ -59,12 +63,11 @@ pub struct AccessibleResource {
 }
 
 impl TokenClient {
-    /// A client with these options.
+    /// A client with these options. Its TLS uses the ring crypto provider passed
+    /// explicitly (see [`crate::tls`]): nothing is installed process-wide.
     pub fn new(options: TokenClientOptions) -> Result<Self, ProviderError> {
-        // reqwest is built without a bundled crypto provider; use ring (also used by
-        // sqlx). An embedder that installed another provider keeps theirs.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client_builder()
+            .map_err(|e| ProviderError::Config(format!("failed to set up TLS: {e}")))?
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(options.connect_timeout)
             .timeout(options.request_timeout)
@@ -263,7 +266,10 @@ fn transport_error(error: reqwest::Error) -> ProviderError {
 
 async fn read_capped(mut response: reqwest::Response, max: usize) -> Result<Vec<u8>, ProviderError> {
     let status = response.status().as_u16();
-    if response.content_length().is_some_and(|len| len as usize > max) {
+    if response
+        .content_length()
+        .is_some_and(|len| usize::try_from(len).map_or(true, |len| len > max))
+    {
         return Err(ProviderError::InvalidAnswer {
             status,
             reason: format!("answer larger than {max} bytes"),
@@ -313,7 +319,21 @@ fn interpret_answer(
         SuccessRule::HasAccessToken => has_access_token,
     };
     if !success {
-        return Err(error_answer(integration, status, json.as_ref(), retry_after_secs));
+        let error = error_answer(integration, status, json.as_ref(), retry_after_secs);
+        // A 2xx answer without an access token (nor an error code) may still carry a
+        // rotated refresh token: hand it back rather than lose it.
+        let salvaged = match (&error, json.as_ref()) {
+            (ProviderError::InvalidAnswer { .. }, Some(json)) => refresh_token_of(status, json).ok().flatten(),
+            _ => None,
+        };
+        return Err(match salvaged {
+            Some(refresh_token) => ProviderError::AccessTokenRefused {
+                status,
+                reason: "no access_token in the answer".into(),
+                refresh_token: Some(refresh_token),
+            },
+            None => error,
+        });
     }
     let Some(json) = json else {
         return Err(ProviderError::InvalidAnswer {
@@ -368,32 +388,54 @@ fn error_answer(
     }
 }
 
+/// Reads a successful answer. The provider has acted on the request by now (a rotating
+/// provider has already retired the refresh token presented), so whatever can be kept
+/// is kept:
+/// - an `expires_in` that is not positive or not a number means the profile's default
+///   lifetime; one above 366 days is clamped to 366 days;
+/// - an access token failing [`check_token`] is refused with
+///   [`ProviderError::AccessTokenRefused`], which carries the answer's refresh token
+///   when it had a usable one;
+/// - a refresh token failing [`check_token`] (or not a string) makes the whole answer
+///   an [`ProviderError::InvalidAnswer`]: it cannot be stored, and nothing of an answer
+///   is used without it.
 fn parse_token_set(
     integration: &ResolvedIntegration,
     status: u16,
     json: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<TokenSet, ProviderError> {
-    let invalid = |reason: &str| ProviderError::InvalidAnswer {
-        status,
-        reason: reason.to_owned(),
-    };
+    let refresh_token = refresh_token_of(status, json)?;
     let access_token = json.get("access_token").and_then(|v| v.as_str()).unwrap_or_default();
-    if access_token.is_empty() || access_token.len() > 16 * 1024 {
-        return Err(invalid("access_token empty or too long"));
+    if let Err(refused) = check_token("access token", access_token) {
+        return Err(ProviderError::AccessTokenRefused {
+            status,
+            reason: refused.to_string(),
+            refresh_token,
+        });
     }
-    let refresh_token = match json.get("refresh_token") {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::String(token)) if !token.is_empty() && token.len() <= 16 * 1024 => {
-            Some(SecretString::new(token.as_str()))
-        }
-        Some(_) => return Err(invalid("refresh_token is not a usable string")),
-    };
     // Zoho's legacy `expires_in_sec` means `expires_in` was in milliseconds.
     let expires_in = number_field(json, "expires_in_sec").or_else(|| number_field(json, "expires_in"));
+    let default_lifetime = integration.profile.default_lifetime;
     let expires_in = match expires_in {
-        None => integration.profile.default_lifetime,
-        Some(seconds) if seconds > 0 && seconds <= 366 * 24 * 3600 => chrono::Duration::seconds(seconds),
-        Some(_) => return Err(invalid("expires_in out of range")),
+        None => default_lifetime,
+        Some(seconds) if seconds <= 0 => {
+            tracing::warn!(
+                integration = %integration.integration_id,
+                expires_in = seconds,
+                default_lifetime_secs = default_lifetime.num_seconds(),
+                "token answer's expires_in is not positive; assuming the default lifetime"
+            );
+            default_lifetime
+        }
+        Some(seconds) if seconds > MAX_LIFETIME_SECS => {
+            tracing::warn!(
+                integration = %integration.integration_id,
+                expires_in = seconds,
+                "token answer's expires_in is above 366 days; clamped to 366 days"
+            );
+            chrono::Duration::try_seconds(MAX_LIFETIME_SECS).unwrap_or(default_lifetime)
+        }
+        Some(seconds) => chrono::Duration::try_seconds(seconds).unwrap_or(default_lifetime),
     };
     let token_type = json.get("token_type").and_then(|v| v.as_str()).map(sanitize);
     let scope = json.get("scope").and_then(|v| v.as_str()).map(sanitize);
@@ -411,6 +453,28 @@ fn parse_token_set(
         expires_in,
         metadata,
     })
+}
+
+/// The answer's refresh token: `None` when absent or null; an
+/// [`ProviderError::InvalidAnswer`] when present but not a string passing [`check_token`].
+fn refresh_token_of(
+    status: u16,
+    json: &serde_json::Map<String, serde_json::Value>,
+) -> Result<Option<SecretString>, ProviderError> {
+    match json.get("refresh_token") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(token)) => match check_token("refresh token", token) {
+            Ok(()) => Ok(Some(SecretString::new(token.as_str()))),
+            Err(refused) => Err(ProviderError::InvalidAnswer {
+                status,
+                reason: refused.to_string(),
+            }),
+        },
+        Some(_) => Err(ProviderError::InvalidAnswer {
+            status,
+            reason: "refresh_token is not a string".into(),
+        }),
+    }
 }
 
 fn number_field(json: &serde_json::Map<String, serde_json::Value>, key: &str) -> Option<i64> {
@@ -504,8 +568,110 @@ mod tests {
     fn hostile_answers_are_rejected() {
         let generic = resolved("generic");
         assert!(interpret_answer(&generic, 200, br#"{"access_token":""}"#, None).is_err());
-        assert!(interpret_answer(&generic, 200, br#"{"access_token":"a","expires_in":-5}"#, None).is_err());
         assert!(interpret_answer(&generic, 200, br#"{"access_token":"a","refresh_token":42}"#, None).is_err());
+    }
+
+    #[test]
+    fn an_access_token_with_cr_lf_is_refused_and_the_rotated_refresh_token_is_kept() {
+        let body = br#"{"access_token":"at\r\nX-Injected: 1","refresh_token":"rt-rotated","expires_in":3600}"#;
+        let err = interpret_answer(&resolved("atlassian"), 200, body, None).expect_err("refused");
+        assert_eq!(err.code(), "invalid_access_token");
+        assert_eq!(err.class(), FailureClass::Transient);
+        assert_eq!(
+            err.salvaged_refresh_token().map(SecretString::expose),
+            Some("rt-rotated")
+        );
+        assert!(!err.to_string().contains("X-Injected"), "{err}");
+        assert!(!format!("{err:?}").contains("rt-rotated"), "{err:?}");
+    }
+
+    #[test]
+    fn an_access_token_over_sixteen_kib_is_refused_and_the_rotated_refresh_token_is_kept() {
+        let body = format!(
+            r#"{{"access_token":"{}","refresh_token":"rt-rotated","expires_in":3600}}"#,
+            "a".repeat(16 * 1024 + 1)
+        );
+        let err = interpret_answer(&resolved("generic"), 200, body.as_bytes(), None).expect_err("refused");
+        assert_eq!(err.code(), "invalid_access_token");
+        assert_eq!(
+            err.salvaged_refresh_token().map(SecretString::expose),
+            Some("rt-rotated")
+        );
+    }
+
+    #[test]
+    fn an_empty_access_token_without_a_refresh_token_is_refused_with_nothing_to_salvage() {
+        let err = interpret_answer(&resolved("generic"), 200, br#"{"access_token":""}"#, None).expect_err("refused");
+        assert_eq!(err.code(), "invalid_access_token");
+        assert!(err.salvaged_refresh_token().is_none());
+    }
+
+    #[test]
+    fn a_2xx_answer_without_an_access_token_still_hands_back_its_rotated_refresh_token() {
+        let body = br#"{"access_token":42,"refresh_token":"rt-rotated"}"#;
+        let err = interpret_answer(&resolved("generic"), 200, body, None).expect_err("refused");
+        assert_eq!(
+            err.salvaged_refresh_token().map(SecretString::expose),
+            Some("rt-rotated")
+        );
+        let err = interpret_answer(&resolved("generic"), 200, br#"{"token_type":"Bearer"}"#, None).expect_err("e");
+        assert_eq!(err.code(), "invalid_answer");
+    }
+
+    #[test]
+    fn a_non_positive_expires_in_keeps_the_answer_with_the_default_lifetime() {
+        for expires_in in ["0", "-5", "\"soon\""] {
+            let body = format!(r#"{{"access_token":"a","refresh_token":"r","expires_in":{expires_in}}}"#);
+            let set = interpret_answer(&resolved("generic"), 200, body.as_bytes(), None).expect("kept");
+            assert_eq!(set.expires_in, chrono::Duration::hours(1), "expires_in {expires_in}");
+            assert_eq!(set.refresh_token.as_ref().map(SecretString::expose), Some("r"));
+        }
+    }
+
+    #[test]
+    fn an_expires_in_over_366_days_is_clamped_and_the_answer_kept() {
+        for expires_in in ["31622401", "99999999999999999999", "1e300"] {
+            let body = format!(r#"{{"access_token":"a","refresh_token":"r","expires_in":{expires_in}}}"#);
+            let set = interpret_answer(&resolved("generic"), 200, body.as_bytes(), None).expect("kept");
+            assert_eq!(set.expires_in, chrono::Duration::days(366), "expires_in {expires_in}");
+        }
+    }
+
+    #[test]
+    fn a_refresh_token_with_control_characters_is_an_invalid_answer() {
+        let body = br#"{"access_token":"a","refresh_token":"r\nt","expires_in":3600}"#;
+        let err = interpret_answer(&resolved("generic"), 200, body, None).expect_err("invalid");
+        assert_eq!(err.code(), "invalid_answer");
+        assert!(err.salvaged_refresh_token().is_none());
+        // Even alongside an unusable access token, it is an invalid answer.
+        let body = br#"{"access_token":"a\nb","refresh_token":"r\nt"}"#;
+        let err = interpret_answer(&resolved("generic"), 200, body, None).expect_err("invalid");
+        assert_eq!(err.code(), "invalid_answer");
+    }
+
+    #[tokio::test]
+    async fn an_answer_of_a_few_hundred_kib_is_read_with_the_default_cap() {
+        let body = vec![b' '; 300 * 1024];
+        let response = reqwest::Response::from(http::Response::new(body));
+        let read = read_capped(response, TokenClientOptions::default().max_answer_bytes)
+            .await
+            .expect("read");
+        assert_eq!(read.len(), 300 * 1024);
+        let too_big = reqwest::Response::from(http::Response::new(vec![b' '; 1024 * 1024 + 1]));
+        let err = read_capped(too_big, TokenClientOptions::default().max_answer_bytes)
+            .await
+            .expect_err("too big");
+        assert_eq!(err.code(), "invalid_answer");
+    }
+
+    #[test]
+    fn building_a_token_client_leaves_the_process_crypto_provider_unset() {
+        let client = TokenClient::new(TokenClientOptions::default());
+        assert!(client.is_ok());
+        assert!(
+            rustls::crypto::CryptoProvider::get_default().is_none(),
+            "TokenClient::new installed a process-wide rustls crypto provider"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Provider errors and their classification.
 
-use tokenvisor_core::{FailureClass, RefreshFailure};
+use tokenvisor_core::{FailureClass, RefreshFailure, SecretString};
 
 /// Longest provider `error_description` kept (after sanitising).
 const MAX_DESCRIPTION: usize = 200;
@@ -37,6 +37,23 @@ pub enum ProviderError {
         /// Why.
         reason: String,
     },
+    /// The provider answered a token request, but its access token is unusable (empty,
+    /// over 16 KiB, or holding control or non-ASCII characters, see
+    /// [`tokenvisor_core::check_token`]), so no token set is returned. The provider may
+    /// already have retired the refresh token that was presented: when the answer
+    /// carried a usable new refresh token it is kept here, and the caller must commit it
+    /// (see [`ProviderError::salvaged_refresh_token`]) before it retries. A refresh
+    /// token that itself fails the check makes the answer an
+    /// [`InvalidAnswer`](ProviderError::InvalidAnswer) instead.
+    #[error("provider answered an unusable access token (HTTP {status}): {reason}")]
+    AccessTokenRefused {
+        /// HTTP status.
+        status: u16,
+        /// Why the access token was refused (never the token).
+        reason: String,
+        /// The answer's refresh token, when it had a usable one.
+        refresh_token: Option<SecretString>,
+    },
     /// The connection or integration cannot be refreshed as configured.
     #[error("{0}")]
     Config(String),
@@ -47,7 +64,9 @@ impl ProviderError {
     pub fn class(&self) -> FailureClass {
         match self {
             Self::Answer { class, .. } => *class,
-            Self::Timeout | Self::Network(_) | Self::InvalidAnswer { .. } => FailureClass::Transient,
+            Self::Timeout | Self::Network(_) | Self::InvalidAnswer { .. } | Self::AccessTokenRefused { .. } => {
+                FailureClass::Transient
+            }
             Self::Config(_) => FailureClass::IntegrationMisconfigured,
         }
     }
@@ -59,6 +78,7 @@ impl ProviderError {
             Self::Timeout => "timeout".into(),
             Self::Network(_) => "network".into(),
             Self::InvalidAnswer { .. } => "invalid_answer".into(),
+            Self::AccessTokenRefused { .. } => "invalid_access_token".into(),
             Self::Config(_) => "integration_config".into(),
         }
     }
@@ -66,7 +86,19 @@ impl ProviderError {
     /// The provider's HTTP status, when it answered.
     pub fn http_status(&self) -> Option<u16> {
         match self {
-            Self::Answer { status, .. } | Self::InvalidAnswer { status, .. } => Some(*status),
+            Self::Answer { status, .. }
+            | Self::InvalidAnswer { status, .. }
+            | Self::AccessTokenRefused { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// The new refresh token of an answer whose access token was refused
+    /// ([`ProviderError::AccessTokenRefused`]): the provider may have retired the one
+    /// presented, so commit this one before retrying. `None` for every other error.
+    pub fn salvaged_refresh_token(&self) -> Option<&SecretString> {
+        match self {
+            Self::AccessTokenRefused { refresh_token, .. } => refresh_token.as_ref(),
             _ => None,
         }
     }
@@ -127,5 +159,25 @@ mod tests {
         );
         assert_eq!(class_of_status(429), FailureClass::RateLimited);
         assert_eq!(class_of_status(503), FailureClass::Transient);
+    }
+
+    #[test]
+    fn a_refused_access_token_error_never_prints_the_salvaged_refresh_token() {
+        let err = ProviderError::AccessTokenRefused {
+            status: 200,
+            reason: "access token holds a control or non-ASCII character at byte 2".into(),
+            refresh_token: Some(SecretString::new("rt-very-secret-rotated")),
+        };
+        assert_eq!(err.class(), FailureClass::Transient);
+        assert_eq!(err.code(), "invalid_access_token");
+        assert_eq!(err.http_status(), Some(200));
+        assert_eq!(
+            err.salvaged_refresh_token().map(SecretString::expose),
+            Some("rt-very-secret-rotated")
+        );
+        for text in [format!("{err}"), format!("{err:?}"), err.to_failure().message] {
+            assert!(!text.contains("very-secret"), "{text}");
+        }
+        assert!(ProviderError::Timeout.salvaged_refresh_token().is_none());
     }
 }

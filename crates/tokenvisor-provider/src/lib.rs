@@ -9,12 +9,15 @@
 //!   size cap and no redirects.
 //! - [`error`]: provider errors and their classification (permanent, integration
 //!   misconfigured, rate limited, transient).
+//! - [`tls`]: the rustls configuration of outgoing HTTPS, with an explicit crypto
+//!   provider (nothing is installed process-wide).
 
 pub mod authorize;
 pub mod client;
 pub mod endpoint;
 pub mod error;
 pub mod profile;
+pub mod tls;
 
 pub use client::{AccessibleResource, TokenClient, TokenClientOptions};
 pub use endpoint::{EndpointError, ResolvedIntegration};
