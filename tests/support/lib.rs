@@ -40,10 +40,13 @@ pub fn test_config() -> TokenvisorConfig {
     }
 }
 
-/// A configuration for paused-time tests: wall time follows tokio's clock.
+/// A configuration for paused-time tests: wall time follows tokio's clock. Callers wait
+/// up to a minute for a token (through spacing limits, like a patient client); the
+/// default few-second wait is tested on its own (`lifecycle::*`).
 pub fn paused_config() -> TokenvisorConfig {
     TokenvisorConfig {
         clock: Arc::new(TokioClock::default()),
+        token_wait: std::time::Duration::from_secs(60),
         ..test_config()
     }
 }

@@ -135,6 +135,11 @@ impl From<TokenError> for ApiError {
             TokenError::IntegrationMisconfigured { .. } => Self::new(StatusCode::BAD_GATEWAY, code, error.to_string()),
             TokenError::StoreUnavailable(detail) => Self::store_unavailable(detail),
             TokenError::ShuttingDown => Self::new(StatusCode::SERVICE_UNAVAILABLE, code, error.to_string()),
+            TokenError::Timeout { .. } => Self {
+                retry_after: Some(1),
+                ..Self::new(StatusCode::GATEWAY_TIMEOUT, code, error.to_string())
+            },
+            TokenError::Invalid { field, reason } => Self::invalid(field, reason),
             TokenError::Internal(detail) => Self::internal(detail),
         }
     }

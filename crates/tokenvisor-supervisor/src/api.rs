@@ -1,9 +1,9 @@
 //! The embedding API: [`Tokenvisor`], a cheap, cloneable handle that hides the actors.
 
 use crate::config::TokenvisorConfig;
-use crate::connection::ConnectionMsg;
+use crate::connection::{ConnectionMsg, LifecycleOp};
 use crate::error::{AdminError, StartError, TokenError};
-use crate::registry::SlotState;
+use crate::journal::{Journal, JournalEntry};
 use crate::shared::{Shared, SharedRef};
 use crate::supervisor::{LoadFailed, StartupPage, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::token::AccessToken;
@@ -13,7 +13,7 @@ use ractor::{Actor, ActorRef};
 use std::sync::Arc;
 use tokenvisor_core::{
     Connection, ConnectionFilter, ConnectionId, ConnectionStatus, Event, EventKind, Integration, IntegrationId,
-    RefreshAttempt, SecretString, TenantId, TokenSet, validity_floor,
+    RefreshAttempt, SecretString, TenantId, TokenSet, check_token, validity_floor,
 };
 use tokenvisor_provider::{ResolvedIntegration, TokenClient};
 use tokenvisor_store::{CasOutcome, Store, StoreError};
@@ -146,7 +146,17 @@ impl Tokenvisor {
     /// and returns the handle. Runs on the caller's tokio runtime.
     pub async fn start(store: Arc<dyn Store>, config: TokenvisorConfig) -> Result<Self, StartError> {
         let client = TokenClient::new(config.client.clone()).map_err(|e| StartError::Client(e.to_string()))?;
-        let shared = Arc::new(Shared::new(store, client, config));
+        // Tokens a previous run could not commit go into the store before anything else
+        // reads it.
+        let journal = match &config.journal {
+            Some(journal_config) => {
+                let (journal, entries) = Journal::open(journal_config)?;
+                replay_journal(store.as_ref(), &journal, entries, config.clock.now()).await?;
+                Some(journal)
+            }
+            None => None,
+        };
+        let shared = Arc::new(Shared::new(store, client, config, journal));
         shared.metrics.observe(Arc::downgrade(&shared));
         // The integrations first: while the connections stream, a single-connection pool
         // (in-memory SQLite) has no connection left to look them up one by one.
@@ -214,9 +224,10 @@ impl Tokenvisor {
             )
     }
 
-    /// How many connections have an actor running.
+    /// How many connections have an owner (actor) running that supervises them
+    /// (refreshes them); disabled and `needs_reauth` connections are not counted.
     pub fn supervised_count(&self) -> usize {
-        self.shared.registry.running().len()
+        self.shared.registry.supervised_count()
     }
 
     /// Registers an integration after checking its provider, endpoints and settings.
@@ -263,12 +274,7 @@ impl Tokenvisor {
 
     /// Registers a connection, commits it, and starts supervising it.
     pub async fn register_connection(&self, new: NewConnection) -> Result<Connection, AdminError> {
-        if new.access_token.is_empty() {
-            return Err(AdminError::Invalid {
-                field: "access_token",
-                reason: "must not be empty".into(),
-            });
-        }
+        check_tokens(&new.access_token, new.refresh_token.as_ref().filter(|t| !t.is_empty()))?;
         let integration = self
             .shared
             .store
@@ -276,6 +282,7 @@ impl Tokenvisor {
             .await?
             .ok_or(AdminError::NotFound("integration"))?;
         let resolved = ResolvedIntegration::resolve(&integration, &self.shared.config.allow_insecure_hosts)?;
+        self.shared.cache_integration(&integration);
         let now = self.shared.clock.now();
         let expires_at = new.expires_at.unwrap_or(now + resolved.profile.default_lifetime);
         let connection = Connection {
@@ -308,7 +315,8 @@ impl Tokenvisor {
 
     /// A valid access token for the connection: from memory when it stays valid for at
     /// least `min(min_validity, lifetime / 4)`, otherwise after a refresh that concurrent
-    /// callers share. Never makes a provider call for an inactive connection.
+    /// callers share. Never makes a provider call for an inactive connection. Waits at
+    /// most [`TokenvisorConfig::token_wait`], then answers [`TokenError::Timeout`].
     ///
     /// When it has to wait for the actor (a refresh, an inactive connection) it is traced
     /// as a `tokenvisor.access_token` span, a child of the caller's current span (so a
@@ -323,8 +331,9 @@ impl Tokenvisor {
             return Ok(token);
         }
         let span = api_span("tokenvisor.access_token", id);
+        let wait = self.shared.config.token_wait;
         let result = self
-            .ask(id, None, |reply| {
+            .call(id, wait, |reply| {
                 ConnectionMsg::AccessToken(reply, tracing::Span::current())
             })
             .instrument(span.clone())
@@ -342,11 +351,11 @@ impl Tokenvisor {
         {
             return Ok(current);
         }
-        let token = token.clone();
         let span = api_span("tokenvisor.token_rejected", id);
+        let wait = self.shared.config.token_wait;
         let result = self
-            .ask(id, Some(()), move |reply| ConnectionMsg::TokenRejected {
-                token,
+            .call(id, wait, |reply| ConnectionMsg::TokenRejected {
+                token: token.clone(),
                 reply,
                 caller: tracing::Span::current(),
             })
@@ -359,8 +368,9 @@ impl Tokenvisor {
     /// Refreshes now (within the spacing limit) and returns the new token.
     pub async fn force_refresh(&self, id: ConnectionId) -> Result<AccessToken, TokenError> {
         let span = api_span("tokenvisor.force_refresh", id);
+        let wait = self.shared.config.operation_timeout;
         let result = self
-            .ask(id, Some(()), |reply| {
+            .call(id, wait, |reply| {
                 ConnectionMsg::ForceRefresh(reply, tracing::Span::current())
             })
             .instrument(span.clone())
@@ -384,123 +394,99 @@ impl Tokenvisor {
         Ok(self.shared.store.list_attempts(id, limit).await?)
     }
 
-    /// Disables the connection: its actor stops (an in-flight refresh still commits),
-    /// callers get [`TokenError::Disabled`].
+    /// Disables the connection. A refresh in flight commits first; once this returns,
+    /// no caller gets a token for it and the provider is not called for it until
+    /// [`Tokenvisor::activate`]. Callers get [`TokenError::Disabled`].
     pub async fn deactivate(&self, id: ConnectionId) -> Result<Connection, TokenError> {
-        let connection = self
-            .change(id, SlotState::Inactive(ConnectionStatus::Disabled), |c| {
-                c.status = ConnectionStatus::Disabled;
-                c.is_active = false;
-                c.next_refresh_at = None;
-            })
-            .await?;
-        self.emit(&connection, EventKind::Deactivated);
-        Ok(connection)
+        self.lifecycle(id, LifecycleOp::Deactivate).await
     }
 
     /// Enables a disabled (or `needs_reauth`) connection again and supervises it.
     pub async fn activate(&self, id: ConnectionId) -> Result<Connection, TokenError> {
-        let connection = self
-            .change(id, SlotState::Starting, |c| {
-                c.status = ConnectionStatus::Active;
-                c.is_active = true;
-                c.consecutive_failures = 0;
-                c.next_refresh_at = None;
-            })
-            .await?;
-        self.spawn(connection.clone())
-            .await
-            .map_err(|e| TokenError::Internal(e.to_string()))?;
-        self.emit(&connection, EventKind::Activated);
-        Ok(connection)
+        self.lifecycle(id, LifecycleOp::Activate).await
     }
 
     /// Replaces the tokens of a connection (re-authorization): commits them, marks the
-    /// connection active (`refresh_failures` kept as history) and supervises it.
+    /// connection active (`refresh_failures` kept as history) and supervises it. The
+    /// tokens are checked like a provider's answer (RFC 6749 characters, at most 16 KiB).
     pub async fn replace_tokens(
         &self,
         id: ConnectionId,
         tokens: TokenSet,
         metadata: serde_json::Map<String, serde_json::Value>,
     ) -> Result<Connection, TokenError> {
-        let now = self.shared.clock.now();
-        let connection = self
-            .change(id, SlotState::Starting, move |c| {
-                c.apply_token_set(&tokens, now);
-                for (key, value) in &metadata {
-                    c.metadata.insert(key.clone(), value.clone());
-                }
-                c.status = ConnectionStatus::Active;
-                c.is_active = true;
-                c.consecutive_failures = 0;
-                c.last_error = None;
-                c.next_refresh_at = None;
-            })
-            .await?;
-        self.spawn(connection.clone())
+        check_tokens(&tokens.access_token, tokens.refresh_token.as_ref()).map_err(|error| match error {
+            AdminError::Invalid { field, reason } => TokenError::Invalid { field, reason },
+            other => TokenError::Internal(other.to_string()),
+        })?;
+        if tokens.expires_in <= chrono::Duration::zero() {
+            return Err(TokenError::Invalid {
+                field: "expires_in",
+                reason: "must be positive".into(),
+            });
+        }
+        self.lifecycle(id, LifecycleOp::ReplaceTokens { tokens, metadata })
             .await
-            .map_err(|e| TokenError::Internal(e.to_string()))?;
-        self.emit(&connection, EventKind::Reauthorized);
-        Ok(connection)
     }
 
-    /// Stops supervising the connection and deletes it with its history.
+    /// Deletes the connection with its history and revokes its grant at the provider
+    /// (best effort). A refresh in flight commits first; once this returns, the provider
+    /// is never called for this connection again.
     pub async fn remove(&self, id: ConnectionId) -> Result<(), TokenError> {
-        let connection = self
-            .shared
-            .store
-            .get_connection(id)
-            .await?
-            .ok_or(TokenError::NotFound)?;
-        let slot = self
+        let wait = self.shared.config.operation_timeout;
+        self.call(id, wait, |reply| ConnectionMsg::Lifecycle(LifecycleOp::Remove, reply))
+            .await
+            .map(|_| ())
+    }
+
+    /// Stops taking requests, gives tokens that await their commit one more try, lets
+    /// in-flight refreshes finish and commit, then stops every actor. Says how many token
+    /// sets it could not commit (they stay in the journal, when one is configured, and
+    /// are committed at the next start).
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.shared.begin_shutdown();
+        let flushes = self
             .shared
             .registry
-            .get_or_insert(id, SlotState::Starting, connection.version);
-        slot.publish(None);
-        slot.set_state(SlotState::Inactive(ConnectionStatus::Disabled));
-        self.stop_actor(id).await;
-        let _guard = slot.refresh_lock.clone().lock_owned().await;
-        let current = self
-            .shared
-            .store
-            .get_connection(id)
-            .await?
-            .unwrap_or(connection.clone());
-        self.revoke_best_effort(&current).await;
-        self.shared.store.delete_connection(id).await?;
-        self.shared.registry.remove(id);
-        self.emit(&connection, EventKind::Removed);
-        Ok(())
-    }
-
-    async fn revoke_best_effort(&self, connection: &Connection) {
-        let Ok(Some(runtime)) = self.shared.integration(connection.integration_id).await else {
-            return;
-        };
-        let Ok(resolved) = &runtime.resolved else {
-            return;
-        };
-        // Revoking the refresh token ends the whole grant; without one, the access token.
-        let token = connection.refresh_token.as_ref().unwrap_or(&connection.access_token);
-        if let Err(error) = self.shared.client.revoke(resolved, &connection.metadata, token).await {
-            tracing::warn!(connection.id = %connection.id, error = %error, "revocation at the provider failed; deleting anyway");
-        }
-    }
-
-    /// Stops taking requests, lets in-flight refreshes finish and commit, then stops
-    /// every actor.
-    pub async fn shutdown(&self) {
-        self.shared.begin_shutdown();
+            .slots()
+            .into_iter()
+            .filter(|slot| slot.has_pending())
+            .filter_map(|slot| slot.owner())
+            .map(|owner| async move {
+                let _ = owner
+                    .call(ConnectionMsg::Flush, Some(std::time::Duration::from_secs(10)))
+                    .await;
+            })
+            .collect::<Vec<_>>();
+        futures::future::join_all(flushes).await;
         self.shared.tasks.close();
         self.shared.tasks.wait().await;
+        let uncommitted = self
+            .shared
+            .registry
+            .slots()
+            .iter()
+            .filter(|slot| slot.has_pending())
+            .count();
+        let journaled = self.shared.journal.as_ref().map_or(0, |journal| journal.outstanding());
+        if uncommitted > 0 {
+            tracing::error!(
+                uncommitted,
+                journaled,
+                "stopping with token sets the store did not take; the journal keeps the journaled ones for the next start"
+            );
+        }
         let _ = self.supervisor.stop_and_wait(Some("shutdown".into()), None).await;
         tracing::info!("tokenvisor stopped");
+        ShutdownReport { uncommitted, journaled }
     }
 
     /// Test hook: makes the connection's actor panic.
     #[cfg(feature = "fault-injection")]
     pub fn inject_panic(&self, id: ConnectionId) {
-        let _ = self.supervisor.cast(SupervisorMsg::InjectPanic { connection_id: id });
+        let _ = self
+            .supervisor
+            .cast(crate::supervisor::SupervisorMsg::InjectPanic { connection_id: id });
     }
 
     fn fast_token(&self, id: ConnectionId) -> Option<AccessToken> {
@@ -510,94 +496,71 @@ impl Tokenvisor {
         (token.expires_at - self.shared.clock.now() >= floor).then_some(token)
     }
 
-    /// Answers from the published token when possible (unless `skip_fast_path`), otherwise asks
-    /// the connection's actor; looks the connection up in the store when no actor runs.
-    async fn ask(
-        &self,
-        id: ConnectionId,
-        skip_fast_path: Option<()>,
-        message: impl FnOnce(ractor::RpcReplyPort<Result<AccessToken, TokenError>>) -> ConnectionMsg,
-    ) -> Result<AccessToken, TokenError> {
+    async fn lifecycle(&self, id: ConnectionId, op: LifecycleOp) -> Result<Connection, TokenError> {
         if self.shared.is_shutting_down() {
             return Err(TokenError::ShuttingDown);
         }
-        if skip_fast_path.is_none()
-            && let Some(token) = self.fast_token(id)
-        {
-            return Ok(token);
+        let wait = self.shared.config.operation_timeout;
+        self.call(id, wait, |reply| ConnectionMsg::Lifecycle(op.clone(), reply))
+            .await?
+            .ok_or(TokenError::NotFound)
+    }
+
+    /// The connection's owner: the running one, or one the supervisor starts.
+    async fn owner(&self, id: ConnectionId) -> Result<ActorRef<ConnectionMsg>, TokenError> {
+        if let Some(owner) = self.shared.registry.get(id).and_then(|slot| slot.owner()) {
+            return Ok(owner);
         }
-        let mut message = Some(message);
-        for _ in 0..50 {
-            let Some(slot) = self.shared.registry.get(id) else {
-                self.supervise_from_store(id).await?;
-                continue;
+        match self
+            .supervisor
+            .call(
+                |reply| SupervisorMsg::Locate {
+                    connection_id: id,
+                    reply,
+                },
+                Some(self.shared.config.operation_timeout),
+            )
+            .await
+        {
+            Ok(CallResult::Success(owner)) => Ok(owner),
+            _ => Err(TokenError::Internal("the supervisor is unavailable".into())),
+        }
+    }
+
+    /// Sends a request to the connection's owner and waits at most `wait` for its answer.
+    /// An owner that stopped meanwhile (removed, crashed) is looked up again.
+    async fn call<T: Send + 'static>(
+        &self,
+        id: ConnectionId,
+        wait: std::time::Duration,
+        message: impl Fn(ractor::RpcReplyPort<Result<T, TokenError>>) -> ConnectionMsg,
+    ) -> Result<T, TokenError> {
+        if self.shared.is_shutting_down() {
+            return Err(TokenError::ShuttingDown);
+        }
+        let started = tokio::time::Instant::now();
+        let timeout = || TokenError::Timeout {
+            waited_ms: started.elapsed().as_millis() as u64,
+        };
+        for _ in 0..3 {
+            let owner = self.owner(id).await?;
+            let Some(remaining) = wait.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
+                return Err(timeout());
             };
-            match slot.state() {
-                SlotState::Running(actor) => {
-                    let Some(build) = message.take() else {
-                        return Err(TokenError::Internal("connection actor unavailable".into()));
-                    };
-                    match actor.call(build, None).await {
-                        Ok(CallResult::Success(result)) => return result,
-                        // The actor stopped meanwhile (escalated, deactivated, restarting).
-                        _ => return self.after_actor_stopped(id).await,
+            match owner.call(&message, Some(remaining)).await {
+                Ok(CallResult::Success(result)) => return result,
+                Ok(CallResult::Timeout) => return Err(timeout()),
+                // The owner stopped before answering (the connection was removed, or
+                // does not exist, or the actor crashed): a missing row is the answer;
+                // otherwise ask for the current owner.
+                Ok(CallResult::SenderError) | Err(_) => {
+                    if self.shared.store.get_connection(id).await?.is_none() {
+                        return Err(TokenError::NotFound);
                     }
                 }
-                SlotState::Starting => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                SlotState::Inactive(ConnectionStatus::Disabled) => return Err(TokenError::Disabled),
-                SlotState::Inactive(_) => return Err(self.inactive_error(id).await),
             }
         }
-        Err(TokenError::Internal("connection actor did not start".into()))
-    }
-
-    async fn after_actor_stopped(&self, id: ConnectionId) -> Result<AccessToken, TokenError> {
-        for _ in 0..50 {
-            match self.shared.registry.get(id).map(|slot| slot.state()) {
-                Some(SlotState::Inactive(_)) => return Err(self.inactive_error(id).await),
-                Some(SlotState::Running(actor)) => {
-                    let caller = tracing::Span::current();
-                    return match actor
-                        .call(|reply| ConnectionMsg::AccessToken(reply, caller), None)
-                        .await
-                    {
-                        Ok(CallResult::Success(result)) => result,
-                        _ => Err(TokenError::Internal("connection actor stopped".into())),
-                    };
-                }
-                Some(SlotState::Starting) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
-                None => return Err(TokenError::NotFound),
-            }
-        }
-        Err(TokenError::Internal("connection actor did not restart".into()))
-    }
-
-    async fn inactive_error(&self, id: ConnectionId) -> TokenError {
-        match self.shared.store.get_connection(id).await {
-            Ok(Some(connection)) => crate::connection::status_error_for(&connection),
-            Ok(None) => TokenError::NotFound,
-            Err(error) => error.into(),
-        }
-    }
-
-    /// No slot in this process: the store says whether the connection exists and whether
-    /// it should be supervised (then its actor is started).
-    async fn supervise_from_store(&self, id: ConnectionId) -> Result<(), TokenError> {
-        let connection = self
-            .shared
-            .store
-            .get_connection(id)
-            .await?
-            .ok_or(TokenError::NotFound)?;
-        if !connection.is_active || !connection.status.is_supervised() {
-            self.shared
-                .registry
-                .get_or_insert(id, SlotState::Inactive(connection.status), connection.version);
-            return Err(crate::connection::status_error_for(&connection));
-        }
-        self.spawn(connection)
-            .await
-            .map_err(|e| TokenError::Internal(e.to_string()))
+        Err(TokenError::Internal("the connection's owner keeps stopping".into()))
     }
 
     async fn spawn(&self, connection: Connection) -> Result<(), AdminError> {
@@ -609,71 +572,13 @@ impl Tokenvisor {
                     startup: false,
                     reply: Some(reply),
                 },
-                None,
+                Some(self.shared.config.operation_timeout),
             )
             .await;
         match spawned {
             Ok(CallResult::Success(())) => Ok(()),
             _ => Err(AdminError::Token(TokenError::Internal("supervisor unavailable".into()))),
         }
-    }
-
-    async fn stop_actor(&self, id: ConnectionId) {
-        let _ = self
-            .supervisor
-            .call(
-                |reply| SupervisorMsg::StopConnection {
-                    connection_id: id,
-                    reply,
-                },
-                None,
-            )
-            .await;
-    }
-
-    /// Stops the actor, waits for an in-flight refresh to commit, then applies `edit` to
-    /// the stored row with compare-and-swap (retried on conflicts).
-    async fn change(
-        &self,
-        id: ConnectionId,
-        slot_state: SlotState,
-        edit: impl Fn(&mut Connection),
-    ) -> Result<Connection, TokenError> {
-        if self.shared.is_shutting_down() {
-            return Err(TokenError::ShuttingDown);
-        }
-        let existing = self
-            .shared
-            .store
-            .get_connection(id)
-            .await?
-            .ok_or(TokenError::NotFound)?;
-        let slot = self
-            .shared
-            .registry
-            .get_or_insert(id, SlotState::Starting, existing.version);
-        slot.publish(None);
-        slot.set_state(slot_state);
-        self.stop_actor(id).await;
-        let mut version_guard = slot.refresh_lock.clone().lock_owned().await;
-        for _ in 0..16 {
-            let mut connection = self
-                .shared
-                .store
-                .get_connection(id)
-                .await?
-                .ok_or(TokenError::NotFound)?;
-            let expected = connection.version;
-            edit(&mut connection);
-            connection.updated_at = self.shared.clock.now();
-            if let CasOutcome::Committed { version } = self.shared.store.compare_and_swap(&connection, expected).await?
-            {
-                connection.version = version;
-                *version_guard = version;
-                return Ok(connection);
-            }
-        }
-        Err(TokenError::StoreUnavailable("too many concurrent writes".into()))
     }
 
     fn emit(&self, connection: &Connection, kind: EventKind) {
@@ -685,4 +590,76 @@ impl Tokenvisor {
             kind,
         });
     }
+}
+
+/// What [`Tokenvisor::shutdown`] could not finish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ShutdownReport {
+    /// Token sets the provider issued that the store did not take before the stop.
+    pub uncommitted: usize,
+    /// Of those (and of earlier runs), how many the journal keeps for the next start.
+    pub journaled: usize,
+}
+
+/// Checks tokens entering the system like a provider's answer (RFC 6749 characters,
+/// at most 16 KiB): one place for the embedding API and the admin routes.
+fn check_tokens(access_token: &SecretString, refresh_token: Option<&SecretString>) -> Result<(), AdminError> {
+    check_token("access token", access_token.expose()).map_err(|error| AdminError::Invalid {
+        field: "access_token",
+        reason: error.to_string(),
+    })?;
+    if let Some(refresh_token) = refresh_token {
+        check_token("refresh token", refresh_token.expose()).map_err(|error| AdminError::Invalid {
+            field: "refresh_token",
+            reason: error.to_string(),
+        })?;
+    }
+    Ok(())
+}
+
+/// Commits the token sets a previous run journaled: each goes onto the stored row when
+/// the row still holds the refresh token it came from, and is dropped when the row moved
+/// on (already committed, re-authorized, deleted).
+async fn replay_journal(
+    store: &dyn Store,
+    journal: &Arc<Journal>,
+    entries: Vec<JournalEntry>,
+    now: DateTime<Utc>,
+) -> Result<(), StartError> {
+    for entry in entries {
+        let JournalEntry { connection_id, pending } = entry;
+        let mut outcome = "dropped";
+        for _ in 0..16 {
+            let Some(mut row) = store.get_connection(connection_id).await? else {
+                break;
+            };
+            if pending.is_in(&row) {
+                outcome = "already committed";
+                break;
+            }
+            if !pending.applies_to(&row) {
+                break;
+            }
+            let expected = row.version;
+            row.apply_token_set(&pending.tokens, pending.obtained_at);
+            row.last_refresh_at = Some(pending.obtained_at);
+            if row.status.is_supervised() {
+                row.status = ConnectionStatus::Active;
+            }
+            row.consecutive_failures = 0;
+            row.last_error = None;
+            row.next_refresh_at = None;
+            row.updated_at = now;
+            if let CasOutcome::Committed { .. } = store.compare_and_swap(&row, expected).await? {
+                outcome = "committed";
+                break;
+            }
+        }
+        tracing::info!(connection.id = %connection_id, outcome, "replayed journaled tokens");
+        if let Some(seq) = pending.journal_seq {
+            journal.committed(seq).await?;
+        }
+    }
+    journal.truncate_if_idle().await?;
+    Ok(())
 }

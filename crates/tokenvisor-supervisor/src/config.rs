@@ -1,6 +1,7 @@
 //! Configuration of an embedded tokenvisor. Libraries take values: the binary (or the
 //! embedding application) reads files and environment variables.
 
+use crate::journal::JournalConfig;
 use std::sync::Arc;
 use std::time::Duration;
 use tokenvisor_core::{Clock, SchedulePolicy, SystemClock};
@@ -61,6 +62,26 @@ pub struct TokenvisorConfig {
     /// for the holder's commit and adopts its tokens. `None` (the default): one process
     /// per database.
     pub cluster_lease: Option<std::time::Duration>,
+    /// Longest a token read ([`crate::Tokenvisor::access_token`],
+    /// [`crate::Tokenvisor::token_rejected`]) waits for the connection's owner (a refresh,
+    /// a load); then it answers [`crate::TokenError::Timeout`], which is retryable.
+    pub token_wait: Duration,
+    /// Longest an operation that may wait for a provider call or a commit
+    /// ([`crate::Tokenvisor::force_refresh`], deactivate, activate, replace tokens,
+    /// remove) waits; then it answers [`crate::TokenError::Timeout`] (the operation is
+    /// still applied, in order, when the owner gets to it).
+    pub operation_timeout: Duration,
+    /// A provider's `Retry-After` is honoured up to this long, and never past the moment
+    /// the current token stops being handed out.
+    pub retry_after_cap: Duration,
+    /// While callers wait on a token that cannot be handed out and the connection backs
+    /// off after transient failures, one caller may cut the backoff short with a probe
+    /// refresh at most this often per connection (so connections recover within about
+    /// this long of the provider's return).
+    pub probe_interval: Duration,
+    /// The journal of uncommitted token sets (see [`JournalConfig`]); `None` keeps them
+    /// in memory only (a crash while the store is down can then lose rotated tokens).
+    pub journal: Option<JournalConfig>,
 }
 
 impl Default for TokenvisorConfig {
@@ -78,6 +99,11 @@ impl Default for TokenvisorConfig {
             clock: Arc::new(SystemClock),
             meter: None,
             cluster_lease: None,
+            token_wait: Duration::from_secs(5),
+            operation_timeout: Duration::from_secs(60),
+            retry_after_cap: Duration::from_secs(15 * 60),
+            probe_interval: Duration::from_secs(5),
+            journal: None,
         }
     }
 }

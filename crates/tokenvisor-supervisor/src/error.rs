@@ -23,8 +23,9 @@ pub enum TokenError {
     /// An operator disabled the connection.
     #[error("connection is disabled")]
     Disabled,
-    /// The provider is failing and the current token is expired or too close to expiry.
-    #[error("provider unavailable ({code}) and the token is expired; retrying at {retry_at}")]
+    /// The provider is failing: the token could not be refreshed (for a read: the current
+    /// token is expired or too close to expiry to be handed out).
+    #[error("provider unavailable ({code}); next attempt at {retry_at}")]
     ProviderUnavailable {
         /// The last error code.
         code: String,
@@ -46,6 +47,22 @@ pub enum TokenError {
     /// tokenvisor is shutting down.
     #[error("tokenvisor is shutting down")]
     ShuttingDown,
+    /// The connection's owner did not answer within the configured wait (it is
+    /// refreshing, loading, or waiting for the store). Retryable.
+    #[error("timed out after {waited_ms} ms waiting for the connection")]
+    Timeout {
+        /// How long the caller waited.
+        waited_ms: u64,
+    },
+    /// The input is invalid (a token outside RFC 6749's characters, a non-positive
+    /// lifetime); nothing was changed.
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// An internal failure (an actor stopped unexpectedly).
     #[error("internal error: {0}")]
     Internal(String),
@@ -62,8 +79,21 @@ impl TokenError {
             Self::IntegrationMisconfigured { .. } => "integration_misconfigured",
             Self::StoreUnavailable(_) => "store_unavailable",
             Self::ShuttingDown => "shutting_down",
+            Self::Timeout { .. } => "timeout",
+            Self::Invalid { .. } => "invalid_input",
             Self::Internal(_) => "internal",
         }
+    }
+}
+
+impl TokenError {
+    /// Whether the same call may succeed later without anyone's intervention (the
+    /// provider or the store comes back, a refresh finishes).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Self::ProviderUnavailable { .. } | Self::StoreUnavailable(_) | Self::Timeout { .. } | Self::ShuttingDown
+        )
     }
 }
 
@@ -131,4 +161,7 @@ pub enum StartError {
     /// The supervisor actor did not start.
     #[error("failed to start the supervisor: {0}")]
     Spawn(String),
+    /// The journal of uncommitted token sets could not be read or replayed.
+    #[error(transparent)]
+    Journal(#[from] crate::journal::JournalError),
 }

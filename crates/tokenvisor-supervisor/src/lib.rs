@@ -30,6 +30,7 @@ mod authorization;
 mod config;
 mod connection;
 mod error;
+mod journal;
 mod limits;
 pub mod metrics;
 mod registry;
@@ -37,12 +38,13 @@ mod shared;
 mod supervisor;
 mod token;
 
-pub use api::{NewConnection, NewIntegration, Tokenvisor};
+pub use api::{NewConnection, NewIntegration, ShutdownReport, Tokenvisor};
 pub use api_client::{ApiClient, ApiError, ApiTarget};
 pub use authorization::{
     AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart, CLOUD_ID_KEY,
 };
 pub use config::{RestartBudget, TokenvisorConfig};
 pub use error::{AdminError, StartError, TokenError};
+pub use journal::{JournalConfig, JournalError};
 pub use limits::ProviderLimits;
 pub use token::AccessToken;

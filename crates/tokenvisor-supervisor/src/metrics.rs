@@ -10,6 +10,7 @@
 //! | `tokenvisor.refresh.duration` (s) | histogram | `provider`, `outcome` |
 //! | `tokenvisor.connections` | gauge | `status` (`active`, `degraded`, `needs_reauth`, `disabled`, `starting`) |
 //! | `tokenvisor.token.soonest_expiry` (s) | gauge | none: seconds until the soonest expiry of a supervised connection's access token |
+//! | `tokenvisor.supervised_connections` | gauge | none: connections whose owner (actor) runs in this process and refreshes them (as [`crate::Tokenvisor::supervised_count`]) |
 //! | `tokenvisor.escalations` | counter | `provider`, `error.code` |
 //! | `tokenvisor.provider.throttled` | counter | `provider`, `source` (`provider`: it answered 429 or its throttling error; `spacing`: tokenvisor held a refresh back to respect the provider's limits) |
 //! | `tokenvisor.events.delivered`, `tokenvisor.events.failed` | counters | `sink`, `event` (recorded by the admin channel with [`record_event_delivery`]) |
@@ -17,7 +18,6 @@
 //! Prometheus names replace dots with underscores and add unit and `_total` suffixes
 //! (`tokenvisor_refreshes_total`, `tokenvisor_refresh_duration_seconds_bucket`...).
 
-use crate::registry::SlotState;
 use crate::shared::Shared;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
@@ -40,7 +40,7 @@ pub(crate) struct Metrics {
     refresh_duration: Histogram<f64>,
     escalations: Counter<u64>,
     throttled: Counter<u64>,
-    gauges: OnceLock<(ObservableGauge<u64>, ObservableGauge<f64>)>,
+    gauges: OnceLock<(ObservableGauge<u64>, ObservableGauge<f64>, ObservableGauge<u64>)>,
     meter: Meter,
 }
 
@@ -82,6 +82,7 @@ impl Metrics {
     /// Registers the gauges that read the instance's registry when metrics are collected.
     pub(crate) fn observe(&self, shared: Weak<Shared>) {
         let by_status = shared.clone();
+        let supervised_of = shared.clone();
         let connections = self
             .meter
             .u64_observable_gauge("tokenvisor.connections")
@@ -109,7 +110,18 @@ impl Metrics {
                 }
             })
             .build();
-        let _ = self.gauges.set((connections, expiry));
+        let supervised = self
+            .meter
+            .u64_observable_gauge("tokenvisor.supervised_connections")
+            .with_description("Connections whose owner runs in this process and refreshes them")
+            .with_callback(move |observer| {
+                let Some(shared) = supervised_of.upgrade() else {
+                    return;
+                };
+                observer.observe(shared.registry.supervised_count() as u64, &[]);
+            })
+            .build();
+        let _ = self.gauges.set((connections, expiry, supervised));
     }
 
     /// One refresh attempt ended with `outcome` after `seconds`.
@@ -152,10 +164,9 @@ fn connections_by_status(shared: &Shared) -> BTreeMap<&'static str, u64> {
         .map(|status| (status, 0))
         .collect();
     for slot in shared.registry.slots() {
-        let status = match slot.state() {
-            SlotState::Running(_) => slot.observed_status().as_str(),
-            SlotState::Starting => "starting",
-            SlotState::Inactive(status) => status.as_str(),
+        let status = match slot.view().status {
+            Some(status) => status.as_str(),
+            None => "starting",
         };
         *counts.entry(status).or_default() += 1;
     }
@@ -168,7 +179,7 @@ fn soonest_expiry_secs(shared: &Shared) -> Option<f64> {
         .registry
         .slots()
         .iter()
-        .filter(|slot| matches!(slot.state(), SlotState::Running(_)))
+        .filter(|slot| slot.view().supervising)
         .filter_map(|slot| slot.token())
         .map(|token| token.expires_at)
         .min()

@@ -1,53 +1,65 @@
-//! The process-wide registry of connections the supervisor knows: the running actor,
-//! the token it last published (read without a message on the hot path), and the
-//! per-connection refresh lock that outlives actor restarts.
+//! The process-wide registry of connections this process knows: the connection's owner
+//! (its actor), the token the owner last published (read without a message on the hot
+//! path), tokens awaiting their commit, and the per-connection refresh lock that outlives
+//! actor restarts.
+//!
+//! Only the supervisor sets a slot's owner; only the owner publishes its token, its view
+//! and its pending tokens (the refresh task it runs writes the pending tokens on its
+//! behalf). Everyone else reads.
 
-use crate::connection::ConnectionMsg;
+use crate::connection::{ConnectionMsg, PendingTokens};
 use crate::token::AccessToken;
 use ractor::ActorRef;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use tokenvisor_core::{ConnectionId, ConnectionStatus};
 
-/// Where a connection stands in this process.
-#[derive(Debug, Clone)]
-pub(crate) enum SlotState {
-    /// Its actor runs.
-    Running(ActorRef<ConnectionMsg>),
-    /// Being (re)started.
-    Starting,
-    /// Not supervised any more (needs re-authorization, disabled).
-    Inactive(ConnectionStatus),
+/// What the owner last reported about its connection (for metrics and
+/// [`crate::Tokenvisor::supervised_count`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct SlotView {
+    /// The connection's status; `None` while its owner loads it.
+    pub status: Option<ConnectionStatus>,
+    /// The owner refreshes this connection (it is not disabled, escalated or removed).
+    pub supervising: bool,
 }
 
 /// One connection's entry.
 #[derive(Debug)]
 pub(crate) struct Slot {
-    state: Mutex<SlotState>,
+    owner: Mutex<Option<ActorRef<ConnectionMsg>>>,
     token: RwLock<Option<AccessToken>>,
-    /// The status its running actor last reported (for the connections gauge).
-    observed_status: Mutex<ConnectionStatus>,
-    /// Held by the one refresh in flight for this connection; holds the version of
-    /// the last row this process committed for it.
+    view: Mutex<SlotView>,
+    /// Tokens the provider issued whose commit failed: kept here (and in the journal) so
+    /// that a restarted owner finds them.
+    pending: Mutex<Option<PendingTokens>>,
+    /// Held by the one refresh or lifecycle write in flight for this connection; holds
+    /// the version of the last row this process committed for it.
     pub(crate) refresh_lock: Arc<tokio::sync::Mutex<i64>>,
 }
 
 impl Slot {
-    fn new(state: SlotState, version: i64) -> Self {
+    fn new(version: i64) -> Self {
         Self {
-            state: Mutex::new(state),
+            owner: Mutex::new(None),
             token: RwLock::new(None),
-            observed_status: Mutex::new(ConnectionStatus::Active),
+            view: Mutex::new(SlotView {
+                status: None,
+                supervising: false,
+            }),
+            pending: Mutex::new(None),
             refresh_lock: Arc::new(tokio::sync::Mutex::new(version)),
         }
     }
 
-    pub(crate) fn state(&self) -> SlotState {
-        lock(&self.state).clone()
+    /// The running owner, if any.
+    pub(crate) fn owner(&self) -> Option<ActorRef<ConnectionMsg>> {
+        lock(&self.owner).clone()
     }
 
-    pub(crate) fn set_state(&self, state: SlotState) {
-        *lock(&self.state) = state;
+    /// Sets (or clears) the owner. Only the supervisor calls this.
+    pub(crate) fn set_owner(&self, owner: Option<ActorRef<ConnectionMsg>>) {
+        *lock(&self.owner) = owner;
     }
 
     /// The published token, if any.
@@ -55,19 +67,34 @@ impl Slot {
         self.token.read().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    /// The status the running actor last reported.
-    pub(crate) fn observed_status(&self) -> ConnectionStatus {
-        *lock(&self.observed_status)
-    }
-
-    /// The running actor reports its connection's status (active or degraded).
-    pub(crate) fn set_observed_status(&self, status: ConnectionStatus) {
-        *lock(&self.observed_status) = status;
-    }
-
     /// Publishes a token that is committed to the store (invariant 2), or clears it.
     pub(crate) fn publish(&self, token: Option<AccessToken>) {
         *self.token.write().unwrap_or_else(|p| p.into_inner()) = token;
+    }
+
+    /// What the owner last reported.
+    pub(crate) fn view(&self) -> SlotView {
+        *lock(&self.view)
+    }
+
+    /// The owner reports its connection's status and whether it supervises it.
+    pub(crate) fn set_view(&self, view: SlotView) {
+        *lock(&self.view) = view;
+    }
+
+    /// Tokens awaiting their commit.
+    pub(crate) fn pending(&self) -> Option<PendingTokens> {
+        lock(&self.pending).clone()
+    }
+
+    /// Whether tokens await their commit.
+    pub(crate) fn has_pending(&self) -> bool {
+        lock(&self.pending).is_some()
+    }
+
+    /// Keeps (or, with `None`, forgets) tokens awaiting their commit; returns what was there.
+    pub(crate) fn set_pending(&self, pending: Option<PendingTokens>) -> Option<PendingTokens> {
+        std::mem::replace(&mut *lock(&self.pending), pending)
     }
 }
 
@@ -86,33 +113,37 @@ impl Registry {
         self.slots.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned()
     }
 
-    /// The slot of `id`, created in `state` if missing.
-    pub(crate) fn get_or_insert(&self, id: ConnectionId, state: SlotState, version: i64) -> Arc<Slot> {
+    /// The slot of `id`, created if missing (`version`: the last committed version known).
+    pub(crate) fn get_or_insert(&self, id: ConnectionId, version: i64) -> Arc<Slot> {
         // Every refresh looks its slot up: take the write lock (which stalls the token
         // hot path's readers) only when the slot is missing.
         if let Some(slot) = self.get(id) {
             return slot;
         }
         let mut slots = self.slots.write().unwrap_or_else(|p| p.into_inner());
-        slots
-            .entry(id)
-            .or_insert_with(|| Arc::new(Slot::new(state, version)))
-            .clone()
+        slots.entry(id).or_insert_with(|| Arc::new(Slot::new(version))).clone()
     }
 
     pub(crate) fn remove(&self, id: ConnectionId) -> Option<Arc<Slot>> {
         self.slots.write().unwrap_or_else(|p| p.into_inner()).remove(&id)
     }
 
-    pub(crate) fn running(&self) -> Vec<(ConnectionId, ActorRef<ConnectionMsg>)> {
+    /// Every running owner.
+    pub(crate) fn owners(&self) -> Vec<(ConnectionId, ActorRef<ConnectionMsg>)> {
         let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
         slots
             .iter()
-            .filter_map(|(id, slot)| match slot.state() {
-                SlotState::Running(actor) => Some((*id, actor)),
-                _ => None,
-            })
+            .filter_map(|(id, slot)| slot.owner().map(|actor| (*id, actor)))
             .collect()
+    }
+
+    /// How many connections have an owner that supervises them.
+    pub(crate) fn supervised_count(&self) -> usize {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots
+            .values()
+            .filter(|slot| slot.view().supervising && slot.owner().is_some())
+            .count()
     }
 
     /// Every slot (a snapshot).

@@ -27,12 +27,21 @@ pub(crate) struct Shared {
     pub metrics: Metrics,
     /// This instance's name as the owner of refresh leases (unique per start).
     pub instance_id: String,
+    /// The journal of uncommitted token sets, when configured.
+    pub journal: Option<Arc<crate::journal::Journal>>,
+    /// Whether the store currently takes commits (see [`StoreHealth`]).
+    pub store_health: StoreHealth,
     integrations: std::sync::RwLock<std::collections::HashMap<IntegrationId, IntegrationRef>>,
     shutting_down: AtomicBool,
 }
 
 impl Shared {
-    pub fn new(store: Arc<dyn Store>, client: TokenClient, config: TokenvisorConfig) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        client: TokenClient,
+        config: TokenvisorConfig,
+        journal: Option<Arc<crate::journal::Journal>>,
+    ) -> Self {
         Self {
             store,
             clock: config.clock.clone(),
@@ -49,6 +58,8 @@ impl Shared {
             integrations: Default::default(),
             shutting_down: AtomicBool::new(false),
             instance_id: uuid::Uuid::new_v4().to_string(),
+            journal,
+            store_health: StoreHealth::default(),
         }
     }
 
@@ -61,6 +72,15 @@ impl Shared {
             return Ok(None);
         };
         Ok(Some(self.cache_integration(&integration)))
+    }
+
+    /// The runtime of an integration if it is cached (no store read).
+    pub fn cached_integration(&self, id: IntegrationId) -> Option<IntegrationRef> {
+        self.integrations
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
     }
 
     /// Caches the runtime of an integration already read from the store (a runtime
@@ -81,6 +101,54 @@ impl Shared {
     pub fn begin_shutdown(&self) {
         self.shutting_down.store(true, Ordering::Release);
     }
+}
+
+/// Whether the store takes commits. A failed commit marks it failing; then one probe
+/// task reads from the store every second until a read succeeds (or a commit does).
+/// While it is failing, connection owners start no refresh that could wait: a token
+/// is refreshed early only when the result can be saved.
+#[derive(Debug, Default)]
+pub(crate) struct StoreHealth {
+    failing: AtomicBool,
+    probing: AtomicBool,
+}
+
+impl StoreHealth {
+    pub fn is_failing(&self) -> bool {
+        self.failing.load(Ordering::Acquire)
+    }
+
+    pub fn succeeded(&self) {
+        self.failing.store(false, Ordering::Release);
+    }
+}
+
+/// Marks the store failing and starts the probe (one per process).
+pub(crate) fn store_failed(shared: &SharedRef) {
+    let health = &shared.store_health;
+    health.failing.store(true, Ordering::Release);
+    if health.probing.swap(true, Ordering::AcqRel) {
+        return;
+    }
+    let weak = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            let Some(shared) = weak.upgrade() else {
+                return;
+            };
+            if shared.is_shutting_down() || !shared.store_health.is_failing() {
+                shared.store_health.probing.store(false, Ordering::Release);
+                return;
+            }
+            if shared.store.list_integrations().await.is_ok() {
+                tracing::info!("the store answers again");
+                shared.store_health.succeeded();
+                shared.store_health.probing.store(false, Ordering::Release);
+                return;
+            }
+        }
+    });
 }
 
 /// An integration as its connection actors use it.

@@ -1,19 +1,21 @@
 //! Where a failure escalates: the supervisor actor spawns one linked connection actor
-//! per supervised connection, restarts crashed ones within a budget, and turns
-//! permanent failures into `needs_reauth` (inactive, `refresh_failures + 1`, event),
-//! one connection at a time, without touching any other.
+//! (the connection's owner) per supervised connection and on demand for any other,
+//! restarts crashed ones within a budget, and decides that a permanent failure makes a
+//! connection `needs_reauth` (inactive, `refresh_failures + 1`, event), which the owner
+//! then writes, one connection at a time, without touching any other.
+//!
+//! It is the only one that starts owners, so a connection has at most one in the
+//! process; callers that find no owner ask it ([`SupervisorMsg::Locate`]) instead of
+//! polling.
 
-use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg};
-use crate::registry::{Slot, SlotState};
-use crate::shared::{IntegrationRef, SharedRef};
+use crate::connection::{ConnectionActor, ConnectionArgs, ConnectionMsg, RETIRED};
+use crate::registry::Slot;
+use crate::shared::SharedRef;
 use opentelemetry::trace::{SpanContext, TraceContextExt as _};
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
 use std::collections::{HashMap, VecDeque};
-use tokenvisor_core::{
-    Connection, ConnectionId, ConnectionStatus, Event, EventKind, FailureClass, IntegrationId, LastError,
-    RefreshFailure,
-};
-use tokenvisor_store::CasOutcome;
+use std::sync::Arc;
+use tokenvisor_core::{Connection, ConnectionId, FailureClass, RefreshFailure, SecretString};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
@@ -27,29 +29,24 @@ fn link(span: &tracing::Span, cause: SpanContext) {
 
 /// Messages the supervisor handles.
 pub(crate) enum SupervisorMsg {
-    /// Start (or keep) an actor for this connection.
+    /// Start (or keep) the owner of this stored connection.
     Spawn {
         connection: Box<Connection>,
         startup: bool,
         reply: Option<RpcReplyPort<()>>,
     },
-    /// A connection actor met a permanent failure; `cause` is the refresh span's context
-    /// (the escalation span links to it).
+    /// The owner of a connection, started (loading its row itself) when none runs.
+    Locate {
+        connection_id: ConnectionId,
+        reply: RpcReplyPort<ActorRef<ConnectionMsg>>,
+    },
+    /// A connection owner met a permanent failure presenting `refresh_token`; `cause` is
+    /// the refresh span's context (the escalation span links to it).
     Escalate {
         connection_id: ConnectionId,
         failure: RefreshFailure,
+        refresh_token: Option<SecretString>,
         cause: SpanContext,
-    },
-    /// A connection actor found its connection inactive or deleted in the store, during
-    /// the refresh whose span context is `cause`.
-    Reconciled {
-        connection_id: ConnectionId,
-        cause: SpanContext,
-    },
-    /// Stop the actor of a connection (an operator changes it); answers once stopped.
-    StopConnection {
-        connection_id: ConnectionId,
-        reply: RpcReplyPort<()>,
     },
     /// Test hook: make a connection actor panic.
     #[cfg(feature = "fault-injection")]
@@ -111,7 +108,7 @@ impl Actor for Supervisor {
                 Ok(connections) => state.spawn_all(&myself, connections, true).await,
                 Err(failed) => {
                     // Start-up fails as a whole: stop the actors of the pages before.
-                    for (_, actor) in state.shared.registry.running() {
+                    for (_, actor) in state.shared.registry.owners() {
                         actor.stop(None);
                     }
                     return Err(Box::new(failed));
@@ -143,22 +140,21 @@ impl Actor for Supervisor {
                     let _ = reply.send(());
                 }
             }
+            SupervisorMsg::Locate { connection_id, reply } => {
+                if let Some(owner) = state.locate(&myself, connection_id).await {
+                    let _ = reply.send(owner);
+                }
+            }
             SupervisorMsg::Escalate {
                 connection_id,
                 failure,
+                refresh_token,
                 cause,
-            } => state.escalate(connection_id, failure, cause),
-            SupervisorMsg::Reconciled { connection_id, cause } => state.reconciled(connection_id, cause),
-            SupervisorMsg::StopConnection { connection_id, reply } => {
-                state.stop_actor(connection_id);
-                let _ = reply.send(());
-            }
+            } => state.escalate(connection_id, failure, refresh_token, cause, false),
             #[cfg(feature = "fault-injection")]
             SupervisorMsg::InjectPanic { connection_id } => {
-                if let Some(slot) = state.shared.registry.get(connection_id)
-                    && let SlotState::Running(actor) = slot.state()
-                {
-                    let _ = actor.cast(ConnectionMsg::Panic);
+                if let Some(owner) = state.shared.registry.get(connection_id).and_then(|slot| slot.owner()) {
+                    let _ = owner.cast(ConnectionMsg::Panic);
                 }
             }
         }
@@ -174,15 +170,21 @@ impl Actor for Supervisor {
         // Never stop the supervisor because a child stopped (ractor's default would).
         match event {
             SupervisionEvent::ActorFailed(cell, error) => {
-                if let Some(connection_id) = state.actors.remove(&cell.get_id()) {
+                if let Some(connection_id) = state.forget(&cell) {
                     tracing::error!(connection.id = %connection_id, error = %error, "connection actor failed");
-                    state.restart(&myself, connection_id);
+                    state.restart(&myself, connection_id).await;
                 }
             }
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                if let Some(connection_id) = state.actors.remove(&cell.get_id()) {
+                if let Some(connection_id) = state.forget(&cell) {
+                    if reason.as_deref() == Some(RETIRED) {
+                        return Ok(());
+                    }
+                    if state.shared.is_shutting_down() {
+                        return Ok(());
+                    }
                     tracing::warn!(connection.id = %connection_id, reason = ?reason, "connection actor stopped unexpectedly");
-                    state.restart(&myself, connection_id);
+                    state.restart(&myself, connection_id).await;
                 }
             }
             _ => {}
@@ -195,7 +197,7 @@ impl Actor for Supervisor {
         _myself: ActorRef<SupervisorMsg>,
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
-        for (_, actor) in state.shared.registry.running() {
+        for (_, actor) in state.shared.registry.owners() {
             actor.stop(Some("shutdown".into()));
         }
         state.actors.clear();
@@ -204,16 +206,6 @@ impl Actor for Supervisor {
 }
 
 impl SupervisorState {
-    async fn integration(&mut self, id: IntegrationId) -> Option<IntegrationRef> {
-        match self.shared.integration(id).await {
-            Ok(runtime) => runtime,
-            Err(error) => {
-                tracing::error!(integration.id = %id, error = %error, "failed to load integration");
-                None
-            }
-        }
-    }
-
     async fn spawn(&mut self, myself: &ActorRef<SupervisorMsg>, connection: Connection, startup: bool) {
         let connection_id = connection.id;
         let Some(args) = self.prepare_spawn(myself, connection, startup).await else {
@@ -221,7 +213,44 @@ impl SupervisorState {
         };
         let slot = args.slot.clone();
         let spawned = Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()).await;
-        self.finish_spawn(myself, connection_id, &slot, spawned);
+        self.finish_spawn(myself, connection_id, &slot, spawned).await;
+    }
+
+    /// The running owner of `connection_id`, or a new one that loads the row itself.
+    async fn locate(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        connection_id: ConnectionId,
+    ) -> Option<ActorRef<ConnectionMsg>> {
+        let slot = self.shared.registry.get_or_insert(connection_id, 0);
+        if let Some(owner) = self.live_owner(&slot) {
+            return Some(owner);
+        }
+        self.spawn_loading(myself, connection_id, &slot).await
+    }
+
+    /// The slot's owner, if it is one of this supervisor's running children.
+    fn live_owner(&self, slot: &Slot) -> Option<ActorRef<ConnectionMsg>> {
+        slot.owner().filter(|owner| self.actors.contains_key(&owner.get_id()))
+    }
+
+    /// Spawns an owner without its row (it loads the row, retrying while the store fails).
+    async fn spawn_loading(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        connection_id: ConnectionId,
+        slot: &Arc<Slot>,
+    ) -> Option<ActorRef<ConnectionMsg>> {
+        let args = ConnectionArgs {
+            id: connection_id,
+            loaded: None,
+            shared: self.shared.clone(),
+            slot: slot.clone(),
+            supervisor: myself.clone(),
+            startup: false,
+        };
+        let spawned = Actor::spawn_linked(None, ConnectionActor, args, myself.get_cell()).await;
+        self.finish_spawn(myself, connection_id, slot, spawned).await
     }
 
     /// Spawns the actors of many connections, [`STARTUP_SPAWN_BATCH`] at a time: the
@@ -259,7 +288,7 @@ impl SupervisorState {
                 let results = match handle.await {
                     Ok(results) => results,
                     Err(error) => {
-                        // A spawn task panicked: its connections restart from the store.
+                        // A spawn task panicked: its connections get owners that load them.
                         tracing::error!(error = %error, "a start-up spawn task failed");
                         Vec::new()
                     }
@@ -268,10 +297,11 @@ impl SupervisorState {
                 let mut results = results.into_iter();
                 for (connection_id, slot) in slots.by_ref().take(expected) {
                     match results.next() {
-                        Some(spawned) => self.finish_spawn(myself, connection_id, &slot, spawned),
+                        Some(spawned) => {
+                            self.finish_spawn(myself, connection_id, &slot, spawned).await;
+                        }
                         None => {
-                            slot.set_state(SlotState::Starting);
-                            self.restart(myself, connection_id);
+                            self.spawn_loading(myself, connection_id, &slot).await;
                         }
                     }
                 }
@@ -279,8 +309,8 @@ impl SupervisorState {
         }
     }
 
-    /// Claims the connection's slot and builds its actor's arguments; `None` when no
-    /// actor is needed (one runs already, or the connection is not supervised).
+    /// Claims the connection's slot and builds its owner's arguments; `None` when no
+    /// owner is needed (one runs already, or the connection is not supervised).
     async fn prepare_spawn(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
@@ -288,27 +318,19 @@ impl SupervisorState {
         startup: bool,
     ) -> Option<ConnectionArgs> {
         let connection_id = connection.id;
-        let slot = self
+        let slot = self.shared.registry.get_or_insert(connection_id, connection.version);
+        if self.live_owner(&slot).is_some() {
+            return None;
+        }
+        // An integration missing from the cache (or a store error reading it) is the
+        // owner's to load, with retries: a store error is never a verdict.
+        let loaded = self
             .shared
-            .registry
-            .get_or_insert(connection_id, SlotState::Starting, connection.version);
-        if let SlotState::Running(actor) = slot.state()
-            && self.actors.contains_key(&actor.get_id())
-        {
-            return None;
-        }
-        if !connection.is_active || !connection.status.is_supervised() {
-            slot.set_state(SlotState::Inactive(connection.status));
-            return None;
-        }
-        let Some(integration) = self.integration(connection.integration_id).await else {
-            tracing::error!(connection.id = %connection_id, "integration of connection not found; not supervising it");
-            slot.set_state(SlotState::Inactive(ConnectionStatus::Disabled));
-            return None;
-        };
+            .cached_integration(connection.integration_id)
+            .map(|integration| (connection, integration));
         Some(ConnectionArgs {
-            connection,
-            integration,
+            id: connection_id,
+            loaded,
             shared: self.shared.clone(),
             slot,
             supervisor: myself.clone(),
@@ -316,40 +338,45 @@ impl SupervisorState {
         })
     }
 
-    /// Records a spawned actor in the slot, or schedules a restart if it failed to start.
-    fn finish_spawn(
+    /// Records a spawned owner in its slot.
+    async fn finish_spawn(
         &mut self,
-        myself: &ActorRef<SupervisorMsg>,
+        _myself: &ActorRef<SupervisorMsg>,
         connection_id: ConnectionId,
         slot: &Slot,
         spawned: Result<(ActorRef<ConnectionMsg>, tokio::task::JoinHandle<()>), SpawnErr>,
-    ) {
+    ) -> Option<ActorRef<ConnectionMsg>> {
         match spawned {
             Ok((actor, _)) => {
                 self.actors.insert(actor.get_id(), connection_id);
-                slot.set_state(SlotState::Running(actor));
+                slot.set_owner(Some(actor.clone()));
+                Some(actor)
             }
             Err(error) => {
                 tracing::error!(connection.id = %connection_id, error = %error, "failed to spawn connection actor");
-                slot.set_state(SlotState::Starting);
-                self.restart(myself, connection_id);
+                // ractor fails a spawn only when `pre_start` fails, which ours does only
+                // if the actor cannot message itself; the next request tries again.
+                slot.set_owner(None);
+                None
             }
         }
     }
 
-    fn stop_actor(&mut self, connection_id: ConnectionId) {
-        let Some(slot) = self.shared.registry.get(connection_id) else {
-            return;
-        };
-        if let SlotState::Running(actor) = slot.state() {
-            self.actors.remove(&actor.get_id());
-            actor.stop(None);
+    /// Forgets a stopped child; returns its connection.
+    fn forget(&mut self, cell: &ractor::ActorCell) -> Option<ConnectionId> {
+        let connection_id = self.actors.remove(&cell.get_id())?;
+        if let Some(slot) = self.shared.registry.get(connection_id)
+            && slot.owner().is_some_and(|owner| owner.get_id() == cell.get_id())
+        {
+            slot.set_owner(None);
+            slot.publish(None);
         }
+        Some(connection_id)
     }
 
-    /// Restarts a crashed actor from the stored state, within the restart budget;
-    /// past it, escalates like a permanent failure.
-    fn restart(&mut self, myself: &ActorRef<SupervisorMsg>, connection_id: ConnectionId) {
+    /// Restarts a crashed owner (it reloads the stored row and finds kept tokens in the
+    /// slot), within the restart budget; past it, escalates like a permanent failure.
+    async fn restart(&mut self, myself: &ActorRef<SupervisorMsg>, connection_id: ConnectionId) {
         let budget = self.shared.config.restart_budget;
         let now = Instant::now();
         let history = self.restarts.entry(connection_id).or_default();
@@ -364,7 +391,15 @@ impl SupervisorState {
             decision = if over_budget { "escalate" } else { "restart" },
             restarts.recent = history.len() as i64,
         );
-        let _entered = span.enter();
+        let cause = span.context().span().span_context().clone();
+        {
+            let _entered = span.enter();
+            tracing::info!(connection.id = %connection_id, "restarting connection actor from the stored state");
+        }
+        let slot = self.shared.registry.get_or_insert(connection_id, 0);
+        if self.spawn_loading(myself, connection_id, &slot).await.is_none() {
+            return;
+        }
         if over_budget {
             let failure = RefreshFailure::new(
                 FailureClass::Permanent,
@@ -374,74 +409,26 @@ impl SupervisorState {
                     budget.max_restarts, budget.within
                 ),
             );
-            let cause = span.context().span().span_context().clone();
-            self.escalate(connection_id, failure, cause);
-            return;
+            self.escalate(connection_id, failure, None, cause, true);
         }
-        if let Some(slot) = self.shared.registry.get(connection_id) {
-            slot.set_state(SlotState::Starting);
-        }
-        let shared = self.shared.clone();
-        let supervisor = myself.clone();
-        let task_span = span.clone();
-        self.shared.tasks.spawn(tracing::Instrument::instrument(async move {
-            match shared.store.get_connection(connection_id).await {
-                Ok(Some(connection)) => {
-                    tracing::info!(connection.id = %connection_id, "restarting connection actor from the stored state");
-                    let _ = supervisor.cast(SupervisorMsg::Spawn { connection: Box::new(connection), startup: false, reply: None });
-                }
-                Ok(None) => {
-                    shared.registry.remove(connection_id);
-                }
-                Err(error) => {
-                    tracing::error!(connection.id = %connection_id, error = %error, "failed to reload connection for restart");
-                }
-            }
-        }, task_span));
     }
 
-    /// Stops the actor of a connection that a refresh found inactive or deleted in the
-    /// store (a decision span linked to that refresh).
-    fn reconciled(&mut self, connection_id: ConnectionId, cause: SpanContext) {
-        let span = tracing::info_span!(
-            parent: None,
-            "supervisor_decision",
-            otel.name = "tokenvisor.supervisor.reconcile",
-            connection.id = %connection_id,
-            decision = "stop_actor",
-        );
-        link(&span, cause);
-        let _entered = span.enter();
-        self.stop_actor(connection_id);
-        let shared = self.shared.clone();
-        let task_span = span.clone();
-        self.shared.tasks.spawn(tracing::Instrument::instrument(
-            async move {
-                match shared.store.get_connection(connection_id).await {
-                    Ok(Some(connection)) => {
-                        if let Some(slot) = shared.registry.get(connection_id) {
-                            slot.set_state(SlotState::Inactive(connection.status));
-                        }
-                    }
-                    Ok(None) => {
-                        shared.registry.remove(connection_id);
-                    }
-                    Err(error) => {
-                        tracing::error!(connection.id = %connection_id, error = %error, "failed to reload connection")
-                    }
-                }
-            },
-            task_span,
-        ));
-    }
-
-    /// Marks the connection `needs_reauth`, inactive, `refresh_failures + 1`, records the
-    /// error, publishes the event and stops the actor. Exactly once per escalation: the
-    /// actor is stopped first, so no second escalation can come from it.
+    /// Decides an escalation: the owner is told to mark the connection `needs_reauth`
+    /// (inactive, `refresh_failures + 1`, event). The owner writes it, bound to the
+    /// refresh token that failed (`force`: whatever the row holds, after a crash loop),
+    /// so a re-authorization that landed meanwhile is kept.
     ///
     /// Traced as a `tokenvisor.escalate` span (decision `mark_needs_reauth`) linked to
-    /// `cause`, the span of the refresh (or restart decision) that failed for good.
-    fn escalate(&mut self, connection_id: ConnectionId, failure: RefreshFailure, cause: SpanContext) {
+    /// `cause`, the span of the refresh (or restart decision) that failed for good; the
+    /// owner records the write inside it.
+    fn escalate(
+        &mut self,
+        connection_id: ConnectionId,
+        failure: RefreshFailure,
+        refresh_token: Option<SecretString>,
+        cause: SpanContext,
+        force: bool,
+    ) {
         let span = tracing::warn_span!(
             parent: None,
             "escalation",
@@ -456,121 +443,15 @@ impl SupervisorState {
             otel.status_code = tracing::field::Empty,
         );
         link(&span, cause);
-        let _entered = span.enter();
-        self.stop_actor(connection_id);
-        let slot = self
-            .shared
-            .registry
-            .get_or_insert(connection_id, SlotState::Starting, 0);
-        slot.publish(None);
-        slot.set_state(SlotState::Inactive(ConnectionStatus::NeedsReauth));
-        let shared = self.shared.clone();
-        let task_span = span.clone();
-        self.shared.tasks.spawn(tracing::Instrument::instrument(
-            async move {
-                let mut version_guard = slot.refresh_lock.clone().lock_owned().await;
-                let write_span = tracing::info_span!(
-                    "store_mark_needs_reauth",
-                    otel.name = "tokenvisor.store.mark_needs_reauth",
-                    db.operation.name = "compare_and_swap",
-                );
-                let written =
-                    tracing::Instrument::instrument(mark_needs_reauth(&shared, connection_id, &failure), write_span)
-                        .await;
-                let current = tracing::Span::current();
-                match written {
-                    Ok(Some(connection)) => {
-                        *version_guard = connection.version;
-                        current.record("tenant.id", tracing::field::display(&connection.tenant_id));
-                        current.record("refresh_failures", connection.refresh_failures);
-                        let provider = match shared.integration(connection.integration_id).await {
-                            Ok(Some(integration)) => {
-                                current.record("integration", integration.name.as_str());
-                                current.record("provider", integration.provider.as_str());
-                                integration.provider.clone()
-                            }
-                            _ => "unknown".to_owned(),
-                        };
-                        shared.metrics.escalation(&provider, &failure.code);
-                        tracing::warn!(
-                            connection.id = %connection_id,
-                            tenant.id = %connection.tenant_id,
-                            refresh_failures = connection.refresh_failures,
-                            error.code = %failure.code,
-                            "connection needs re-authorization"
-                        );
-                        shared.events.publish(Event {
-                            at: shared.clock.now(),
-                            connection_id,
-                            tenant_id: connection.tenant_id.clone(),
-                            integration_id: connection.integration_id,
-                            kind: EventKind::NeedsReauthorization {
-                                code: failure.code.clone(),
-                                message: failure.message.clone(),
-                                refresh_failures: connection.refresh_failures,
-                            },
-                        });
-                    }
-                    Ok(None) => {
-                        shared.registry.remove(connection_id);
-                    }
-                    Err(error) => {
-                        current.record("otel.status_code", "error");
-                        tracing::error!(connection.id = %connection_id, error = %error, "failed to record escalation");
-                    }
-                }
-            },
-            task_span,
-        ));
-    }
-}
-
-/// The store write of an escalation, retried on compare-and-swap conflicts.
-async fn mark_needs_reauth(
-    shared: &SharedRef,
-    connection_id: ConnectionId,
-    failure: &RefreshFailure,
-) -> Result<Option<Connection>, tokenvisor_store::StoreError> {
-    let mut delay = std::time::Duration::from_millis(100);
-    loop {
-        let attempt = async {
-            for _ in 0..16 {
-                let Some(mut connection) = shared.store.get_connection(connection_id).await? else {
-                    return Ok(None);
-                };
-                if connection.status == ConnectionStatus::NeedsReauth && !connection.is_active {
-                    // Already escalated (e.g. by an earlier process): count it once.
-                    return Ok(Some(connection));
-                }
-                let now = shared.clock.now();
-                let expected = connection.version;
-                connection.status = ConnectionStatus::NeedsReauth;
-                connection.is_active = false;
-                connection.refresh_failures += 1;
-                connection.next_refresh_at = None;
-                connection.last_error = Some(LastError {
-                    code: failure.code.clone(),
-                    message: failure.message.clone(),
-                    at: now,
-                });
-                connection.updated_at = now;
-                if let CasOutcome::Committed { version } = shared.store.compare_and_swap(&connection, expected).await? {
-                    connection.version = version;
-                    return Ok(Some(connection));
-                }
-            }
-            Err(tokenvisor_store::StoreError::Database(
-                "too many concurrent writes".into(),
-            ))
-        }
-        .await;
-        match attempt {
-            Err(error) if error.is_transient() && !shared.is_shutting_down() => {
-                tracing::warn!(connection.id = %connection_id, error = %error, "retrying escalation write");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(30));
-            }
-            other => return other,
-        }
+        let Some(owner) = self.shared.registry.get(connection_id).and_then(|slot| slot.owner()) else {
+            // No owner: the connection was removed meanwhile.
+            return;
+        };
+        let _ = owner.cast(ConnectionMsg::MarkNeedsReauth {
+            failure,
+            refresh_token,
+            force,
+            span,
+        });
     }
 }

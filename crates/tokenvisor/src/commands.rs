@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Opens the store: migrations run, the key is checked; a newly generated key file is
 /// written only after the store accepted the key.
-async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+async fn open_store(config: &Config) -> anyhow::Result<(SqlStore, tokenvisor_store::Keyring)> {
     if config.is_embedded_default() || config.encryption_key.is_none() {
         config.ensure_data_dir()?;
     }
@@ -31,7 +31,7 @@ async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
             .with_context(|| format!("failed to write key file {}", path.display()))?;
         tracing::warn!(path = %path.display(), "generated a new encryption key; back it up: without it the stored tokens cannot be read");
     }
-    Ok(store)
+    Ok((store, keyring))
 }
 
 /// `tokenvisor serve`: supervise and serve the admin API until SIGINT or SIGTERM, then
@@ -39,7 +39,8 @@ async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
 /// webhooks get a few seconds).
 pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard) -> anyhow::Result<()> {
     let signals = ShutdownSignals::listen()?;
-    let store = Arc::new(open_store(config).await?);
+    let (store, keyring) = open_store(config).await?;
+    let store = Arc::new(store);
     let backend = store.backend_name();
     let (admin_token, token_file) = {
         if config.admin_token.is_none() {
@@ -57,6 +58,12 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
 
     // Subscribe the webhooks before starting, so start-up refreshes reach them too.
     let mut tokenvisor_config = config.tokenvisor_config();
+    // Tokens the store could not take survive a crash in the data directory.
+    config.ensure_data_dir()?;
+    tokenvisor_config.journal = Some(tokenvisor_supervisor::JournalConfig {
+        path: config.journal_file(),
+        keyring,
+    });
     let event_bus = tokenvisor_core::EventBus::new(tokenvisor_config.event_capacity);
     tokenvisor_config.event_bus = Some(event_bus.clone());
     let webhooks = match &config.webhooks {
@@ -104,7 +111,15 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         Ok(Err(error)) => tracing::warn!(error = %error, "admin API task failed"),
         Err(_) => tracing::warn!("admin API requests still open after 10 s; stopping anyway"),
     }
-    tokenvisor.shutdown().await;
+    let report = tokenvisor.shutdown().await;
+    if report.uncommitted > 0 {
+        tracing::warn!(
+            uncommitted = report.uncommitted,
+            journaled = report.journaled,
+            path = %config.journal_file().display(),
+            "some new tokens are not in the database yet; they are committed from the journal at the next start"
+        );
+    }
     if let Some(webhooks) = webhooks {
         webhooks.shutdown(Duration::from_secs(3)).await;
     }
@@ -125,7 +140,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 
 /// `tokenvisor status`: a table of connections.
 pub async fn status(config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    let (store, _) = open_store(config).await?;
     let integrations = store.list_integrations().await?;
     let connections = store.list_connections(&ConnectionFilter::default()).await?;
     let now = chrono::Utc::now();

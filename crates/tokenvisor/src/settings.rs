@@ -408,6 +408,11 @@ impl Config {
         self.data_dir.join("encryption.key")
     }
 
+    /// The journal of token sets the database did not take yet (replayed at start).
+    pub fn journal_file(&self) -> PathBuf {
+        self.data_dir.join("pending-tokens.journal")
+    }
+
     /// The generated admin token's file in the data directory.
     pub fn admin_token_file(&self) -> PathBuf {
         self.data_dir.join("admin.token")

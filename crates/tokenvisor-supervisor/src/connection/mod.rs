@@ -1,7 +1,14 @@
-//! One actor per connection: owns the token state, schedules refreshes, answers token
-//! requests, and escalates what it cannot resolve.
+//! One actor per connection, the one writer of its connection in this process: owns the
+//! token state, schedules refreshes, answers token requests, applies lifecycle
+//! operations, and escalates what it cannot resolve.
+//!
+//! - `actor`: the [`ConnectionActor`] and its messages.
+//! - `phase`: the phases of an owner and their transitions.
+//! - `refresh`: where a refresh happens (provider call, then compare-and-swap commit).
 
 mod actor;
+mod phase;
 pub(crate) mod refresh;
 
-pub(crate) use actor::{ConnectionActor, ConnectionArgs, ConnectionMsg, status_error as status_error_for};
+pub(crate) use actor::{ConnectionActor, ConnectionArgs, ConnectionMsg, LifecycleOp, RETIRED};
+pub(crate) use refresh::PendingTokens;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokenvisor_core::{
     Connection, ConnectionId, ConnectionStatus, FailureClass, LastError, RefreshAttempt, RefreshFailure,
-    RefreshOutcomeKind, RefreshReason, TokenSet, next_refresh_at,
+    RefreshOutcomeKind, RefreshReason, SecretString, TokenSet, next_refresh_at,
 };
 use tokenvisor_store::{CasOutcome, LeaseOutcome};
 use tracing::{Instrument, field};
@@ -41,6 +41,24 @@ pub(crate) struct RefreshJob {
 pub(crate) struct PendingTokens {
     pub tokens: TokenSet,
     pub obtained_at: DateTime<Utc>,
+    /// The refresh token the refresh presented (the stored one it started from).
+    pub base_refresh_token: Option<SecretString>,
+    /// Its record in the journal, once written there.
+    pub journal_seq: Option<u64>,
+}
+
+impl PendingTokens {
+    /// Whether these tokens were obtained from the refresh token `stored` holds, so that
+    /// committing them on top of `stored` loses nothing.
+    pub fn applies_to(&self, stored: &Connection) -> bool {
+        stored.refresh_token == self.base_refresh_token
+    }
+
+    /// Whether `stored` already holds these tokens.
+    pub fn is_in(&self, stored: &Connection) -> bool {
+        stored.access_token == self.tokens.access_token
+            && (self.tokens.refresh_token.is_none() || stored.refresh_token == self.tokens.refresh_token)
+    }
 }
 
 /// What the task reports.
@@ -53,8 +71,9 @@ pub(crate) enum RefreshResult {
     Adopted { connection: Connection },
     /// The connection was deleted.
     Deleted,
-    /// The provider answered with new tokens, but the commit failed: keep them and retry the commit.
-    CommitFailed { pending: PendingTokens, message: String },
+    /// The provider answered with new tokens, but the commit failed: they are kept in the
+    /// slot (and the journal) and the commit is retried.
+    CommitFailed { message: String },
     /// The refresh failed; `connection` is the row after recording the failure, if that write succeeded.
     Failed {
         failure: RefreshFailure,
@@ -114,7 +133,20 @@ pub(crate) async fn run(
     // The refresh's state (the job, the provider call, the commit) lives in one ordinary
     // heap block instead of inside the cache-line-aligned task that runs it (meant to
     // spare the allocator; not measured on its own).
+    let id = job.base.id;
     let result = Box::pin(run_inner(&shared, &integration, job).instrument(span.clone())).await;
+    if matches!(
+        result,
+        RefreshResult::Refreshed { .. } | RefreshResult::Adopted { .. } | RefreshResult::Deleted
+    ) {
+        // Committed, or superseded by what the store holds now.
+        if !matches!(result, RefreshResult::Refreshed { .. })
+            && shared.registry.get(id).is_some_and(|slot| slot.has_pending())
+        {
+            tracing::warn!(connection.id = %id, "the stored connection moved on; uncommitted tokens from a refresh token it no longer holds are dropped");
+        }
+        forget_pending(&shared, id).await;
+    }
     let elapsed = started.elapsed();
     let (outcome, code) = result.outcome();
     span.record("outcome", outcome);
@@ -212,9 +244,7 @@ async fn run_locked(shared: &Shared, integration: &IntegrationRuntime, job: &Ref
             connection: None,
         };
     };
-    let slot = shared
-        .registry
-        .get_or_insert(job.base.id, crate::registry::SlotState::Starting, job.base.version);
+    let slot = shared.registry.get_or_insert(job.base.id, job.base.version);
     let mut committed_version = slot.refresh_lock.clone().lock_owned().await;
     let started_at = shared.clock.now();
     let started = Instant::now();
@@ -225,8 +255,18 @@ async fn run_locked(shared: &Shared, integration: &IntegrationRuntime, job: &Ref
     if *committed_version != base.version {
         match shared.store.get_connection(base.id).await {
             Ok(Some(current)) => {
-                if !current.same_tokens_as(&base) || !current.status.is_supervised() {
-                    return RefreshResult::Adopted { connection: current };
+                match &job.pending {
+                    // Kept tokens go on top of the stored row while it still holds the
+                    // refresh token they came from (its status is kept).
+                    Some(pending) if pending.is_in(&current) => {
+                        *committed_version = current.version;
+                        return RefreshResult::Refreshed { connection: current };
+                    }
+                    Some(pending) if pending.applies_to(&current) => {}
+                    _ if !current.same_tokens_as(&base) || !current.status.is_supervised() => {
+                        return RefreshResult::Adopted { connection: current };
+                    }
+                    _ => {}
                 }
                 base = current;
             }
@@ -393,8 +433,26 @@ async fn refresh_and_commit(
             Ok(tokens) => PendingTokens {
                 tokens,
                 obtained_at: shared.clock.now(),
+                base_refresh_token: base.refresh_token.clone(),
+                journal_seq: None,
             },
-            Err(failure) => {
+            Err(Refused {
+                failure,
+                salvaged_refresh_token: Some(salvaged),
+            }) => {
+                return commit_salvaged(
+                    shared,
+                    integration,
+                    job,
+                    base,
+                    salvaged,
+                    failure,
+                    committed_version,
+                    (started_at, started),
+                )
+                .await;
+            }
+            Err(Refused { failure, .. }) => {
                 let connection = record_failure(shared, &base, &failure, committed_version).await;
                 record_attempt(
                     shared,
@@ -421,7 +479,7 @@ async fn refresh_and_commit(
         http_status: None,
         duration_ms: started.elapsed().as_millis() as i64,
     };
-    commit_tokens(
+    let result = commit_tokens(
         shared,
         &integration.policy,
         base,
@@ -430,27 +488,128 @@ async fn refresh_and_commit(
         &attempt,
         committed_version,
     )
-    .await
+    .await;
+    settle_pending(shared, job.base.id, pending, &result).await;
+    result
+}
+
+/// The provider's answer was unusable (an access token outside RFC 6749's characters),
+/// but it carried a refresh token that may have replaced the stored one: commit that
+/// refresh token (with the current access token) like any new token set, and report the
+/// refresh as the transient failure it is.
+#[allow(clippy::too_many_arguments)]
+async fn commit_salvaged(
+    shared: &Shared,
+    integration: &IntegrationRuntime,
+    job: &RefreshJob,
+    base: Connection,
+    salvaged: SecretString,
+    failure: RefreshFailure,
+    committed_version: &mut tokio::sync::OwnedMutexGuard<i64>,
+    (started_at, started): (DateTime<Utc>, Instant),
+) -> RefreshResult {
+    tracing::warn!(connection.id = %base.id, error.code = %failure.code, "unusable access token refused; keeping the refresh token of the answer");
+    let now = shared.clock.now();
+    let pending = PendingTokens {
+        tokens: TokenSet {
+            access_token: base.access_token.clone(),
+            refresh_token: Some(salvaged),
+            token_type: None,
+            scope: None,
+            expires_in: (base.expires_at - now).max(chrono::Duration::zero()),
+            metadata: serde_json::Map::new(),
+        },
+        obtained_at: now,
+        base_refresh_token: base.refresh_token.clone(),
+        journal_seq: None,
+    };
+    let attempt = RefreshAttempt {
+        connection_id: base.id,
+        started_at,
+        reason: job.reason,
+        outcome: outcome_kind(failure.class),
+        error_code: Some(failure.code.clone()),
+        http_status: failure.http_status,
+        duration_ms: started.elapsed().as_millis() as i64,
+    };
+    let id = base.id;
+    let result = commit_tokens(
+        shared,
+        &integration.policy,
+        base,
+        &pending,
+        job,
+        &attempt,
+        committed_version,
+    )
+    .await;
+    settle_pending(shared, id, pending, &result).await;
+    match result {
+        RefreshResult::Refreshed { connection } => RefreshResult::Failed {
+            failure,
+            connection: Some(connection),
+        },
+        other => other,
+    }
+}
+
+/// After a failed commit, the tokens are kept in the slot and written to the journal
+/// before the process goes on holding them alone.
+async fn settle_pending(shared: &Shared, id: ConnectionId, mut pending: PendingTokens, result: &RefreshResult) {
+    if !matches!(result, RefreshResult::CommitFailed { .. }) {
+        return;
+    }
+    if pending.journal_seq.is_none()
+        && let Some(journal) = &shared.journal
+    {
+        match journal.record(id, &pending).await {
+            Ok(seq) => pending.journal_seq = Some(seq),
+            Err(error) => {
+                tracing::error!(connection.id = %id, error = %error, "failed to journal uncommitted tokens; they are kept in memory only")
+            }
+        }
+    }
+    shared.registry.get_or_insert(id, 0).set_pending(Some(pending));
+}
+
+/// Forgets the connection's uncommitted tokens (committed, or superseded) and marks them
+/// done in the journal.
+pub(crate) async fn forget_pending(shared: &Shared, id: ConnectionId) {
+    let Some(slot) = shared.registry.get(id) else {
+        return;
+    };
+    let Some(previous) = slot.set_pending(None) else {
+        return;
+    };
+    if let (Some(seq), Some(journal)) = (previous.journal_seq, &shared.journal)
+        && let Err(error) = journal.committed(seq).await
+    {
+        tracing::warn!(connection.id = %id, error = %error, "failed to mark journaled tokens committed");
+    }
 }
 
 async fn obtain_tokens(
     shared: &Shared,
     integration: &IntegrationRuntime,
     base: &Connection,
-) -> Result<TokenSet, RefreshFailure> {
+) -> Result<TokenSet, Refused> {
     let Some(refresh_token) = &base.refresh_token else {
-        return Err(RefreshFailure::new(
-            FailureClass::Permanent,
-            "no_refresh_token",
-            "no refresh token is stored and the access token is expiring",
-        ));
+        return Err(Refused {
+            failure: RefreshFailure::new(
+                FailureClass::Permanent,
+                "no_refresh_token",
+                "no refresh token is stored and the access token is expiring",
+            ),
+            salvaged_refresh_token: None,
+        });
     };
-    let resolved = integration.resolved.as_ref().map_err(|e| {
-        RefreshFailure::new(
+    let resolved = integration.resolved.as_ref().map_err(|e| Refused {
+        failure: RefreshFailure::new(
             FailureClass::IntegrationMisconfigured,
             "integration_config",
             e.to_string(),
-        )
+        ),
+        salvaged_refresh_token: None,
     })?;
     // An HTTP client span (OpenTelemetry HTTP semantic conventions): method, server and
     // path of the token endpoint, never its query string nor a body.
@@ -485,7 +644,17 @@ async fn obtain_tokens(
             span.record("otel.status_code", "error");
         }
     }
-    answer.map_err(|e| e.to_failure())
+    answer.map_err(|error| Refused {
+        failure: error.to_failure(),
+        salvaged_refresh_token: error.salvaged_refresh_token().cloned(),
+    })
+}
+
+/// A refresh the provider did not grant, with the refresh token its answer carried when
+/// the answer was unusable otherwise (a rotated token that must not be dropped).
+struct Refused {
+    failure: RefreshFailure,
+    salvaged_refresh_token: Option<SecretString>,
 }
 
 /// Commits `pending` on top of `base` with compare-and-swap. On a conflict, re-applies
@@ -530,7 +699,11 @@ async fn commit_tokens(
                 }
                 Ok(CasOutcome::Conflict { current: None }) => return RefreshResult::Deleted,
                 Ok(CasOutcome::Conflict { current: Some(current) }) => {
-                    if !current.same_tokens_as(&base) {
+                    if pending.is_in(&current) {
+                        *committed_version = current.version;
+                        return RefreshResult::Refreshed { connection: *current };
+                    }
+                    if !pending.applies_to(&current) {
                         tracing::warn!(connection.id = %base.id, "tokens changed elsewhere during refresh; adopting the stored ones");
                         return RefreshResult::Adopted { connection: *current };
                     }
@@ -538,11 +711,11 @@ async fn commit_tokens(
                 }
                 Err(error) => {
                     tracing::warn!(connection.id = %base.id, error = %error, "failed to commit refreshed tokens; keeping them to retry the commit");
-                    return RefreshResult::CommitFailed { pending: pending.clone(), message: error.to_string() };
+                    return RefreshResult::CommitFailed { message: error.to_string() };
                 }
             }
         }
-        RefreshResult::CommitFailed { pending: pending.clone(), message: "too many concurrent writes".into() }
+        RefreshResult::CommitFailed { message: "too many concurrent writes".into() }
     }
     .instrument(span)
     .await;
