@@ -11,6 +11,8 @@ mod cluster;
 mod commit_order;
 mod escalation;
 mod isolation;
+mod lifecycle;
+mod outage;
 mod outbox;
 mod providers;
 mod reauthorization;
