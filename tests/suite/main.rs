@@ -12,6 +12,8 @@ mod commit_order;
 mod escalation;
 mod interleavings;
 mod isolation;
+mod lifecycle;
+mod outage;
 mod outbox;
 mod ownership;
 mod providers;

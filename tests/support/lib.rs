@@ -10,6 +10,7 @@ pub mod oauth;
 pub mod otlp;
 pub mod process;
 pub mod service;
+pub mod tcp_proxy;
 pub mod telemetry;
 
 use std::sync::{Arc, Once};

@@ -120,6 +120,30 @@ impl Service {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 
+    /// Sends `POST path` (no body) from a task of its own: for a request that stays in
+    /// flight while the test goes on (a refresh the provider is slow to answer).
+    pub fn post_in_background(&self, path: &str) -> tokio::task::JoinHandle<Answer> {
+        let request = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .timeout(Duration::from_secs(120));
+        tokio::spawn(async move { answer(request.send().await.expect("request")).await })
+    }
+
+    /// `GET /metrics` (Prometheus text), with the admin token.
+    pub async fn metrics(&self) -> String {
+        let response = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("metrics request");
+        assert_eq!(response.status().as_u16(), 200, "GET /metrics");
+        response.text().await.expect("metrics text")
+    }
+
     /// Registers an integration named `name` pointing at the fake; returns its view.
     pub async fn add_integration(&self, fake: &FakeProvider, name: &str) -> serde_json::Value {
         let answer = self.post("/v1/integrations", integration_body(fake, name)).await;
@@ -204,4 +228,26 @@ pub fn field(line: &str, key: &str) -> Option<String> {
     let start = line.find(&json)?;
     let rest = &line[start + json.len()..];
     Some(rest.chars().take_while(|c| *c != '"').collect())
+}
+
+/// The samples of the Prometheus metric `name` in `text`: `(labels, value)`, labels as
+/// written between the braces (empty without labels). Comment lines and other metrics
+/// (including ones whose name merely starts with `name`) are skipped.
+pub fn prometheus_samples(text: &str, name: &str) -> Vec<(String, f64)> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let rest = line.strip_prefix(name)?;
+            let (labels, value) = if let Some(labelled) = rest.strip_prefix('{') {
+                let (labels, value) = labelled.split_once('}')?;
+                (labels.to_owned(), value)
+            } else if rest.starts_with(' ') {
+                (String::new(), rest)
+            } else {
+                return None;
+            };
+            let value = value.split_whitespace().next()?.parse().ok()?;
+            Some((labels, value))
+        })
+        .collect()
 }
