@@ -1,5 +1,9 @@
 //! The initial schema: integrations, connections, their refresh history, and the
-//! `meta` table that holds the encryption key check.
+//! `meta` table that holds the encryption key check (`tokenvisor_integrations`,
+//! `tokenvisor_connections`, `tokenvisor_refresh_attempts`, `tokenvisor_meta`).
+//!
+//! No `if_not_exists`: a table of the same name already in the database (a host
+//! application's) fails the migration with an error naming it instead of being adopted.
 
 use sea_orm_migration::{prelude::*, schema::*};
 
@@ -14,7 +18,6 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Integrations::Table)
-                    .if_not_exists()
                     .col(pk_uuid(Integrations::Id))
                     .col(text_uniq(Integrations::Name))
                     .col(text(Integrations::Provider))
@@ -37,7 +40,6 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Connections::Table)
-                    .if_not_exists()
                     .col(pk_uuid(Connections::Id))
                     .col(text(Connections::TenantId))
                     .col(uuid(Connections::IntegrationId))
@@ -62,7 +64,7 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(Connections::UpdatedAt))
                     .foreign_key(
                         ForeignKey::create()
-                            .name("fk_connections_integration_id")
+                            .name("tokenvisor_fk_connections_integration_id")
                             .from(Connections::Table, Connections::IntegrationId)
                             .to(Integrations::Table, Integrations::Id)
                             .on_delete(ForeignKeyAction::Restrict)
@@ -76,31 +78,28 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_connections_tenant_id")
+                    .name("tokenvisor_idx_connections_tenant_id")
                     .table(Connections::Table)
                     .col(Connections::TenantId)
-                    .if_not_exists()
                     .to_owned(),
             )
             .await?;
         manager
             .create_index(
                 Index::create()
-                    .name("idx_connections_is_active_status")
+                    .name("tokenvisor_idx_connections_is_active_status")
                     .table(Connections::Table)
                     .col(Connections::IsActive)
                     .col(Connections::Status)
-                    .if_not_exists()
                     .to_owned(),
             )
             .await?;
         manager
             .create_index(
                 Index::create()
-                    .name("idx_connections_integration_id")
+                    .name("tokenvisor_idx_connections_integration_id")
                     .table(Connections::Table)
                     .col(Connections::IntegrationId)
-                    .if_not_exists()
                     .to_owned(),
             )
             .await?;
@@ -109,7 +108,6 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(RefreshAttempts::Table)
-                    .if_not_exists()
                     .col(big_pk_auto(RefreshAttempts::Id))
                     .col(uuid(RefreshAttempts::ConnectionId))
                     .col(timestamp_with_time_zone(RefreshAttempts::StartedAt))
@@ -120,7 +118,7 @@ impl MigrationTrait for Migration {
                     .col(big_integer(RefreshAttempts::DurationMs))
                     .foreign_key(
                         ForeignKey::create()
-                            .name("fk_refresh_attempts_connection_id")
+                            .name("tokenvisor_fk_refresh_attempts_connection_id")
                             .from(RefreshAttempts::Table, RefreshAttempts::ConnectionId)
                             .to(Connections::Table, Connections::Id)
                             .on_delete(ForeignKeyAction::Cascade)
@@ -132,11 +130,10 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_refresh_attempts_connection_id_started_at")
+                    .name("tokenvisor_idx_refresh_attempts_connection_id_started_at")
                     .table(RefreshAttempts::Table)
                     .col(RefreshAttempts::ConnectionId)
                     .col(RefreshAttempts::StartedAt)
-                    .if_not_exists()
                     .to_owned(),
             )
             .await?;
@@ -145,7 +142,6 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(Meta::Table)
-                    .if_not_exists()
                     .col(text(Meta::Key).primary_key())
                     .col(blob(Meta::Value))
                     .to_owned(),
@@ -173,6 +169,7 @@ impl MigrationTrait for Migration {
 
 #[derive(DeriveIden)]
 enum Integrations {
+    #[sea_orm(iden = "tokenvisor_integrations")]
     Table,
     Id,
     Name,
@@ -192,6 +189,7 @@ enum Integrations {
 
 #[derive(DeriveIden)]
 enum Connections {
+    #[sea_orm(iden = "tokenvisor_connections")]
     Table,
     Id,
     TenantId,
@@ -219,6 +217,7 @@ enum Connections {
 
 #[derive(DeriveIden)]
 enum RefreshAttempts {
+    #[sea_orm(iden = "tokenvisor_refresh_attempts")]
     Table,
     Id,
     ConnectionId,
@@ -232,6 +231,7 @@ enum RefreshAttempts {
 
 #[derive(DeriveIden)]
 enum Meta {
+    #[sea_orm(iden = "tokenvisor_meta")]
     Table,
     Key,
     Value,

@@ -4,7 +4,7 @@
 
 use sea_orm_migration::{prelude::*, schema::*};
 
-/// Creates `authorization_states`.
+/// Creates `tokenvisor_authorization_states`.
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -15,7 +15,6 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(AuthorizationStates::Table)
-                    .if_not_exists()
                     .col(text(AuthorizationStates::StateHash).primary_key())
                     .col(text(AuthorizationStates::TenantId))
                     .col(uuid(AuthorizationStates::IntegrationId))
@@ -26,7 +25,7 @@ impl MigrationTrait for Migration {
                     .col(timestamp_with_time_zone(AuthorizationStates::ExpiresAt))
                     .foreign_key(
                         ForeignKey::create()
-                            .name("fk_authorization_states_integration")
+                            .name("tokenvisor_fk_authorization_states_integration")
                             .from(AuthorizationStates::Table, AuthorizationStates::IntegrationId)
                             .to(Integrations::Table, Integrations::Id)
                             .on_delete(ForeignKeyAction::Cascade),
@@ -37,10 +36,9 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_authorization_states_expires_at")
+                    .name("tokenvisor_idx_authorization_states_expires_at")
                     .table(AuthorizationStates::Table)
                     .col(AuthorizationStates::ExpiresAt)
-                    .if_not_exists()
                     .to_owned(),
             )
             .await
@@ -55,6 +53,7 @@ impl MigrationTrait for Migration {
 
 #[derive(DeriveIden)]
 enum AuthorizationStates {
+    #[sea_orm(iden = "tokenvisor_authorization_states")]
     Table,
     StateHash,
     TenantId,
@@ -68,6 +67,7 @@ enum AuthorizationStates {
 
 #[derive(DeriveIden)]
 enum Integrations {
+    #[sea_orm(iden = "tokenvisor_integrations")]
     Table,
     Id,
 }

@@ -4,7 +4,7 @@
 
 use sea_orm_migration::{prelude::*, schema::*};
 
-/// Creates `refresh_leases`.
+/// Creates `tokenvisor_refresh_leases`.
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -15,13 +15,12 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(RefreshLeases::Table)
-                    .if_not_exists()
                     .col(uuid(RefreshLeases::ConnectionId).primary_key())
                     .col(text(RefreshLeases::Owner))
                     .col(big_integer(RefreshLeases::ExpiresAtMs))
                     .foreign_key(
                         ForeignKey::create()
-                            .name("fk_refresh_leases_connection")
+                            .name("tokenvisor_fk_refresh_leases_connection")
                             .from(RefreshLeases::Table, RefreshLeases::ConnectionId)
                             .to(Connections::Table, Connections::Id)
                             .on_delete(ForeignKeyAction::Cascade),
@@ -40,6 +39,7 @@ impl MigrationTrait for Migration {
 
 #[derive(DeriveIden)]
 enum RefreshLeases {
+    #[sea_orm(iden = "tokenvisor_refresh_leases")]
     Table,
     ConnectionId,
     Owner,
@@ -48,6 +48,7 @@ enum RefreshLeases {
 
 #[derive(DeriveIden)]
 enum Connections {
+    #[sea_orm(iden = "tokenvisor_connections")]
     Table,
     Id,
 }

@@ -3,7 +3,7 @@
 
 use sea_orm_migration::{prelude::*, schema::*};
 
-/// Creates `webhook_outbox`.
+/// Creates `tokenvisor_webhook_outbox`.
 #[derive(DeriveMigrationName)]
 pub struct Migration;
 
@@ -14,7 +14,6 @@ impl MigrationTrait for Migration {
             .create_table(
                 Table::create()
                     .table(WebhookOutbox::Table)
-                    .if_not_exists()
                     .col(big_pk_auto(WebhookOutbox::Id))
                     .col(text(WebhookOutbox::Endpoint))
                     .col(text(WebhookOutbox::MessageId))
@@ -26,11 +25,10 @@ impl MigrationTrait for Migration {
         manager
             .create_index(
                 Index::create()
-                    .name("idx_webhook_outbox_endpoint_id")
+                    .name("tokenvisor_idx_webhook_outbox_endpoint_id")
                     .table(WebhookOutbox::Table)
                     .col(WebhookOutbox::Endpoint)
                     .col(WebhookOutbox::Id)
-                    .if_not_exists()
                     .to_owned(),
             )
             .await
@@ -45,6 +43,7 @@ impl MigrationTrait for Migration {
 
 #[derive(DeriveIden)]
 enum WebhookOutbox {
+    #[sea_orm(iden = "tokenvisor_webhook_outbox")]
     Table,
     Id,
     Endpoint,

@@ -85,7 +85,7 @@ async fn a_row_that_does_not_decrypt_fails_start_up_and_leaves_no_actor_running(
     let ids = insert(&store, harness.integration.id, 12_000, lifetime).await;
     let corrupted = *ids.last().expect("inserted");
     let update = Query::update()
-        .table(Alias::new("connections"))
+        .table(Alias::new("tokenvisor_connections"))
         .value(Alias::new("access_token"), vec![0u8; 40])
         .and_where(Expr::col(Alias::new("id")).eq(corrupted.0))
         .to_owned();

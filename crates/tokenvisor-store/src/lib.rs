@@ -5,6 +5,8 @@
 //! - [`memory::MemoryStore`]: an in-process store (paused-time tests, benchmarks).
 //! - `sql::SqlStore`: sea-orm over SQLite (the embedded default) or PostgreSQL, with
 //!   tokens and client secrets encrypted at rest (see `crypto`).
+//! - [`migrate`]: tokenvisor's migrations, run explicitly on a connection (for an
+//!   embedder that opens the store with [`SqlStore::from_connection_unmigrated`]).
 
 pub mod crypto;
 mod entity;
@@ -20,6 +22,30 @@ use tokenvisor_core::{
 pub use crypto::Keyring;
 pub use memory::MemoryStore;
 pub use sql::SqlStore;
+pub use tokenvisor_migration::{MIGRATION_TABLE, Migrator, TABLE_PREFIX};
+
+/// Brings `db` to tokenvisor's current schema: the pending migrations of
+/// [`Migrator`], after upgrading a database of the old unprefixed layout in place.
+///
+/// Guarantees:
+/// - everything it creates is named `tokenvisor_*` ([`TABLE_PREFIX`]) and its migrations
+///   are bookkept in `tokenvisor_migrations` ([`MIGRATION_TABLE`]), so a host
+///   application's own sea-orm-migration migrator (default table `seaql_migrations`) and
+///   this one run in either order without seeing each other's versions;
+/// - the host's tables and rows are never read or written, except that the upgrade of an
+///   old-layout database moves tokenvisor's own versions out of `seaql_migrations` (and
+///   drops that table if nothing else is left in it);
+/// - a table of the same name that is not ours fails it with an error naming the table;
+/// - all or nothing: one transaction, so a failure leaves the database as it was; and
+///   callers racing on one database (replicas starting together) wait for each other
+///   (PostgreSQL advisory lock, SQLite write lock);
+/// - running it again on an up-to-date database changes nothing. Needs no key, touches no
+///   data of ours.
+///
+/// Only SQLite and PostgreSQL are supported.
+pub async fn migrate(db: &sea_orm::DatabaseConnection) -> Result<(), StoreError> {
+    sql::run_migrations(db).await
+}
 
 /// How many refresh attempts the history keeps per connection (the SQL store trims it
 /// every 16 refreshes, so up to 15 more can be stored; listings never return more).

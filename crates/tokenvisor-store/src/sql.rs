@@ -1,12 +1,18 @@
 //! [`SqlStore`]: the [`Store`] over sea-orm, on SQLite (the embedded default, one file)
 //! or PostgreSQL (production), with tokens and client secrets encrypted at rest.
 //!
-//! - The schema comes from `tokenvisor-migration`; opening a store runs the migrations.
+//! - The schema comes from `tokenvisor-migration`: every table is named `tokenvisor_*` and
+//!   the migrations are bookkept in `tokenvisor_migrations`, so the store can share a host
+//!   application's database. [`SqlStore::connect`] and [`SqlStore::from_connection`] run
+//!   the migrations; [`SqlStore::from_connection_unmigrated`] does not (the host runs
+//!   [`crate::migrate`] when it chooses).
 //! - Secrets are encrypted with the [`Keyring`]; each ciphertext is bound to its table,
 //!   row id and column (`connections:<id>:access_token`), so a value copied to another
-//!   row or column does not decrypt.
-//! - The `meta` row `key_check` proves that the configured keys are the ones the data was
-//!   written with: a store opened with the wrong keys refuses to start and writes nothing.
+//!   row or column does not decrypt. These labels name the tables as they were first
+//!   called (before the `tokenvisor_` prefix) and never change: existing data must decrypt.
+//! - The `tokenvisor_meta` row `key_check` proves that the configured keys are the ones the
+//!   data was written with: a store opened with the wrong keys refuses to start and writes
+//!   nothing (not even the upgrade of an old-layout database).
 //! - Every connection write is a single `UPDATE ... WHERE id = ? AND version = ?`.
 //!
 //! Error messages never contain a secret nor a bound parameter value.
@@ -21,10 +27,10 @@ use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::sqlx::sqlite::SqliteJournalMode;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectOptions, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait, Order, QueryFilter,
-    QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait, Value,
+    ColumnTrait, ConnectOptions, ConnectionTrait as _, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    Order, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait, Value,
 };
-use sea_orm_migration::{MigratorTrait, SchemaManager};
+use sea_orm_migration::MigratorTrait;
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -35,8 +41,13 @@ use tokenvisor_core::{
 use tokenvisor_migration::Migrator;
 use uuid::Uuid;
 
-/// The `meta` key whose value proves which encryption key the database was created with.
+/// The `tokenvisor_meta` key whose value proves which encryption key the database was
+/// created with.
 const KEY_CHECK: &str = "key_check";
+/// The table holding the key check.
+const META_TABLE: &str = "tokenvisor_meta";
+/// The table that held the key check in the old unprefixed layout.
+const LEGACY_META_TABLE: &str = "meta";
 /// Associated data of the key check ciphertext.
 const KEY_CHECK_AAD: &[u8] = b"meta:key_check";
 /// The plaintext of the key check.
@@ -102,19 +113,68 @@ impl SqlStore {
         }
     }
 
-    /// Wraps a connection the embedder opened itself: the same migrations and key check
-    /// as [`SqlStore::connect`]. Only SQLite and PostgreSQL are supported.
+    /// Wraps a connection the embedder opened itself, running tokenvisor's migrations
+    /// first (see [`crate::migrate`]): the same migrations and key check as
+    /// [`SqlStore::connect`]. Only SQLite and PostgreSQL are supported.
+    ///
+    /// The keys are checked before anything is written: against `tokenvisor_meta`, or on a
+    /// database of the old unprefixed layout against its `meta` before it is upgraded. A
+    /// wrong key fails with [`StoreError::Key`] and leaves the database as it was.
+    ///
+    /// Everything tokenvisor creates is named `tokenvisor_*` and its migrations are
+    /// bookkept in `tokenvisor_migrations`: the host's tables and the host's own
+    /// sea-orm-migration bookkeeping (`seaql_migrations`) are never touched, except that
+    /// upgrading an old-layout database removes tokenvisor's own rows from
+    /// `seaql_migrations`. A host table with one of our names fails this call with an error
+    /// naming the table, and the migration leaves nothing behind.
     pub async fn from_connection(db: DatabaseConnection, keyring: Keyring) -> Result<Self, StoreError> {
         let backend = backend_name(db.get_database_backend())?;
         // Verify the keys before anything (migrations included) is written.
-        if SchemaManager::new(&db)
-            .has_table("meta")
+        let legacy = tokenvisor_migration::has_legacy_layout(&db)
             .await
-            .map_err(db_error("inspecting the schema"))?
-        {
-            verify_key_check(&db, &keyring).await?;
+            .map_err(db_error("inspecting the schema"))?;
+        let meta_table = if legacy { LEGACY_META_TABLE } else { META_TABLE };
+        verify_key_check(&db, &keyring, meta_table).await?;
+        if legacy {
+            tracing::info!("upgrading tokenvisor's old unprefixed tables in place");
         }
-        Migrator::up(&db, None).await.map_err(db_error("running migrations"))?;
+        crate::migrate(&db).await?;
+        Self::open_migrated(db, keyring, backend).await
+    }
+
+    /// Wraps a connection the embedder opened itself WITHOUT running migrations: the
+    /// embedder runs [`crate::migrate`] itself (at deploy time, from its own migration
+    /// step, ...). Only SQLite and PostgreSQL are supported.
+    ///
+    /// Creates, alters and renames nothing. It fails with [`StoreError::Database`] when
+    /// tokenvisor's schema is not up to date (a migration pending, the database of an
+    /// older layout, or of a newer tokenvisor), and with [`StoreError::Key`] when the keys
+    /// do not match the data (then it writes nothing). On success it writes at most the
+    /// key check row, on a database that has none yet.
+    pub async fn from_connection_unmigrated(db: DatabaseConnection, keyring: Keyring) -> Result<Self, StoreError> {
+        let backend = backend_name(db.get_database_backend())?;
+        let pending = Migrator::get_pending_migrations_read_only(&db)
+            .await
+            .map_err(db_error("reading the applied migrations"))?;
+        if !pending.is_empty() {
+            let names: Vec<&str> = pending.iter().map(|migration| migration.name()).collect();
+            return Err(StoreError::Database(format!(
+                "tokenvisor's schema is not up to date ({} migration(s) pending: {}); run tokenvisor_store::migrate \
+                 (or `tokenvisor migrate`) first",
+                names.len(),
+                names.join(", ")
+            )));
+        }
+        verify_key_check(&db, &keyring, META_TABLE).await?;
+        Self::open_migrated(db, keyring, backend).await
+    }
+
+    /// Records or verifies the key check on a migrated database.
+    async fn open_migrated(
+        db: DatabaseConnection,
+        keyring: Keyring,
+        backend: &'static str,
+    ) -> Result<Self, StoreError> {
         ensure_key_check(&db, &keyring).await?;
         tracing::debug!(backend, primary_key_id = %keyring.primary_key_id(), "store opened");
         Ok(Self {
@@ -402,13 +462,19 @@ impl SqlStore {
     }
 }
 
-/// Runs the migrations on the database at `database_url` (see [`SqlStore::connect`] for
-/// the accepted URLs) and closes it. Touches no data and needs no key.
+/// Runs the migrations (see [`crate::migrate`]) on the database at `database_url` (see
+/// [`SqlStore::connect`] for the accepted URLs) and closes it. Needs no key.
 pub async fn migrate(database_url: &str) -> Result<(), StoreError> {
     let db = open(database_url).await?;
-    let result = Migrator::up(&db, None).await.map_err(db_error("running migrations"));
+    let result = crate::migrate(&db).await;
     let _ = db.close().await;
     result
+}
+
+/// Runs [`Migrator::up`] on `db`.
+pub(crate) async fn run_migrations(db: &DatabaseConnection) -> Result<(), StoreError> {
+    backend_name(db.get_database_backend())?;
+    Migrator::up(db, None).await.map_err(db_error("running migrations"))
 }
 
 /// Opens a pool for the URL with the store's connection settings.
@@ -459,23 +525,45 @@ fn backend_name(backend: DbBackend) -> Result<&'static str, StoreError> {
     }
 }
 
-/// Checks the stored key check, if any, without writing anything.
-async fn verify_key_check(db: &DatabaseConnection, keyring: &Keyring) -> Result<bool, StoreError> {
-    let Some(row) = meta::Entity::find_by_id(KEY_CHECK)
-        .one(db)
+/// Checks the key check stored in `table` (`tokenvisor_meta`, or `meta` of the old
+/// layout), if there is one, without writing anything.
+async fn verify_key_check(db: &DatabaseConnection, keyring: &Keyring, table: &str) -> Result<bool, StoreError> {
+    let backend = db.get_database_backend();
+    let has_table = match backend {
+        DbBackend::Postgres => {
+            "SELECT COUNT(*) > 0 AS present FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name = $1"
+        }
+        _ => "SELECT COUNT(*) > 0 AS present FROM sqlite_master WHERE type = 'table' AND name = $1",
+    };
+    let present: bool = db
+        .query_one_raw(statement(backend, has_table, vec![Value::from(table)]))
+        .await
+        .and_then(|row| row.map_or(Ok(false), |row| row.try_get("", "present")))
+        .map_err(db_error("inspecting the schema"))?;
+    if !present {
+        return Ok(false);
+    }
+    let Some(row) = db
+        .query_one_raw(statement(
+            backend,
+            &format!("SELECT value FROM {table} WHERE key = $1"),
+            vec![Value::from(KEY_CHECK)],
+        ))
         .await
         .map_err(db_error("reading the key check"))?
     else {
         return Ok(false);
     };
+    let value: Vec<u8> = row.try_get("", "value").map_err(db_error("reading the key check"))?;
     let matches = keyring
-        .decrypt(&row.value, KEY_CHECK_AAD)
+        .decrypt(&value, KEY_CHECK_AAD)
         .is_ok_and(|plaintext| plaintext == KEY_CHECK_PLAINTEXT);
     if matches {
         return Ok(true);
     }
     let configured = keyring.key_ids_list();
-    Err(StoreError::Key(match Keyring::ciphertext_key_id(&row.value) {
+    Err(StoreError::Key(match Keyring::ciphertext_key_id(&value) {
         Some(needed) if keyring.key_ids().contains(&needed) => format!(
             "the configured key {needed} does not decrypt this database's key check (the key check is corrupt, \
              or a different key has the same id); configured key ids: {configured}"
@@ -490,7 +578,7 @@ async fn verify_key_check(db: &DatabaseConnection, keyring: &Keyring) -> Result<
 
 /// Records the key check on a fresh database, or verifies the existing one.
 async fn ensure_key_check(db: &DatabaseConnection, keyring: &Keyring) -> Result<(), StoreError> {
-    if verify_key_check(db, keyring).await? {
+    if verify_key_check(db, keyring, META_TABLE).await? {
         return Ok(());
     }
     let row = meta::ActiveModel {
@@ -504,7 +592,7 @@ async fn ensure_key_check(db: &DatabaseConnection, keyring: &Keyring) -> Result<
         .exec_without_returning(db)
         .await
         .map_err(db_error("writing the key check"))?;
-    if verify_key_check(db, keyring).await? {
+    if verify_key_check(db, keyring, META_TABLE).await? {
         return Ok(());
     }
     Err(StoreError::Database(

@@ -1,10 +1,10 @@
-//! The `authorization_states` table: authorization-code flows in progress.
+//! The `tokenvisor_authorization_states` table: authorization-code flows in progress.
 
 use sea_orm::entity::prelude::*;
 
-/// One row of `authorization_states`.
+/// One row of `tokenvisor_authorization_states`.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-#[sea_orm(table_name = "authorization_states")]
+#[sea_orm(table_name = "tokenvisor_authorization_states")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub state_hash: String,

@@ -1,10 +1,10 @@
-//! The `connections` table.
+//! The `tokenvisor_connections` table.
 
 use sea_orm::entity::prelude::*;
 
-/// One row of `connections`; `access_token` and `refresh_token` are ciphertexts.
+/// One row of `tokenvisor_connections`; `access_token` and `refresh_token` are ciphertexts.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-#[sea_orm(table_name = "connections")]
+#[sea_orm(table_name = "tokenvisor_connections")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,

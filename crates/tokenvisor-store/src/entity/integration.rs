@@ -1,10 +1,10 @@
-//! The `integrations` table.
+//! The `tokenvisor_integrations` table.
 
 use sea_orm::entity::prelude::*;
 
-/// One row of `integrations`; `client_secret` is a ciphertext.
+/// One row of `tokenvisor_integrations`; `client_secret` is a ciphertext.
 #[derive(Clone, Debug, PartialEq, DeriveEntityModel)]
-#[sea_orm(table_name = "integrations")]
+#[sea_orm(table_name = "tokenvisor_integrations")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub id: Uuid,

@@ -1,10 +1,10 @@
-//! The `meta` table: store-wide values such as the encryption key check.
+//! The `tokenvisor_meta` table: store-wide values such as the encryption key check.
 
 use sea_orm::entity::prelude::*;
 
-/// One row of `meta`.
+/// One row of `tokenvisor_meta`.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-#[sea_orm(table_name = "meta")]
+#[sea_orm(table_name = "tokenvisor_meta")]
 pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub key: String,

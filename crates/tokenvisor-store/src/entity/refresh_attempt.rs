@@ -1,10 +1,10 @@
-//! The `refresh_attempts` table: a bounded history per connection.
+//! The `tokenvisor_refresh_attempts` table: a bounded history per connection.
 
 use sea_orm::entity::prelude::*;
 
-/// One row of `refresh_attempts`.
+/// One row of `tokenvisor_refresh_attempts`.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
-#[sea_orm(table_name = "refresh_attempts")]
+#[sea_orm(table_name = "tokenvisor_refresh_attempts")]
 pub struct Model {
     #[sea_orm(primary_key)]
     pub id: i64,

@@ -49,7 +49,7 @@ WITH input AS (
            started_at, reason, outcome, error_code, http_status, duration_ms, trim_history)
 ),
 updated AS (
-    UPDATE connections AS c SET
+    UPDATE tokenvisor_connections AS c SET
         tenant_id = i.tenant_id,
         integration_id = i.integration_id,
         access_token = i.access_token,
@@ -76,12 +76,12 @@ updated AS (
     RETURNING c.id
 ),
 recorded AS (
-    INSERT INTO refresh_attempts (connection_id, started_at, reason, outcome, error_code, http_status, duration_ms)
+    INSERT INTO tokenvisor_refresh_attempts (connection_id, started_at, reason, outcome, error_code, http_status, duration_ms)
     SELECT i.id, i.started_at, i.reason, i.outcome, i.error_code, i.http_status, i.duration_ms
     FROM input AS i JOIN updated AS u ON u.id = i.id
 ),
 trimmed AS (
-    DELETE FROM refresh_attempts AS r
+    DELETE FROM tokenvisor_refresh_attempts AS r
     USING (
         SELECT old.id
         FROM input AS i
@@ -91,7 +91,7 @@ trimmed AS (
             FROM (
                 -- OFFSET 0 plans this alone: the connection_id index, then a sort of at
                 -- most a few dozen ids (not a backward walk of the whole primary key).
-                SELECT k.id FROM refresh_attempts AS k WHERE k.connection_id = i.id OFFSET 0
+                SELECT k.id FROM tokenvisor_refresh_attempts AS k WHERE k.connection_id = i.id OFFSET 0
             ) AS s
             ORDER BY s.id DESC
             OFFSET $30

@@ -31,9 +31,9 @@ pub(super) async fn acquire(
     let upsert = statement(
         backend,
         &format!(
-            "INSERT INTO refresh_leases (connection_id, owner, expires_at_ms) VALUES ($1, $2, {now} + $3) \
+            "INSERT INTO tokenvisor_refresh_leases (connection_id, owner, expires_at_ms) VALUES ($1, $2, {now} + $3) \
              ON CONFLICT (connection_id) DO UPDATE SET owner = excluded.owner, expires_at_ms = excluded.expires_at_ms \
-             WHERE refresh_leases.expires_at_ms < {now} OR refresh_leases.owner = excluded.owner \
+             WHERE tokenvisor_refresh_leases.expires_at_ms < {now} OR tokenvisor_refresh_leases.owner = excluded.owner \
              RETURNING owner"
         ),
         vec![
@@ -55,7 +55,7 @@ pub(super) async fn acquire(
         let holder = statement(
             backend,
             &format!(
-                "SELECT owner, expires_at_ms - {now} AS remaining_ms FROM refresh_leases WHERE connection_id = $1"
+                "SELECT owner, expires_at_ms - {now} AS remaining_ms FROM tokenvisor_refresh_leases WHERE connection_id = $1"
             ),
             vec![Value::from(connection.0)],
         );
@@ -81,7 +81,7 @@ pub(super) async fn acquire(
 pub(super) async fn release(db: &DatabaseConnection, connection: ConnectionId, owner: &str) -> Result<(), StoreError> {
     let delete = statement(
         db.get_database_backend(),
-        "DELETE FROM refresh_leases WHERE connection_id = $1 AND owner = $2",
+        "DELETE FROM tokenvisor_refresh_leases WHERE connection_id = $1 AND owner = $2",
         vec![Value::from(connection.0), Value::from(owner.to_owned())],
     );
     db.execute_raw(delete)

@@ -33,7 +33,8 @@ impl WebhookOutbox {
         if endpoints.is_empty() {
             return Ok(());
         }
-        let mut sql = String::from("INSERT INTO webhook_outbox (endpoint, message_id, body, created_at) VALUES ");
+        let mut sql =
+            String::from("INSERT INTO tokenvisor_webhook_outbox (endpoint, message_id, body, created_at) VALUES ");
         let mut values = Vec::with_capacity(endpoints.len() * 4);
         for (i, endpoint) in endpoints.iter().enumerate() {
             if i > 0 {
@@ -57,7 +58,7 @@ impl WebhookOutbox {
     pub async fn front(&self, endpoint: &str) -> Result<Option<OutboxMessage>, StoreError> {
         let query = statement(
             self.db.get_database_backend(),
-            "SELECT id, message_id, body FROM webhook_outbox WHERE endpoint = $1 ORDER BY id LIMIT 1",
+            "SELECT id, message_id, body FROM tokenvisor_webhook_outbox WHERE endpoint = $1 ORDER BY id LIMIT 1",
             vec![Value::from(endpoint.to_owned())],
         );
         let Some(row) = self
@@ -80,7 +81,7 @@ impl WebhookOutbox {
     pub async fn remove(&self, seq: i64) -> Result<(), StoreError> {
         let delete = statement(
             self.db.get_database_backend(),
-            "DELETE FROM webhook_outbox WHERE id = $1",
+            "DELETE FROM tokenvisor_webhook_outbox WHERE id = $1",
             vec![Value::from(seq)],
         );
         self.db
@@ -94,7 +95,7 @@ impl WebhookOutbox {
     pub async fn count(&self, endpoint: &str) -> Result<u64, StoreError> {
         let query = statement(
             self.db.get_database_backend(),
-            "SELECT COUNT(*) AS waiting FROM webhook_outbox WHERE endpoint = $1",
+            "SELECT COUNT(*) AS waiting FROM tokenvisor_webhook_outbox WHERE endpoint = $1",
             vec![Value::from(endpoint.to_owned())],
         );
         let row = self
