@@ -3,12 +3,14 @@
 //! tokenvisor pointed at the fake.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+pub mod answer_proxy;
 pub mod databases;
 pub mod faulty_store;
 pub mod interfering_store;
 pub mod oauth;
 pub mod otlp;
 pub mod process;
+pub mod scripted_store;
 pub mod service;
 pub mod tcp_proxy;
 pub mod telemetry;

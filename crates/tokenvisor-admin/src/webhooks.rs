@@ -151,8 +151,9 @@ impl WebhookDispatcher {
         config: WebhookConfig,
         outbox: WebhookOutbox,
     ) -> Result<Self, WebhookError> {
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let client = reqwest::Client::builder()
+        // An explicit TLS provider: library code installs nothing process-wide.
+        let client = tokenvisor_provider::tls::http_client_builder()
+            .map_err(|e| WebhookError::Client(e.to_string()))?
             .redirect(reqwest::redirect::Policy::none())
             .timeout(config.request_timeout)
             .connect_timeout(config.request_timeout.min(Duration::from_secs(5)))

@@ -76,8 +76,9 @@ pub struct TokenvisorConfig {
     pub retry_after_cap: Duration,
     /// While callers wait on a token that cannot be handed out and the connection backs
     /// off after transient failures, one caller may cut the backoff short with a probe
-    /// refresh at most this often per connection (so connections recover within about
-    /// this long of the provider's return).
+    /// refresh at most this often per connection (so a client reading every second
+    /// gets a token within this long plus one second of the provider's return). Default
+    /// 3 s: at 5 s a client reading every second could wait just over 5 s.
     pub probe_interval: Duration,
     /// The journal of uncommitted token sets (see [`JournalConfig`]); `None` keeps them
     /// in memory only (a crash while the store is down can then lose rotated tokens).
@@ -102,7 +103,7 @@ impl Default for TokenvisorConfig {
             token_wait: Duration::from_secs(5),
             operation_timeout: Duration::from_secs(60),
             retry_after_cap: Duration::from_secs(15 * 60),
-            probe_interval: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(3),
             journal: None,
         }
     }

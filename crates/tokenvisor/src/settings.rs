@@ -59,6 +59,15 @@ pub struct Settings {
     /// database this long, so only one replica calls the provider (raised to at least 35 s, the token request timeouts + 10 s) [default: off].
     #[arg(long, global = true, env = "TOKENVISOR_CLUSTER_LEASE")]
     pub cluster_lease: Option<String>,
+    /// Longest a token read waits for a refresh before answering 504 `timeout` [default: 5s].
+    #[arg(long, global = true, env = "TOKENVISOR_TOKEN_WAIT")]
+    pub token_wait: Option<String>,
+    /// A provider's Retry-After is honoured up to this long (and never past the token's expiry) [default: 15m].
+    #[arg(long, global = true, env = "TOKENVISOR_RETRY_AFTER_CAP")]
+    pub retry_after_cap: Option<String>,
+    /// While a connection backs off with an expired token, a reading caller may probe the provider this often [default: 3s].
+    #[arg(long, global = true, env = "TOKENVISOR_PROBE_INTERVAL")]
+    pub probe_interval: Option<String>,
     /// Hosts that token endpoints may use over plain HTTP (comma-separated).
     #[arg(long, global = true, env = "TOKENVISOR_ALLOW_INSECURE_ENDPOINTS")]
     pub allow_insecure_endpoints: Option<String>,
@@ -87,6 +96,9 @@ struct FileConfig {
     retry_cap: Option<String>,
     startup_spread: Option<String>,
     cluster_lease: Option<String>,
+    token_wait: Option<String>,
+    retry_after_cap: Option<String>,
+    probe_interval: Option<String>,
     allow_insecure_endpoints: Option<Vec<String>>,
     webhooks: Option<FileWebhooks>,
 }
@@ -96,6 +108,17 @@ struct FileConfig {
 struct FileWebhooks {
     urls: Option<Vec<String>>,
     secret: Option<String>,
+}
+
+/// How long callers wait and backoffs last (see `TokenvisorConfig`).
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    /// `TOKENVISOR_TOKEN_WAIT`.
+    pub token_wait: std::time::Duration,
+    /// `TOKENVISOR_RETRY_AFTER_CAP`.
+    pub retry_after_cap: std::time::Duration,
+    /// `TOKENVISOR_PROBE_INTERVAL`.
+    pub probe_interval: std::time::Duration,
 }
 
 /// The resolved configuration.
@@ -117,6 +140,8 @@ pub struct Config {
     pub schedule: SchedulePolicy,
     /// Cluster-wide refresh lease duration, when several replicas share the database.
     pub cluster_lease: Option<std::time::Duration>,
+    /// How long token reads, the Retry-After cap and read probes wait.
+    pub waits: Waits,
     /// Hosts allowed over plain HTTP.
     pub allow_insecure_endpoints: Vec<String>,
     /// Webhook delivery, when URLs are configured.
@@ -312,6 +337,43 @@ impl Settings {
                 lease.to_std().ok()
             }
         };
+        let positive = |value: &Option<String>,
+                        file_value: Option<String>,
+                        env: &'static str,
+                        key: &'static str,
+                        default: std::time::Duration|
+         -> anyhow::Result<std::time::Duration> {
+            let default = chrono::Duration::from_std(default).unwrap_or(chrono::Duration::MAX);
+            let parsed = duration(value, file_value, env, key, default)?;
+            match parsed.to_std() {
+                Ok(wait) if !wait.is_zero() => Ok(wait),
+                _ => bail!("invalid {env}: must be positive"),
+            }
+        };
+        let library = tokenvisor_supervisor::TokenvisorConfig::default();
+        let waits = Waits {
+            token_wait: positive(
+                &self.token_wait,
+                file.token_wait,
+                "TOKENVISOR_TOKEN_WAIT",
+                "token_wait",
+                library.token_wait,
+            )?,
+            retry_after_cap: positive(
+                &self.retry_after_cap,
+                file.retry_after_cap,
+                "TOKENVISOR_RETRY_AFTER_CAP",
+                "retry_after_cap",
+                library.retry_after_cap,
+            )?,
+            probe_interval: positive(
+                &self.probe_interval,
+                file.probe_interval,
+                "TOKENVISOR_PROBE_INTERVAL",
+                "probe_interval",
+                library.probe_interval,
+            )?,
+        };
         if schedule.retry_base <= chrono::Duration::zero() || schedule.retry_cap < schedule.retry_base {
             bail!(
                 "invalid TOKENVISOR_RETRY_BASE / TOKENVISOR_RETRY_CAP: the base must be positive and at most the cap"
@@ -376,6 +438,7 @@ impl Settings {
             public_url,
             schedule,
             cluster_lease,
+            waits,
             allow_insecure_endpoints,
             webhooks,
         })
@@ -424,6 +487,9 @@ impl Config {
             schedule: self.schedule.clone(),
             allow_insecure_hosts: self.allow_insecure_endpoints.clone(),
             cluster_lease: self.cluster_lease,
+            token_wait: self.waits.token_wait,
+            retry_after_cap: self.waits.retry_after_cap,
+            probe_interval: self.waits.probe_interval,
             ..TokenvisorConfig::default()
         }
     }
