@@ -39,8 +39,8 @@ async fn two_replicas_refresh_a_connection_once_and_hand_out_the_same_tokens(dat
 
     for round in 1..=3u64 {
         let (a, b) = tokio::join!(
-            first.tokenvisor.force_refresh(connection.id),
-            second.force_refresh(connection.id)
+            first.tokenvisor.tokens().force_refresh(connection.id),
+            second.tokens().force_refresh(connection.id)
         );
         let (a, b) = (a.expect("first replica"), b.expect("second replica"));
         assert_eq!(
@@ -99,6 +99,7 @@ async fn a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead(data
     let asked = Instant::now();
     let token = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect("refresh after the lease ran out");
@@ -114,6 +115,7 @@ async fn a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead(data
     let asked = Instant::now();
     harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect("second refresh");
@@ -141,6 +143,7 @@ async fn tokens_awaiting_their_commit_keep_the_lease_so_no_replica_refreshes_fro
     faulty.set_fail_writes(true);
     first
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect_err("not committed, not handed out");
@@ -149,7 +152,7 @@ async fn tokens_awaiting_their_commit_keep_the_lease_so_no_replica_refreshes_fro
     // The second replica must not refresh from the stored, rotated-away token: it waits.
     let waiting = tokio::spawn({
         let second = second.clone();
-        async move { second.force_refresh(connection.id).await }
+        async move { second.tokens().force_refresh(connection.id).await }
     });
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -194,12 +197,13 @@ async fn waiting_for_another_replicas_lease_holds_no_refresh_slot(database: Test
 
     let waiting = tokio::spawn({
         let tokenvisor = harness.tokenvisor.clone();
-        async move { tokenvisor.force_refresh(held.id).await }
+        async move { tokenvisor.tokens().force_refresh(held.id).await }
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
     let asked = Instant::now();
     harness
         .tokenvisor
+        .tokens()
         .force_refresh(free.id)
         .await
         .expect("the other connection refreshes");
@@ -226,8 +230,8 @@ async fn a_revoked_grant_is_presented_once_for_all_replicas(database: TestDataba
     let requests_before = first.fake.token_requests();
 
     let (a, b) = tokio::join!(
-        first.tokenvisor.force_refresh(connection.id),
-        second.force_refresh(connection.id)
+        first.tokenvisor.tokens().force_refresh(connection.id),
+        second.tokens().force_refresh(connection.id)
     );
     assert!(a.is_err() && b.is_err(), "{a:?} {b:?}");
     assert_eq!(

@@ -20,7 +20,12 @@ async fn refresh_keeps_the_refresh_token_when_the_answer_omits_it() {
     let connection = harness.connect("zoho-like").await;
     let original = connection.refresh_token.clone().unwrap();
     for _ in 0..3 {
-        harness.tokenvisor.force_refresh(connection.id).await.expect("refresh");
+        harness
+            .tokenvisor
+            .tokens()
+            .force_refresh(connection.id)
+            .await
+            .expect("refresh");
         tokio::time::sleep(Duration::from_secs(15)).await;
     }
     assert_eq!(harness.fake.refreshes(), 3);
@@ -41,7 +46,12 @@ async fn a_rotated_refresh_token_is_committed_with_the_new_access_token() {
     )
     .await;
     let connection = harness.connect("jira-like").await;
-    let token = harness.tokenvisor.force_refresh(connection.id).await.expect("refresh");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .force_refresh(connection.id)
+        .await
+        .expect("refresh");
     let stored = harness.store.get_connection(connection.id).await.unwrap().unwrap();
     assert_eq!(stored.access_token, token.secret);
     assert_ne!(stored.refresh_token, connection.refresh_token);
@@ -67,6 +77,7 @@ async fn new_tokens_are_not_handed_out_until_committed_and_the_commit_is_retried
     faulty.set_fail_writes(true);
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect_err("uncommitted tokens are not handed out");
@@ -77,6 +88,7 @@ async fn new_tokens_are_not_handed_out_until_committed_and_the_commit_is_retried
     // The old token is still valid and still served from memory meanwhile.
     let current = harness
         .tokenvisor
+        .tokens()
         .access_token(connection.id)
         .await
         .expect("old token still valid");
@@ -99,7 +111,12 @@ async fn new_tokens_are_not_handed_out_until_committed_and_the_commit_is_retried
         harness.fake.current_refresh_token("tenant")
     );
     assert_eq!(harness.fake.reuse_events(), 0);
-    let token = harness.tokenvisor.access_token(connection.id).await.expect("token");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .access_token(connection.id)
+        .await
+        .expect("token");
     assert_eq!(token.secret, stored.access_token);
 }
 
@@ -120,7 +137,12 @@ async fn a_lost_compare_and_swap_keeps_the_other_writers_change_and_still_commit
     interfering.before_next_write(|row| {
         row.metadata.insert("note".into(), "written by another replica".into());
     });
-    let token = harness.tokenvisor.force_refresh(connection.id).await.expect("refresh");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .force_refresh(connection.id)
+        .await
+        .expect("refresh");
     let stored = harness.store.get_connection(connection.id).await.unwrap().unwrap();
     assert_eq!(
         stored.access_token, token.secret,
@@ -152,7 +174,12 @@ async fn tokens_written_elsewhere_during_a_refresh_are_adopted_not_overwritten()
         row.access_token = tokenvisor_core::SecretString::new(access.as_str());
         row.refresh_token = Some(tokenvisor_core::SecretString::new(refresh.as_str()));
     });
-    let token = harness.tokenvisor.force_refresh(connection.id).await.expect("token");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .force_refresh(connection.id)
+        .await
+        .expect("token");
     assert_eq!(token.secret.expose(), elsewhere.access_token, "the stored tokens win");
     let stored = harness.store.get_connection(connection.id).await.unwrap().unwrap();
     assert_eq!(stored.access_token.expose(), elsewhere.access_token);
@@ -174,7 +201,7 @@ async fn shutdown_lets_an_in_flight_refresh_commit() {
     settle().await;
     harness.fake.set_latency(Duration::from_secs(3));
     let tokenvisor = harness.tokenvisor.clone();
-    let refresh = tokio::spawn(async move { tokenvisor.force_refresh(connection.id).await });
+    let refresh = tokio::spawn(async move { tokenvisor.tokens().force_refresh(connection.id).await });
     tokio::time::sleep(Duration::from_millis(500)).await;
     harness.tokenvisor.shutdown().await;
     let _ = refresh.await;
@@ -188,6 +215,7 @@ async fn shutdown_lets_an_in_flight_refresh_commit() {
     assert_eq!(
         harness
             .tokenvisor
+            .tokens()
             .access_token(connection.id)
             .await
             .expect_err("stopped"),

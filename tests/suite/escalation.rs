@@ -44,6 +44,7 @@ async fn a_revoked_grant_escalates_once_to_needs_reauth_and_stops_calling_the_pr
     let healthy_before = harness.fake.refreshes_for("healthy");
     let error = harness
         .tokenvisor
+        .tokens()
         .access_token(connection.id)
         .await
         .expect_err("needs reauth");
@@ -53,6 +54,7 @@ async fn a_revoked_grant_escalates_once_to_needs_reauth_and_stops_calling_the_pr
     );
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect_err("needs reauth");
@@ -68,6 +70,7 @@ async fn a_revoked_grant_escalates_once_to_needs_reauth_and_stops_calling_the_pr
     // The other tenant never noticed.
     let token = harness
         .tokenvisor
+        .tokens()
         .access_token(healthy.id)
         .await
         .expect("healthy token");
@@ -87,7 +90,8 @@ async fn a_connection_without_refresh_token_escalates_when_its_token_can_no_long
     let now = harness.config.clock.now();
     let connection = harness
         .tokenvisor
-        .register_connection(tokenvisor_supervisor::NewConnection {
+        .connections()
+        .register(tokenvisor_supervisor::NewConnection {
             tenant_id: tokenvisor_core::TenantId::parse("no-rt").unwrap(),
             integration_id: harness.integration.id,
             access_token: tokenvisor_core::SecretString::new(issued.access_token.as_str()),
@@ -101,6 +105,7 @@ async fn a_connection_without_refresh_token_escalates_when_its_token_can_no_long
         .unwrap();
     let token = harness
         .tokenvisor
+        .tokens()
         .access_token(connection.id)
         .await
         .expect("valid while it lasts");
@@ -109,6 +114,7 @@ async fn a_connection_without_refresh_token_escalates_when_its_token_can_no_long
     settle().await;
     let error = harness
         .tokenvisor
+        .tokens()
         .access_token(connection.id)
         .await
         .expect_err("expired, nothing to refresh with");
@@ -131,11 +137,17 @@ async fn deactivated_connections_answer_disabled_and_activate_brings_them_back()
     )
     .await;
     let connection = harness.connect("ops").await;
-    let disabled = harness.tokenvisor.deactivate(connection.id).await.expect("deactivate");
+    let disabled = harness
+        .tokenvisor
+        .connections()
+        .deactivate(connection.id)
+        .await
+        .expect("deactivate");
     assert_eq!(disabled.status, ConnectionStatus::Disabled);
     assert_eq!(
         harness
             .tokenvisor
+            .tokens()
             .access_token(connection.id)
             .await
             .expect_err("disabled"),
@@ -147,9 +159,15 @@ async fn deactivated_connections_answer_disabled_and_activate_brings_them_back()
         0,
         "a disabled connection is not refreshed"
     );
-    harness.tokenvisor.activate(connection.id).await.expect("activate");
+    harness
+        .tokenvisor
+        .connections()
+        .activate(connection.id)
+        .await
+        .expect("activate");
     let token = harness
         .tokenvisor
+        .tokens()
         .access_token(connection.id)
         .await
         .expect("token after activation");
@@ -191,6 +209,7 @@ async fn unknown_connections_are_not_found() {
     .await;
     let error = harness
         .tokenvisor
+        .tokens()
         .access_token(tokenvisor_core::ConnectionId::new())
         .await
         .expect_err("unknown");

@@ -127,7 +127,7 @@ async fn scenario(ops: Vec<Op>, grace: Duration) -> Result<(), TestCaseError> {
     for op in ops {
         match op {
             Op::Read => {
-                let answer = tokenvisor.access_token(id).await;
+                let answer = tokenvisor.tokens().access_token(id).await;
                 check_answer(&model, inner.as_ref(), id, &answer).await?;
                 if let Ok(token) = answer {
                     last_token = Some(token.secret);
@@ -135,25 +135,25 @@ async fn scenario(ops: Vec<Op>, grace: Duration) -> Result<(), TestCaseError> {
             }
             Op::ReportRejected => {
                 if let Some(token) = &last_token {
-                    let answer = tokenvisor.token_rejected(id, token).await;
+                    let answer = tokenvisor.tokens().token_rejected(id, token).await;
                     check_answer(&model, inner.as_ref(), id, &answer).await?;
                 }
             }
             Op::Force { background: true } => {
                 let tokenvisor = tokenvisor.clone();
-                background.push(tokio::spawn(async move { tokenvisor.force_refresh(id).await }));
+                background.push(tokio::spawn(async move { tokenvisor.tokens().force_refresh(id).await }));
             }
             Op::Force { background: false } => {
-                let answer = tokenvisor.force_refresh(id).await;
+                let answer = tokenvisor.tokens().force_refresh(id).await;
                 check_answer(&model, inner.as_ref(), id, &answer).await?;
             }
             Op::Deactivate => {
-                if tokenvisor.deactivate(id).await.is_ok() {
+                if tokenvisor.connections().deactivate(id).await.is_ok() {
                     model.disabled = true;
                 }
             }
             Op::Activate => {
-                if tokenvisor.activate(id).await.is_ok() {
+                if tokenvisor.connections().activate(id).await.is_ok() {
                     model.disabled = false;
                 }
             }
@@ -169,13 +169,18 @@ async fn scenario(ops: Vec<Op>, grace: Duration) -> Result<(), TestCaseError> {
                     expires_in: chrono::Duration::seconds(issued.expires_in as i64),
                     metadata: Default::default(),
                 };
-                if tokenvisor.replace_tokens(id, tokens, Default::default()).await.is_ok() {
+                if tokenvisor
+                    .connections()
+                    .replace_tokens(id, tokens, Default::default())
+                    .await
+                    .is_ok()
+                {
                     model.disabled = false;
                     label = next;
                 }
             }
             Op::Remove => {
-                if tokenvisor.remove(id).await.is_ok() {
+                if tokenvisor.connections().remove(id).await.is_ok() {
                     model.removed = true;
                     refreshes_at_removal = Some(fake.refreshes());
                 }

@@ -55,6 +55,7 @@ async fn revoked_slow_and_panicking_connections_do_not_disturb_the_other_nine_hu
         assert!(refreshes >= 4, "{} refreshed {refreshes} times", connection.tenant_id);
         let token = harness
             .tokenvisor
+            .tokens()
             .access_token(connection.id)
             .await
             .expect("healthy token");
@@ -72,6 +73,7 @@ async fn revoked_slow_and_panicking_connections_do_not_disturb_the_other_nine_hu
     for connection in &slow {
         let token = harness
             .tokenvisor
+            .tokens()
             .access_token(connection.id)
             .await
             .expect("slow but healthy");

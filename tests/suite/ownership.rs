@@ -73,7 +73,9 @@ async fn stored(store: &Arc<dyn Store>, id: ConnectionId) -> Option<Connection> 
 /// Whether the stored refresh token is the provider's current one for `label`.
 fn holds_current_refresh_token(row: Option<&Connection>, fake: &tokenvisor_testkit::FakeProvider, label: &str) -> bool {
     let current = fake.current_refresh_token(label);
-    let stored = row.and_then(|row| row.refresh_token.as_ref()).map(|t| t.expose().to_owned());
+    let stored = row
+        .and_then(|row| row.refresh_token.as_ref())
+        .map(|t| t.expose().to_owned());
     current.is_some() && stored == current
 }
 
@@ -92,10 +94,10 @@ fn force_refresh_in_background(
     id: ConnectionId,
 ) -> tokio::task::JoinHandle<Result<AccessToken, TokenError>> {
     let tokenvisor = tokenvisor.clone();
-    tokio::spawn(async move { tokenvisor.force_refresh(id).await })
+    tokio::spawn(async move { tokenvisor.tokens().force_refresh(id).await })
 }
 
-/// Finding 1. A provider answering in 30 s; deactivate, 20 deactivate/activate cycles and
+/// Finding 1. A provider answering in 10 s (within the client's timeout); deactivate, 20 deactivate/activate cycles and
 /// remove, each sent while a refresh is in flight.
 #[tokio::test(start_paused = true)]
 async fn deactivate_activate_and_remove_sent_during_a_refresh_take_effect_when_they_return() {
@@ -110,17 +112,21 @@ async fn deactivate_activate_and_remove_sent_during_a_refresh_take_effect_when_t
         )
         .await;
         let connection = harness.connect("deactivated").await;
-        harness.fake.set_family_latency("deactivated", Duration::from_secs(30));
+        harness.fake.set_family_latency("deactivated", Duration::from_secs(10));
         let forced = force_refresh_in_background(&harness.tokenvisor, connection.id);
         sleep_secs(1).await;
-        assert_eq!(harness.fake.token_requests(), 1, "the refresh is in flight at the provider");
-        let deactivated = harness.tokenvisor.deactivate(connection.id).await;
+        assert_eq!(
+            harness.fake.token_requests(),
+            1,
+            "the refresh is in flight at the provider"
+        );
+        let deactivated = harness.tokenvisor.connections().deactivate(connection.id).await;
         verdict.check(deactivated.is_ok(), || {
             format!("deactivate during a refresh failed: {:?}", deactivated.as_ref().err())
         });
         let requests = harness.fake.token_requests();
         settle().await;
-        let read = harness.tokenvisor.access_token(connection.id).await;
+        let read = harness.tokenvisor.tokens().access_token(connection.id).await;
         verdict.check(matches!(read, Err(TokenError::Disabled)), || {
             format!(
                 "deactivate during a refresh: a read right after deactivate returned answered {}",
@@ -130,9 +136,12 @@ async fn deactivate_activate_and_remove_sent_during_a_refresh_take_effect_when_t
         let _ = forced.await;
         sleep_secs(3 * 3600).await;
         settle().await;
-        let read = harness.tokenvisor.access_token(connection.id).await;
+        let read = harness.tokenvisor.tokens().access_token(connection.id).await;
         verdict.check(matches!(read, Err(TokenError::Disabled)), || {
-            format!("deactivate during a refresh: a read 3 h later answered {}", describe(&read))
+            format!(
+                "deactivate during a refresh: a read 3 h later answered {}",
+                describe(&read)
+            )
         });
         let after = harness.fake.token_requests() - requests;
         verdict.check(after == 0, || {
@@ -142,7 +151,12 @@ async fn deactivate_activate_and_remove_sent_during_a_refresh_take_effect_when_t
         verdict.check(
             row.as_ref()
                 .is_some_and(|r| r.status == ConnectionStatus::Disabled && !r.is_active),
-            || format!("deactivate during a refresh: the stored row has {}", status_of(row.as_ref())),
+            || {
+                format!(
+                    "deactivate during a refresh: the stored row has {}",
+                    status_of(row.as_ref())
+                )
+            },
         );
     }
 
@@ -166,8 +180,8 @@ async fn deactivate_activate_and_remove_sent_during_a_refresh_take_effect_when_t
                 before + 1,
                 "cycle {cycle}: the refresh is in flight"
             );
-            let deactivated = harness.tokenvisor.deactivate(connection.id).await;
-            let activated = harness.tokenvisor.activate(connection.id).await;
+            let deactivated = harness.tokenvisor.connections().deactivate(connection.id).await;
+            let activated = harness.tokenvisor.connections().activate(connection.id).await;
             verdict.check(deactivated.is_ok() && activated.is_ok(), || {
                 format!(
                     "cycle {cycle}: deactivate {:?}, activate {:?}",
@@ -196,9 +210,12 @@ async fn deactivate_activate_and_remove_sent_during_a_refresh_take_effect_when_t
         verdict.check(count == 1, || {
             format!("10 h after 20 deactivate/activate cycles, supervised_count() is {count}")
         });
-        let read = harness.tokenvisor.access_token(connection.id).await;
+        let read = harness.tokenvisor.tokens().access_token(connection.id).await;
         verdict.check(read.is_ok(), || {
-            format!("after 20 deactivate/activate cycles, a read answered {}", describe(&read))
+            format!(
+                "after 20 deactivate/activate cycles, a read answered {}",
+                describe(&read)
+            )
         });
     }
 
@@ -211,11 +228,15 @@ async fn deactivate_activate_and_remove_sent_during_a_refresh_take_effect_when_t
         )
         .await;
         let connection = harness.connect("removed").await;
-        harness.fake.set_family_latency("removed", Duration::from_secs(30));
+        harness.fake.set_family_latency("removed", Duration::from_secs(10));
         let forced = force_refresh_in_background(&harness.tokenvisor, connection.id);
         sleep_secs(1).await;
-        assert_eq!(harness.fake.token_requests(), 1, "the refresh is in flight at the provider");
-        let removed = harness.tokenvisor.remove(connection.id).await;
+        assert_eq!(
+            harness.fake.token_requests(),
+            1,
+            "the refresh is in flight at the provider"
+        );
+        let removed = harness.tokenvisor.connections().remove(connection.id).await;
         verdict.check(removed.is_ok(), || {
             format!("remove during a refresh failed: {:?}", removed.as_ref().err())
         });
@@ -228,10 +249,15 @@ async fn deactivate_activate_and_remove_sent_during_a_refresh_take_effect_when_t
             format!("remove during a refresh: the provider got {after} token request(s) for the removed connection in the 3 h after remove returned")
         });
         let row = stored(&harness.store, connection.id).await;
-        verdict.check(row.is_none(), || "remove during a refresh: the row is still stored".to_owned());
-        let read = harness.tokenvisor.access_token(connection.id).await;
+        verdict.check(row.is_none(), || {
+            "remove during a refresh: the row is still stored".to_owned()
+        });
+        let read = harness.tokenvisor.tokens().access_token(connection.id).await;
         verdict.check(matches!(read, Err(TokenError::NotFound)), || {
-            format!("remove during a refresh: a read afterwards answered {}", describe(&read))
+            format!(
+                "remove during a refresh: a read afterwards answered {}",
+                describe(&read)
+            )
         });
     }
 
@@ -262,7 +288,7 @@ async fn rotated_tokens_whose_commit_failed_survive_a_restart_a_shutdown_and_a_d
         let (harness, faulty) = rotating_harness(&memory).await;
         let connection = harness.connect("restarted").await;
         faulty.set_fail_writes(true);
-        let forced = harness.tokenvisor.force_refresh(connection.id).await;
+        let forced = harness.tokenvisor.tokens().force_refresh(connection.id).await;
         assert!(forced.is_err(), "the commit failed: {}", describe(&forced));
         assert_ne!(
             harness.fake.current_refresh_token("restarted").as_deref(),
@@ -287,7 +313,7 @@ async fn rotated_tokens_whose_commit_failed_survive_a_restart_a_shutdown_and_a_d
         sleep_secs(3 * 3600).await;
         settle().await;
         let row = memory.get_connection(connection.id).await.unwrap();
-        let read = harness.tokenvisor.access_token(connection.id).await;
+        let read = harness.tokenvisor.tokens().access_token(connection.id).await;
         verdict.check(
             harness.fake.reuse_events() == 0
                 && harness.fake.family_revocations() == 0
@@ -311,7 +337,7 @@ async fn rotated_tokens_whose_commit_failed_survive_a_restart_a_shutdown_and_a_d
         let (harness, faulty) = rotating_harness(&memory).await;
         let connection = harness.connect("flushed").await;
         faulty.set_fail_writes(true);
-        let forced = harness.tokenvisor.force_refresh(connection.id).await;
+        let forced = harness.tokenvisor.tokens().force_refresh(connection.id).await;
         assert!(forced.is_err(), "the commit failed: {}", describe(&forced));
         faulty.set_fail_writes(false);
         let report = harness.tokenvisor.shutdown().await;
@@ -320,9 +346,13 @@ async fn rotated_tokens_whose_commit_failed_survive_a_restart_a_shutdown_and_a_d
             format!("shutdown with the store back: report (uncommitted, journaled) = {counts:?}, expected (0, 0)")
         });
         let row = memory.get_connection(connection.id).await.unwrap();
-        verdict.check(holds_current_refresh_token(row.as_ref(), &harness.fake, "flushed"), || {
-            "shutdown with the store back: the stored refresh token is not the one the provider rotated to".to_owned()
-        });
+        verdict.check(
+            holds_current_refresh_token(row.as_ref(), &harness.fake, "flushed"),
+            || {
+                "shutdown with the store back: the stored refresh token is not the one the provider rotated to"
+                    .to_owned()
+            },
+        );
     }
 
     // A shutdown while the store is still down says what it could not commit.
@@ -331,7 +361,7 @@ async fn rotated_tokens_whose_commit_failed_survive_a_restart_a_shutdown_and_a_d
         let (harness, faulty) = rotating_harness(&memory).await;
         let connection = harness.connect("stranded").await;
         faulty.set_fail_writes(true);
-        let forced = harness.tokenvisor.force_refresh(connection.id).await;
+        let forced = harness.tokenvisor.tokens().force_refresh(connection.id).await;
         assert!(forced.is_err(), "the commit failed: {}", describe(&forced));
         let report = harness.tokenvisor.shutdown().await;
         let counts = report_counts(&report);
@@ -347,12 +377,15 @@ async fn rotated_tokens_whose_commit_failed_survive_a_restart_a_shutdown_and_a_d
         let (harness, faulty) = rotating_harness(&memory).await;
         let connection = harness.connect("deactivated").await;
         faulty.set_fail_writes(true);
-        let forced = harness.tokenvisor.force_refresh(connection.id).await;
+        let forced = harness.tokenvisor.tokens().force_refresh(connection.id).await;
         assert!(forced.is_err(), "the commit failed: {}", describe(&forced));
         faulty.set_fail_writes(false);
-        let deactivated = harness.tokenvisor.deactivate(connection.id).await;
+        let deactivated = harness.tokenvisor.connections().deactivate(connection.id).await;
         verdict.check(deactivated.is_ok(), || {
-            format!("deactivate after the store came back failed: {:?}", deactivated.as_ref().err())
+            format!(
+                "deactivate after the store came back failed: {:?}",
+                deactivated.as_ref().err()
+            )
         });
         sleep_secs(60).await;
         settle().await;
@@ -367,7 +400,7 @@ async fn rotated_tokens_whose_commit_failed_survive_a_restart_a_shutdown_and_a_d
                 )
             },
         );
-        let activated = harness.tokenvisor.activate(connection.id).await;
+        let activated = harness.tokenvisor.connections().activate(connection.id).await;
         verdict.check(activated.is_ok(), || {
             format!("activate failed: {:?}", activated.as_ref().err())
         });
@@ -413,6 +446,7 @@ async fn a_reauthorization_that_lands_before_the_escalation_write_wins() {
     harness.fake.set_latency(Duration::ZERO);
     let replaced = harness
         .tokenvisor
+        .connections()
         .replace_tokens(connection.id, tokens_of(&regranted), Default::default())
         .await;
     assert!(replaced.is_ok(), "replace_tokens: {:?}", replaced.err());
@@ -424,13 +458,18 @@ async fn a_reauthorization_that_lands_before_the_escalation_write_wins() {
     let mut verdict = Verdict::default();
     let row = stored(&harness.store, connection.id).await;
     verdict.check(
-        row.as_ref().is_some_and(|r| {
-            r.status == ConnectionStatus::Active && r.is_active && r.refresh_failures == 0
-        }),
-        || format!("the stored row has {} after the re-authorization", status_of(row.as_ref())),
+        row.as_ref()
+            .is_some_and(|r| r.status == ConnectionStatus::Active && r.is_active && r.refresh_failures == 0),
+        || {
+            format!(
+                "the stored row has {} after the re-authorization",
+                status_of(row.as_ref())
+            )
+        },
     );
     verdict.check(
-        row.as_ref().is_some_and(|r| r.access_token.expose() == regranted.access_token),
+        row.as_ref()
+            .is_some_and(|r| r.access_token.expose() == regranted.access_token),
         || "the stored access token is not the re-authorized one".to_owned(),
     );
     let events: Vec<_> = harness
@@ -439,22 +478,27 @@ async fn a_reauthorization_that_lands_before_the_escalation_write_wins() {
         .filter(|e| e.connection_id == connection.id)
         .map(|e| e.kind)
         .collect();
-    let reauthorized = events.iter().position(|k| matches!(k, EventKind::Reauthorized));
-    verdict.check(reauthorized.is_some(), || "no reauthorized event".to_owned());
-    let late = reauthorized.map_or(0, |at| {
-        events[at..]
-            .iter()
-            .filter(|k| matches!(k, EventKind::NeedsReauthorization { .. }))
-            .count()
+    verdict.check(events.iter().any(|k| matches!(k, EventKind::Reauthorized)), || {
+        "no reauthorized event".to_owned()
     });
-    verdict.check(late == 0, || {
-        format!("{late} needs_reauthorization event(s) after the reauthorized event")
+    // The refused grant was superseded before its escalation was written: no
+    // needs_reauthorization event at all (in particular none after the reauthorized one).
+    let escalations = events
+        .iter()
+        .filter(|k| matches!(k, EventKind::NeedsReauthorization { .. }))
+        .count();
+    verdict.check(escalations == 0, || {
+        format!("{escalations} needs_reauthorization event(s) for a grant the tenant had replaced")
     });
-    let read = harness.tokenvisor.access_token(connection.id).await;
+    let read = harness.tokenvisor.tokens().access_token(connection.id).await;
     verdict.check(
-        read.as_ref()
-            .is_ok_and(|t| t.secret.expose() == regranted.access_token),
-        || format!("a read after the re-authorization answered {} (expected the re-authorized token)", describe(&read)),
+        read.as_ref().is_ok_and(|t| t.secret.expose() == regranted.access_token),
+        || {
+            format!(
+                "a read after the re-authorization answered {} (expected the re-authorized token)",
+                describe(&read)
+            )
+        },
     );
     verdict.finish();
 }
@@ -478,15 +522,16 @@ async fn a_refresh_that_loses_its_commit_to_a_disable_keeps_the_tokens_and_hands
         row.is_active = false;
         row.next_refresh_at = None;
     });
-    let forced = harness.tokenvisor.force_refresh(connection.id).await;
+    let forced = harness.tokenvisor.tokens().force_refresh(connection.id).await;
     settle().await;
 
     let mut verdict = Verdict::default();
     assert_eq!(harness.fake.refreshes_for("overruled"), 1, "the provider rotated once");
     let row = memory.get_connection(connection.id).await.unwrap();
-    verdict.check(holds_current_refresh_token(row.as_ref(), &harness.fake, "overruled"), || {
-        "the rotated refresh token was not committed (lost)".to_owned()
-    });
+    verdict.check(
+        holds_current_refresh_token(row.as_ref(), &harness.fake, "overruled"),
+        || "the rotated refresh token was not committed (lost)".to_owned(),
+    );
     verdict.check(
         row.as_ref()
             .is_some_and(|r| r.status == ConnectionStatus::Disabled && !r.is_active),
@@ -495,7 +540,7 @@ async fn a_refresh_that_loses_its_commit_to_a_disable_keeps_the_tokens_and_hands
     verdict.check(forced.is_err(), || {
         format!("the refresh that lost to a disable answered {}", describe(&forced))
     });
-    let read = harness.tokenvisor.access_token(connection.id).await;
+    let read = harness.tokenvisor.tokens().access_token(connection.id).await;
     verdict.check(matches!(read, Err(TokenError::Disabled)), || {
         format!("a read of the disabled connection answered {}", describe(&read))
     });
@@ -506,9 +551,12 @@ async fn a_refresh_that_loses_its_commit_to_a_disable_keeps_the_tokens_and_hands
     verdict.check(after == 0, || {
         format!("the provider got {after} token request(s) for the disabled connection in 3 h")
     });
-    let read = harness.tokenvisor.access_token(connection.id).await;
+    let read = harness.tokenvisor.tokens().access_token(connection.id).await;
     verdict.check(matches!(read, Err(TokenError::Disabled)), || {
-        format!("a read of the disabled connection 3 h later answered {}", describe(&read))
+        format!(
+            "a read of the disabled connection 3 h later answered {}",
+            describe(&read)
+        )
     });
     verdict.finish();
 }
@@ -532,13 +580,14 @@ async fn a_store_error_while_spawning_or_restarting_an_owner_is_retried_not_a_ve
         let connection = registrar.connect("spawned").await;
         registrar.tokenvisor.shutdown().await;
         scripted.fail_next_integration_reads(1);
-        let read = second.access_token(connection.id).await;
+        let read = second.tokens().access_token(connection.id).await;
         assert_eq!(scripted.failed_reads(), 1, "the integration lookup failed once");
-        verdict.check(
-            read.as_ref()
-                .is_ok_and(|t| t.secret == connection.access_token),
-            || format!("spawn: a read while the integration lookup failed once answered {}", describe(&read)),
-        );
+        verdict.check(read.as_ref().is_ok_and(|t| t.secret == connection.access_token), || {
+            format!(
+                "spawn: a read while the integration lookup failed once answered {}",
+                describe(&read)
+            )
+        });
         let row = stored(&memory, connection.id).await;
         verdict.check(
             row.as_ref()
@@ -547,7 +596,7 @@ async fn a_store_error_while_spawning_or_restarting_an_owner_is_retried_not_a_ve
         );
         sleep_secs(2 * 3600).await;
         settle().await;
-        let read = second.access_token(connection.id).await;
+        let read = second.tokens().access_token(connection.id).await;
         verdict.check(
             read.as_ref()
                 .is_ok_and(|t| registrar.fake.is_access_token_live(t.secret.expose())),
@@ -571,12 +620,17 @@ async fn a_store_error_while_spawning_or_restarting_an_owner_is_retried_not_a_ve
         // Past the first token's expiry: only an owner that refreshes can answer.
         sleep_secs(2 * 3600).await;
         settle().await;
-        let read = harness.tokenvisor.access_token(connection.id).await;
+        let read = harness.tokenvisor.tokens().access_token(connection.id).await;
         verdict.check(
             read.as_ref().is_ok_and(|t| {
                 t.secret != connection.access_token && harness.fake.is_access_token_live(t.secret.expose())
             }),
-            || format!("restart: 2 h after the store came back, a read answered {}", describe(&read)),
+            || {
+                format!(
+                    "restart: 2 h after the store came back, a read answered {}",
+                    describe(&read)
+                )
+            },
         );
         let row = stored(&memory, connection.id).await;
         verdict.check(
@@ -635,17 +689,24 @@ async fn a_hostile_answer_from_a_rotating_provider_keeps_the_rotated_refresh_tok
     let mut verdict = Verdict::default();
     for (rewritten, (what, edit)) in cases.into_iter().enumerate() {
         proxy.rewrite_next_answer(edit);
-        let _ = harness.tokenvisor.force_refresh(connection.id).await;
+        let _ = harness.tokenvisor.tokens().force_refresh(connection.id).await;
         sleep_secs(60).await;
         settle().await;
-        assert_eq!(proxy.rewritten(), rewritten as u64 + 1, "{what}: the answer was rewritten");
+        assert_eq!(
+            proxy.rewritten(),
+            rewritten as u64 + 1,
+            "{what}: the answer was rewritten"
+        );
         let row = stored(&harness.store, connection.id).await;
-        verdict.check(holds_current_refresh_token(row.as_ref(), &harness.fake, "hostile"), || {
-            format!(
-                "{what}: the stored refresh token is not the provider's current one ({})",
-                status_of(row.as_ref())
-            )
-        });
+        verdict.check(
+            holds_current_refresh_token(row.as_ref(), &harness.fake, "hostile"),
+            || {
+                format!(
+                    "{what}: the stored refresh token is not the provider's current one ({})",
+                    status_of(row.as_ref())
+                )
+            },
+        );
         verdict.check(
             harness.fake.reuse_events() == 0 && harness.fake.family_revocations() == 0,
             || {
@@ -659,17 +720,11 @@ async fn a_hostile_answer_from_a_rotating_provider_keeps_the_rotated_refresh_tok
     }
     sleep_secs(2 * 3600).await;
     settle().await;
-    let read = harness.tokenvisor.access_token(connection.id).await;
+    let read = harness.tokenvisor.tokens().access_token(connection.id).await;
     let row = stored(&harness.store, connection.id).await;
     verdict.check(
         read.is_ok() && row.as_ref().is_some_and(|r| r.status == ConnectionStatus::Active),
-        || {
-            format!(
-                "2 h later: read {}, {}",
-                describe(&read),
-                status_of(row.as_ref())
-            )
-        },
+        || format!("2 h later: read {}, {}", describe(&read), status_of(row.as_ref())),
     );
     verdict.finish();
 }
@@ -690,10 +745,12 @@ async fn a_huge_rate_window_and_a_crlf_access_token_are_refused_without_changing
     let mut huge = integration_for(&harness.fake, "huge-window");
     huge.settings = serde_json::json!({"window_secs": 10_000_000_000_000_000_u64, "max_refreshes_per_window": 5});
     let tokenvisor = harness.tokenvisor.clone();
-    let registered = tokio::spawn(async move { tokenvisor.register_integration(huge).await }).await;
+    let registered = tokio::spawn(async move { tokenvisor.integrations().register(huge).await }).await;
     match &registered {
         Ok(Err(_)) => {}
-        Ok(Ok(_)) => verdict.check(false, || "an integration with window_secs 1e16 was registered".to_owned()),
+        Ok(Ok(_)) => verdict.check(false, || {
+            "an integration with window_secs 1e16 was registered".to_owned()
+        }),
         Err(join) => verdict.check(false, || {
             format!("register_integration with window_secs 1e16 panicked: {join}")
         }),
@@ -711,13 +768,17 @@ async fn a_huge_rate_window_and_a_crlf_access_token_are_refused_without_changing
     tokens.access_token = SecretString::new(format!("{}\r\nX-Injected: 1", regranted.access_token));
     let replaced = harness
         .tokenvisor
+        .connections()
         .replace_tokens(connection.id, tokens, Default::default())
         .await;
     verdict.check(
         matches!(&replaced, Err(error) if error.code() == "invalid_input"),
         || match &replaced {
             Ok(_) => "replace_tokens with a CR LF access token succeeded".to_owned(),
-            Err(error) => format!("replace_tokens with a CR LF access token answered {}: {error}", error.code()),
+            Err(error) => format!(
+                "replace_tokens with a CR LF access token answered {}: {error}",
+                error.code()
+            ),
         },
     );
     settle().await;
@@ -744,12 +805,13 @@ async fn a_huge_rate_window_and_a_crlf_access_token_are_refused_without_changing
     verdict.check(reauthorized == 0, || {
         format!("{reauthorized} reauthorized event(s) for a refused replace_tokens")
     });
-    let read = harness.tokenvisor.access_token(connection.id).await;
-    verdict.check(
-        read.as_ref()
-            .is_ok_and(|t| t.secret == connection.access_token),
-        || format!("a read after the refused replace_tokens answered {} (expected the original token)", describe(&read)),
-    );
+    let read = harness.tokenvisor.tokens().access_token(connection.id).await;
+    verdict.check(read.as_ref().is_ok_and(|t| t.secret == connection.access_token), || {
+        format!(
+            "a read after the refused replace_tokens answered {} (expected the original token)",
+            describe(&read)
+        )
+    });
     verdict.finish();
 }
 
@@ -782,7 +844,10 @@ async fn a_token_read_behind_a_slow_provider_or_a_long_spacing_limit_times_out_a
         let started = Instant::now();
         let read = tokio::time::timeout(
             Duration::from_secs(1800),
-            harness.tokenvisor.token_rejected(connection.id, &connection.access_token),
+            harness
+                .tokenvisor
+                .tokens()
+                .token_rejected(connection.id, &connection.access_token),
         )
         .await;
         let waited = started.elapsed();
@@ -791,7 +856,8 @@ async fn a_token_read_behind_a_slow_provider_or_a_long_spacing_limit_times_out_a
             || {
                 format!(
                     "slow provider: the read answered {} after {waited:?}",
-                    read.as_ref().map_or("nothing (still waiting after 30 min)".to_owned(), describe)
+                    read.as_ref()
+                        .map_or("nothing (still waiting after 30 min)".to_owned(), describe)
                 )
             },
         );
@@ -806,6 +872,7 @@ async fn a_token_read_behind_a_slow_provider_or_a_long_spacing_limit_times_out_a
         let connection = harness.connect("spaced").await;
         let first = harness
             .tokenvisor
+            .tokens()
             .token_rejected(connection.id, &connection.access_token)
             .await
             .expect("the first refresh of the window");
@@ -813,7 +880,7 @@ async fn a_token_read_behind_a_slow_provider_or_a_long_spacing_limit_times_out_a
         let started = Instant::now();
         let read = tokio::time::timeout(
             Duration::from_secs(1800),
-            harness.tokenvisor.token_rejected(connection.id, &first.secret),
+            harness.tokenvisor.tokens().token_rejected(connection.id, &first.secret),
         )
         .await;
         let waited = started.elapsed();
@@ -822,7 +889,8 @@ async fn a_token_read_behind_a_slow_provider_or_a_long_spacing_limit_times_out_a
             || {
                 format!(
                     "spacing limit: the read answered {} after {waited:?}",
-                    read.as_ref().map_or("nothing (still waiting after 30 min)".to_owned(), describe)
+                    read.as_ref()
+                        .map_or("nothing (still waiting after 30 min)".to_owned(), describe)
                 )
             },
         );
@@ -847,7 +915,7 @@ async fn adopting_a_row_written_elsewhere_drops_stale_retries_and_never_returns_
         harness
             .fake
             .fail_next(1, 503, serde_json::json!({"error": "temporarily_unavailable"}));
-        let forced = harness.tokenvisor.force_refresh(connection.id).await;
+        let forced = harness.tokenvisor.tokens().force_refresh(connection.id).await;
         assert!(forced.is_err(), "the refresh failed: {}", describe(&forced));
         let fresh = harness.fake.issue_grant("stale");
         let now = harness.config.clock.now();
@@ -863,7 +931,9 @@ async fn adopting_a_row_written_elsewhere_drops_stale_retries_and_never_returns_
             row.next_refresh_at = None;
         });
         let before = harness.fake.token_requests();
-        sleep_secs(30 * 60).await;
+        // The retry is due within 2 s, held back to 10 s after the failed attempt by the
+        // minimum spacing; its commit loses to the fresh tokens, which the owner adopts.
+        sleep_secs(15).await;
         settle().await;
         let row = memory.get_connection(connection.id).await.unwrap();
         assert!(
@@ -871,15 +941,26 @@ async fn adopting_a_row_written_elsewhere_drops_stale_retries_and_never_returns_
                 .is_some_and(|r| r.access_token.expose() == fresh.access_token),
             "the retry lost its commit to the fresh tokens"
         );
+        assert_eq!(
+            harness.fake.token_requests() - before,
+            1,
+            "the retry reached the provider"
+        );
+        sleep_secs(30 * 60).await;
+        settle().await;
         let calls = harness.fake.token_requests() - before;
         verdict.check(calls == 1, || {
             format!("stale retry: the provider got {calls} token requests in the 30 min after the failure (the retry whose commit lost, then nothing until the fresh token's schedule)")
         });
-        let read = harness.tokenvisor.access_token(connection.id).await;
+        let read = harness.tokenvisor.tokens().access_token(connection.id).await;
         verdict.check(
-            read.as_ref()
-                .is_ok_and(|t| t.secret.expose() == fresh.access_token),
-            || format!("stale retry: a read answered {} (expected the adopted token)", describe(&read)),
+            read.as_ref().is_ok_and(|t| t.secret.expose() == fresh.access_token),
+            || {
+                format!(
+                    "stale retry: a read answered {} (expected the adopted token)",
+                    describe(&read)
+                )
+            },
         );
     }
 
@@ -897,27 +978,25 @@ async fn adopting_a_row_written_elsewhere_drops_stale_retries_and_never_returns_
         });
         let read = harness
             .tokenvisor
+            .tokens()
             .token_rejected(connection.id, &connection.access_token)
             .await;
-        verdict.check(
-            read.as_ref()
-                .is_ok_and(|t| t.secret != connection.access_token),
-            || {
-                format!(
-                    "rejected token: token_rejected answered {}{}",
-                    describe(&read),
-                    if read.as_ref().is_ok_and(|t| t.secret == connection.access_token) {
-                        " with the very token the caller reported rejected"
-                    } else {
-                        ""
-                    }
-                )
-            },
-        );
+        verdict.check(read.as_ref().is_ok_and(|t| t.secret != connection.access_token), || {
+            format!(
+                "rejected token: token_rejected answered {}{}",
+                describe(&read),
+                if read.as_ref().is_ok_and(|t| t.secret == connection.access_token) {
+                    " with the very token the caller reported rejected"
+                } else {
+                    ""
+                }
+            )
+        });
         let row = memory.get_connection(connection.id).await.unwrap();
         assert!(
-            row.as_ref()
-                .is_some_and(|r| r.refresh_token.as_ref().map(SecretString::expose) == Some(other.refresh_token.as_str())),
+            row.as_ref().is_some_and(
+                |r| r.refresh_token.as_ref().map(SecretString::expose) == Some(other.refresh_token.as_str())
+            ),
             "the other writer's refresh token was adopted"
         );
     }
@@ -946,7 +1025,7 @@ async fn a_retry_after_of_a_day_is_capped_and_never_outlasts_the_token() {
             .fake
             .fail_next(1, 503, serde_json::json!({"error": "temporarily_unavailable"}));
         let failed_at = Instant::now();
-        let forced = harness.tokenvisor.force_refresh(connection.id).await;
+        let forced = harness.tokenvisor.tokens().force_refresh(connection.id).await;
         assert!(forced.is_err(), "the 503: {}", describe(&forced));
         sleep_secs(2 * 3600).await;
         settle().await;
@@ -984,13 +1063,15 @@ async fn a_retry_after_of_a_day_is_capped_and_never_outlasts_the_token() {
             .refresh_times_for("throttled")
             .first()
             .map(|at| at.duration_since(connected_at));
-        verdict.check(
-            resumed.is_some_and(|after| after < Duration::from_secs(3600)),
-            || format!("429: the first successful refresh came {resumed:?} after the connect, the token expired at 3600 s"),
-        );
-        let read = harness.tokenvisor.access_token(connection.id).await;
+        verdict.check(resumed.is_some_and(|after| after < Duration::from_secs(3600)), || {
+            format!("429: the first successful refresh came {resumed:?} after the connect, the token expired at 3600 s")
+        });
+        let read = harness.tokenvisor.tokens().access_token(connection.id).await;
         verdict.check(read.is_ok(), || {
-            format!("429: a read just after the first token's expiry answered {}", describe(&read))
+            format!(
+                "429: a read just after the first token's expiry answered {}",
+                describe(&read)
+            )
         });
     }
 
@@ -1026,7 +1107,7 @@ async fn outage_errors_are_accurate_recovery_is_prompt_and_escalation_is_stored_
         let mut recovered_after = None;
         let mut read_during_outage = None;
         for second in 0..900 {
-            let read = harness.tokenvisor.access_token(connection.id).await;
+            let read = harness.tokenvisor.tokens().access_token(connection.id).await;
             match ended_at {
                 Some(ended) => {
                     if read.is_ok() {
@@ -1049,7 +1130,10 @@ async fn outage_errors_are_accurate_recovery_is_prompt_and_escalation_is_stored_
             sleep_secs(1).await;
         }
         assert_eq!(read_during_outage, None, "no token during the outage");
-        assert!(ended_at.is_some(), "an attempt reached the provider during 15 minutes of reads");
+        assert!(
+            ended_at.is_some(),
+            "an attempt reached the provider during 15 minutes of reads"
+        );
         verdict.check(
             recovered_after.is_some_and(|after| after <= Duration::from_secs(6)),
             || {
@@ -1072,7 +1156,7 @@ async fn outage_errors_are_accurate_recovery_is_prompt_and_escalation_is_stored_
         harness
             .fake
             .fail_next(1, 503, serde_json::json!({"error": "temporarily_unavailable"}));
-        let forced = harness.tokenvisor.force_refresh(connection.id).await;
+        let forced = harness.tokenvisor.tokens().force_refresh(connection.id).await;
         match &forced {
             Err(error @ TokenError::ProviderUnavailable { .. }) => {
                 let message = error.to_string();
@@ -1084,35 +1168,38 @@ async fn outage_errors_are_accurate_recovery_is_prompt_and_escalation_is_stored_
                 format!("a forced refresh answered by a 503 answered {}", describe(other))
             }),
         }
-        let read = harness.tokenvisor.access_token(connection.id).await;
-        verdict.check(
-            read.as_ref()
-                .is_ok_and(|t| t.secret == connection.access_token),
-            || format!("the token with an hour left is no longer handed out: {}", describe(&read)),
-        );
+        let read = harness.tokenvisor.tokens().access_token(connection.id).await;
+        verdict.check(read.as_ref().is_ok_and(|t| t.secret == connection.access_token), || {
+            format!(
+                "the token with an hour left is no longer handed out: {}",
+                describe(&read)
+            )
+        });
     }
 
-    // invalid_grant to a forced refresh: stored before the caller hears of it.
+    // invalid_grant to a forced refresh: stored before the caller hears of it, even when
+    // every write takes 100 ms.
     {
-        let harness = Harness::start(
-            Arc::new(MemoryStore::new()),
-            fake(Dialect::Generic, 3600).await,
-            paused_config(),
-        )
-        .await;
+        let scripted = Arc::new(ScriptedStore::new(Arc::new(MemoryStore::new())));
+        let harness = Harness::start(scripted.clone(), fake(Dialect::Generic, 3600).await, paused_config()).await;
         let connection = harness.connect("revoked").await;
         harness.fake.revoke_family("revoked");
-        let forced = harness.tokenvisor.force_refresh(connection.id).await;
+        scripted.set_write_delay(Duration::from_millis(100));
+        let forced = harness.tokenvisor.tokens().force_refresh(connection.id).await;
         // No settling: the row must say it as the caller hears it.
         let row = stored(&harness.store, connection.id).await;
         verdict.check(
             matches!(&forced, Err(TokenError::NeedsReauthorization { code, .. }) if code == "invalid_grant"),
-            || format!("a forced refresh answered by invalid_grant answered {}", describe(&forced)),
+            || {
+                format!(
+                    "a forced refresh answered by invalid_grant answered {}",
+                    describe(&forced)
+                )
+            },
         );
         verdict.check(
-            row.as_ref().is_some_and(|r| {
-                r.status == ConnectionStatus::NeedsReauth && !r.is_active && r.refresh_failures == 1
-            }),
+            row.as_ref()
+                .is_some_and(|r| r.status == ConnectionStatus::NeedsReauth && !r.is_active && r.refresh_failures == 1),
             || {
                 format!(
                     "right after force_refresh answered invalid_grant, the stored row has {}",

@@ -55,7 +55,8 @@ async fn zoho_connection(harness: &Harness, tenant: &str, data_center: &str) -> 
     );
     harness
         .tokenvisor
-        .register_connection(NewConnection {
+        .connections()
+        .register(NewConnection {
             tenant_id: TenantId::parse(tenant).unwrap(),
             integration_id: harness.integration.id,
             access_token: SecretString::new(issued.access_token.as_str()),
@@ -78,7 +79,8 @@ async fn a_zoho_eu_connection_refreshes_at_the_eu_accounts_server_and_hands_out_
     harness.fake.set_authorizing_user("acme-eu", "eu");
     let start = harness
         .tokenvisor
-        .begin_authorization(AuthorizationRequest {
+        .authorizations()
+        .begin(AuthorizationRequest {
             tenant_id: TenantId::parse("acme-eu").unwrap(),
             integration_id: harness.integration.id,
             connection_id: None,
@@ -95,7 +97,8 @@ async fn a_zoho_eu_connection_refreshes_at_the_eu_accounts_server_and_hands_out_
     assert_eq!(callback.location.as_deref(), Some("eu"));
     let connection = harness
         .tokenvisor
-        .complete_authorization(callback)
+        .authorizations()
+        .complete(callback)
         .await
         .expect("connected");
     assert_eq!(
@@ -107,7 +110,12 @@ async fn a_zoho_eu_connection_refreshes_at_the_eu_accounts_server_and_hands_out_
         .clone()
         .expect("offline access gives a refresh token");
 
-    let token = harness.tokenvisor.force_refresh(connection.id).await.expect("refresh");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .force_refresh(connection.id)
+        .await
+        .expect("refresh");
     assert_eq!(harness.fake.refreshes_at_data_center("eu"), 1);
     assert_eq!(harness.fake.refreshes_at_data_center("us"), 0);
     assert_eq!(token.api_domain.as_deref(), Some("https://www.zohoapis.eu"));
@@ -132,8 +140,12 @@ async fn a_zoho_connection_with_rejected_tokens_reported_in_a_loop_for_thirty_da
     let mut elapsed = 0u64;
     while elapsed < 30 * day {
         let step = if elapsed < day { 2 } else { 60 };
-        if let Ok(token) = harness.tokenvisor.access_token(connection.id).await {
-            let _ = harness.tokenvisor.token_rejected(connection.id, &token.secret).await;
+        if let Ok(token) = harness.tokenvisor.tokens().access_token(connection.id).await {
+            let _ = harness
+                .tokenvisor
+                .tokens()
+                .token_rejected(connection.id, &token.secret)
+                .await;
         }
         sleep_secs(step).await;
         elapsed += step;
@@ -167,6 +179,7 @@ async fn zoho_errors_arrive_with_http_200_and_are_classified() {
     harness.fake.revoke_family("revoked");
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(revoked.id)
         .await
         .expect_err("invalid_code");
@@ -188,6 +201,7 @@ async fn zoho_errors_arrive_with_http_200_and_are_classified() {
     );
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(throttled.id)
         .await
         .expect_err("throttled");
@@ -210,6 +224,7 @@ async fn a_wrong_zoho_client_secret_is_an_integration_error_not_a_reauthorizatio
     let connection = zoho_connection(&harness, "misconfigured", "us").await;
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect_err("invalid_client");
@@ -271,7 +286,8 @@ async fn a_jira_connection_refreshed_for_thirty_days_never_reuses_a_token_and_st
     harness.fake.set_authorizing_user("jira-tenant", "us");
     let start = harness
         .tokenvisor
-        .begin_authorization(AuthorizationRequest {
+        .authorizations()
+        .begin(AuthorizationRequest {
             tenant_id: TenantId::parse("jira-tenant").unwrap(),
             integration_id: harness.integration.id,
             connection_id: None,
@@ -287,7 +303,8 @@ async fn a_jira_connection_refreshed_for_thirty_days_never_reuses_a_token_and_st
     let callback = tokenvisor_tests::oauth::follow(&start.authorize_url).await;
     let connection = harness
         .tokenvisor
-        .complete_authorization(callback)
+        .authorizations()
+        .complete(callback)
         .await
         .expect("connected");
     assert!(
@@ -314,12 +331,18 @@ async fn a_jira_connection_refreshed_for_thirty_days_never_reuses_a_token_and_st
     harness.fake.drop_next_answers_after_rotation(1);
     let _ = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect_err("answer lost");
     sleep_secs(60).await;
     settle().await;
-    let token = harness.tokenvisor.access_token(connection.id).await.expect("alive");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .access_token(connection.id)
+        .await
+        .expect("alive");
     assert!(harness.fake.is_access_token_live(token.secret.expose()));
     assert_eq!(harness.fake.family_revocations(), 0);
     let stored = harness.store.get_connection(connection.id).await.unwrap().unwrap();
@@ -353,12 +376,22 @@ async fn deleting_a_connection_revokes_its_grant_at_the_provider() {
     )
     .await;
     let connection = harness.connect("leaving").await;
-    harness.tokenvisor.remove(connection.id).await.expect("removed");
+    harness
+        .tokenvisor
+        .connections()
+        .remove(connection.id)
+        .await
+        .expect("removed");
     assert_eq!(harness.fake.revocation_requests(), 1);
     assert!(!harness.fake.is_access_token_live(connection.access_token.expose()));
     assert!(harness.store.get_connection(connection.id).await.unwrap().is_none());
     assert_eq!(
-        harness.tokenvisor.access_token(connection.id).await.expect_err("gone"),
+        harness
+            .tokenvisor
+            .tokens()
+            .access_token(connection.id)
+            .await
+            .expect_err("gone"),
         TokenError::NotFound
     );
 }

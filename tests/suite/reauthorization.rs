@@ -13,7 +13,7 @@ use tokenvisor_tests::{Harness, fake, paused_config, settle, sleep_secs};
 async fn revoked_connection(harness: &Harness, tenant: &str) -> tokenvisor_core::Connection {
     let connection = harness.connect(tenant).await;
     harness.fake.revoke_family(tenant);
-    let _ = harness.tokenvisor.force_refresh(connection.id).await;
+    let _ = harness.tokenvisor.tokens().force_refresh(connection.id).await;
     settle().await;
     let stored = harness.store.get_connection(connection.id).await.unwrap().unwrap();
     assert_eq!(stored.status, ConnectionStatus::NeedsReauth);
@@ -41,7 +41,8 @@ async fn a_revoked_connection_is_reauthorized_in_one_step_and_refreshes_again() 
     harness.fake.set_authorizing_user("comeback", "us");
     let start = harness
         .tokenvisor
-        .begin_authorization(reauthorize(&harness, &connection))
+        .authorizations()
+        .begin(reauthorize(&harness, &connection))
         .await
         .expect("starts");
     assert!(
@@ -51,7 +52,8 @@ async fn a_revoked_connection_is_reauthorized_in_one_step_and_refreshes_again() 
     let callback = follow(&start.authorize_url).await;
     let revived = harness
         .tokenvisor
-        .complete_authorization(callback)
+        .authorizations()
+        .complete(callback)
         .await
         .expect("re-authorized");
     assert_eq!(revived.id, connection.id);
@@ -62,6 +64,7 @@ async fn a_revoked_connection_is_reauthorized_in_one_step_and_refreshes_again() 
 
     let token = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect("refreshing works again");
@@ -70,6 +73,7 @@ async fn a_revoked_connection_is_reauthorized_in_one_step_and_refreshes_again() 
     settle().await;
     let token = harness
         .tokenvisor
+        .tokens()
         .access_token(connection.id)
         .await
         .expect("scheduled refreshes work again");
@@ -99,35 +103,40 @@ async fn unknown_reused_and_expired_states_are_rejected_and_change_nothing() {
     };
     let error = harness
         .tokenvisor
-        .complete_authorization(unknown)
+        .authorizations()
+        .complete(unknown)
         .await
         .expect_err("unknown state");
     assert!(matches!(error, AuthorizationError::UnknownState), "{error:?}");
 
     let start = harness
         .tokenvisor
-        .begin_authorization(reauthorize(&harness, &connection))
+        .authorizations()
+        .begin(reauthorize(&harness, &connection))
         .await
         .unwrap();
     let callback = follow(&start.authorize_url).await;
     harness
         .tokenvisor
-        .complete_authorization(callback.clone())
+        .authorizations()
+        .complete(callback.clone())
         .await
         .expect("first use");
     let error = harness
         .tokenvisor
-        .complete_authorization(callback)
+        .authorizations()
+        .complete(callback)
         .await
         .expect_err("reused state");
     assert!(matches!(error, AuthorizationError::UnknownState), "{error:?}");
 
     harness.fake.revoke_family("careful");
-    let _ = harness.tokenvisor.force_refresh(connection.id).await;
+    let _ = harness.tokenvisor.tokens().force_refresh(connection.id).await;
     settle().await;
     let start = harness
         .tokenvisor
-        .begin_authorization(reauthorize(&harness, &connection))
+        .authorizations()
+        .begin(reauthorize(&harness, &connection))
         .await
         .unwrap();
     let callback = follow(&start.authorize_url).await;
@@ -135,7 +144,8 @@ async fn unknown_reused_and_expired_states_are_rejected_and_change_nothing() {
     let exchanges = harness.fake.code_exchanges();
     let error = harness
         .tokenvisor
-        .complete_authorization(callback)
+        .authorizations()
+        .complete(callback)
         .await
         .expect_err("expired state");
     assert!(matches!(error, AuthorizationError::ExpiredState), "{error:?}");
@@ -163,13 +173,15 @@ async fn denied_consent_and_a_failed_exchange_are_typed_errors_that_change_nothi
     harness.fake.deny_next_authorization();
     let start = harness
         .tokenvisor
-        .begin_authorization(reauthorize(&harness, &connection))
+        .authorizations()
+        .begin(reauthorize(&harness, &connection))
         .await
         .unwrap();
     let callback = follow(&start.authorize_url).await;
     let error = harness
         .tokenvisor
-        .complete_authorization(callback)
+        .authorizations()
+        .complete(callback)
         .await
         .expect_err("denied");
     assert!(
@@ -179,7 +191,8 @@ async fn denied_consent_and_a_failed_exchange_are_typed_errors_that_change_nothi
 
     let start = harness
         .tokenvisor
-        .begin_authorization(reauthorize(&harness, &connection))
+        .authorizations()
+        .begin(reauthorize(&harness, &connection))
         .await
         .unwrap();
     let callback = follow(&start.authorize_url).await;
@@ -188,7 +201,8 @@ async fn denied_consent_and_a_failed_exchange_are_typed_errors_that_change_nothi
         .fail_next(1, 500, serde_json::json!({"error": "server_error"}));
     let error = harness
         .tokenvisor
-        .complete_authorization(callback)
+        .authorizations()
+        .complete(callback)
         .await
         .expect_err("exchange failed");
     assert!(matches!(error, AuthorizationError::Exchange { .. }), "{error:?}");
@@ -198,6 +212,7 @@ async fn denied_consent_and_a_failed_exchange_are_typed_errors_that_change_nothi
     assert_eq!(stored.access_token, connection.access_token);
     let error = harness
         .tokenvisor
+        .tokens()
         .access_token(connection.id)
         .await
         .expect_err("still needs reauth");
@@ -215,7 +230,8 @@ async fn a_new_tenant_connects_through_the_flow() {
     harness.fake.set_authorizing_user("newcomer", "us");
     let start = harness
         .tokenvisor
-        .begin_authorization(AuthorizationRequest {
+        .authorizations()
+        .begin(AuthorizationRequest {
             tenant_id: TenantId::parse("newcomer").unwrap(),
             integration_id: harness.integration.id,
             connection_id: None,
@@ -225,11 +241,17 @@ async fn a_new_tenant_connects_through_the_flow() {
         .unwrap();
     let connection = harness
         .tokenvisor
-        .complete_authorization(follow(&start.authorize_url).await)
+        .authorizations()
+        .complete(follow(&start.authorize_url).await)
         .await
         .unwrap();
     assert_eq!(connection.tenant_id.as_str(), "newcomer");
-    let token = harness.tokenvisor.access_token(connection.id).await.expect("token");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .access_token(connection.id)
+        .await
+        .expect("token");
     assert!(harness.fake.is_access_token_live(token.secret.expose()));
 }
 
@@ -244,7 +266,8 @@ async fn a_connection_of_another_tenant_cannot_be_reauthorized() {
     let connection = harness.connect("owner").await;
     let error = harness
         .tokenvisor
-        .begin_authorization(AuthorizationRequest {
+        .authorizations()
+        .begin(AuthorizationRequest {
             tenant_id: TenantId::parse("intruder").unwrap(),
             integration_id: harness.integration.id,
             connection_id: Some(connection.id),

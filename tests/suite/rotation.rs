@@ -30,7 +30,12 @@ async fn a_rotating_connection_refreshed_a_thousand_times_never_triggers_a_reuse
         stored.refresh_token.as_ref().map(|t| t.expose().to_owned()),
         harness.fake.current_refresh_token("rotating")
     );
-    let token = harness.tokenvisor.access_token(connection.id).await.expect("token");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .access_token(connection.id)
+        .await
+        .expect("token");
     assert!(harness.fake.is_access_token_live(token.secret.expose()));
 }
 
@@ -54,6 +59,7 @@ async fn a_lost_refresh_answer_is_retried_with_the_previous_token_inside_the_gra
     harness.fake.drop_next_answers_after_rotation(1);
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect_err("answer lost");
@@ -71,6 +77,11 @@ async fn a_lost_refresh_answer_is_retried_with_the_previous_token_inside_the_gra
         harness.fake.current_refresh_token("lossy")
     );
     assert_eq!(harness.fake.family_revocations(), 0);
-    let token = harness.tokenvisor.access_token(connection.id).await.expect("token");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .access_token(connection.id)
+        .await
+        .expect("token");
     assert!(harness.fake.is_access_token_live(token.secret.expose()));
 }

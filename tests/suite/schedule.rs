@@ -59,7 +59,12 @@ async fn a_thousand_connections_over_a_simulated_day_are_all_refreshed_before_ex
             );
             previous_expiry = *expires_at;
         }
-        let token = harness.tokenvisor.access_token(connection.id).await.expect("token");
+        let token = harness
+            .tokenvisor
+            .tokens()
+            .access_token(connection.id)
+            .await
+            .expect("token");
         assert!(token.expires_at - harness.config.clock.now() >= chrono::Duration::seconds(60));
     }
     assert_eq!(harness.fake.overlapping_refreshes(), 0);
@@ -79,7 +84,12 @@ async fn short_lived_tokens_are_refreshed_at_a_quarter_of_their_lifetime_not_in_
     // A 120 s token refreshes 30 s before expiry: every ~90 s, about 40 times an hour.
     let refreshes = harness.fake.refreshes_for("short");
     assert!((38..=42).contains(&refreshes), "{refreshes} refreshes in an hour");
-    let token = harness.tokenvisor.access_token(connection.id).await.expect("token");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .access_token(connection.id)
+        .await
+        .expect("token");
     assert!(token.expires_at - harness.config.clock.now() >= chrono::Duration::seconds(30));
 }
 
@@ -95,6 +105,7 @@ async fn a_rejected_token_is_refreshed_once_and_a_stale_report_costs_no_provider
     settle().await;
     let fresh = harness
         .tokenvisor
+        .tokens()
         .token_rejected(connection.id, &connection.access_token)
         .await
         .expect("new token");
@@ -104,6 +115,7 @@ async fn a_rejected_token_is_refreshed_once_and_a_stale_report_costs_no_provider
     for _ in 0..10 {
         let token = harness
             .tokenvisor
+            .tokens()
             .token_rejected(connection.id, &connection.access_token)
             .await
             .expect("token");
@@ -112,9 +124,15 @@ async fn a_rejected_token_is_refreshed_once_and_a_stale_report_costs_no_provider
     assert_eq!(harness.fake.refreshes(), 1);
     // Reporting the new token in a tight loop never exceeds the spacing limit.
     for _ in 0..5 {
-        let current = harness.tokenvisor.access_token(connection.id).await.expect("token");
+        let current = harness
+            .tokenvisor
+            .tokens()
+            .access_token(connection.id)
+            .await
+            .expect("token");
         harness
             .tokenvisor
+            .tokens()
             .token_rejected(connection.id, &current.secret)
             .await
             .expect("token");

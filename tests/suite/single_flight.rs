@@ -25,9 +25,9 @@ async fn fifty_concurrent_callers_on_an_expired_token_cause_exactly_one_refresh(
     let mut callers = Vec::new();
     for _ in 0..50 {
         let tokenvisor = harness.tokenvisor.clone();
-        callers.push(tokio::spawn(
-            async move { tokenvisor.force_refresh(connection.id).await },
-        ));
+        callers.push(tokio::spawn(async move {
+            tokenvisor.tokens().force_refresh(connection.id).await
+        }));
     }
     let mut tokens = Vec::new();
     for caller in callers {
@@ -51,7 +51,8 @@ async fn fifty_concurrent_access_token_calls_on_an_expired_token_share_one_refre
     let now = harness.config.clock.now();
     let connection = harness
         .tokenvisor
-        .register_connection(tokenvisor_supervisor::NewConnection {
+        .connections()
+        .register(tokenvisor_supervisor::NewConnection {
             tenant_id: tokenvisor_core::TenantId::parse("late").unwrap(),
             integration_id: harness.integration.id,
             access_token: tokenvisor_core::SecretString::new(issued.access_token.as_str()),
@@ -67,9 +68,9 @@ async fn fifty_concurrent_access_token_calls_on_an_expired_token_share_one_refre
     let mut callers = Vec::new();
     for _ in 0..50 {
         let tokenvisor = harness.tokenvisor.clone();
-        callers.push(tokio::spawn(
-            async move { tokenvisor.access_token(connection.id).await },
-        ));
+        callers.push(tokio::spawn(async move {
+            tokenvisor.tokens().access_token(connection.id).await
+        }));
     }
     for caller in callers {
         let token = caller.await.unwrap().expect("token");
@@ -91,7 +92,7 @@ async fn an_actor_restarted_during_a_refresh_does_not_start_a_second_one() {
     settle().await;
     harness.fake.set_latency(Duration::from_secs(5));
     let tokenvisor = harness.tokenvisor.clone();
-    let forced = tokio::spawn(async move { tokenvisor.force_refresh(connection.id).await });
+    let forced = tokio::spawn(async move { tokenvisor.tokens().force_refresh(connection.id).await });
     tokio::time::sleep(Duration::from_millis(100)).await;
     // The actor crashes while its refresh is at the provider; the restarted actor is
     // asked for a refresh at once.
@@ -99,6 +100,7 @@ async fn an_actor_restarted_during_a_refresh_does_not_start_a_second_one() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     let token = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect("token after restart");

@@ -71,7 +71,7 @@ async fn every_connection_of_every_page_is_supervised(database: TestDatabase) {
     let tokenvisor = Tokenvisor::start(store.clone(), fast_config()).await.expect("start");
     assert_eq!(tokenvisor.supervised_count(), ids.len());
     for id in ids.iter().step_by(997).chain(ids.last()) {
-        let token = tokenvisor.access_token(*id).await.expect("token from memory");
+        let token = tokenvisor.tokens().access_token(*id).await.expect("token from memory");
         assert!(token.secret.expose().starts_with("access-"));
     }
     assert_eq!(harness.fake.token_requests(), 0, "valid tokens are not refreshed");

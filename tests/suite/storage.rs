@@ -42,7 +42,12 @@ async fn refresh_keeps_the_stored_refresh_token_when_the_answer_omits_it(databas
     let harness = harness(&database, Dialect::NonRotating, 3600).await;
     let connection = harness.connect("zoho-like").await;
     for _ in 0..3 {
-        harness.tokenvisor.force_refresh(connection.id).await.expect("refresh");
+        harness
+            .tokenvisor
+            .tokens()
+            .force_refresh(connection.id)
+            .await
+            .expect("refresh");
         tokio::time::sleep(Duration::from_millis(550)).await;
     }
     assert_eq!(harness.fake.refreshes(), 3);
@@ -54,7 +59,12 @@ async fn refresh_keeps_the_stored_refresh_token_when_the_answer_omits_it(databas
 async fn a_rotated_refresh_token_is_committed_with_its_access_token(database: TestDatabase) {
     let harness = harness(&database, Dialect::Rotating { grace: Duration::ZERO }, 3600).await;
     let connection = harness.connect("jira-like").await;
-    let token = harness.tokenvisor.force_refresh(connection.id).await.expect("refresh");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .force_refresh(connection.id)
+        .await
+        .expect("refresh");
     let stored = harness.store.get_connection(connection.id).await.unwrap().unwrap();
     assert_eq!(stored.access_token, token.secret);
     assert_eq!(
@@ -77,6 +87,7 @@ async fn tokens_are_committed_before_they_are_handed_out(database: TestDatabase)
     faulty.set_fail_writes(true);
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect_err("not committed, not handed out");
@@ -100,7 +111,12 @@ async fn tokens_are_committed_before_they_are_handed_out(database: TestDatabase)
     // The actor learns of the commit just after the row changes: until then it may still
     // hand out the previous access token (valid, and committed before it).
     wait_until("the committed token is handed out", async || {
-        let token = harness.tokenvisor.access_token(connection.id).await.expect("token");
+        let token = harness
+            .tokenvisor
+            .tokens()
+            .access_token(connection.id)
+            .await
+            .expect("token");
         token.secret == stored.access_token
     })
     .await;
@@ -117,7 +133,7 @@ async fn fifty_concurrent_callers_share_one_refresh(database: TestDatabase) {
         let tokenvisor = harness.tokenvisor.clone();
         let token = connection.access_token.clone();
         callers.push(tokio::spawn(async move {
-            tokenvisor.token_rejected(connection.id, &token).await
+            tokenvisor.tokens().token_rejected(connection.id, &token).await
         }));
     }
     for caller in callers {
@@ -139,7 +155,12 @@ async fn scheduled_refreshes_keep_short_lived_tokens_valid(database: TestDatabas
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while tokio::time::Instant::now() < deadline {
         for connection in &connections {
-            let token = harness.tokenvisor.access_token(connection.id).await.expect("token");
+            let token = harness
+                .tokenvisor
+                .tokens()
+                .access_token(connection.id)
+                .await
+                .expect("token");
             assert!(harness.fake.is_access_token_live(token.secret.expose()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -169,6 +190,7 @@ async fn a_revoked_grant_escalates_exactly_once(database: TestDatabase) {
     assert_eq!(stored.refresh_failures, 1);
     let error = harness
         .tokenvisor
+        .tokens()
         .access_token(revoked.id)
         .await
         .expect_err("needs reauth");
@@ -181,6 +203,7 @@ async fn a_revoked_grant_escalates_exactly_once(database: TestDatabase) {
     assert_eq!(escalations, 1);
     let token = harness
         .tokenvisor
+        .tokens()
         .access_token(healthy.id)
         .await
         .expect("the other tenant carries on");
@@ -196,6 +219,7 @@ async fn a_transient_outage_recovers_without_reauthorization(database: TestDatab
         .fail_next(3, 503, serde_json::json!({"error": "server_error"}));
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect_err("provider down");
@@ -214,7 +238,12 @@ async fn a_transient_outage_recovers_without_reauthorization(database: TestDatab
     let stored = harness.store.get_connection(connection.id).await.unwrap().unwrap();
     assert_eq!(stored.refresh_failures, 0);
     assert!(stored.last_error.is_none());
-    let history = harness.tokenvisor.refresh_history(connection.id, 10).await.unwrap();
+    let history = harness
+        .tokenvisor
+        .connections()
+        .history(connection.id, 10)
+        .await
+        .unwrap();
     assert_eq!(history.len(), 4, "three failures and one success are in the history");
     harness.tokenvisor.shutdown().await;
 }
@@ -231,7 +260,11 @@ async fn a_restarted_supervisor_serves_stored_tokens_without_refreshing(database
     let restarted = Tokenvisor::start(store, fast_config()).await.expect("restart");
     assert_eq!(restarted.supervised_count(), 10);
     for connection in &connections {
-        let token = restarted.access_token(connection.id).await.expect("stored token");
+        let token = restarted
+            .tokens()
+            .access_token(connection.id)
+            .await
+            .expect("stored token");
         assert_eq!(token.secret, connection.access_token);
     }
     tokio::time::sleep(Duration::from_millis(500)).await;

@@ -154,6 +154,7 @@ async fn an_escalation_is_a_span_linked_to_the_refresh_that_failed_for_good() {
     let request = tracing::info_span!("backend.request");
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .instrument(request.clone())
         .await
@@ -222,12 +223,14 @@ async fn a_rejected_token_is_refreshed_inside_the_callers_trace() {
     let request = tracing::info_span!("backend.request");
     let token = harness
         .tokenvisor
+        .tokens()
         .access_token(connection.id)
         .instrument(request.clone())
         .await
         .unwrap();
     let fresh = harness
         .tokenvisor
+        .tokens()
         .token_rejected(connection.id, &token.secret)
         .instrument(request.clone())
         .await
@@ -296,11 +299,20 @@ async fn full_cycle_leaks_no_secret(format: LogFormat) {
     keep(&mut secrets, &connection);
     sleep_secs(3000).await;
     settle().await;
-    secrets.push(harness.tokenvisor.access_token(connection.id).await.unwrap().secret);
-    let forced = harness.tokenvisor.force_refresh(connection.id).await.unwrap();
+    secrets.push(
+        harness
+            .tokenvisor
+            .tokens()
+            .access_token(connection.id)
+            .await
+            .unwrap()
+            .secret,
+    );
+    let forced = harness.tokenvisor.tokens().force_refresh(connection.id).await.unwrap();
     secrets.push(forced.secret.clone());
     let after_reject = harness
         .tokenvisor
+        .tokens()
         .token_rejected(connection.id, &forced.secret)
         .await
         .unwrap();
@@ -314,7 +326,7 @@ async fn full_cycle_leaks_no_secret(format: LogFormat) {
     harness
         .fake
         .fail_next(1, 503, serde_json::json!({"error": "temporarily_unavailable"}));
-    let _ = harness.tokenvisor.force_refresh(connection.id).await;
+    let _ = harness.tokenvisor.tokens().force_refresh(connection.id).await;
     sleep_secs(600).await;
     settle().await;
     keep(
@@ -324,6 +336,7 @@ async fn full_cycle_leaks_no_secret(format: LogFormat) {
     harness.fake.revoke_family("cycle");
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect_err("revoked");
@@ -334,7 +347,8 @@ async fn full_cycle_leaks_no_secret(format: LogFormat) {
     harness.fake.set_authorizing_user("cycle", "us");
     let start = harness
         .tokenvisor
-        .begin_authorization(AuthorizationRequest {
+        .authorizations()
+        .begin(AuthorizationRequest {
             tenant_id: connection.tenant_id.clone(),
             integration_id: harness.integration.id,
             connection_id: Some(connection.id),
@@ -344,17 +358,25 @@ async fn full_cycle_leaks_no_secret(format: LogFormat) {
         .unwrap();
     let callback = follow(&start.authorize_url).await;
     secrets.extend(callback.code.clone());
-    let revived = harness.tokenvisor.complete_authorization(callback).await.unwrap();
+    let revived = harness.tokenvisor.authorizations().complete(callback).await.unwrap();
     assert_eq!(revived.status, ConnectionStatus::Active);
     keep(&mut secrets, &revived);
-    secrets.push(harness.tokenvisor.force_refresh(connection.id).await.unwrap().secret);
+    secrets.push(
+        harness
+            .tokenvisor
+            .tokens()
+            .force_refresh(connection.id)
+            .await
+            .unwrap()
+            .secret,
+    );
     keep(
         &mut secrets,
         &harness.store.get_connection(connection.id).await.unwrap().unwrap(),
     );
 
     // Remove: the grant is revoked at the provider.
-    harness.tokenvisor.remove(connection.id).await.unwrap();
+    harness.tokenvisor.connections().remove(connection.id).await.unwrap();
     settle().await;
 
     let everything = capture.everything();

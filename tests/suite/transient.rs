@@ -30,6 +30,7 @@ async fn a_provider_outage_degrades_then_recovers_without_reauthorization() {
     // The current token is still valid and still handed out.
     let token = harness
         .tokenvisor
+        .tokens()
         .access_token(connection.id)
         .await
         .expect("still valid");
@@ -65,6 +66,7 @@ async fn a_long_outage_with_an_expired_token_gives_a_typed_error_and_never_needs
     sleep_secs(2 * 3600).await;
     let error = harness
         .tokenvisor
+        .tokens()
         .access_token(connection.id)
         .await
         .expect_err("expired during outage");
@@ -84,7 +86,12 @@ async fn a_long_outage_with_an_expired_token_gives_a_typed_error_and_never_needs
     harness.fake.fail_next(0, 200, serde_json::Value::Null);
     sleep_secs(600).await;
     settle().await;
-    let token = harness.tokenvisor.access_token(connection.id).await.expect("recovered");
+    let token = harness
+        .tokenvisor
+        .tokens()
+        .access_token(connection.id)
+        .await
+        .expect("recovered");
     assert!(harness.fake.is_access_token_live(token.secret.expose()));
 }
 
@@ -103,6 +110,7 @@ async fn retry_after_is_honoured() {
         .fail_next(1, 429, serde_json::json!({"error": "slow_down"}));
     let error = harness
         .tokenvisor
+        .tokens()
         .force_refresh(connection.id)
         .await
         .expect_err("throttled");

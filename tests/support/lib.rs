@@ -102,7 +102,8 @@ impl Harness {
             .expect("tokenvisor starts");
         let events = tokenvisor.subscribe();
         let integration = tokenvisor
-            .register_integration(integration)
+            .integrations()
+            .register(integration)
             .await
             .expect("integration registers");
         Harness {
@@ -128,7 +129,8 @@ impl Harness {
         let issued = self.fake.issue_grant(tenant);
         let now = self.config.clock.now();
         self.tokenvisor
-            .register_connection(NewConnection {
+            .connections()
+            .register(NewConnection {
                 tenant_id: TenantId::parse(tenant).expect("valid tenant"),
                 integration_id: self.integration.id,
                 access_token: SecretString::new(issued.access_token.as_str()),

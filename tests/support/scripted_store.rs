@@ -1,10 +1,12 @@
 //! A real store whose reads fail on cue: the next N integration lookups, or every
 //! connection read while a switch is on, fail as if the database had a blip at the
-//! wrong moment (a spawn, a restart). Writes always go through.
+//! wrong moment (a spawn, a restart). Writes always go through, after an optional delay
+//! (a slow database).
 
 use async_trait::async_trait;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokenvisor_core::{
     Connection, ConnectionFilter, ConnectionId, Integration, IntegrationId, PendingAuthorization, RefreshAttempt,
 };
@@ -18,6 +20,7 @@ pub struct ScriptedStore {
     integration_read_failures: AtomicU64,
     fail_connection_reads: AtomicBool,
     failed_reads: AtomicU64,
+    write_delay: Mutex<Duration>,
 }
 
 impl ScriptedStore {
@@ -27,7 +30,13 @@ impl ScriptedStore {
             integration_read_failures: AtomicU64::new(0),
             fail_connection_reads: AtomicBool::new(false),
             failed_reads: AtomicU64::new(0),
+            write_delay: Mutex::new(Duration::ZERO),
         }
+    }
+
+    /// Every compare-and-swap of a connection takes `delay` (tokio time) before it runs.
+    pub fn set_write_delay(&self, delay: Duration) {
+        *self.write_delay.lock().unwrap() = delay;
     }
 
     /// The next `n` integration lookups by id fail.
@@ -99,6 +108,10 @@ impl Store for ScriptedStore {
         self.inner.load_supervised()
     }
     async fn compare_and_swap(&self, connection: &Connection, expected_version: i64) -> Result<CasOutcome, StoreError> {
+        let delay = *self.write_delay.lock().unwrap();
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         self.inner.compare_and_swap(connection, expected_version).await
     }
     async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError> {

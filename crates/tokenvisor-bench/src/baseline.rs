@@ -47,7 +47,7 @@ pub async fn dead_connection() -> anyhow::Result<Vec<Row>> {
     let tokenvisor = Tokenvisor::start(store, config).await?;
     // Callers keep asking all day long.
     for _ in 0..(24 * 60) {
-        let _ = tokenvisor.access_token(connections[0].id).await;
+        let _ = tokenvisor.tokens().access_token(connections[0].id).await;
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
     tokenvisor.shutdown().await;

@@ -5,6 +5,7 @@
 //! `scripts/bench.sh`). CI runs `--quick` to check that the harness still runs.
 
 mod baseline;
+mod recovery;
 mod report;
 mod scenarios;
 mod setup;
@@ -26,7 +27,7 @@ struct Cli {
     /// Also try one million connections in the scale scenario.
     #[arg(long)]
     million: bool,
-    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline).
+    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the table to this markdown file.
@@ -178,6 +179,11 @@ fn main() -> anyhow::Result<()> {
     };
     if wants(&cli, "dead") {
         rows.extend(paused()?.block_on(baseline::dead_connection())?);
+        print_progress(&rows);
+    }
+    if wants(&cli, "recovery") {
+        let size = if cli.quick { 20 } else { 1_000 };
+        rows.extend(paused()?.block_on(recovery::after_provider_outage(size))?);
         print_progress(&rows);
     }
     if wants(&cli, "baseline") {

@@ -141,7 +141,7 @@ pub async fn token_latency(size: usize, duration: Duration) -> anyhow::Result<Ve
                 for _ in 0..256 {
                     index = (index + 104_729) % ids.len();
                     let started = Instant::now();
-                    let token = tokenvisor.access_token(ids[index]).await;
+                    let token = tokenvisor.tokens().access_token(ids[index]).await;
                     latencies.push(started.elapsed().as_nanos() as u64);
                     if token.is_err() {
                         return Err(anyhow::anyhow!("access_token failed"));

@@ -37,7 +37,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // An OAuth app registration and one tenant's connection.
     let provider = FakeProvider::start(FakeConfig::default()).await?;
     let integration = tokenvisor
-        .register_integration(NewIntegration {
+        .integrations()
+        .register(NewIntegration {
             name: "crm".into(),
             provider: "generic".into(),
             client_id: provider.client_id().into(),
@@ -53,7 +54,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
     let issued = provider.issue_grant("acme");
     let connection = tokenvisor
-        .register_connection(NewConnection {
+        .connections()
+        .register(NewConnection {
             tenant_id: TenantId::parse("acme")?,
             integration_id: integration.id,
             access_token: SecretString::new(issued.access_token.as_str()),
@@ -66,11 +68,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // Anywhere in the application: a valid token, from memory.
-    let token = tokenvisor.access_token(connection.id).await?;
+    let token = tokenvisor.tokens().access_token(connection.id).await?;
     println!("token {} valid until {}", token.secret.preview(), token.expires_at);
 
     // The API said 401: report it and get the replacement (one refresh, shared by all callers).
-    let replacement = tokenvisor.token_rejected(connection.id, &token.secret).await?;
+    let replacement = tokenvisor.tokens().token_rejected(connection.id, &token.secret).await?;
     println!(
         "replaced by {} valid until {}",
         replacement.secret.preview(),

@@ -53,14 +53,18 @@ impl ApiClient {
         connection_id: ConnectionId,
         build: impl Fn(&ApiTarget<'_>) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ApiError> {
-        let token = self.tokenvisor.access_token(connection_id).await?;
+        let token = self.tokenvisor.tokens().access_token(connection_id).await?;
         let response = self.send_with(&token, &build).await?;
         let dead_statuses = self.dead_token_statuses(&token).await;
         if !dead_statuses.contains(&response.status().as_u16()) {
             return Ok(response);
         }
         tracing::debug!(connection.id = %connection_id, status = response.status().as_u16(), "API rejected the token; refreshing once");
-        let fresh = self.tokenvisor.token_rejected(connection_id, &token.secret).await?;
+        let fresh = self
+            .tokenvisor
+            .tokens()
+            .token_rejected(connection_id, &token.secret)
+            .await?;
         self.send_with(&fresh, &build).await
     }
 

@@ -134,13 +134,22 @@ fn state_hash(state: &str) -> String {
         .collect()
 }
 
-impl Tokenvisor {
+/// The authorization-code flow of a [`Tokenvisor`]:
+/// `tokenvisor.authorizations().begin(request)`, then `.complete(callback)` from the
+/// provider's redirect.
+#[derive(Debug, Clone, Copy)]
+pub struct Authorizations<'a> {
+    tokenvisor: &'a Tokenvisor,
+}
+
+impl<'a> Authorizations<'a> {
+    pub(crate) fn new(tokenvisor: &'a Tokenvisor) -> Self {
+        Self { tokenvisor }
+    }
+
     /// Starts an authorization: returns the URL to send the tenant to.
-    pub async fn begin_authorization(
-        &self,
-        request: AuthorizationRequest,
-    ) -> Result<AuthorizationStart, AuthorizationError> {
-        let shared = self.shared();
+    pub async fn begin(self, request: AuthorizationRequest) -> Result<AuthorizationStart, AuthorizationError> {
+        let shared = self.tokenvisor.shared();
         let integration = shared
             .store
             .get_integration(request.integration_id)
@@ -199,11 +208,8 @@ impl Tokenvisor {
 
     /// Finishes an authorization from the provider's redirect: creates the connection, or
     /// brings the re-authorized one back to `active` (its `refresh_failures` kept).
-    pub async fn complete_authorization(
-        &self,
-        callback: AuthorizationCallback,
-    ) -> Result<Connection, AuthorizationError> {
-        let shared = self.shared();
+    pub async fn complete(self, callback: AuthorizationCallback) -> Result<Connection, AuthorizationError> {
+        let shared = self.tokenvisor.shared();
         if callback.state.is_empty() || callback.state.len() > 512 {
             return Err(AuthorizationError::UnknownState);
         }
@@ -275,13 +281,19 @@ impl Tokenvisor {
         }
         let now = shared.clock.now();
         match pending.connection_id {
-            Some(connection_id) => Ok(self.replace_tokens(connection_id, tokens, metadata).await?),
+            Some(connection_id) => Ok(self
+                .tokenvisor
+                .connections()
+                .replace_tokens(connection_id, tokens, metadata)
+                .await?),
             None => {
                 for (key, value) in &tokens.metadata {
                     metadata.insert(key.clone(), value.clone());
                 }
                 Ok(self
-                    .register_connection(NewConnection {
+                    .tokenvisor
+                    .connections()
+                    .register(NewConnection {
                         tenant_id: pending.tenant_id,
                         integration_id: pending.integration_id,
                         access_token: tokens.access_token,

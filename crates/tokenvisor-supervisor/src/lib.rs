@@ -81,10 +81,10 @@ mod shared;
 mod supervisor;
 mod token;
 
-pub use api::{NewConnection, NewIntegration, ShutdownReport, Tokenvisor};
+pub use api::{Connections, Integrations, NewConnection, NewIntegration, ShutdownReport, Tokens, Tokenvisor};
 pub use api_client::{ApiClient, ApiError, ApiTarget};
 pub use authorization::{
-    AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart, CLOUD_ID_KEY,
+    AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart, Authorizations, CLOUD_ID_KEY,
 };
 pub use config::{RestartBudget, TokenvisorConfig};
 pub use error::{AdminError, StartError, TokenError};

@@ -34,7 +34,8 @@ pub(crate) async fn create(
     let redirect_uri = integration.redirect_uri.is_none().then(|| state.options.callback_url());
     let start = state
         .tokenvisor
-        .begin_authorization(AuthorizationRequest {
+        .authorizations()
+        .begin(AuthorizationRequest {
             tenant_id,
             integration_id: integration.id,
             connection_id: body.connection_id.map(ConnectionId),
@@ -73,7 +74,7 @@ pub(crate) async fn callback(State(state): State<AppState>, Query(query): Query<
         accounts_server: get("accounts-server"),
         location: get("location"),
     };
-    match state.tokenvisor.complete_authorization(callback).await {
+    match state.tokenvisor.authorizations().complete(callback).await {
         Ok(connection) => {
             tracing::info!(connection.id = %connection.id, tenant.id = %connection.tenant_id, "authorization completed");
             page(

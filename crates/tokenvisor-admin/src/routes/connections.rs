@@ -74,7 +74,8 @@ pub(crate) async fn create(
     let integration = find_integration(state.tokenvisor.store().as_ref(), &body.integration).await?;
     let connection = state
         .tokenvisor
-        .register_connection(NewConnection {
+        .connections()
+        .register(NewConnection {
             tenant_id,
             integration_id: integration.id,
             access_token: SecretString::new(body.access_token),
@@ -175,7 +176,8 @@ pub(crate) async fn show(
 ) -> Result<Json<ConnectionView>, ApiError> {
     let connection = state
         .tokenvisor
-        .connection(id)
+        .connections()
+        .get(id)
         .await?
         .ok_or_else(|| ApiError::not_found("connection"))?;
     Ok(Json(view(&state, &connection).await?))
@@ -197,7 +199,7 @@ pub(crate) async fn token(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
 ) -> Result<Response, ApiError> {
-    let token = state.tokenvisor.access_token(id).await?;
+    let token = state.tokenvisor.tokens().access_token(id).await?;
     Ok(token_response(&token))
 }
 
@@ -223,6 +225,7 @@ pub(crate) async fn token_rejected(
     }
     let token = state
         .tokenvisor
+        .tokens()
         .token_rejected(id, &SecretString::new(body.access_token))
         .await?;
     Ok(token_response(&token))
@@ -244,10 +247,11 @@ pub(crate) async fn refresh(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    state.tokenvisor.force_refresh(id).await?;
+    state.tokenvisor.tokens().force_refresh(id).await?;
     let connection = state
         .tokenvisor
-        .connection(id)
+        .connections()
+        .get(id)
         .await?
         .ok_or_else(|| ApiError::not_found("connection"))?;
     Ok(Json(view(&state, &connection).await?))
@@ -264,7 +268,7 @@ pub(crate) async fn deactivate(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let connection = state.tokenvisor.deactivate(id).await?;
+    let connection = state.tokenvisor.connections().deactivate(id).await?;
     tracing::info!(connection.id = %id, "connection deactivated");
     Ok(Json(view(&state, &connection).await?))
 }
@@ -280,7 +284,7 @@ pub(crate) async fn activate(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let connection = state.tokenvisor.activate(id).await?;
+    let connection = state.tokenvisor.connections().activate(id).await?;
     tracing::info!(connection.id = %id, "connection activated");
     Ok(Json(view(&state, &connection).await?))
 }
@@ -296,7 +300,7 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
 ) -> Result<StatusCode, ApiError> {
-    state.tokenvisor.remove(id).await?;
+    state.tokenvisor.connections().remove(id).await?;
     tracing::info!(connection.id = %id, "connection deleted");
     Ok(StatusCode::NO_CONTENT)
 }

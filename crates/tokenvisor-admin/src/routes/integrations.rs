@@ -46,7 +46,8 @@ pub(crate) async fn create(
     };
     let integration = state
         .tokenvisor
-        .register_integration(NewIntegration {
+        .integrations()
+        .register(NewIntegration {
             name: body.name.trim().to_owned(),
             provider: body.provider,
             client_id: body.client_id,

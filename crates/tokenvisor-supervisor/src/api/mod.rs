@@ -1,4 +1,14 @@
-//! The embedding API: [`Tokenvisor`], a cheap, cloneable handle that hides the actors.
+//! The embedding API: [`Tokenvisor`], a cheap, cloneable handle that hides the actors,
+//! and its handles by concern: [`Tokens`], [`Connections`], [`Integrations`] and
+//! [`Authorizations`](crate::Authorizations).
+
+mod connections;
+mod integrations;
+mod tokens;
+
+pub use connections::{Connections, NewConnection};
+pub use integrations::{Integrations, NewIntegration};
+pub use tokens::Tokens;
 
 use crate::config::TokenvisorConfig;
 use crate::connection::{ConnectionMsg, LifecycleOp};
@@ -11,17 +21,13 @@ use chrono::{DateTime, Utc};
 use ractor::rpc::CallResult;
 use ractor::{Actor, ActorRef};
 use std::sync::Arc;
-use tokenvisor_core::{
-    Connection, ConnectionFilter, ConnectionId, ConnectionStatus, Event, EventKind, Integration, IntegrationId,
-    RefreshAttempt, SecretString, TenantId, TokenSet, check_token, validity_floor,
-};
-use tokenvisor_provider::{ResolvedIntegration, TokenClient};
+use tokenvisor_core::{Connection, ConnectionId, ConnectionStatus, Event, EventKind, validity_floor};
+use tokenvisor_provider::TokenClient;
 use tokenvisor_store::{CasOutcome, Store, StoreError};
 use tokio::sync::broadcast;
-use tracing::Instrument as _;
 
 /// The span of one call of the token API: a child of the caller's current span.
-fn api_span(name: &'static str, id: ConnectionId) -> tracing::Span {
+pub(super) fn api_span(name: &'static str, id: ConnectionId) -> tracing::Span {
     tracing::info_span!(
         "token_api",
         otel.name = name,
@@ -32,7 +38,7 @@ fn api_span(name: &'static str, id: ConnectionId) -> tracing::Span {
 }
 
 /// Records how a token API call ended (`ok` or the error's code); never the token.
-fn record_result(span: &tracing::Span, result: &Result<AccessToken, TokenError>) {
+pub(super) fn record_result(span: &tracing::Span, result: &Result<AccessToken, TokenError>) {
     match result {
         Ok(_) => {
             span.record("outcome", "ok");
@@ -42,54 +48,6 @@ fn record_result(span: &tracing::Span, result: &Result<AccessToken, TokenError>)
             span.record("error.code", error.code());
         }
     }
-}
-
-/// A new integration (one OAuth app registration).
-#[derive(Debug, Clone)]
-pub struct NewIntegration {
-    /// Unique name.
-    pub name: String,
-    /// Provider profile (`generic`, `zoho`, `zoho-desk`, `manageengine-sdp`, `atlassian`, `jira`).
-    pub provider: String,
-    /// OAuth client id.
-    pub client_id: String,
-    /// OAuth client secret.
-    pub client_secret: SecretString,
-    /// Scopes.
-    pub scopes: Vec<String>,
-    /// Redirect URI.
-    pub redirect_uri: Option<String>,
-    /// Data centre (multi-region providers).
-    pub data_center: Option<String>,
-    /// Token endpoint override.
-    pub token_url: Option<String>,
-    /// Authorization endpoint override.
-    pub authorize_url: Option<String>,
-    /// Revocation endpoint override.
-    pub revoke_url: Option<String>,
-    /// Profile overrides (see `tokenvisor_provider::endpoint::IntegrationSettings`).
-    pub settings: serde_json::Value,
-}
-
-/// A new connection with tokens obtained elsewhere (an import, or a code exchange).
-#[derive(Debug, Clone)]
-pub struct NewConnection {
-    /// The tenant.
-    pub tenant_id: TenantId,
-    /// The integration.
-    pub integration_id: IntegrationId,
-    /// Current access token.
-    pub access_token: SecretString,
-    /// Refresh token, if any.
-    pub refresh_token: Option<SecretString>,
-    /// Token type (default `Bearer`).
-    pub token_type: Option<String>,
-    /// Granted scope.
-    pub scope: Option<String>,
-    /// When the access token expires (default: now plus the profile's default lifetime).
-    pub expires_at: Option<DateTime<Utc>>,
-    /// Provider metadata (`api_domain`, `accounts_server`, cloud id...).
-    pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 /// An embedded tokenvisor: a supervisor and one actor per supervised connection.
@@ -224,219 +182,30 @@ impl Tokenvisor {
             )
     }
 
+    /// Token requests: the access token, a rejected token, a forced refresh.
+    pub fn tokens(&self) -> Tokens<'_> {
+        Tokens::new(self)
+    }
+
+    /// Connections: register, read, deactivate, activate, replace tokens, remove.
+    pub fn connections(&self) -> Connections<'_> {
+        Connections::new(self)
+    }
+
+    /// Integrations: register.
+    pub fn integrations(&self) -> Integrations<'_> {
+        Integrations::new(self)
+    }
+
+    /// The authorization-code flow: connect a tenant, re-authorize a connection.
+    pub fn authorizations(&self) -> crate::Authorizations<'_> {
+        crate::Authorizations::new(self)
+    }
+
     /// How many connections have an owner (actor) running that supervises them
     /// (refreshes them); disabled and `needs_reauth` connections are not counted.
     pub fn supervised_count(&self) -> usize {
         self.shared.registry.supervised_count()
-    }
-
-    /// Registers an integration after checking its provider, endpoints and settings.
-    pub async fn register_integration(&self, new: NewIntegration) -> Result<Integration, AdminError> {
-        if new.name.trim().is_empty() || new.name.len() > 128 {
-            return Err(AdminError::Invalid {
-                field: "name",
-                reason: "must be 1 to 128 characters".into(),
-            });
-        }
-        if new.client_id.is_empty() || new.client_id.len() > 512 {
-            return Err(AdminError::Invalid {
-                field: "client_id",
-                reason: "must be 1 to 512 characters".into(),
-            });
-        }
-        if new.client_secret.is_empty() {
-            return Err(AdminError::Invalid {
-                field: "client_secret",
-                reason: "must not be empty".into(),
-            });
-        }
-        let now = self.shared.clock.now();
-        let integration = Integration {
-            id: IntegrationId::new(),
-            name: new.name,
-            provider: new.provider,
-            client_id: new.client_id,
-            client_secret: new.client_secret,
-            scopes: new.scopes,
-            redirect_uri: new.redirect_uri,
-            data_center: new.data_center,
-            token_url: new.token_url,
-            authorize_url: new.authorize_url,
-            revoke_url: new.revoke_url,
-            settings: new.settings,
-            created_at: now,
-            updated_at: now,
-        };
-        ResolvedIntegration::resolve(&integration, &self.shared.config.allow_insecure_hosts)?;
-        self.shared.store.insert_integration(&integration).await?;
-        Ok(integration)
-    }
-
-    /// Registers a connection, commits it, and starts supervising it.
-    pub async fn register_connection(&self, new: NewConnection) -> Result<Connection, AdminError> {
-        check_tokens(&new.access_token, new.refresh_token.as_ref().filter(|t| !t.is_empty()))?;
-        let integration = self
-            .shared
-            .store
-            .get_integration(new.integration_id)
-            .await?
-            .ok_or(AdminError::NotFound("integration"))?;
-        let resolved = ResolvedIntegration::resolve(&integration, &self.shared.config.allow_insecure_hosts)?;
-        self.shared.cache_integration(&integration);
-        let now = self.shared.clock.now();
-        let expires_at = new.expires_at.unwrap_or(now + resolved.profile.default_lifetime);
-        let connection = Connection {
-            id: ConnectionId::new(),
-            tenant_id: new.tenant_id,
-            integration_id: integration.id,
-            access_token: new.access_token,
-            refresh_token: new.refresh_token.filter(|t| !t.is_empty()),
-            token_type: new.token_type.unwrap_or_else(|| "Bearer".into()),
-            scope: new.scope,
-            issued_at: now.min(expires_at),
-            expires_at,
-            next_refresh_at: None,
-            last_refresh_at: None,
-            status: ConnectionStatus::Active,
-            is_active: true,
-            refresh_failures: 0,
-            consecutive_failures: 0,
-            last_error: None,
-            metadata: new.metadata,
-            version: 1,
-            created_at: now,
-            updated_at: now,
-        };
-        self.shared.store.insert_connection(&connection).await?;
-        self.spawn(connection.clone()).await?;
-        self.emit(&connection, EventKind::Connected);
-        Ok(connection)
-    }
-
-    /// A valid access token for the connection: from memory when it stays valid for at
-    /// least `min(min_validity, lifetime / 4)`, otherwise after a refresh that concurrent
-    /// callers share. Never makes a provider call for an inactive connection. Waits at
-    /// most [`TokenvisorConfig::token_wait`], then answers [`TokenError::Timeout`].
-    ///
-    /// When it has to wait for the actor (a refresh, an inactive connection) it is traced
-    /// as a `tokenvisor.access_token` span, a child of the caller's current span (so a
-    /// request span of the embedding application contains its token fetch); a refresh it
-    /// starts is a child of it. Answers from memory are not traced.
-    pub async fn access_token(&self, id: ConnectionId) -> Result<AccessToken, TokenError> {
-        // The hot path (a valid token in memory) creates no span: at 100k calls/s a span
-        // each would cost more than the lookup and flood the tracing backend.
-        if !self.shared.is_shutting_down()
-            && let Some(token) = self.fast_token(id)
-        {
-            return Ok(token);
-        }
-        let span = api_span("tokenvisor.access_token", id);
-        let wait = self.shared.config.token_wait;
-        let result = self
-            .call(id, wait, |reply| {
-                ConnectionMsg::AccessToken(reply, tracing::Span::current())
-            })
-            .instrument(span.clone())
-            .await;
-        record_result(&span, &result);
-        result
-    }
-
-    /// The API rejected `token` (HTTP 401). If it is still the current token, one refresh
-    /// happens (within the spacing limit) and the new token is returned; if it was already
-    /// replaced, the current token is returned without a provider call.
-    pub async fn token_rejected(&self, id: ConnectionId, token: &SecretString) -> Result<AccessToken, TokenError> {
-        if let Some(current) = self.fast_token(id)
-            && current.secret != *token
-        {
-            return Ok(current);
-        }
-        let span = api_span("tokenvisor.token_rejected", id);
-        let wait = self.shared.config.token_wait;
-        let result = self
-            .call(id, wait, |reply| ConnectionMsg::TokenRejected {
-                token: token.clone(),
-                reply,
-                caller: tracing::Span::current(),
-            })
-            .instrument(span.clone())
-            .await;
-        record_result(&span, &result);
-        result
-    }
-
-    /// Refreshes now (within the spacing limit) and returns the new token.
-    pub async fn force_refresh(&self, id: ConnectionId) -> Result<AccessToken, TokenError> {
-        let span = api_span("tokenvisor.force_refresh", id);
-        let wait = self.shared.config.operation_timeout;
-        let result = self
-            .call(id, wait, |reply| {
-                ConnectionMsg::ForceRefresh(reply, tracing::Span::current())
-            })
-            .instrument(span.clone())
-            .await;
-        record_result(&span, &result);
-        result
-    }
-
-    /// The stored connection (tokens inside are [`SecretString`]s).
-    pub async fn connection(&self, id: ConnectionId) -> Result<Option<Connection>, TokenError> {
-        Ok(self.shared.store.get_connection(id).await?)
-    }
-
-    /// Stored connections matching `filter`.
-    pub async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, TokenError> {
-        Ok(self.shared.store.list_connections(filter).await?)
-    }
-
-    /// The newest refresh attempts of a connection.
-    pub async fn refresh_history(&self, id: ConnectionId, limit: u64) -> Result<Vec<RefreshAttempt>, TokenError> {
-        Ok(self.shared.store.list_attempts(id, limit).await?)
-    }
-
-    /// Disables the connection. A refresh in flight commits first; once this returns,
-    /// no caller gets a token for it and the provider is not called for it until
-    /// [`Tokenvisor::activate`]. Callers get [`TokenError::Disabled`].
-    pub async fn deactivate(&self, id: ConnectionId) -> Result<Connection, TokenError> {
-        self.lifecycle(id, LifecycleOp::Deactivate).await
-    }
-
-    /// Enables a disabled (or `needs_reauth`) connection again and supervises it.
-    pub async fn activate(&self, id: ConnectionId) -> Result<Connection, TokenError> {
-        self.lifecycle(id, LifecycleOp::Activate).await
-    }
-
-    /// Replaces the tokens of a connection (re-authorization): commits them, marks the
-    /// connection active (`refresh_failures` kept as history) and supervises it. The
-    /// tokens are checked like a provider's answer (RFC 6749 characters, at most 16 KiB).
-    pub async fn replace_tokens(
-        &self,
-        id: ConnectionId,
-        tokens: TokenSet,
-        metadata: serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Connection, TokenError> {
-        check_tokens(&tokens.access_token, tokens.refresh_token.as_ref()).map_err(|error| match error {
-            AdminError::Invalid { field, reason } => TokenError::Invalid { field, reason },
-            other => TokenError::Internal(other.to_string()),
-        })?;
-        if tokens.expires_in <= chrono::Duration::zero() {
-            return Err(TokenError::Invalid {
-                field: "expires_in",
-                reason: "must be positive".into(),
-            });
-        }
-        self.lifecycle(id, LifecycleOp::ReplaceTokens { tokens, metadata })
-            .await
-    }
-
-    /// Deletes the connection with its history and revokes its grant at the provider
-    /// (best effort). A refresh in flight commits first; once this returns, the provider
-    /// is never called for this connection again.
-    pub async fn remove(&self, id: ConnectionId) -> Result<(), TokenError> {
-        let wait = self.shared.config.operation_timeout;
-        self.call(id, wait, |reply| ConnectionMsg::Lifecycle(LifecycleOp::Remove, reply))
-            .await
-            .map(|_| ())
     }
 
     /// Stops taking requests, gives tokens that await their commit one more try, lets
@@ -489,14 +258,14 @@ impl Tokenvisor {
             .cast(crate::supervisor::SupervisorMsg::InjectPanic { connection_id: id });
     }
 
-    fn fast_token(&self, id: ConnectionId) -> Option<AccessToken> {
+    pub(super) fn fast_token(&self, id: ConnectionId) -> Option<AccessToken> {
         let slot = self.shared.registry.get(id)?;
         let token = slot.token()?;
         let floor = validity_floor(token.issued_at, token.expires_at, &self.shared.config.schedule);
         (token.expires_at - self.shared.clock.now() >= floor).then_some(token)
     }
 
-    async fn lifecycle(&self, id: ConnectionId, op: LifecycleOp) -> Result<Connection, TokenError> {
+    pub(super) async fn lifecycle(&self, id: ConnectionId, op: LifecycleOp) -> Result<Connection, TokenError> {
         if self.shared.is_shutting_down() {
             return Err(TokenError::ShuttingDown);
         }
@@ -507,7 +276,7 @@ impl Tokenvisor {
     }
 
     /// The connection's owner: the running one, or one the supervisor starts.
-    async fn owner(&self, id: ConnectionId) -> Result<ActorRef<ConnectionMsg>, TokenError> {
+    pub(super) async fn owner(&self, id: ConnectionId) -> Result<ActorRef<ConnectionMsg>, TokenError> {
         if let Some(owner) = self.shared.registry.get(id).and_then(|slot| slot.owner()) {
             return Ok(owner);
         }
@@ -529,7 +298,7 @@ impl Tokenvisor {
 
     /// Sends a request to the connection's owner and waits at most `wait` for its answer.
     /// An owner that stopped meanwhile (removed, crashed) is looked up again.
-    async fn call<T: Send + 'static>(
+    pub(super) async fn call<T: Send + 'static>(
         &self,
         id: ConnectionId,
         wait: std::time::Duration,
@@ -563,7 +332,7 @@ impl Tokenvisor {
         Err(TokenError::Internal("the connection's owner keeps stopping".into()))
     }
 
-    async fn spawn(&self, connection: Connection) -> Result<(), AdminError> {
+    pub(super) async fn spawn(&self, connection: Connection) -> Result<(), AdminError> {
         let spawned = self
             .supervisor
             .call(
@@ -581,7 +350,7 @@ impl Tokenvisor {
         }
     }
 
-    fn emit(&self, connection: &Connection, kind: EventKind) {
+    pub(super) fn emit(&self, connection: &Connection, kind: EventKind) {
         self.shared.events.publish(Event {
             at: self.shared.clock.now(),
             connection_id: connection.id,
@@ -599,22 +368,6 @@ pub struct ShutdownReport {
     pub uncommitted: usize,
     /// Of those (and of earlier runs), how many the journal keeps for the next start.
     pub journaled: usize,
-}
-
-/// Checks tokens entering the system like a provider's answer (RFC 6749 characters,
-/// at most 16 KiB): one place for the embedding API and the admin routes.
-fn check_tokens(access_token: &SecretString, refresh_token: Option<&SecretString>) -> Result<(), AdminError> {
-    check_token("access token", access_token.expose()).map_err(|error| AdminError::Invalid {
-        field: "access_token",
-        reason: error.to_string(),
-    })?;
-    if let Some(refresh_token) = refresh_token {
-        check_token("refresh token", refresh_token.expose()).map_err(|error| AdminError::Invalid {
-            field: "refresh_token",
-            reason: error.to_string(),
-        })?;
-    }
-    Ok(())
 }
 
 /// Commits the token sets a previous run journaled: each goes onto the stored row when

@@ -1,0 +1,165 @@
+//! Connections: register, read, and the lifecycle operations, each a message to the
+//! connection's owner (see the crate docs, "Who writes a connection").
+
+use super::Tokenvisor;
+use crate::connection::{ConnectionMsg, LifecycleOp};
+use crate::error::{AdminError, TokenError};
+use chrono::{DateTime, Utc};
+use tokenvisor_core::{
+    Connection, ConnectionFilter, ConnectionId, ConnectionStatus, EventKind, IntegrationId, RefreshAttempt,
+    SecretString, TenantId, TokenSet, check_token,
+};
+use tokenvisor_provider::ResolvedIntegration;
+
+/// A new connection with tokens obtained elsewhere (an import, or a code exchange).
+#[derive(Debug, Clone)]
+pub struct NewConnection {
+    /// The tenant.
+    pub tenant_id: TenantId,
+    /// The integration.
+    pub integration_id: IntegrationId,
+    /// Current access token.
+    pub access_token: SecretString,
+    /// Refresh token, if any.
+    pub refresh_token: Option<SecretString>,
+    /// Token type (default `Bearer`).
+    pub token_type: Option<String>,
+    /// Granted scope.
+    pub scope: Option<String>,
+    /// When the access token expires (default: now plus the profile's default lifetime).
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Provider metadata (`api_domain`, `accounts_server`, cloud id...).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The connections of a [`Tokenvisor`]: `tokenvisor.connections().deactivate(id)`.
+#[derive(Debug, Clone, Copy)]
+pub struct Connections<'a> {
+    tokenvisor: &'a Tokenvisor,
+}
+
+impl<'a> Connections<'a> {
+    pub(super) fn new(tokenvisor: &'a Tokenvisor) -> Self {
+        Self { tokenvisor }
+    }
+
+    /// Registers a connection, commits it, and starts supervising it.
+    pub async fn register(self, new: NewConnection) -> Result<Connection, AdminError> {
+        check_tokens(&new.access_token, new.refresh_token.as_ref().filter(|t| !t.is_empty()))?;
+        let integration = self
+            .tokenvisor
+            .shared
+            .store
+            .get_integration(new.integration_id)
+            .await?
+            .ok_or(AdminError::NotFound("integration"))?;
+        let resolved = ResolvedIntegration::resolve(&integration, &self.tokenvisor.shared.config.allow_insecure_hosts)?;
+        self.tokenvisor.shared.cache_integration(&integration);
+        let now = self.tokenvisor.shared.clock.now();
+        let expires_at = new.expires_at.unwrap_or(now + resolved.profile.default_lifetime);
+        let connection = Connection {
+            id: ConnectionId::new(),
+            tenant_id: new.tenant_id,
+            integration_id: integration.id,
+            access_token: new.access_token,
+            refresh_token: new.refresh_token.filter(|t| !t.is_empty()),
+            token_type: new.token_type.unwrap_or_else(|| "Bearer".into()),
+            scope: new.scope,
+            issued_at: now.min(expires_at),
+            expires_at,
+            next_refresh_at: None,
+            last_refresh_at: None,
+            status: ConnectionStatus::Active,
+            is_active: true,
+            refresh_failures: 0,
+            consecutive_failures: 0,
+            last_error: None,
+            metadata: new.metadata,
+            version: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.tokenvisor.shared.store.insert_connection(&connection).await?;
+        self.tokenvisor.spawn(connection.clone()).await?;
+        self.tokenvisor.emit(&connection, EventKind::Connected);
+        Ok(connection)
+    }
+
+    /// The stored connection (tokens inside are [`SecretString`]s).
+    pub async fn get(self, id: ConnectionId) -> Result<Option<Connection>, TokenError> {
+        Ok(self.tokenvisor.shared.store.get_connection(id).await?)
+    }
+
+    /// Stored connections matching `filter`.
+    pub async fn list(self, filter: &ConnectionFilter) -> Result<Vec<Connection>, TokenError> {
+        Ok(self.tokenvisor.shared.store.list_connections(filter).await?)
+    }
+
+    /// The newest refresh attempts of a connection.
+    pub async fn history(self, id: ConnectionId, limit: u64) -> Result<Vec<RefreshAttempt>, TokenError> {
+        Ok(self.tokenvisor.shared.store.list_attempts(id, limit).await?)
+    }
+
+    /// Disables the connection. A refresh in flight commits first; once this returns,
+    /// no caller gets a token for it and the provider is not called for it until
+    /// [`Tokenvisor::activate`]. Callers get [`TokenError::Disabled`].
+    pub async fn deactivate(self, id: ConnectionId) -> Result<Connection, TokenError> {
+        self.tokenvisor.lifecycle(id, LifecycleOp::Deactivate).await
+    }
+
+    /// Enables a disabled (or `needs_reauth`) connection again and supervises it.
+    pub async fn activate(self, id: ConnectionId) -> Result<Connection, TokenError> {
+        self.tokenvisor.lifecycle(id, LifecycleOp::Activate).await
+    }
+
+    /// Replaces the tokens of a connection (re-authorization): commits them, marks the
+    /// connection active (`refresh_failures` kept as history) and supervises it. The
+    /// tokens are checked like a provider's answer (RFC 6749 characters, at most 16 KiB).
+    pub async fn replace_tokens(
+        self,
+        id: ConnectionId,
+        tokens: TokenSet,
+        metadata: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Connection, TokenError> {
+        check_tokens(&tokens.access_token, tokens.refresh_token.as_ref()).map_err(|error| match error {
+            AdminError::Invalid { field, reason } => TokenError::Invalid { field, reason },
+            other => TokenError::Internal(other.to_string()),
+        })?;
+        if tokens.expires_in <= chrono::Duration::zero() {
+            return Err(TokenError::Invalid {
+                field: "expires_in",
+                reason: "must be positive".into(),
+            });
+        }
+        self.tokenvisor
+            .lifecycle(id, LifecycleOp::ReplaceTokens { tokens, metadata })
+            .await
+    }
+
+    /// Deletes the connection with its history and revokes its grant at the provider
+    /// (best effort). A refresh in flight commits first; once this returns, the provider
+    /// is never called for this connection again.
+    pub async fn remove(self, id: ConnectionId) -> Result<(), TokenError> {
+        let wait = self.tokenvisor.shared.config.operation_timeout;
+        self.tokenvisor
+            .call(id, wait, |reply| ConnectionMsg::Lifecycle(LifecycleOp::Remove, reply))
+            .await
+            .map(|_| ())
+    }
+}
+
+/// Checks tokens entering the system like a provider's answer (RFC 6749 characters,
+/// at most 16 KiB): one place for the embedding API and the admin routes.
+fn check_tokens(access_token: &SecretString, refresh_token: Option<&SecretString>) -> Result<(), AdminError> {
+    check_token("access token", access_token.expose()).map_err(|error| AdminError::Invalid {
+        field: "access_token",
+        reason: error.to_string(),
+    })?;
+    if let Some(refresh_token) = refresh_token {
+        check_token("refresh token", refresh_token.expose()).map_err(|error| AdminError::Invalid {
+            field: "refresh_token",
+            reason: error.to_string(),
+        })?;
+    }
+    Ok(())
+}
