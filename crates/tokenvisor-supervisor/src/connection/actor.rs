@@ -158,6 +158,8 @@ pub(crate) struct Owner {
     failures: u32,
     /// When a caller last cut a backoff short.
     last_probe: Option<DateTime<Utc>>,
+    /// The refresh being started is such a probe.
+    probing: bool,
     startup: bool,
     /// The span of the caller waiting for the next refresh (its parent span).
     refresh_parent: Option<tracing::Span>,
@@ -348,6 +350,7 @@ impl Owner {
             closing: false,
             failures: 0,
             last_probe: None,
+            probing: false,
             startup,
             refresh_parent: None,
             held_back: false,
@@ -410,6 +413,16 @@ impl Owner {
 
     fn now(&self) -> DateTime<Utc> {
         self.shared.clock.now()
+    }
+
+    /// The limits a probe obeys: the provider's own (a profile's spacing, its window),
+    /// not tokenvisor's general minimum spacing, which the probe interval replaces.
+    fn probe_policy(&self) -> tokenvisor_core::SchedulePolicy {
+        let mut policy = self.integration.policy.clone();
+        if policy.min_spacing <= self.shared.config.schedule.min_spacing {
+            policy.min_spacing = chrono::Duration::zero();
+        }
+        policy
     }
 
     /// When the current token stops being handed out (the validity floor is reached).
@@ -523,7 +536,9 @@ impl Owner {
         if failure.class == FailureClass::Transient && next_probe <= now && !self.shared.is_shutting_down() {
             self.last_probe = Some(now);
             self.add_waiter(reply, caller);
+            self.probing = true;
             self.start_refresh(myself, reason);
+            self.probing = false;
             return;
         }
         let next = if failure.class == FailureClass::Transient {
@@ -610,7 +625,11 @@ impl Owner {
         let now = self.now();
         if pending.is_none() {
             let recent: Vec<_> = self.recent.iter().copied().collect();
-            let allowed = earliest_allowed(&recent, now, &self.integration.policy);
+            let allowed = if self.probing {
+                earliest_allowed(&recent, now, &self.probe_policy())
+            } else {
+                earliest_allowed(&recent, now, &self.integration.policy)
+            };
             if allowed > now {
                 if !self.held_back {
                     self.held_back = true;
