@@ -1211,3 +1211,80 @@ async fn outage_errors_are_accurate_recovery_is_prompt_and_escalation_is_stored_
 
     verdict.finish();
 }
+
+/// Finding 14, the provider's side: callers reading the tokens of many connections
+/// during an outage probe the provider once per probe interval for the whole
+/// integration, not once per connection; once a probe succeeds, every reader gets a
+/// token on its next read.
+#[tokio::test(start_paused = true)]
+async fn readers_of_many_connections_probe_a_failing_provider_once_per_interval_and_all_recover_together() {
+    const CONNECTIONS: usize = 50;
+    let harness = Harness::start(
+        Arc::new(MemoryStore::new()),
+        fake(Dialect::Generic, 60).await,
+        paused_config(),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..CONNECTIONS {
+        ids.push(harness.connect(&format!("reader-{i}")).await.id);
+    }
+    harness
+        .fake
+        .fail_next(u32::MAX, 503, serde_json::json!({"error": "temporarily_unavailable"}));
+    // Every token expires; the connections back off.
+    sleep_secs(600).await;
+    let before = harness.fake.token_requests();
+    let reading = Duration::from_secs(60);
+    let started = Instant::now();
+    let readers: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let tokenvisor = harness.tokenvisor.clone();
+            tokio::spawn(async move {
+                let mut next = Instant::now();
+                while next < started + reading {
+                    tokio::time::sleep_until(next).await;
+                    next += Duration::from_secs(1);
+                    let _ = tokenvisor.tokens().access_token(id).await;
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        reader.await.unwrap();
+    }
+    let during = harness.fake.token_requests() - before;
+    // Backoff retries (at most one per connection in a minute at this point) plus one
+    // probe per 3 s for the integration; one probe per connection would be about 1,000.
+    assert!(
+        during <= CONNECTIONS as u64 + 25,
+        "{during} provider calls while {CONNECTIONS} readers read for a minute"
+    );
+
+    harness.fake.fail_next(0, 503, serde_json::Value::Null);
+    let healed = Instant::now();
+    let mut recovered = Vec::new();
+    let readers: Vec<_> = ids
+        .iter()
+        .map(|&id| {
+            let tokenvisor = harness.tokenvisor.clone();
+            tokio::spawn(async move {
+                loop {
+                    if tokenvisor.tokens().access_token(id).await.is_ok() {
+                        return Instant::now() - healed;
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        })
+        .collect();
+    for reader in readers {
+        recovered.push(reader.await.unwrap());
+    }
+    let slowest = recovered.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest <= Duration::from_secs(5),
+        "the slowest reader got a token {slowest:?} after the provider's return"
+    );
+}

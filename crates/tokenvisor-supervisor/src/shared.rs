@@ -162,6 +162,51 @@ pub(crate) struct IntegrationRuntime {
     pub policy: SchedulePolicy,
     /// Concurrency and rate limits on its provider calls.
     pub limiter: crate::limits::IntegrationLimiter,
+    /// Read probes of its connections during an outage (see [`ProbeGate`]).
+    pub probes: ProbeGate,
+}
+
+/// Read probes of one integration's connections: while its provider fails, one probe per
+/// interval for the whole integration (a thousand connections backing off cost one call
+/// per interval, not a thousand); once any refresh of the integration succeeds again,
+/// each waiting connection may try at once.
+#[derive(Debug, Default)]
+pub(crate) struct ProbeGate {
+    state: std::sync::Mutex<ProbeState>,
+}
+
+#[derive(Debug, Default)]
+struct ProbeState {
+    last_probe: Option<chrono::DateTime<chrono::Utc>>,
+    last_success: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl ProbeGate {
+    /// Whether a connection that last failed at `failed_at` may probe now: the provider
+    /// answered another refresh since, or no probe of the integration ran for `interval`
+    /// (then this call takes the slot).
+    pub fn may_probe(
+        &self,
+        failed_at: chrono::DateTime<chrono::Utc>,
+        now: chrono::DateTime<chrono::Utc>,
+        interval: chrono::Duration,
+    ) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if state.last_success.is_some_and(|success| success > failed_at) {
+            return true;
+        }
+        if state.last_probe.is_some_and(|probe| probe + interval > now) {
+            return false;
+        }
+        state.last_probe = Some(now);
+        true
+    }
+
+    /// A refresh of the integration succeeded at `at`.
+    pub fn succeeded(&self, at: chrono::DateTime<chrono::Utc>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.last_success = Some(state.last_success.map_or(at, |last| last.max(at)));
+    }
 }
 
 impl IntegrationRuntime {
@@ -182,6 +227,7 @@ impl IntegrationRuntime {
         }
         Self {
             limiter: crate::limits::IntegrationLimiter::new(limits),
+            probes: ProbeGate::default(),
             name: integration.name.clone(),
             provider: integration.provider.clone(),
             resolved,

@@ -158,6 +158,8 @@ pub(crate) struct Owner {
     failures: u32,
     /// When a caller last cut a backoff short.
     last_probe: Option<DateTime<Utc>>,
+    /// When the last refresh failed (transiently, or its commit).
+    failed_at: Option<DateTime<Utc>>,
     /// The refresh being started is such a probe.
     probing: bool,
     startup: bool,
@@ -350,6 +352,7 @@ impl Owner {
             closing: false,
             failures: 0,
             last_probe: None,
+            failed_at: None,
             probing: false,
             startup,
             refresh_parent: None,
@@ -533,7 +536,13 @@ impl Owner {
         let now = self.now();
         let interval = chrono::Duration::from_std(self.shared.config.probe_interval).unwrap_or(chrono::Duration::MAX);
         let next_probe = self.last_probe.map_or(now, |at| at + interval);
-        if failure.class == FailureClass::Transient && next_probe <= now && !self.shared.is_shutting_down() {
+        let failed_at = self.failed_at.unwrap_or(now);
+        if failure.class == FailureClass::Transient
+            && next_probe <= now
+            && !self.shared.is_shutting_down()
+            // A commit retry calls no provider; a provider probe takes the integration's slot.
+            && (failure.code == "store_unavailable" || self.integration.probes.may_probe(failed_at, now, interval))
+        {
             self.last_probe = Some(now);
             self.add_waiter(reply, caller);
             self.probing = true;
@@ -733,6 +742,8 @@ impl Owner {
         let was_failing = self.failures;
         self.conn = connection;
         self.failures = 0;
+        self.failed_at = None;
+        self.integration.probes.succeeded(self.now());
         self.rejected = false;
         self.startup = false;
         self.last_probe = None;
@@ -766,6 +777,7 @@ impl Owner {
             self.rejected = false;
             self.failures = 0;
             self.last_probe = None;
+            self.failed_at = None;
         }
         if !self.conn.is_active || !self.conn.status.is_supervised() {
             self.become_dormant();
@@ -797,6 +809,7 @@ impl Owner {
     fn on_commit_failed(&mut self, message: String) {
         crate::shared::store_failed(&self.shared);
         self.failures += 1;
+        self.failed_at = Some(self.now());
         let failure = RefreshFailure::new(FailureClass::Transient, "store_unavailable", message.clone());
         let retry_at = self.retry_at_after(&failure);
         self.enter(Phase::AwaitingCommit { retry_at });
@@ -808,6 +821,7 @@ impl Owner {
             crate::shared::store_failed(&self.shared);
         }
         self.failures += 1;
+        self.failed_at = Some(self.now());
         let retry_at = self.retry_at_after(&failure);
         self.emit(EventKind::RefreshFailed {
             code: failure.code.clone(),
@@ -1059,6 +1073,7 @@ impl Owner {
         self.rejected = false;
         self.failures = 0;
         self.last_probe = None;
+        self.failed_at = None;
         self.enter(Phase::Idle);
     }
 
