@@ -78,7 +78,11 @@ pub struct TokenvisorConfig {
     /// off after transient failures, one caller may cut the backoff short with a probe
     /// refresh at most this often per connection (so a client reading every second
     /// gets a token within this long plus one second of the provider's return). Default
-    /// 3 s: at 5 s a client reading every second could wait just over 5 s.
+    /// 3 s: at 5 s a client reading every second could wait just over 5 s. Probes are
+    /// counted per integration: while its provider fails, one probe per interval for all
+    /// its connections; once any of its refreshes succeeds, every waiting connection may
+    /// refresh on its next read. `Duration::ZERO` turns probes off (readers wait for the
+    /// backoff timer).
     pub probe_interval: Duration,
     /// The journal of uncommitted token sets (see [`JournalConfig`]); `None` keeps them
     /// in memory only (a crash while the store is down can then lose rotated tokens).
