@@ -1,7 +1,7 @@
 //! Lifecycle operations through the real binary and its admin API: deactivate, activate
-//! and delete stop the connection's actor, whatever it is doing (DESIGN.md, ownership: a
-//! connection has exactly one writer, lifecycle operations are applied after an in-flight
-//! refresh commits); and token reads stay bounded while the provider is slow or down
+//! and delete stop the connection's actor, whatever it is doing (docs/DESIGN.md,
+//! "Phases of an owner": a connection has exactly one writer, lifecycle operations are
+//! applied after an in-flight refresh commits); and token reads stay bounded while the provider is slow or down
 //! (invariants 4 and 6).
 //!
 //! The fake provider counts every token request when it arrives (before its latency), so

@@ -1,5 +1,5 @@
 //! tokenvisor's integration tests: one binary, one module per concern. Each test
-//! names the invariant of DESIGN.md it guards.
+//! names the invariant of docs/DESIGN.md ("Invariants") it guards.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod admin_api;

@@ -1,7 +1,7 @@
 //! A PostgreSQL outage with a `kill -9` in the middle of it, through the real binary:
 //! tokens the provider issued while the database was unreachable are never dropped
-//! (DESIGN.md, ownership: "a token set whose commit failed stays with its owner and is
-//! retried until committed, across shutdown, restarts and hand-overs"; invariant 1).
+//! (docs/DESIGN.md, "Uncommitted tokens: the journal": a token set whose commit failed
+//! is kept, journaled and committed later, across a `kill -9`; invariant 1).
 //!
 //! The service reaches PostgreSQL through a [`TcpProxy`] the test cuts for 60 s. The
 //! provider rotates refresh tokens with NO grace period: presenting a rotated-away token

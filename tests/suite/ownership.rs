@@ -1,9 +1,10 @@
 //! Regression tests for one owner per connection (issue: lifecycle operations that cannot race a refresh), on the memory store in paused time.
 //!
-//! DESIGN.md, ownership: in one process a connection has exactly one writer, its actor;
-//! an operation that arrives during a refresh is applied after that refresh's outcome is
-//! committed; tokens the provider issued are never dropped. Each test reproduces one
-//! finding of the issue (the number in its doc comment) with the fake provider.
+//! docs/DESIGN.md, "Who writes what" and "Phases of an owner": in one process a
+//! connection has exactly one writer, its actor; an operation that arrives during a
+//! refresh is applied after that refresh's outcome is committed; tokens the provider
+//! issued are never dropped. Each test reproduces one finding of the issue (the number
+//! in its doc comment) with the fake provider.
 //!
 //! Multi-part tests collect every violated expectation in a [`Verdict`] and report them
 //! together, so that one failure does not hide the others. No message prints a token.

@@ -141,6 +141,8 @@ impl From<TokenError> for ApiError {
             },
             TokenError::Invalid { field, reason } => Self::invalid(field, reason),
             TokenError::Internal(detail) => Self::internal(detail),
+            // `TokenError` is non-exhaustive: a kind added later is a 500 until it is mapped.
+            other => Self::internal(other),
         }
     }
 }
@@ -170,6 +172,7 @@ impl From<AdminError> for ApiError {
             }
             AdminError::Store(store) => Self::store_unavailable(store),
             AdminError::Token(token) => token.into(),
+            other => Self::internal(other),
         }
     }
 }
@@ -187,6 +190,7 @@ impl From<AuthorizationError> for ApiError {
             AuthorizationError::Denied { .. } | AuthorizationError::UnknownState | AuthorizationError::ExpiredState => {
                 Self::new(StatusCode::BAD_REQUEST, code, error.to_string())
             }
+            other => Self::internal(other),
         }
     }
 }

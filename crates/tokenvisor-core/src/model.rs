@@ -111,6 +111,12 @@ impl fmt::Debug for TenantId {
 }
 
 /// The life-cycle state of a connection.
+///
+/// Deliberately exhaustive (not `#[non_exhaustive]`): a host matches it to decide what
+/// to do about a connection (carry on, wait, ask the tenant to re-authorize, leave it
+/// off), and a new state would change that decision for every host, so it would come
+/// with a major version and a migration of the stored `status` column, not silently
+/// through a wildcard arm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionStatus {

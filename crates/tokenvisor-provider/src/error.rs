@@ -8,6 +8,7 @@ const MAX_DESCRIPTION: usize = 200;
 /// A failed call to a token endpoint. Carries the provider's RFC 6749 error body when
 /// there was one; never a token.
 #[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
 pub enum ProviderError {
     /// The provider answered with an error.
     #[error("provider answered {code} (HTTP {status})")]

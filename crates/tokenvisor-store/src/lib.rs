@@ -53,6 +53,7 @@ pub const ATTEMPT_HISTORY_LIMIT: u64 = 50;
 
 /// Storage errors. Messages never contain a secret.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StoreError {
     /// The database could not be reached or failed.
     #[error("database error: {0}")]

@@ -63,6 +63,7 @@ pub struct AuthorizationCallback {
 
 /// Why an authorization could not start or finish. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AuthorizationError {
     /// The tenant denied consent (or the provider refused).
     #[error("authorization denied: {code}")]

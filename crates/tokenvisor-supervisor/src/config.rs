@@ -53,7 +53,10 @@ pub struct TokenvisorConfig {
     /// Wall clock (inject [`tokenvisor_core::TokioClock`] in paused-time tests).
     pub clock: Arc<dyn Clock>,
     /// Where tokenvisor's metrics are recorded (see `tokenvisor_supervisor::metrics`);
-    /// `None`: the global meter provider's `tokenvisor` meter, taken at start.
+    /// `None`: the global meter provider's `tokenvisor` meter, taken at start. The type
+    /// is `opentelemetry` 0.33's: a meter of another version does not compile here (a
+    /// global provider of another version would be silently invisible), see
+    /// docs/TELEMETRY.md.
     pub meter: Option<opentelemetry::metrics::Meter>,
     /// Cluster-wide single flight, for several replicas on one database: before calling
     /// the provider, a refresh takes the connection's lease in the store for this long

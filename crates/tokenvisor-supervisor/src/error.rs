@@ -8,6 +8,7 @@ use tokenvisor_store::StoreError;
 /// Why no token could be handed out (invariant 4: a caller gets a token valid for the
 /// minimum validity, or one of these).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokenError {
     /// No such connection.
     #[error("connection not found")]
@@ -105,6 +106,7 @@ impl From<StoreError> for TokenError {
 
 /// Errors of administrative operations (registering integrations and connections).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum AdminError {
     /// Input is invalid; nothing was changed.
     #[error("invalid {field}: {reason}")]
@@ -151,6 +153,7 @@ impl From<InvalidTenantId> for AdminError {
 
 /// Why tokenvisor could not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum StartError {
     /// The store failed while loading connections.
     #[error("failed to load connections: {0}")]

@@ -1,14 +1,20 @@
-//! Telemetry set-up for the `tokenvisor` binary (libraries never install a subscriber).
+//! Telemetry for tokenvisor: building the pipeline, and (for the `tokenvisor` binary
+//! only) installing it process-wide.
 //!
 //! - `config`: what to do, from `RUST_LOG`, `TOKENVISOR_LOG_FORMAT` and the standard `OTEL_*`
 //!   variables ([`TelemetryConfig`]);
 //! - `format`: log lines as text or JSON, with the trace and span ids of their span;
-//! - `propagation`: W3C `traceparent` in and out of HTTP headers ([`extract_parent_context`]);
-//! - this file: [`init`] installs the global subscriber (`EnvFilter`, fmt layer,
-//!   `tracing-opentelemetry` layer), the global meter provider (Prometheus text always,
-//!   OTLP/HTTP when configured), the global tracer provider (OTLP/HTTP when configured) and
-//!   the W3C trace-context propagator. The returned [`TelemetryGuard`] flushes the exporters
-//!   on [`TelemetryGuard::shutdown`].
+//! - `propagation`: W3C `traceparent` in and out of HTTP headers ([`extract_parent_context`]),
+//!   through whatever propagator the process installed;
+//! - this file: [`build`] makes the pipeline (tracer provider, meter provider with
+//!   Prometheus text, OTLP/HTTP exporters when configured) and installs **nothing**: a host
+//!   that embeds tokenvisor can take its providers, its [`Pipeline::meter`] or its layers and
+//!   wire them as it likes. [`Pipeline::install`], [`init`] and [`init_with`] are the only
+//!   functions that touch process-wide state (the global subscriber, tracer and meter
+//!   providers and the W3C propagator); they exist for the binary, which calls one of them
+//!   once at start-up. No function of this crate installs a rustls crypto provider: the
+//!   OTLP exporters get an HTTP client built with an explicit one
+//!   ([`tokenvisor_provider::tls::rustls_client_config`]).
 
 mod config;
 mod format;
@@ -19,7 +25,9 @@ pub use format::{JsonWithTraceIds, TextWithTraceIds, current_trace_ids, fmt_laye
 pub use propagation::{extract_parent_context, http_server_span, inject_context, record_http_status};
 
 use opentelemetry::KeyValue;
+use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithHttpConfig as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -34,6 +42,12 @@ pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
 /// How long shutdown waits for each exporter to flush.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The timeout of one OTLP export request (the SDK's default).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The name of the tracer and meter tokenvisor's pipeline hands out.
+pub const INSTRUMENTATION_NAME: &str = "tokenvisor";
 
 /// Keeps the telemetry pipeline alive; shut it down to flush.
 #[derive(Default)]
@@ -75,9 +89,121 @@ impl TelemetryGuard {
     }
 }
 
-/// Installs the global pipeline from the environment ([`TelemetryConfig::from_env`]).
-/// A configuration it refuses (e.g. `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`) is logged as an
-/// error and export stays off; logs and Prometheus metrics still work.
+/// A telemetry pipeline that is built but not installed: nothing process-wide has been
+/// touched. Take what you need from it ([`Pipeline::meter`] for
+/// `TokenvisorConfig::meter`, [`Pipeline::tracer_provider`] for your own
+/// `tracing-opentelemetry` layer), or [`install`](Pipeline::install) it (binaries only).
+pub struct Pipeline {
+    config: TelemetryConfig,
+    tracer_provider: SdkTracerProvider,
+    meter_provider: SdkMeterProvider,
+    metrics: Option<MetricsRenderer>,
+    problems: Vec<String>,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("config", &self.config)
+            .field("metrics", &self.metrics.is_some())
+            .field("problems", &self.problems)
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// The tracer provider: it always exists (spans get ids, an incoming `traceparent` is
+    /// continued) and exports over OTLP/HTTP when traces are configured.
+    pub fn tracer_provider(&self) -> &SdkTracerProvider {
+        &self.tracer_provider
+    }
+
+    /// The meter provider: Prometheus text always, OTLP/HTTP when metrics are configured.
+    pub fn meter_provider(&self) -> &SdkMeterProvider {
+        &self.meter_provider
+    }
+
+    /// The `tokenvisor` meter of [`Pipeline::meter_provider`], to pass as
+    /// `TokenvisorConfig::meter` without installing the meter provider globally.
+    pub fn meter(&self) -> opentelemetry::metrics::Meter {
+        self.meter_provider.meter(INSTRUMENTATION_NAME)
+    }
+
+    /// The Prometheus renderer, when its exporter could be built.
+    pub fn prometheus(&self) -> Option<MetricsRenderer> {
+        self.metrics.clone()
+    }
+
+    /// What could not be built (an exporter, the Prometheus reader); the pipeline works
+    /// without it. [`Pipeline::install`] logs these once the subscriber is in place.
+    pub fn problems(&self) -> &[String] {
+        &self.problems
+    }
+
+    /// A guard that flushes this pipeline's exporters on shutdown, without installing
+    /// anything.
+    pub fn into_guard(self) -> TelemetryGuard {
+        TelemetryGuard {
+            metrics: self.metrics,
+            tracer_provider: Some(self.tracer_provider),
+            meter_provider: Some(self.meter_provider),
+        }
+    }
+
+    /// Installs the pipeline **process-wide**: the global subscriber (`EnvFilter`, fmt
+    /// layer on stderr, `tracing-opentelemetry` layer), the global tracer and meter
+    /// providers and the W3C trace-context propagator. For binaries, once, at start-up; a
+    /// library never calls it. A subscriber already installed is kept (and reported).
+    pub fn install(self) -> TelemetryGuard {
+        let Self {
+            config,
+            tracer_provider,
+            meter_provider,
+            metrics,
+            mut problems,
+        } = self;
+        opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+        opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+        opentelemetry::global::set_meter_provider(meter_provider.clone());
+        let tracer = tracer_provider.tracer(INSTRUMENTATION_NAME);
+        let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|error| {
+            problems.push(format!("RUST_LOG={} is invalid ({error}); using info", config.filter));
+            EnvFilter::new("info")
+        });
+        let ansi = config.log_format == LogFormat::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
+        let installed = tracing_subscriber::registry()
+            .with(filter)
+            .with(fmt_layer(config.log_format, std::io::stderr, ansi))
+            .with(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_filter(tracing_subscriber::filter::filter_fn(not_actor_lifetime_span)),
+            )
+            .try_init();
+        if installed.is_err() {
+            problems.push("a global tracing subscriber was already installed; keeping it".into());
+        }
+        for problem in problems {
+            tracing::error!("{problem}");
+        }
+        tracing::debug!(
+            traces = config.export_traces,
+            metrics = config.export_metrics,
+            format = ?config.log_format,
+            "telemetry initialised"
+        );
+        TelemetryGuard {
+            metrics,
+            tracer_provider: Some(tracer_provider),
+            meter_provider: Some(meter_provider),
+        }
+    }
+}
+
+/// Installs the global pipeline from the environment ([`TelemetryConfig::from_env`]):
+/// [`build`] then [`Pipeline::install`]. For the binary. A configuration it refuses (e.g.
+/// `OTEL_EXPORTER_OTLP_PROTOCOL=grpc`) is logged as an error and export stays off; logs
+/// and Prometheus metrics still work.
 pub fn init() -> TelemetryGuard {
     match TelemetryConfig::from_env() {
         Ok(config) => init_with(config),
@@ -97,79 +223,99 @@ pub fn init() -> TelemetryGuard {
     }
 }
 
-/// Installs the global pipeline described by `config`: the subscriber (filter, fmt layer
-/// on stderr, OpenTelemetry layer), the tracer and meter providers and the W3C
-/// propagator. Export failures are logged and never stop the process.
+/// Installs the global pipeline described by `config` ([`build`] then
+/// [`Pipeline::install`]). For the binary. Export failures are logged and never stop the
+/// process.
 pub fn init_with(config: TelemetryConfig) -> TelemetryGuard {
-    // reqwest is built without a default TLS provider in this workspace.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    opentelemetry::global::set_text_map_propagator(opentelemetry_sdk::propagation::TraceContextPropagator::new());
+    build(config).install()
+}
+
+/// Builds the pipeline described by `config` without installing anything process-wide
+/// (no subscriber, no global provider, no propagator, no rustls crypto provider). What
+/// could not be built is in [`Pipeline::problems`].
+pub fn build(config: TelemetryConfig) -> Pipeline {
     let resource = resource(&config);
     let mut problems = Vec::new();
+    let http_client = if config.export_traces || config.export_metrics {
+        match otlp_http_client() {
+            Ok(client) => Some(client),
+            Err(error) => {
+                problems.push(format!("failed to build the OTLP HTTP client: {error}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
 
     // Traces: the provider always exists so spans have ids (log lines carry them, an
     // incoming traceparent is continued); it exports only when configured.
     let mut tracer_builder = SdkTracerProvider::builder().with_resource(resource.clone());
-    if config.export_traces {
-        match opentelemetry_otlp::SpanExporter::builder().with_http().build() {
+    if config.export_traces
+        && let Some(client) = &http_client
+    {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_http_client(client.clone())
+            .build()
+        {
             Ok(exporter) => tracer_builder = tracer_builder.with_batch_exporter(exporter),
             Err(error) => problems.push(format!("failed to build the OTLP span exporter: {error}")),
         }
     }
     let tracer_provider = tracer_builder.build();
-    opentelemetry::global::set_tracer_provider(tracer_provider.clone());
-    let tracer = tracer_provider.tracer("tokenvisor");
 
     // Metrics: Prometheus text always, OTLP when configured.
     let mut meter_builder = SdkMeterProvider::builder().with_resource(resource);
-    let mut renderer: Option<MetricsRenderer> = None;
+    let mut metrics: Option<MetricsRenderer> = None;
     match prometheus_reader() {
         Ok((reader, render)) => {
             meter_builder = meter_builder.with_reader(reader);
-            renderer = Some(render);
+            metrics = Some(render);
         }
         Err(error) => problems.push(format!("failed to build the Prometheus exporter: {error}")),
     }
-    if config.export_metrics {
-        match opentelemetry_otlp::MetricExporter::builder().with_http().build() {
+    if config.export_metrics
+        && let Some(client) = &http_client
+    {
+        match opentelemetry_otlp::MetricExporter::builder()
+            .with_http()
+            .with_http_client(client.clone())
+            .build()
+        {
             Ok(exporter) => meter_builder = meter_builder.with_periodic_exporter(exporter),
             Err(error) => problems.push(format!("failed to build the OTLP metric exporter: {error}")),
         }
     }
     let meter_provider = meter_builder.build();
-    opentelemetry::global::set_meter_provider(meter_provider.clone());
+    Pipeline {
+        config,
+        tracer_provider,
+        meter_provider,
+        metrics,
+        problems,
+    }
+}
 
-    let filter = EnvFilter::try_new(&config.filter).unwrap_or_else(|error| {
-        problems.push(format!("RUST_LOG={} is invalid ({error}); using info", config.filter));
-        EnvFilter::new("info")
-    });
-    let ansi = config.log_format == LogFormat::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let installed = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt_layer(config.log_format, std::io::stderr, ansi))
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_filter(tracing_subscriber::filter::filter_fn(not_actor_lifetime_span)),
-        )
-        .try_init();
-    if installed.is_err() {
-        problems.push("a global tracing subscriber was already installed; keeping it".into());
-    }
-    for problem in problems {
-        tracing::error!("{problem}");
-    }
-    tracing::debug!(
-        traces = config.export_traces,
-        metrics = config.export_metrics,
-        format = ?config.log_format,
-        "telemetry initialised"
-    );
-    TelemetryGuard {
-        metrics: renderer,
-        tracer_provider: Some(tracer_provider),
-        meter_provider: Some(meter_provider),
-    }
+/// The blocking HTTP client of the OTLP exporters (they export from their own threads),
+/// with TLS from an explicit rustls crypto provider: reqwest is built without a default
+/// one in this workspace, and installing one process-wide is the host's decision. Built
+/// on a thread of its own, as the exporter itself does, because a blocking client may not
+/// be created inside an async runtime.
+fn otlp_http_client() -> Result<reqwest::blocking::Client, String> {
+    std::thread::Builder::new()
+        .name("tokenvisor-otlp-client".into())
+        .spawn(|| {
+            let tls = tokenvisor_provider::tls::rustls_client_config().map_err(|error| error.to_string())?;
+            reqwest::blocking::Client::builder()
+                .tls_backend_preconfigured(tls)
+                .timeout(EXPORT_TIMEOUT)
+                .build()
+                .map_err(|error| error.to_string())
+        })
+        .map_err(|error| error.to_string())?
+        .join()
+        .map_err(|_| "the thread building it panicked".to_owned())?
 }
 
 /// ractor wraps each actor's whole life in an `Actor` span (target `ractor`): useful
@@ -215,7 +361,6 @@ pub fn render_prometheus(registry: &prometheus::Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use opentelemetry::metrics::MeterProvider as _;
 
     #[test]
     fn prometheus_text_reflects_the_instruments_of_the_meter_provider() {
