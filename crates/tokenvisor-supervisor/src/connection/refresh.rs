@@ -470,27 +470,54 @@ async fn refresh_and_commit(
     };
 
     // The success is recorded in the history in the same transaction as the tokens.
-    let attempt = RefreshAttempt {
-        connection_id: base.id,
-        started_at,
-        reason: job.reason,
-        outcome: RefreshOutcomeKind::Success,
-        error_code: None,
-        http_status: None,
-        duration_ms: started.elapsed().as_millis() as i64,
-    };
+    let attempt = attempt_of(base.id, job, (started_at, started), RefreshOutcomeKind::Success, None);
+    commit_and_keep(shared, integration, job, base, pending, &attempt, committed_version).await
+}
+
+/// Commits `pending` (see [`commit_tokens`]); tokens the store did not take are kept in
+/// the slot and the journal.
+async fn commit_and_keep(
+    shared: &Shared,
+    integration: &IntegrationRuntime,
+    job: &RefreshJob,
+    base: Connection,
+    pending: PendingTokens,
+    attempt: &RefreshAttempt,
+    committed_version: &mut i64,
+) -> RefreshResult {
+    let id = base.id;
     let result = commit_tokens(
         shared,
         &integration.policy,
         base,
         &pending,
         job,
-        &attempt,
+        attempt,
         committed_version,
     )
     .await;
-    settle_pending(shared, job.base.id, pending, &result).await;
+    settle_pending(shared, id, pending, &result).await;
     result
+}
+
+/// The history entry of an attempt that started at `started_at` (`started` on the
+/// monotonic clock) and ended now with `outcome`.
+fn attempt_of(
+    connection_id: ConnectionId,
+    job: &RefreshJob,
+    (started_at, started): (DateTime<Utc>, Instant),
+    outcome: RefreshOutcomeKind,
+    failure: Option<&RefreshFailure>,
+) -> RefreshAttempt {
+    RefreshAttempt {
+        connection_id,
+        started_at,
+        reason: job.reason,
+        outcome,
+        error_code: failure.map(|f| f.code.clone()),
+        http_status: failure.and_then(|f| f.http_status),
+        duration_ms: started.elapsed().as_millis() as i64,
+    }
 }
 
 /// The provider's answer was unusable (an access token outside RFC 6749's characters),
@@ -523,27 +550,14 @@ async fn commit_salvaged(
         base_refresh_token: base.refresh_token.clone(),
         journal_seq: None,
     };
-    let attempt = RefreshAttempt {
-        connection_id: base.id,
-        started_at,
-        reason: job.reason,
-        outcome: outcome_kind(failure.class),
-        error_code: Some(failure.code.clone()),
-        http_status: failure.http_status,
-        duration_ms: started.elapsed().as_millis() as i64,
-    };
-    let id = base.id;
-    let result = commit_tokens(
-        shared,
-        &integration.policy,
-        base,
-        &pending,
+    let attempt = attempt_of(
+        base.id,
         job,
-        &attempt,
-        committed_version,
-    )
-    .await;
-    settle_pending(shared, id, pending, &result).await;
+        (started_at, started),
+        outcome_kind(failure.class),
+        Some(&failure),
+    );
+    let result = commit_and_keep(shared, integration, job, base, pending, &attempt, committed_version).await;
     match result {
         RefreshResult::Refreshed { connection } => RefreshResult::Failed {
             failure,
@@ -779,15 +793,7 @@ async fn record_attempt(
     outcome: RefreshOutcomeKind,
     failure: Option<&RefreshFailure>,
 ) {
-    let attempt = RefreshAttempt {
-        connection_id: connection.id,
-        started_at,
-        reason: job.reason,
-        outcome,
-        error_code: failure.map(|f| f.code.clone()),
-        http_status: failure.and_then(|f| f.http_status),
-        duration_ms: started.elapsed().as_millis() as i64,
-    };
+    let attempt = attempt_of(connection.id, job, (started_at, started), outcome, failure);
     if let Err(error) = shared.store.record_attempt(&attempt).await {
         tracing::debug!(connection.id = %connection.id, error = %error, "failed to record refresh attempt");
     }

@@ -16,22 +16,28 @@ impl Owner {
             let Some(message) = self.deferred.pop_front() else {
                 return;
             };
-            match message {
-                ConnectionMsg::Lifecycle(op, reply) => {
-                    let result = self.apply(myself, op).await;
-                    let _ = reply.send(result);
-                }
-                ConnectionMsg::MarkNeedsReauth {
-                    failure,
-                    refresh_token,
-                    force,
-                    span,
-                } => {
-                    self.on_mark_needs_reauth(myself, failure, refresh_token, force, span)
-                        .await
-                }
-                other => answer_with(other, &TokenError::Internal("unexpected deferred message".into())),
+            self.on_change(myself, message).await;
+        }
+    }
+
+    /// A change to the connection (a lifecycle operation or the escalation write),
+    /// applied now: the caller checked that no refresh is in flight.
+    pub(super) async fn on_change(&mut self, myself: &ActorRef<ConnectionMsg>, message: ConnectionMsg) {
+        match message {
+            ConnectionMsg::Lifecycle(op, reply) => {
+                let result = self.apply(myself, op).await;
+                let _ = reply.send(result);
             }
+            ConnectionMsg::MarkNeedsReauth {
+                failure,
+                refresh_token,
+                force,
+                span,
+            } => {
+                self.on_mark_needs_reauth(myself, failure, refresh_token, force, span)
+                    .await
+            }
+            other => answer_with(other, &TokenError::Internal("not a change to the connection".into())),
         }
     }
 

@@ -140,18 +140,8 @@ impl Owner {
             {
                 self.defer(message)
             }
-            ConnectionMsg::Lifecycle(op, reply) => {
-                let result = self.apply(myself, op).await;
-                let _ = reply.send(result);
-            }
-            ConnectionMsg::MarkNeedsReauth {
-                failure,
-                refresh_token,
-                force,
-                span,
-            } => {
-                self.on_mark_needs_reauth(myself, failure, refresh_token, force, span)
-                    .await
+            message @ (ConnectionMsg::Lifecycle(..) | ConnectionMsg::MarkNeedsReauth { .. }) => {
+                self.on_change(myself, message).await
             }
             ConnectionMsg::Flush(reply) => self.on_flush(myself, reply),
             ConnectionMsg::Load => {}
