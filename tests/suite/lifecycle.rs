@@ -392,3 +392,39 @@ async fn after_a_provider_outage_a_reading_client_recovers_within_five_seconds()
         recovery.as_secs_f64()
     );
 }
+
+/// Finding 12: an access token with CR LF (a header injection waiting to happen) is
+/// refused when a connection is registered, and nothing is stored or handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_with_cr_lf_is_refused_at_registration_and_never_handed_out() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let issued = fake.issue_grant("injected");
+    let refused = service
+        .post(
+            "/v1/connections",
+            serde_json::json!({
+                "tenant_id": "injected",
+                "integration": "crm",
+                "access_token": format!("{}\r\nX-Injected: 1", issued.access_token),
+                "refresh_token": issued.refresh_token,
+                "expires_in": 3600,
+            }),
+        )
+        .await;
+    assert_eq!(
+        (refused.status, refused.code()),
+        (422, "invalid_input"),
+        "registration answered {}",
+        refused.status
+    );
+    let listed = service.get("/v1/connections?tenant_id=injected").await;
+    assert_eq!(listed.status, 200);
+    assert_eq!(
+        listed.body["items"].as_array().map(Vec::len),
+        Some(0),
+        "a connection was stored"
+    );
+}
