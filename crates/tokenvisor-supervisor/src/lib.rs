@@ -72,6 +72,7 @@ mod api_client;
 mod authorization;
 mod config;
 mod connection;
+mod env;
 mod error;
 mod journal;
 mod limits;
@@ -87,6 +88,7 @@ pub use authorization::{
     AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart, Authorizations, CLOUD_ID_KEY,
 };
 pub use config::{RestartBudget, TokenvisorConfig};
+pub use env::{ConfigError, ENV_VARIABLES, parse_duration};
 pub use error::{AdminError, StartError, TokenError};
 pub use journal::{JournalConfig, JournalError};
 pub use limits::ProviderLimits;
