@@ -290,3 +290,110 @@ fn route_template(path: &str) -> String {
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse as _;
+    use tokenvisor_supervisor::TokenvisorConfig;
+
+    #[test]
+    fn the_callback_url_follows_the_base_path() {
+        let root = AdminOptions::new(SecretString::new("a-long-admin-token"), "https://tokens.example.com/");
+        assert_eq!(root.callback_url(), "https://tokens.example.com/oauth/callback");
+        for base_path in ["/tokenvisor", "tokenvisor/", "/tokenvisor/"] {
+            let embedded = AdminOptions::embedded("https://app.example.com", base_path);
+            assert_eq!(
+                embedded.callback_url(),
+                "https://app.example.com/tokenvisor/oauth/callback"
+            );
+        }
+        assert_eq!(normalize_base_path("/"), "");
+        assert_eq!(normalize_base_path(""), "");
+    }
+
+    /// Serves `router` on `127.0.0.1:0` and answers the status of a GET of each path.
+    async fn statuses(router: Router, paths: &[&str], bearer: Option<&str>) -> Vec<u16> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let client = reqwest::Client::new();
+        let mut answers = Vec::new();
+        for path in paths {
+            let mut request = client.get(format!("{base}{path}"));
+            if let Some(token) = bearer {
+                request = request.bearer_auth(token);
+            }
+            answers.push(request.send().await.expect("request").status().as_u16());
+        }
+        server.abort();
+        answers
+    }
+
+    async fn tokenvisor() -> Tokenvisor {
+        let store = Arc::new(tokenvisor_store::MemoryStore::new());
+        Tokenvisor::start(store, TokenvisorConfig::default())
+            .await
+            .expect("starts")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_embedded_router_lives_under_its_base_path_without_a_bearer_or_health_routes() {
+        let tokenvisor = tokenvisor().await;
+        let router = router(
+            tokenvisor.clone(),
+            AdminOptions::embedded("http://app.example.com", "/tokenvisor"),
+        );
+        let paths = [
+            "/tokenvisor/v1/connections",
+            "/tokenvisor/healthz",
+            "/tokenvisor/unknown",
+            "/healthz",
+            "/v1/connections",
+        ];
+        assert_eq!(statuses(router, &paths, None).await, [200, 404, 404, 404, 404]);
+
+        let parts = router_parts(
+            tokenvisor.clone(),
+            AdminOptions::embedded("http://app.example.com", "/tokenvisor"),
+        );
+        let host = Router::new()
+            .route("/healthz", get(|| async { "host" }))
+            .merge(parts.api.layer(axum::middleware::from_fn(
+                |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                    if request.headers().contains_key("x-host-session") {
+                        next.run(request).await
+                    } else {
+                        StatusCode::FORBIDDEN.into_response()
+                    }
+                },
+            )))
+            .merge(parts.public);
+        assert_eq!(
+            statuses(
+                host,
+                &["/tokenvisor/v1/connections", "/tokenvisor/oauth/callback", "/healthz"],
+                None
+            )
+            .await,
+            [403, 400, 200]
+        );
+        tokenvisor.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_default_router_is_the_binarys_root_with_its_bearer_token() {
+        let tokenvisor = tokenvisor().await;
+        let options = AdminOptions::new(SecretString::new("a-long-admin-token"), "http://127.0.0.1:7070");
+        let paths = ["/v1/connections", "/healthz", "/openapi.json", "/unknown"];
+        let router_without = router(tokenvisor.clone(), options.clone());
+        assert_eq!(statuses(router_without, &paths, None).await, [401, 200, 200, 404]);
+        let router_with = router(tokenvisor.clone(), options);
+        assert_eq!(
+            statuses(router_with, &paths[..1], Some("a-long-admin-token")).await,
+            [200]
+        );
+        tokenvisor.shutdown().await;
+    }
+}

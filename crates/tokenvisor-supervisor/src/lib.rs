@@ -27,7 +27,7 @@
 //! | failure counters, `degraded` | the refresh task | the refresh task, reported to the owner |
 //! | deactivate, activate, replace tokens (re-authorization), remove | [`Tokenvisor`], the admin API, the authorization flow | the owner, after the refresh in flight commits |
 //! | `needs_reauth`, `refresh_failures + 1` | the owner escalates to the supervisor, which decides | the owner, only while the row holds the refresh token that failed |
-//! | a new connection | [`Tokenvisor::register_connection`] | the caller inserts it, then the supervisor starts its owner |
+//! | a new connection | [`Connections::register`] | the caller inserts it, then the supervisor starts its owner |
 //!
 //! A connection without a running owner gets one from the supervisor on the first
 //! request (the owner loads its row, retrying while the store fails); nobody polls.

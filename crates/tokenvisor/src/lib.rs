@@ -35,9 +35,9 @@
 //! - what you get back: [`AccessToken`], [`Connection`], [`Integration`], [`Event`],
 //!   and the errors [`TokenError`], [`AdminError`], [`StartError`];
 //! - storage: [`SqlStore`], [`MemoryStore`], [`Keyring`], [`migrate`];
-//! - with feature `admin`: [`admin`] (the admin HTTP API as an axum router, mountable
+//! - with feature `admin`: `admin` (the admin HTTP API as an axum router, mountable
 //!   under a prefix, behind your own authentication);
-//! - with feature `telemetry`: [`telemetry`] (subscriber and OpenTelemetry export, for a
+//! - with feature `telemetry`: `telemetry` (subscriber and OpenTelemetry export, for a
 //!   host that has none of its own).
 //!
 //! # Features

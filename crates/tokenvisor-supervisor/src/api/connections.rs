@@ -167,7 +167,7 @@ impl<'a> Connections<'a> {
 
     /// Disables the connection. A refresh in flight commits first; once this returns,
     /// no caller gets a token for it and the provider is not called for it until
-    /// [`Tokenvisor::activate`]. Callers get [`TokenError::Disabled`].
+    /// [`Connections::activate`]. Callers get [`TokenError::Disabled`].
     pub async fn deactivate(self, id: ConnectionId) -> Result<Connection, TokenError> {
         self.tokenvisor.lifecycle(id, LifecycleOp::Deactivate).await
     }
