@@ -7,7 +7,7 @@ use host_app::{ApiKey, app, embed_tokenvisor, migration::Migrator};
 use sea_orm::{ConnectOptions, ConnectionTrait as _, Database, DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::MigratorTrait as _;
 use std::time::Duration;
-use tokenvisor::{Tokenvisor, TokenvisorConfig};
+use tokenvisor::{IntegrationSettings, NewConnection, NewIntegration, TenantId, Tokenvisor, TokenvisorConfig};
 use tokenvisor_testkit::database::{Backend, TestDatabase};
 use tokenvisor_testkit::{FakeConfig, FakeProvider};
 
@@ -179,13 +179,62 @@ async fn embed_and_restart(backend: Backend, order: Order) {
         .await
         .expect("json");
     let connection_id = connection["id"].as_str().expect("an id").to_owned();
+    // Refreshed on schedule (a quarter of the 4 s lifetime before expiry), committed, handed out.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while provider.refreshes() == 0 {
+    let refreshed = loop {
+        let current = token(&http, &admin, &connection_id).await;
+        if current != issued.access_token {
+            break current;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no scheduled refresh");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(provider.refreshes_for("acme") >= 1);
+
+    // The same through the library's builders, from the host's own code.
+    let integration = host
+        .tokenvisor
+        .integrations()
+        .register(
+            NewIntegration::generic(
+                "crm-direct",
+                provider.token_url(),
+                provider.client_id(),
+                provider.client_secret(),
+            )
+            .scopes(["crm.read"])
+            .settings(IntegrationSettings {
+                min_spacing_secs: Some(1),
+                ..IntegrationSettings::default()
+            }),
+        )
+        .await
+        .expect("integration registered");
+    let issued_direct = provider.issue_grant("globex");
+    let direct = host
+        .tokenvisor
+        .connections()
+        .register(
+            NewConnection::new(
+                TenantId::parse("globex").expect("tenant id"),
+                integration.id,
+                issued_direct.access_token.as_str(),
+            )
+            .refresh_token(issued_direct.refresh_token.as_str())
+            .expires_in(chrono::Duration::seconds(4)),
+        )
+        .await
+        .expect("connection registered");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let current = host.tokenvisor.tokens().access_token(direct.id).await.expect("a token");
+        if current.secret.expose() != issued_direct.access_token {
+            break;
+        }
         assert!(tokio::time::Instant::now() < deadline, "no scheduled refresh");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let refreshed = token(&http, &admin, &connection_id).await;
-    assert_ne!(refreshed, issued.access_token, "the refreshed token is handed out");
+    assert!(provider.refreshes_for("globex") >= 1);
     assert_eq!(host_rows(&host.db).await, rows_before);
     host.stop().await;
 
