@@ -6,7 +6,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p tokenvisor \
+RUN cargo build --release --locked -p tokenvisor-server \
     && install -D -m 0755 target/release/tokenvisor /out/tokenvisor
 
 FROM debian:bookworm-slim AS runtime

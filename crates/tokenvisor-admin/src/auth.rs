@@ -32,7 +32,13 @@ pub(crate) async fn require_bearer(State(state): State<AppState>, request: Reque
             scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
         });
     match presented {
-        Some(token) if !token.is_empty() && token_matches(&state.admin_token_digest, token.as_bytes()) => {
+        Some(token)
+            if !token.is_empty()
+                && state
+                    .admin_token_digest
+                    .as_deref()
+                    .is_some_and(|digest| token_matches(digest, token.as_bytes())) =>
+        {
             next.run(request).await
         }
         _ => ApiError::unauthorized().into_response(),

@@ -2,6 +2,10 @@
 //!
 //! - [`router`]: the axum application — `/v1` (bearer-token auth, constant-time
 //!   comparison), `/oauth/callback`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+//!   That is `tokenvisor serve`; an embedder mounts the same routes as a component
+//!   under a prefix ([`AdminOptions::base_path`]), behind its own authentication
+//!   ([`AdminAuth::External`] and [`router_parts`]), without the health and metrics
+//!   routes ([`AdminOptions::health_routes`]).
 //! - `routes`: one module per resource (integrations, connections, authorizations,
 //!   events, health).
 //! - [`error::ApiError`]: every error answer, mapped to a status in one place.
@@ -38,14 +42,41 @@ pub use webhooks::{WebhookConfig, WebhookDispatcher, WebhookSecret};
 /// Renders the current metrics as Prometheus text exposition.
 pub type MetricsRenderer = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Who may call `/v1`.
+#[derive(Clone)]
+pub enum AdminAuth {
+    /// Every `/v1` request presents `Authorization: Bearer <token>` (compared in
+    /// constant time). The default of `tokenvisor serve`.
+    Bearer(SecretString),
+    /// The host application authenticates: it wraps [`AdminRouter::api`] (or the whole
+    /// [`router`]) in its own tower layer or extractor. tokenvisor checks nothing.
+    External,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Bearer(_) => f.write_str("Bearer([redacted])"),
+            Self::External => f.write_str("External"),
+        }
+    }
+}
+
 /// How the admin API behaves.
 #[derive(Clone)]
 pub struct AdminOptions {
-    /// The bearer token every `/v1` request must present.
-    pub admin_token: SecretString,
-    /// Public base URL of this service (`https://tokens.example.com`); the OAuth
-    /// callback is `{public_url}/oauth/callback`.
+    /// Who may call `/v1`.
+    pub auth: AdminAuth,
+    /// Public base URL of the service that serves these routes
+    /// (`https://app.example.com`), without the base path.
     pub public_url: String,
+    /// Where the routes are mounted: `""` (the root, as `tokenvisor serve` does) or a
+    /// prefix like `/tokenvisor`. The OAuth callback is
+    /// `{public_url}{base_path}/oauth/callback`.
+    pub base_path: String,
+    /// Whether `/healthz`, `/readyz`, `/metrics` and `/openapi.json` are served (a host
+    /// application usually has its own health and metrics endpoints).
+    pub health_routes: bool,
     /// Prometheus metrics, when enabled (`GET /metrics`).
     pub metrics: Option<MetricsRenderer>,
     /// Largest request body accepted.
@@ -59,7 +90,10 @@ pub struct AdminOptions {
 impl std::fmt::Debug for AdminOptions {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AdminOptions")
+            .field("auth", &self.auth)
             .field("public_url", &self.public_url)
+            .field("base_path", &self.base_path)
+            .field("health_routes", &self.health_routes)
             .field("metrics", &self.metrics.is_some())
             .field("body_limit", &self.body_limit)
             .field("request_timeout", &self.request_timeout)
@@ -68,11 +102,14 @@ impl std::fmt::Debug for AdminOptions {
 }
 
 impl AdminOptions {
-    /// Defaults: 64 KiB bodies, 30 s requests, no metrics.
+    /// What `tokenvisor serve` runs: bearer-token auth, mounted at the root, health
+    /// routes on; 64 KiB bodies, 30 s requests, no metrics.
     pub fn new(admin_token: SecretString, public_url: impl Into<String>) -> Self {
         Self {
-            admin_token,
+            auth: AdminAuth::Bearer(admin_token),
             public_url: public_url.into().trim_end_matches('/').to_owned(),
+            base_path: String::new(),
+            health_routes: true,
             metrics: None,
             body_limit: 64 * 1024,
             request_timeout: Duration::from_secs(30),
@@ -80,10 +117,47 @@ impl AdminOptions {
         }
     }
 
+    /// A component of a host application: mounted under `base_path` (`/tokenvisor`),
+    /// authenticated by the host ([`AdminAuth::External`]), without health routes.
+    pub fn embedded(public_url: impl Into<String>, base_path: impl Into<String>) -> Self {
+        Self {
+            auth: AdminAuth::External,
+            base_path: normalize_base_path(&base_path.into()),
+            health_routes: false,
+            ..Self::new(SecretString::new(""), public_url)
+        }
+    }
+
     /// The OAuth callback URL registered with providers.
     pub fn callback_url(&self) -> String {
-        format!("{}/oauth/callback", self.public_url)
+        format!(
+            "{}{}/oauth/callback",
+            self.public_url,
+            normalize_base_path(&self.base_path)
+        )
     }
+}
+
+/// `tokenvisor/` → `/tokenvisor`; `/` and `` → ``.
+fn normalize_base_path(base_path: &str) -> String {
+    let trimmed = base_path.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+/// The admin routes in two parts, both already under [`AdminOptions::base_path`]:
+/// wrap `api` in the host's authentication, leave `public` open (the provider redirects
+/// the tenant's browser to the OAuth callback, which is protected by its single-use
+/// `state`). Merge both into the host's router; neither has a fallback.
+#[derive(Debug)]
+pub struct AdminRouter {
+    /// `/v1/...` and, with health routes, `/openapi.json`.
+    pub api: Router,
+    /// `/oauth/callback` and, with health routes, `/healthz`, `/readyz`, `/metrics`.
+    pub public: Router,
 }
 
 /// What every handler shares.
@@ -92,13 +166,32 @@ pub(crate) struct AppState {
     pub(crate) tokenvisor: Tokenvisor,
     pub(crate) journal: Arc<journal::Journal>,
     pub(crate) options: Arc<AdminOptions>,
-    pub(crate) admin_token_digest: Arc<[u8; 32]>,
+    /// `None` with [`AdminAuth::External`].
+    pub(crate) admin_token_digest: Option<Arc<[u8; 32]>>,
 }
 
-/// The admin application.
+/// The admin application, complete: [`router_parts`] merged, with a JSON `404` for
+/// unknown paths under the base path (at the root, for every unknown path).
 pub fn router(tokenvisor: Tokenvisor, options: AdminOptions) -> Router {
+    let base_path = normalize_base_path(&options.base_path);
+    let parts = router_parts(tokenvisor, options);
+    let merged = parts.api.merge(parts.public);
+    if base_path.is_empty() {
+        merged.fallback(not_found)
+    } else {
+        merged.route(&format!("{base_path}/{{*rest}}"), axum::routing::any(not_found))
+    }
+}
+
+/// The admin routes as a component of a host application (see [`AdminRouter`]).
+pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminRouter {
+    options.base_path = normalize_base_path(&options.base_path);
+    let admin_token_digest = match &options.auth {
+        AdminAuth::Bearer(token) => Some(Arc::new(auth::digest(token.expose().as_bytes()))),
+        AdminAuth::External => None,
+    };
     let state = AppState {
-        admin_token_digest: Arc::new(auth::digest(options.admin_token.expose().as_bytes())),
+        admin_token_digest,
         journal: journal::Journal::start(tokenvisor.subscribe(), options.shutdown.clone()),
         tokenvisor,
         options: Arc::new(options),
@@ -126,26 +219,46 @@ pub fn router(tokenvisor: Tokenvisor, options: AdminOptions) -> Router {
         .route("/connections/{id}/activate", post(routes::connections::activate))
         .route("/authorizations", post(routes::authorizations::create))
         .route("/events", get(routes::events::stream))
-        .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
+        .fallback(not_found);
+    let v1 = match state.admin_token_digest {
+        Some(_) => v1.layer(axum::middleware::from_fn_with_state(
             state.clone(),
             auth::require_bearer,
-        ));
+        )),
+        None => v1,
+    };
+    let mut api = Router::new().nest("/v1", v1);
+    let mut public = Router::new().route("/oauth/callback", get(routes::authorizations::callback));
+    if state.options.health_routes {
+        api = api.route("/openapi.json", get(openapi::serve));
+        public = public
+            .route("/healthz", get(routes::health::healthz))
+            .route("/readyz", get(routes::health::readyz))
+            .route("/metrics", get(routes::health::metrics));
+    }
+    let base_path = state.options.base_path.clone();
+    AdminRouter {
+        api: finish(api, &base_path, &state),
+        public: finish(public, &base_path, &state),
+    }
+}
+
+/// The layers every admin route has (timeout, body limit, server span), the state, and
+/// the base path.
+fn finish(inner: Router<AppState>, base_path: &str, state: &AppState) -> Router {
     let timeout = state.options.request_timeout;
-    Router::new()
-        .nest("/v1", v1)
-        .route("/oauth/callback", get(routes::authorizations::callback))
-        .route("/healthz", get(routes::health::healthz))
-        .route("/readyz", get(routes::health::readyz))
-        .route("/metrics", get(routes::health::metrics))
-        .route("/openapi.json", get(openapi::serve))
-        .fallback(not_found)
+    let finished = inner
         .layer(axum::middleware::from_fn(move |request, next| {
             routes::health::with_timeout(timeout, request, next)
         }))
         .layer(DefaultBodyLimit::max(state.options.body_limit))
         .layer(axum::middleware::from_fn(trace_request))
-        .with_state(state)
+        .with_state(state.clone());
+    if base_path.is_empty() {
+        finished
+    } else {
+        Router::new().nest(base_path, finished)
+    }
 }
 
 /// Every request runs inside a server span that continues an incoming W3C
@@ -176,4 +289,111 @@ fn route_template(path: &str) -> String {
 
 async fn not_found() -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::response::IntoResponse as _;
+    use tokenvisor_supervisor::TokenvisorConfig;
+
+    #[test]
+    fn the_callback_url_follows_the_base_path() {
+        let root = AdminOptions::new(SecretString::new("a-long-admin-token"), "https://tokens.example.com/");
+        assert_eq!(root.callback_url(), "https://tokens.example.com/oauth/callback");
+        for base_path in ["/tokenvisor", "tokenvisor/", "/tokenvisor/"] {
+            let embedded = AdminOptions::embedded("https://app.example.com", base_path);
+            assert_eq!(
+                embedded.callback_url(),
+                "https://app.example.com/tokenvisor/oauth/callback"
+            );
+        }
+        assert_eq!(normalize_base_path("/"), "");
+        assert_eq!(normalize_base_path(""), "");
+    }
+
+    /// Serves `router` on `127.0.0.1:0` and answers the status of a GET of each path.
+    async fn statuses(router: Router, paths: &[&str], bearer: Option<&str>) -> Vec<u16> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let server = tokio::spawn(async move { axum::serve(listener, router).await });
+        let client = reqwest::Client::new();
+        let mut answers = Vec::new();
+        for path in paths {
+            let mut request = client.get(format!("{base}{path}"));
+            if let Some(token) = bearer {
+                request = request.bearer_auth(token);
+            }
+            answers.push(request.send().await.expect("request").status().as_u16());
+        }
+        server.abort();
+        answers
+    }
+
+    async fn tokenvisor() -> Tokenvisor {
+        let store = Arc::new(tokenvisor_store::MemoryStore::new());
+        Tokenvisor::start(store, TokenvisorConfig::default())
+            .await
+            .expect("starts")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_embedded_router_lives_under_its_base_path_without_a_bearer_or_health_routes() {
+        let tokenvisor = tokenvisor().await;
+        let router = router(
+            tokenvisor.clone(),
+            AdminOptions::embedded("http://app.example.com", "/tokenvisor"),
+        );
+        let paths = [
+            "/tokenvisor/v1/connections",
+            "/tokenvisor/healthz",
+            "/tokenvisor/unknown",
+            "/healthz",
+            "/v1/connections",
+        ];
+        assert_eq!(statuses(router, &paths, None).await, [200, 404, 404, 404, 404]);
+
+        let parts = router_parts(
+            tokenvisor.clone(),
+            AdminOptions::embedded("http://app.example.com", "/tokenvisor"),
+        );
+        let host = Router::new()
+            .route("/healthz", get(|| async { "host" }))
+            .merge(parts.api.layer(axum::middleware::from_fn(
+                |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                    if request.headers().contains_key("x-host-session") {
+                        next.run(request).await
+                    } else {
+                        StatusCode::FORBIDDEN.into_response()
+                    }
+                },
+            )))
+            .merge(parts.public);
+        assert_eq!(
+            statuses(
+                host,
+                &["/tokenvisor/v1/connections", "/tokenvisor/oauth/callback", "/healthz"],
+                None
+            )
+            .await,
+            [403, 400, 200]
+        );
+        tokenvisor.shutdown().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_default_router_is_the_binarys_root_with_its_bearer_token() {
+        let tokenvisor = tokenvisor().await;
+        let options = AdminOptions::new(SecretString::new("a-long-admin-token"), "http://127.0.0.1:7070");
+        let paths = ["/v1/connections", "/healthz", "/openapi.json", "/unknown"];
+        let router_without = router(tokenvisor.clone(), options.clone());
+        assert_eq!(statuses(router_without, &paths, None).await, [401, 200, 200, 404]);
+        let router_with = router(tokenvisor.clone(), options);
+        assert_eq!(
+            statuses(router_with, &paths[..1], Some("a-long-admin-token")).await,
+            [200]
+        );
+        tokenvisor.shutdown().await;
+    }
 }

@@ -65,12 +65,12 @@ pub struct TokenvisorConfig {
     /// for the holder's commit and adopts its tokens. `None` (the default): one process
     /// per database.
     pub cluster_lease: Option<std::time::Duration>,
-    /// Longest a token read ([`crate::Tokenvisor::access_token`],
-    /// [`crate::Tokenvisor::token_rejected`]) waits for the connection's owner (a refresh,
+    /// Longest a token read ([`crate::Tokens::access_token`],
+    /// [`crate::Tokens::token_rejected`]) waits for the connection's owner (a refresh,
     /// a load); then it answers [`crate::TokenError::Timeout`], which is retryable.
     pub token_wait: Duration,
     /// Longest an operation that may wait for a provider call or a commit
-    /// ([`crate::Tokenvisor::force_refresh`], deactivate, activate, replace tokens,
+    /// ([`crate::Tokens::force_refresh`], deactivate, activate, replace tokens,
     /// remove) waits; then it answers [`crate::TokenError::Timeout`] (the operation is
     /// still applied, in order, when the owner gets to it).
     pub operation_timeout: Duration,

@@ -27,7 +27,7 @@
 //! | failure counters, `degraded` | the refresh task | the refresh task, reported to the owner |
 //! | deactivate, activate, replace tokens (re-authorization), remove | [`Tokenvisor`], the admin API, the authorization flow | the owner, after the refresh in flight commits |
 //! | `needs_reauth`, `refresh_failures + 1` | the owner escalates to the supervisor, which decides | the owner, only while the row holds the refresh token that failed |
-//! | a new connection | [`Tokenvisor::register_connection`] | the caller inserts it, then the supervisor starts its owner |
+//! | a new connection | [`Connections::register`] | the caller inserts it, then the supervisor starts its owner |
 //!
 //! A connection without a running owner gets one from the supervisor on the first
 //! request (the owner loads its row, retrying while the store fails); nobody polls.
@@ -72,6 +72,7 @@ mod api_client;
 mod authorization;
 mod config;
 mod connection;
+mod env;
 mod error;
 mod journal;
 mod limits;
@@ -87,6 +88,7 @@ pub use authorization::{
     AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart, Authorizations, CLOUD_ID_KEY,
 };
 pub use config::{RestartBudget, TokenvisorConfig};
+pub use env::{ConfigError, ENV_VARIABLES, parse_duration};
 pub use error::{AdminError, StartError, TokenError};
 pub use journal::{JournalConfig, JournalError};
 pub use limits::ProviderLimits;

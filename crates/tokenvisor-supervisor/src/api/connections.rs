@@ -11,7 +11,18 @@ use tokenvisor_core::{
 };
 use tokenvisor_provider::ResolvedIntegration;
 
-/// A new connection with tokens obtained elsewhere (an import, or a code exchange).
+/// A new connection with tokens obtained elsewhere (an import, or a code exchange):
+///
+/// ```
+/// use tokenvisor_core::{IntegrationId, TenantId};
+/// use tokenvisor_supervisor::NewConnection;
+/// # let integration_id = IntegrationId::new();
+/// let tenant = TenantId::parse("acme").expect("valid tenant id");
+/// let new = NewConnection::new(tenant, integration_id, "access-token")
+///     .refresh_token("refresh-token")
+///     .expires_in(chrono::Duration::hours(1));
+/// assert!(new.expires_at.is_some());
+/// ```
 #[derive(Debug, Clone)]
 pub struct NewConnection {
     /// The tenant.
@@ -30,6 +41,60 @@ pub struct NewConnection {
     pub expires_at: Option<DateTime<Utc>>,
     /// Provider metadata (`api_domain`, `accounts_server`, cloud id...).
     pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl NewConnection {
+    /// A connection of `tenant_id` to an integration with its current access token;
+    /// without a refresh token it cannot be refreshed (it escalates when the token nears
+    /// expiry), so set one with [`NewConnection::refresh_token`].
+    pub fn new(tenant_id: TenantId, integration_id: IntegrationId, access_token: impl Into<SecretString>) -> Self {
+        Self {
+            tenant_id,
+            integration_id,
+            access_token: access_token.into(),
+            refresh_token: None,
+            token_type: None,
+            scope: None,
+            expires_at: None,
+            metadata: serde_json::Map::new(),
+        }
+    }
+
+    /// The refresh token.
+    pub fn refresh_token(mut self, refresh_token: impl Into<SecretString>) -> Self {
+        self.refresh_token = Some(refresh_token.into());
+        self
+    }
+
+    /// The token type (default `Bearer`).
+    pub fn token_type(mut self, token_type: impl Into<String>) -> Self {
+        self.token_type = Some(token_type.into());
+        self
+    }
+
+    /// The granted scope, as the provider wrote it.
+    pub fn scope(mut self, scope: impl Into<String>) -> Self {
+        self.scope = Some(scope.into());
+        self
+    }
+
+    /// When the access token expires (default: now plus the profile's default lifetime).
+    pub fn expires_at(mut self, expires_at: DateTime<Utc>) -> Self {
+        self.expires_at = Some(expires_at);
+        self
+    }
+
+    /// The access token expires this long from now (wall clock).
+    pub fn expires_in(mut self, expires_in: chrono::Duration) -> Self {
+        self.expires_at = Some(Utc::now() + expires_in);
+        self
+    }
+
+    /// One provider metadata entry (`api_domain`, `accounts_server`, cloud id...).
+    pub fn metadata(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
 }
 
 /// The connections of a [`Tokenvisor`]: `tokenvisor.connections().deactivate(id)`.
@@ -102,7 +167,7 @@ impl<'a> Connections<'a> {
 
     /// Disables the connection. A refresh in flight commits first; once this returns,
     /// no caller gets a token for it and the provider is not called for it until
-    /// [`Tokenvisor::activate`]. Callers get [`TokenError::Disabled`].
+    /// [`Connections::activate`]. Callers get [`TokenError::Disabled`].
     pub async fn deactivate(self, id: ConnectionId) -> Result<Connection, TokenError> {
         self.tokenvisor.lifecycle(id, LifecycleOp::Deactivate).await
     }

@@ -22,7 +22,7 @@ impl<'a> Tokens<'a> {
     /// A valid access token for the connection: from memory when it stays valid for at
     /// least `min(min_validity, lifetime / 4)`, otherwise after a refresh that concurrent
     /// callers share. Never makes a provider call for an inactive connection. Waits at
-    /// most [`TokenvisorConfig::token_wait`], then answers [`TokenError::Timeout`].
+    /// most [`crate::TokenvisorConfig::token_wait`], then answers [`TokenError::Timeout`].
     ///
     /// When it has to wait for the actor (a refresh, an inactive connection) it is traced
     /// as a `tokenvisor.access_token` span, a child of the caller's current span (so a

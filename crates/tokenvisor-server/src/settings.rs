@@ -3,10 +3,11 @@
 
 use anyhow::{Context, bail};
 use serde::Deserialize;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use tokenvisor_admin::{WebhookConfig, WebhookSecret};
-use tokenvisor_core::{SchedulePolicy, SecretString};
+use tokenvisor_core::SecretString;
 use tokenvisor_store::Keyring;
 use tokenvisor_supervisor::TokenvisorConfig;
 
@@ -110,17 +111,6 @@ struct FileWebhooks {
     secret: Option<String>,
 }
 
-/// How long callers wait and backoffs last (see `TokenvisorConfig`).
-#[derive(Debug, Clone, Copy)]
-pub struct Waits {
-    /// `TOKENVISOR_TOKEN_WAIT`.
-    pub token_wait: std::time::Duration,
-    /// `TOKENVISOR_RETRY_AFTER_CAP`.
-    pub retry_after_cap: std::time::Duration,
-    /// `TOKENVISOR_PROBE_INTERVAL`.
-    pub probe_interval: std::time::Duration,
-}
-
 /// The resolved configuration.
 #[derive(Debug)]
 pub struct Config {
@@ -136,14 +126,9 @@ pub struct Config {
     pub admin_token: Option<SecretString>,
     /// Public base URL (no trailing slash), if set.
     pub public_url: Option<String>,
-    /// The refresh schedule.
-    pub schedule: SchedulePolicy,
-    /// Cluster-wide refresh lease duration, when several replicas share the database.
-    pub cluster_lease: Option<std::time::Duration>,
-    /// How long token reads, the Retry-After cap and read probes wait.
-    pub waits: Waits,
-    /// Hosts allowed over plain HTTP.
-    pub allow_insecure_endpoints: Vec<String>,
+    /// The library's settings (schedule, waits, cluster lease, insecure hosts), read
+    /// like `TokenvisorConfig::from_env` with the file under the environment.
+    pub library: TokenvisorConfig,
     /// Webhook delivery, when URLs are configured.
     pub webhooks: Option<WebhookConfig>,
 }
@@ -261,141 +246,81 @@ impl Settings {
             None => None,
         };
 
-        let defaults = SchedulePolicy::default();
-        let duration = |env_value: &Option<String>,
-                        file_value: Option<String>,
-                        env: &'static str,
-                        key: &'static str,
-                        default: chrono::Duration|
-         -> anyhow::Result<chrono::Duration> {
-            match pick(env_value.clone(), file_value, &source(env, key)) {
-                Some((text, name)) => {
-                    parse_duration(&text).map_err(|reason| anyhow::anyhow!("invalid {name}: {reason}"))
-                }
-                None => Ok(default),
-            }
-        };
-        let schedule = SchedulePolicy {
-            lead: duration(
-                &self.refresh_lead,
-                file.refresh_lead,
+        // The library's settings: the same TOKENVISOR_* variables an embedder's
+        // `TokenvisorConfig::from_env()` reads, with this file's values under them.
+        let library_settings: [(&'static str, &'static str, &Option<String>, Option<String>); 10] = [
+            (
                 "TOKENVISOR_REFRESH_LEAD",
                 "refresh_lead",
-                defaults.lead,
-            )?,
-            min_validity: duration(
-                &self.min_validity,
-                file.min_validity,
+                &self.refresh_lead,
+                file.refresh_lead,
+            ),
+            (
                 "TOKENVISOR_MIN_VALIDITY",
                 "min_validity",
-                defaults.min_validity,
-            )?,
-            min_spacing: duration(
-                &self.min_spacing,
-                file.min_spacing,
+                &self.min_validity,
+                file.min_validity,
+            ),
+            (
                 "TOKENVISOR_MIN_SPACING",
                 "min_spacing",
-                defaults.min_spacing,
-            )?,
-            retry_base: duration(
-                &self.retry_base,
-                file.retry_base,
-                "TOKENVISOR_RETRY_BASE",
-                "retry_base",
-                defaults.retry_base,
-            )?,
-            retry_cap: duration(
-                &self.retry_cap,
-                file.retry_cap,
-                "TOKENVISOR_RETRY_CAP",
-                "retry_cap",
-                defaults.retry_cap,
-            )?,
-            startup_spread: duration(
-                &self.startup_spread,
-                file.startup_spread,
+                &self.min_spacing,
+                file.min_spacing,
+            ),
+            ("TOKENVISOR_RETRY_BASE", "retry_base", &self.retry_base, file.retry_base),
+            ("TOKENVISOR_RETRY_CAP", "retry_cap", &self.retry_cap, file.retry_cap),
+            (
                 "TOKENVISOR_STARTUP_SPREAD",
                 "startup_spread",
-                defaults.startup_spread,
-            )?,
-            ..defaults
-        };
-        if schedule.lead <= chrono::Duration::zero() {
-            bail!("invalid TOKENVISOR_REFRESH_LEAD: must be positive");
-        }
-        let cluster_lease = match pick(
-            self.cluster_lease.clone(),
-            file.cluster_lease,
-            &source("TOKENVISOR_CLUSTER_LEASE", "cluster_lease"),
-        ) {
-            None => None,
-            Some((text, name)) => {
-                let lease = parse_duration(&text).map_err(|reason| anyhow::anyhow!("invalid {name}: {reason}"))?;
-                if lease < chrono::Duration::seconds(1) || lease > chrono::Duration::minutes(10) {
-                    bail!("invalid {name}: must be between 1s and 10m (longer than a refresh takes)");
-                }
-                lease.to_std().ok()
-            }
-        };
-        let positive = |value: &Option<String>,
-                        file_value: Option<String>,
-                        env: &'static str,
-                        key: &'static str,
-                        default: std::time::Duration|
-         -> anyhow::Result<std::time::Duration> {
-            let default = chrono::Duration::from_std(default).unwrap_or(chrono::Duration::MAX);
-            let parsed = duration(value, file_value, env, key, default)?;
-            match parsed.to_std() {
-                Ok(wait) if !wait.is_zero() => Ok(wait),
-                _ => bail!("invalid {env}: must be positive"),
-            }
-        };
-        let library = tokenvisor_supervisor::TokenvisorConfig::default();
-        let waits = Waits {
-            token_wait: positive(
-                &self.token_wait,
-                file.token_wait,
-                "TOKENVISOR_TOKEN_WAIT",
-                "token_wait",
-                library.token_wait,
-            )?,
-            retry_after_cap: positive(
-                &self.retry_after_cap,
-                file.retry_after_cap,
+                &self.startup_spread,
+                file.startup_spread,
+            ),
+            (
+                "TOKENVISOR_CLUSTER_LEASE",
+                "cluster_lease",
+                &self.cluster_lease,
+                file.cluster_lease,
+            ),
+            ("TOKENVISOR_TOKEN_WAIT", "token_wait", &self.token_wait, file.token_wait),
+            (
                 "TOKENVISOR_RETRY_AFTER_CAP",
                 "retry_after_cap",
-                library.retry_after_cap,
-            )?,
-            probe_interval: positive(
-                &self.probe_interval,
-                file.probe_interval,
+                &self.retry_after_cap,
+                file.retry_after_cap,
+            ),
+            (
                 "TOKENVISOR_PROBE_INTERVAL",
                 "probe_interval",
-                library.probe_interval,
-            )?,
+                &self.probe_interval,
+                file.probe_interval,
+            ),
+        ];
+        let mut values: HashMap<&'static str, (String, String)> = library_settings
+            .into_iter()
+            .filter_map(|(env, key, env_value, file_value)| {
+                pick(env_value.clone(), file_value, &source(env, key)).map(|picked| (env, picked))
+            })
+            .collect();
+        let insecure = match (&self.allow_insecure_endpoints, file.allow_insecure_endpoints) {
+            (Some(list), _) => Some((list.clone(), "TOKENVISOR_ALLOW_INSECURE_ENDPOINTS".to_owned())),
+            (None, Some(list)) => Some((
+                list.join(","),
+                source("TOKENVISOR_ALLOW_INSECURE_ENDPOINTS", "allow_insecure_endpoints").name(false),
+            )),
+            (None, None) => None,
         };
-        if schedule.retry_base <= chrono::Duration::zero() || schedule.retry_cap < schedule.retry_base {
-            bail!(
-                "invalid TOKENVISOR_RETRY_BASE / TOKENVISOR_RETRY_CAP: the base must be positive and at most the cap"
-            );
+        if let Some(insecure) = insecure {
+            values.insert("TOKENVISOR_ALLOW_INSECURE_ENDPOINTS", insecure);
         }
-
-        let allow_insecure_endpoints = match (&self.allow_insecure_endpoints, file.allow_insecure_endpoints) {
-            (Some(list), _) => split_list(list),
-            (None, Some(list)) => list
-                .iter()
-                .map(|h| h.trim().to_owned())
-                .filter(|h| !h.is_empty())
-                .collect(),
-            (None, None) => Vec::new(),
-        };
-        for host in &allow_insecure_endpoints {
-            if host.contains(['/', ':', ' ']) && !host.starts_with('[') {
-                bail!(
-                    "invalid TOKENVISOR_ALLOW_INSECURE_ENDPOINTS: {host:?} is not a host name (no scheme, port or path)"
-                );
-            }
-        }
+        let library = TokenvisorConfig::from_lookup(|name| values.get(name).map(|(value, _)| Ok(value.clone())))
+            .map_err(|error| {
+                // Name where the bad value came from: the variable, or the file's key.
+                let name = values
+                    .get(error.variable.as_str())
+                    .map(|(_, name)| name.clone())
+                    .unwrap_or(error.variable);
+                anyhow::anyhow!("invalid {name}: {}", error.reason)
+            })?;
 
         let file_webhooks = file.webhooks.unwrap_or_default();
         let urls = match (&self.webhook_urls, file_webhooks.urls) {
@@ -436,10 +361,7 @@ impl Settings {
             admin_addr,
             admin_token,
             public_url,
-            schedule,
-            cluster_lease,
-            waits,
-            allow_insecure_endpoints,
+            library,
             webhooks,
         })
     }
@@ -483,15 +405,7 @@ impl Config {
 
     /// The supervisor configuration.
     pub fn tokenvisor_config(&self) -> TokenvisorConfig {
-        TokenvisorConfig {
-            schedule: self.schedule.clone(),
-            allow_insecure_hosts: self.allow_insecure_endpoints.clone(),
-            cluster_lease: self.cluster_lease,
-            token_wait: self.waits.token_wait,
-            retry_after_cap: self.waits.retry_after_cap,
-            probe_interval: self.waits.probe_interval,
-            ..TokenvisorConfig::default()
-        }
+        self.library.clone()
     }
 
     /// The keyring: the configured key, or the key file. When neither exists, a new key
@@ -579,47 +493,9 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parses `500ms`, `90s`, `15m`, `1h`, `2d` or a number of seconds.
-pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(split) => text.split_at(split),
-        None => (text, "s"),
-    };
-    let value: i64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 60s, 15m or 1h"))?;
-    let seconds = match unit {
-        "ms" => value / 1000,
-        "s" => value,
-        "m" => value.saturating_mul(60),
-        "h" => value.saturating_mul(3600),
-        "d" => value.saturating_mul(86_400),
-        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
-    };
-    if seconds > 366 * 24 * 3600 {
-        return Err(format!("{text:?} is too long (at most a year)"));
-    }
-    Ok(match unit {
-        "ms" => chrono::Duration::milliseconds(value),
-        _ => chrono::Duration::seconds(seconds),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("15m"), Ok(chrono::Duration::minutes(15)));
-        assert_eq!(parse_duration("60s"), Ok(chrono::Duration::seconds(60)));
-        assert_eq!(parse_duration("90"), Ok(chrono::Duration::seconds(90)));
-        assert_eq!(parse_duration("250ms"), Ok(chrono::Duration::milliseconds(250)));
-        assert!(parse_duration("-5m").is_err());
-        assert!(parse_duration("5 weeks").is_err());
-        assert!(parse_duration("400d").is_err());
-    }
 
     #[test]
     fn the_environment_overrides_the_file_and_errors_name_the_setting() {
@@ -636,8 +512,8 @@ mod tests {
             ..Settings::default()
         };
         let config = settings.resolve().expect("valid");
-        assert_eq!(config.schedule.lead, chrono::Duration::minutes(5));
-        assert_eq!(config.schedule.min_validity, chrono::Duration::seconds(30));
+        assert_eq!(config.library.schedule.lead, chrono::Duration::minutes(5));
+        assert_eq!(config.library.schedule.min_validity, chrono::Duration::seconds(30));
         assert_eq!(config.admin_addr.port(), 9000);
         assert_eq!(config.webhooks.as_ref().map(|w| w.urls.len()), Some(1));
 
