@@ -1289,3 +1289,24 @@ async fn readers_of_many_connections_probe_a_failing_provider_once_per_interval_
         "the slowest reader got a token {slowest:?} after the provider's return"
     );
 }
+
+/// An embedder that drops its last handle without `shutdown()` does not leave actors
+/// refreshing behind its back: the instance stops in the background (with a warning).
+#[tokio::test(start_paused = true)]
+async fn dropping_the_last_handle_without_shutdown_stops_the_instance() {
+    let harness = Harness::start(
+        Arc::new(MemoryStore::new()),
+        fake(Dialect::Generic, 600).await,
+        paused_config(),
+    )
+    .await;
+    harness.connect("dropped").await;
+    let Harness { tokenvisor, fake, .. } = harness;
+    drop(tokenvisor);
+    settle().await;
+    sleep_secs(1).await;
+    let before = fake.refreshes();
+    // Ten-minute tokens would be refreshed several times in an hour.
+    sleep_secs(3600).await;
+    assert_eq!(fake.refreshes(), before, "a dropped instance kept refreshing");
+}

@@ -174,12 +174,7 @@ pub(crate) async fn show(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let connection = state
-        .tokenvisor
-        .connections()
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("connection"))?;
+    let connection = state.tokenvisor.connections().get(id).await?;
     Ok(Json(view(&state, &connection).await?))
 }
 
@@ -248,12 +243,7 @@ pub(crate) async fn refresh(
     ConnectionPath(id): ConnectionPath,
 ) -> Result<Json<ConnectionView>, ApiError> {
     state.tokenvisor.tokens().force_refresh(id).await?;
-    let connection = state
-        .tokenvisor
-        .connections()
-        .get(id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("connection"))?;
+    let connection = state.tokenvisor.connections().get(id).await?;
     Ok(Json(view(&state, &connection).await?))
 }
 

@@ -150,9 +150,16 @@ impl<'a> Connections<'a> {
         Ok(connection)
     }
 
-    /// The stored connection (tokens inside are [`SecretString`]s).
-    pub async fn get(self, id: ConnectionId) -> Result<Option<Connection>, TokenError> {
-        Ok(self.tokenvisor.shared.store.get_connection(id).await?)
+    /// The stored connection (tokens inside are [`SecretString`]s), or
+    /// [`TokenError::NotFound`] like every other call about a connection that does not
+    /// exist.
+    pub async fn get(self, id: ConnectionId) -> Result<Connection, TokenError> {
+        self.tokenvisor
+            .shared
+            .store
+            .get_connection(id)
+            .await?
+            .ok_or(TokenError::NotFound)
     }
 
     /// Stored connections matching `filter`.

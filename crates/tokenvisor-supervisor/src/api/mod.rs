@@ -56,6 +56,39 @@ pub(super) fn record_result(span: &tracing::Span, result: &Result<AccessToken, T
 pub struct Tokenvisor {
     shared: SharedRef,
     supervisor: ActorRef<SupervisorMsg>,
+    /// Shared by the handles only (not the actors): its drop means the last handle is gone.
+    _last_handle: Arc<LastHandle>,
+}
+
+/// Dropped with the last [`Tokenvisor`] handle. An instance nobody shut down is shut
+/// down in the background then (with a warning): call [`Tokenvisor::shutdown`] to wait
+/// for in-flight commits and learn what could not be committed.
+struct LastHandle {
+    shared: SharedRef,
+    supervisor: ActorRef<SupervisorMsg>,
+}
+
+impl Drop for LastHandle {
+    fn drop(&mut self) {
+        if self.shared.is_shutting_down() {
+            return;
+        }
+        tracing::warn!(
+            "the last Tokenvisor handle was dropped without shutdown(); stopping in the background (await shutdown() to wait for in-flight commits)"
+        );
+        let (shared, supervisor) = (self.shared.clone(), self.supervisor.clone());
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move {
+                    let _ = shut_down(&shared, &supervisor).await;
+                });
+            }
+            Err(_) => {
+                shared.begin_shutdown();
+                supervisor.stop(Some("dropped".into()));
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Tokenvisor {
@@ -132,7 +165,14 @@ impl Tokenvisor {
         let started = Actor::spawn(None, Supervisor, args).await;
         let loaded = loader.await.map_err(|e| StartError::Spawn(e.to_string()));
         match (started, loaded) {
-            (Ok((supervisor, _)), Ok(Ok(()))) => Ok(Self { shared, supervisor }),
+            (Ok((supervisor, _)), Ok(Ok(()))) => Ok(Self {
+                _last_handle: Arc::new(LastHandle {
+                    shared: shared.clone(),
+                    supervisor: supervisor.clone(),
+                }),
+                shared,
+                supervisor,
+            }),
             (started, loaded) => {
                 // Start-up fails as a whole: a supervisor that did start stops, and its
                 // linked actors with it.
@@ -213,41 +253,7 @@ impl Tokenvisor {
     /// sets it could not commit (they stay in the journal, when one is configured, and
     /// are committed at the next start).
     pub async fn shutdown(&self) -> ShutdownReport {
-        self.shared.begin_shutdown();
-        let flushes = self
-            .shared
-            .registry
-            .slots()
-            .into_iter()
-            .filter(|slot| slot.has_pending())
-            .filter_map(|slot| slot.owner())
-            .map(|owner| async move {
-                let _ = owner
-                    .call(ConnectionMsg::Flush, Some(std::time::Duration::from_secs(10)))
-                    .await;
-            })
-            .collect::<Vec<_>>();
-        futures::future::join_all(flushes).await;
-        self.shared.tasks.close();
-        self.shared.tasks.wait().await;
-        let uncommitted = self
-            .shared
-            .registry
-            .slots()
-            .iter()
-            .filter(|slot| slot.has_pending())
-            .count();
-        let journaled = self.shared.journal.as_ref().map_or(0, |journal| journal.outstanding());
-        if uncommitted > 0 {
-            tracing::error!(
-                uncommitted,
-                journaled,
-                "stopping with token sets the store did not take; the journal keeps the journaled ones for the next start"
-            );
-        }
-        let _ = self.supervisor.stop_and_wait(Some("shutdown".into()), None).await;
-        tracing::info!("tokenvisor stopped");
-        ShutdownReport { uncommitted, journaled }
+        shut_down(&self.shared, &self.supervisor).await
     }
 
     /// Test hook: makes the connection's actor panic.
@@ -359,6 +365,38 @@ impl Tokenvisor {
             kind,
         });
     }
+}
+
+/// See [`Tokenvisor::shutdown`].
+async fn shut_down(shared: &SharedRef, supervisor: &ActorRef<SupervisorMsg>) -> ShutdownReport {
+    shared.begin_shutdown();
+    let flushes = shared
+        .registry
+        .slots()
+        .into_iter()
+        .filter(|slot| slot.has_pending())
+        .filter_map(|slot| slot.owner())
+        .map(|owner| async move {
+            let _ = owner
+                .call(ConnectionMsg::Flush, Some(std::time::Duration::from_secs(10)))
+                .await;
+        })
+        .collect::<Vec<_>>();
+    futures::future::join_all(flushes).await;
+    shared.tasks.close();
+    shared.tasks.wait().await;
+    let uncommitted = shared.registry.slots().iter().filter(|slot| slot.has_pending()).count();
+    let journaled = shared.journal.as_ref().map_or(0, |journal| journal.outstanding());
+    if uncommitted > 0 {
+        tracing::error!(
+            uncommitted,
+            journaled,
+            "stopping with token sets the store did not take; the journal keeps the journaled ones for the next start"
+        );
+    }
+    let _ = supervisor.stop_and_wait(Some("shutdown".into()), None).await;
+    tracing::info!("tokenvisor stopped");
+    ShutdownReport { uncommitted, journaled }
 }
 
 /// What [`Tokenvisor::shutdown`] could not finish.
