@@ -7,7 +7,7 @@
 //! (`zoho`, `atlassian`, ...) and your client credentials instead.
 
 use std::sync::Arc;
-use tokenvisor_core::{SecretString, TenantId};
+use tokenvisor_core::TenantId;
 use tokenvisor_store::{Keyring, SqlStore};
 use tokenvisor_supervisor::{NewConnection, NewIntegration, Tokenvisor, TokenvisorConfig};
 use tokenvisor_testkit::{FakeConfig, FakeProvider};
@@ -38,33 +38,24 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let provider = FakeProvider::start(FakeConfig::default()).await?;
     let integration = tokenvisor
         .integrations()
-        .register(NewIntegration {
-            name: "crm".into(),
-            provider: "generic".into(),
-            client_id: provider.client_id().into(),
-            client_secret: SecretString::new(provider.client_secret()),
-            scopes: vec!["crm.read".into()],
-            redirect_uri: None,
-            data_center: None,
-            token_url: Some(provider.token_url()),
-            authorize_url: None,
-            revoke_url: None,
-            settings: serde_json::Value::Null,
-        })
+        .register(
+            NewIntegration::generic(
+                "crm",
+                provider.token_url(),
+                provider.client_id(),
+                provider.client_secret(),
+            )
+            .scopes(["crm.read"]),
+        )
         .await?;
     let issued = provider.issue_grant("acme");
     let connection = tokenvisor
         .connections()
-        .register(NewConnection {
-            tenant_id: TenantId::parse("acme")?,
-            integration_id: integration.id,
-            access_token: SecretString::new(issued.access_token.as_str()),
-            refresh_token: Some(SecretString::new(issued.refresh_token.as_str())),
-            token_type: Some("Bearer".into()),
-            scope: None,
-            expires_at: Some(chrono::Utc::now() + chrono::Duration::seconds(issued.expires_in as i64)),
-            metadata: Default::default(),
-        })
+        .register(
+            NewConnection::new(TenantId::parse("acme")?, integration.id, issued.access_token.as_str())
+                .refresh_token(issued.refresh_token.as_str())
+                .expires_in(chrono::Duration::seconds(issued.expires_in as i64)),
+        )
         .await?;
 
     // Anywhere in the application: a valid token, from memory.
