@@ -186,7 +186,9 @@ pub(crate) async fn show(
         (status = 200, description = "valid for at least the minimum validity", body = TokenAnswer),
         (status = 404, body = ErrorBody),
         (status = 409, description = "`needs_reauth` or `disabled`", body = ErrorBody),
-        (status = 502, description = "`provider_unavailable` and the token expired", body = ErrorBody),
+        (status = 502, description = "`provider_unavailable`: the token cannot be handed out and the provider is failing (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable` (`Retry-After`)", body = ErrorBody),
+        (status = 504, description = "`timeout`: no answer within the token wait; retry (`Retry-After`)", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -207,6 +209,10 @@ pub(crate) async fn token(
         (status = 200, body = TokenAnswer),
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
+        (status = 422, description = "`invalid_input`", body = ErrorBody),
+        (status = 502, description = "`provider_unavailable`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+        (status = 504, description = "`timeout`: no answer within the token wait; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -235,6 +241,8 @@ pub(crate) async fn token_rejected(
         (status = 404, body = ErrorBody),
         (status = 409, body = ErrorBody),
         (status = 502, body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+        (status = 504, description = "`timeout`: no answer within the operation timeout; retry", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
