@@ -1310,3 +1310,44 @@ async fn dropping_the_last_handle_without_shutdown_stops_the_instance() {
     sleep_secs(3600).await;
     assert_eq!(fake.refreshes(), before, "a dropped instance kept refreshing");
 }
+
+/// Found by the interleavings: after an answer lost on the way (the provider rotated the
+/// refresh token, tokenvisor never saw the new one), the retry must come inside the
+/// provider's grace period even if an operator activates the connection meanwhile, or
+/// deactivates and activates it again.
+#[tokio::test(start_paused = true)]
+async fn an_activation_never_postpones_the_retry_of_a_lost_answer_past_the_grace_period() {
+    for deactivate_first in [false, true] {
+        let fake = tokenvisor_testkit::FakeProvider::start(tokenvisor_testkit::FakeConfig {
+            dialect: Dialect::Rotating {
+                grace: Duration::from_secs(600),
+            },
+            expires_in: 3600,
+            ..tokenvisor_testkit::FakeConfig::default()
+        })
+        .await
+        .unwrap();
+        let harness = Harness::start(Arc::new(MemoryStore::new()), fake.clone(), paused_config()).await;
+        let id = harness.connect("lost").await.id;
+        fake.drop_next_answers_after_rotation(1);
+        let lost = harness.tokenvisor.tokens().force_refresh(id).await;
+        assert!(lost.is_err(), "the lost answer is a transient failure");
+        if deactivate_first {
+            harness.tokenvisor.connections().deactivate(id).await.unwrap();
+        }
+        harness.tokenvisor.connections().activate(id).await.unwrap();
+        // Past the grace period, and then some scheduled refreshes.
+        sleep_secs(2 * 3600).await;
+        assert_eq!(
+            fake.family_revocations(),
+            0,
+            "the previous refresh token was presented after the grace period (deactivate first: {deactivate_first})"
+        );
+        let row = harness.store.get_connection(id).await.unwrap().unwrap();
+        assert!(
+            holds_current_refresh_token(Some(&row), &fake, "lost"),
+            "the stored refresh token is not the provider's current one (deactivate first: {deactivate_first})"
+        );
+        let _ = harness.tokenvisor.shutdown().await;
+    }
+}

@@ -67,16 +67,33 @@ impl Owner {
                 Ok(Some(self.conn.clone()))
             }
             LifecycleOp::Activate => {
+                // Activating a connection that is supervised already changes nothing but
+                // the row: a retry it has planned (say, of an answer lost after the
+                // provider rotated the refresh token, due inside the grace period) stands.
+                let supervising = self.phase.is_supervising();
                 let row = self
                     .write(true, |c| {
-                        c.status = ConnectionStatus::Active;
+                        if !supervising {
+                            c.status = ConnectionStatus::Active;
+                            c.consecutive_failures = 0;
+                            c.next_refresh_at = None;
+                        }
                         c.is_active = true;
-                        c.consecutive_failures = 0;
-                        c.next_refresh_at = None;
                     })
                     .await?;
                 self.conn = row;
-                self.reset_after_change();
+                if supervising {
+                    self.publish();
+                } else {
+                    // A refresh that failed before the connection was disabled may have
+                    // rotated the refresh token at the provider (a lost answer): retry it
+                    // now, inside the provider's grace period, not at the next planned time.
+                    let unfinished = self.failed_at.is_some();
+                    self.reset_after_change();
+                    if unfinished {
+                        self.conn.next_refresh_at = Some(self.now());
+                    }
+                }
                 self.emit(EventKind::Activated);
                 self.schedule(myself);
                 Ok(Some(self.conn.clone()))
