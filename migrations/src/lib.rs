@@ -24,6 +24,8 @@
 //!   (authorization-code flows in progress).
 //! - `m20261122_000003_refresh_leases`: `tokenvisor_refresh_leases` (cluster-wide single flight).
 //! - `m20261122_000004_webhook_outbox`: `tokenvisor_webhook_outbox` (events awaiting webhook delivery).
+//! - `m20261202_000005_partitions`: `tokenvisor_connections.partition_id`,
+//!   `tokenvisor_replicas` and `tokenvisor_partitions` (replicas that share the work).
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -37,6 +39,7 @@ mod m20250101_000001_initial;
 mod m20251122_000002_authorizations;
 mod m20261122_000003_refresh_leases;
 mod m20261122_000004_webhook_outbox;
+mod m20261202_000005_partitions;
 
 pub use legacy::has_legacy_layout;
 
@@ -82,6 +85,7 @@ impl MigratorTrait for Steps {
             Box::new(m20251122_000002_authorizations::Migration),
             Box::new(m20261122_000003_refresh_leases::Migration),
             Box::new(m20261122_000004_webhook_outbox::Migration),
+            Box::new(m20261202_000005_partitions::Migration),
         ]
     }
 

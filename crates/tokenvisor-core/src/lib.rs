@@ -12,6 +12,7 @@ pub mod clock;
 pub mod event;
 pub mod failure;
 pub mod model;
+pub mod partition;
 pub mod schedule;
 pub mod secret;
 pub mod token_check;
@@ -23,6 +24,7 @@ pub use model::{
     Connection, ConnectionFilter, ConnectionId, ConnectionStatus, Integration, IntegrationId, LastError,
     PendingAuthorization, RefreshAttempt, RefreshOutcomeKind, RefreshReason, TenantId, TokenSet,
 };
+pub use partition::{PARTITIONS, Partition, partition_of};
 pub use schedule::{SchedulePolicy, next_refresh_at, validity_floor};
 pub use secret::SecretString;
 pub use token_check::{InvalidToken, MAX_TOKEN_BYTES, TokenProblem, check_token};

@@ -11,6 +11,7 @@
 pub mod crypto;
 mod entity;
 pub mod memory;
+pub mod partitions;
 pub mod sql;
 
 use async_trait::async_trait;
@@ -21,6 +22,7 @@ use tokenvisor_core::{
 
 pub use crypto::Keyring;
 pub use memory::MemoryStore;
+pub use partitions::{Fence, Notification, PartitionRecord, PartitionStore, ReplicaRecord};
 pub use sql::SqlStore;
 pub use tokenvisor_migration::{MIGRATION_TABLE, Migrator, TABLE_PREFIX};
 
@@ -97,6 +99,10 @@ pub enum CasOutcome {
         /// Current row.
         current: Option<Box<Connection>>,
     },
+    /// Nothing was written: the write was fenced ([`Fence`]) and the writer no longer
+    /// owns the connection's partition at that epoch (the row was not changed by anyone
+    /// else either).
+    Fenced,
 }
 
 /// The answer to a request for a connection's refresh lease.
@@ -168,6 +174,34 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
             tracing::debug!(connection_id = %connection.id, error = %error, "failed to record refresh attempt");
         }
         Ok(outcome)
+    }
+    /// [`Store::compare_and_swap`], refused ([`CasOutcome::Fenced`]) unless the writer
+    /// still owns the connection's partition at `fence`'s epoch. Stores without
+    /// partitions ([`Store::partitions`] is `None`) ignore the fence.
+    async fn compare_and_swap_fenced(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+        fence: Fence,
+    ) -> Result<CasOutcome, StoreError> {
+        let _ = fence;
+        self.compare_and_swap(connection, expected_version).await
+    }
+    /// [`Store::commit_refresh`], fenced like [`Store::compare_and_swap_fenced`].
+    async fn commit_refresh_fenced(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+        attempt: &RefreshAttempt,
+        fence: Fence,
+    ) -> Result<CasOutcome, StoreError> {
+        let _ = fence;
+        self.commit_refresh(connection, expected_version, attempt).await
+    }
+    /// Heartbeats, partition leases and notifications, when this store can share the
+    /// work between replicas (PostgreSQL); `None` otherwise.
+    fn partitions(&self) -> Option<&dyn PartitionStore> {
+        None
     }
     /// Deletes a connection and its history. Whether it existed.
     async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError>;

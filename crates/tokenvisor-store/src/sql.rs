@@ -19,7 +19,7 @@
 
 use crate::crypto::Keyring;
 use crate::entity::{authorization_state, connection, integration, meta, refresh_attempt};
-use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, LeaseOutcome, Store, StoreError};
+use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, Fence, LeaseOutcome, PartitionStore, Store, StoreError};
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
@@ -63,6 +63,7 @@ const POSTGRES_POOL_SIZE: u32 = 32;
 const TRIM_EVERY: i64 = 16;
 
 mod group_commit;
+mod partitions;
 mod lease;
 mod outbox;
 
@@ -333,6 +334,7 @@ impl SqlStore {
             last_error_at: Set(last_error.map(|error| error.at)),
             metadata: Set(serde_json::Value::Object(connection.metadata.clone())),
             version: Set(version),
+            partition_id: Set(i32::from(tokenvisor_core::partition_of(connection.id))),
             created_at: Set(connection.created_at),
             updated_at: Set(connection.updated_at),
         })
@@ -437,6 +439,7 @@ impl SqlStore {
             http_status: attempt.http_status.map(i32::from),
             duration_ms: attempt.duration_ms,
             trim_history: (expected_version + 1) % TRIM_EVERY == 0,
+            fence_epoch: None,
         })
     }
 
@@ -459,6 +462,100 @@ impl SqlStore {
         Ok(group_commit::execute(pool, std::slice::from_ref(&commit), keep_older)
             .await?
             .contains(&commit.id))
+    }
+}
+
+impl SqlStore {
+    /// The compare-and-swap of the whole row, fenced when `fence` is given.
+    async fn write_connection(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+        fence: Option<Fence>,
+    ) -> Result<CasOutcome, StoreError> {
+        let next_version = expected_version + 1;
+        let mut row = self.connection_row(connection, next_version)?;
+        row.id = NotSet;
+        let mut update = connection::Entity::update_many()
+            .set(row)
+            .filter(connection::Column::Id.eq(connection.id.0))
+            .filter(connection::Column::Version.eq(expected_version));
+        if let Some(fence) = fence {
+            update = update.filter(self.fence_condition(fence));
+        }
+        let result = update.exec(&self.db).await.map_err(db_error("writing a connection"))?;
+        if result.rows_affected == 1 {
+            return Ok(CasOutcome::Committed { version: next_version });
+        }
+        self.refused(connection.id, expected_version, fence).await
+    }
+
+    /// A refresh commit (the row and its history entry), fenced when `fence` is given.
+    async fn write_refresh(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+        attempt: &RefreshAttempt,
+        fence: Option<Fence>,
+    ) -> Result<CasOutcome, StoreError> {
+        let next_version = expected_version + 1;
+        if self.backend == "postgres" && self.group_commit {
+            // One statement with the others waiting (group commit): the UPDATE, the history
+            // INSERT and trim, committed together or not at all.
+            let mut commit = self.prepared_commit(connection, expected_version, attempt)?;
+            commit.fence_epoch = fence.map(|fence| fence.epoch);
+            if self.commit_grouped(commit).await? {
+                return Ok(CasOutcome::Committed { version: next_version });
+            }
+            return self.refused(connection.id, expected_version, fence).await;
+        }
+        let mut row = self.connection_row(connection, next_version)?;
+        row.id = NotSet;
+        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let mut update = connection::Entity::update_many()
+            .set(row)
+            .filter(connection::Column::Id.eq(connection.id.0))
+            .filter(connection::Column::Version.eq(expected_version));
+        if let Some(fence) = fence {
+            update = update.filter(self.fence_condition(fence));
+        }
+        let result = update.exec(&txn).await.map_err(db_error("writing a connection"))?;
+        if result.rows_affected != 1 {
+            txn.rollback().await.map_err(db_error("rolling back"))?;
+            return self.refused(connection.id, expected_version, fence).await;
+        }
+        insert_attempt(&txn, attempt, next_version % TRIM_EVERY == 0).await?;
+        txn.commit().await.map_err(db_error("committing a refresh"))?;
+        Ok(CasOutcome::Committed { version: next_version })
+    }
+
+    /// `true` while `fence`'s epoch is its partition's and the lease runs (database clock).
+    fn fence_condition(&self, fence: Fence) -> sea_orm::sea_query::SimpleExpr {
+        let now = partitions::now_ms(self.db.get_database_backend());
+        Expr::cust_with_values(
+            format!(
+                "EXISTS (SELECT 1 FROM tokenvisor_partitions AS fence WHERE fence.partition_id = $1 \
+                 AND fence.epoch = $2 AND fence.lease_until_ms > {now})"
+            ),
+            [Value::from(i32::from(fence.partition)), Value::from(fence.epoch)],
+        )
+    }
+
+    /// Why a compare-and-swap did not match: the row moved on (or is gone), or, when
+    /// fenced and the row is as expected, the fence.
+    async fn refused(
+        &self,
+        id: ConnectionId,
+        expected_version: i64,
+        fence: Option<Fence>,
+    ) -> Result<CasOutcome, StoreError> {
+        let current = self.get_connection(id).await?;
+        if fence.is_some() && current.as_ref().is_some_and(|row| row.version == expected_version) {
+            return Ok(CasOutcome::Fenced);
+        }
+        Ok(CasOutcome::Conflict {
+            current: current.map(Box::new),
+        })
     }
 }
 
@@ -810,23 +907,17 @@ impl Store for SqlStore {
 
     #[tracing::instrument(skip_all, fields(connection_id = %connection.id, expected_version))]
     async fn compare_and_swap(&self, connection: &Connection, expected_version: i64) -> Result<CasOutcome, StoreError> {
-        let next_version = expected_version + 1;
-        let mut row = self.connection_row(connection, next_version)?;
-        row.id = NotSet;
-        let result = connection::Entity::update_many()
-            .set(row)
-            .filter(connection::Column::Id.eq(connection.id.0))
-            .filter(connection::Column::Version.eq(expected_version))
-            .exec(&self.db)
-            .await
-            .map_err(db_error("writing a connection"))?;
-        if result.rows_affected == 1 {
-            return Ok(CasOutcome::Committed { version: next_version });
-        }
-        let current = self.get_connection(connection.id).await?;
-        Ok(CasOutcome::Conflict {
-            current: current.map(Box::new),
-        })
+        self.write_connection(connection, expected_version, None).await
+    }
+
+    #[tracing::instrument(skip_all, fields(connection_id = %connection.id, expected_version, epoch = fence.epoch))]
+    async fn compare_and_swap_fenced(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+        fence: Fence,
+    ) -> Result<CasOutcome, StoreError> {
+        self.write_connection(connection, expected_version, Some(fence)).await
     }
 
     #[tracing::instrument(skip_all, fields(connection_id = %connection.id))]
@@ -836,39 +927,22 @@ impl Store for SqlStore {
         expected_version: i64,
         attempt: &RefreshAttempt,
     ) -> Result<CasOutcome, StoreError> {
-        let next_version = expected_version + 1;
-        if self.backend == "postgres" && self.group_commit {
-            // One statement with the others waiting (group commit): the UPDATE, the history
-            // INSERT and trim, committed together or not at all.
-            let commit = self.prepared_commit(connection, expected_version, attempt)?;
-            if self.commit_grouped(commit).await? {
-                return Ok(CasOutcome::Committed { version: next_version });
-            }
-            let current = self.get_connection(connection.id).await?;
-            return Ok(CasOutcome::Conflict {
-                current: current.map(Box::new),
-            });
-        }
-        let mut row = self.connection_row(connection, next_version)?;
-        row.id = NotSet;
-        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
-        let result = connection::Entity::update_many()
-            .set(row)
-            .filter(connection::Column::Id.eq(connection.id.0))
-            .filter(connection::Column::Version.eq(expected_version))
-            .exec(&txn)
-            .await
-            .map_err(db_error("writing a connection"))?;
-        if result.rows_affected != 1 {
-            txn.rollback().await.map_err(db_error("rolling back"))?;
-            let current = self.get_connection(connection.id).await?;
-            return Ok(CasOutcome::Conflict {
-                current: current.map(Box::new),
-            });
-        }
-        insert_attempt(&txn, attempt, next_version % TRIM_EVERY == 0).await?;
-        txn.commit().await.map_err(db_error("committing a refresh"))?;
-        Ok(CasOutcome::Committed { version: next_version })
+        self.write_refresh(connection, expected_version, attempt, None).await
+    }
+
+    #[tracing::instrument(skip_all, fields(connection_id = %connection.id, epoch = fence.epoch))]
+    async fn commit_refresh_fenced(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+        attempt: &RefreshAttempt,
+        fence: Fence,
+    ) -> Result<CasOutcome, StoreError> {
+        self.write_refresh(connection, expected_version, attempt, Some(fence)).await
+    }
+
+    fn partitions(&self) -> Option<&dyn PartitionStore> {
+        (self.backend == "postgres").then_some(self as &dyn PartitionStore)
     }
 
     #[tracing::instrument(skip_all, fields(connection_id = %id))]

@@ -52,14 +52,16 @@ on_both_backends!(
 );
 
 /// Our tables after the upgrade (and on a fresh database), with the bookkeeping table.
-const OUR_TABLES: [&str; 8] = [
+const OUR_TABLES: [&str; 10] = [
     "tokenvisor_authorization_states",
     "tokenvisor_connections",
     "tokenvisor_integrations",
     "tokenvisor_meta",
     "tokenvisor_migrations",
+    "tokenvisor_partitions",
     "tokenvisor_refresh_attempts",
     "tokenvisor_refresh_leases",
+    "tokenvisor_replicas",
     "tokenvisor_webhook_outbox",
 ];
 
@@ -461,6 +463,16 @@ async fn a_database_of_the_old_layout_is_upgraded_in_place_and_nothing_is_lost(d
             .expect("list")
             .len(),
         1
+    );
+    // The upgrade filled in the connection's partition (replicas load by partition).
+    let stored_partition = query_strings(
+        &host,
+        "SELECT CAST(partition_id AS TEXT) AS value FROM tokenvisor_connections",
+    )
+    .await;
+    assert_eq!(
+        stored_partition,
+        vec![tokenvisor_core::partition_of(data.connection.id).to_string()]
     );
     let attempts = store
         .list_attempts(data.connection.id, 50)

@@ -28,6 +28,8 @@ pub struct Model {
     #[sea_orm(column_type = "JsonBinary")]
     pub metadata: Json,
     pub version: i64,
+    /// `tokenvisor_core::partition_of(id)`, stored so a replica loads its partitions' rows.
+    pub partition_id: i32,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

@@ -30,9 +30,10 @@ pub(super) const MAX_BATCH: usize = 256;
 /// Most batch statements running at once (each holds one pooled connection).
 pub(super) const MAX_IN_FLIGHT: usize = 4;
 
-/// The statement: `$1`..`$29` are arrays (one element per commit), `$30` how many older
-/// history rows a trimmed connection keeps besides the one inserted here (the `DELETE`
-/// sees the table as it was before this statement, not the sibling `INSERT`'s row).
+/// The statement: `$1`..`$29` and `$31` are arrays (one element per commit), `$30` how
+/// many older history rows a trimmed connection keeps besides the one inserted here (the
+/// `DELETE` sees the table as it was before this statement, not the sibling `INSERT`'s
+/// row). `$31` is the partition epoch the commit is fenced by (`NULL`: not fenced).
 /// Returns the ids whose compare-and-swap matched.
 const COMMIT_SQL: &str = r#"
 WITH input AS (
@@ -41,12 +42,12 @@ WITH input AS (
         $9::timestamptz[], $10::timestamptz[], $11::timestamptz[], $12::timestamptz[], $13::text[],
         $14::bool[], $15::int8[], $16::int4[], $17::text[], $18::text[], $19::timestamptz[], $20::text[],
         $21::timestamptz[], $22::timestamptz[],
-        $23::timestamptz[], $24::text[], $25::text[], $26::text[], $27::int4[], $28::int8[], $29::bool[]
+        $23::timestamptz[], $24::text[], $25::text[], $26::text[], $27::int4[], $28::int8[], $29::bool[], $31::int8[]
     ) AS t(id, expected_version, tenant_id, integration_id, access_token, refresh_token, token_type, scope,
            issued_at, expires_at, next_refresh_at, last_refresh_at, status,
            is_active, refresh_failures, consecutive_failures, last_error_code, last_error_message, last_error_at, metadata,
            created_at, updated_at,
-           started_at, reason, outcome, error_code, http_status, duration_ms, trim_history)
+           started_at, reason, outcome, error_code, http_status, duration_ms, trim_history, fence_epoch)
 ),
 updated AS (
     UPDATE tokenvisor_connections AS c SET
@@ -73,6 +74,11 @@ updated AS (
         updated_at = i.updated_at
     FROM input AS i
     WHERE c.id = i.id AND c.version = i.expected_version
+      -- Fenced: only while the writer's epoch of the connection's partition is current.
+      AND (i.fence_epoch IS NULL OR EXISTS (
+          SELECT 1 FROM tokenvisor_partitions AS p
+          WHERE p.partition_id = c.partition_id AND p.epoch = i.fence_epoch
+            AND p.lease_until_ms > (extract(epoch from clock_timestamp()) * 1000)::bigint))
     RETURNING c.id
 ),
 recorded AS (
@@ -137,6 +143,9 @@ pub(super) struct PreparedCommit {
     pub duration_ms: i64,
     /// Trim the history of this connection to the newest entries.
     pub trim_history: bool,
+    /// The epoch of the connection's partition this commit is fenced by (see
+    /// [`crate::Fence`]); `None`: not fenced.
+    pub fence_epoch: Option<i64>,
 }
 
 struct Request {
@@ -315,6 +324,7 @@ pub(super) async fn execute(
     let mut http_status = Vec::with_capacity(n);
     let mut duration_ms = Vec::with_capacity(n);
     let mut trim_history = Vec::with_capacity(n);
+    let mut fence_epoch = Vec::with_capacity(n);
     for commit in commits {
         id.push(commit.id);
         expected_version.push(commit.expected_version);
@@ -345,6 +355,7 @@ pub(super) async fn execute(
         http_status.push(commit.http_status);
         duration_ms.push(commit.duration_ms);
         trim_history.push(commit.trim_history);
+        fence_epoch.push(commit.fence_epoch);
     }
     let rows = sqlx::query(COMMIT_SQL)
         .bind(id)
@@ -377,6 +388,7 @@ pub(super) async fn execute(
         .bind(duration_ms)
         .bind(trim_history)
         .bind(history_keep_older)
+        .bind(fence_epoch)
         .fetch_all(pool)
         .await
         .map_err(|error| StoreError::Database(format!("committing refreshes: {error}")))?;

@@ -2,20 +2,12 @@
 //! only takes over a lease that ran out or is the caller's own, so of replicas racing
 //! for a connection exactly one gets it.
 
+use super::partitions::now_ms;
 use super::{db_error, statement};
 use crate::{LeaseOutcome, StoreError};
-use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbBackend, SqlErr, Value};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection, SqlErr, Value};
 use std::time::Duration;
 use tokenvisor_core::ConnectionId;
-
-/// The database's clock in milliseconds since the Unix epoch: every replica judges
-/// leases by the same clock.
-fn now_ms(backend: DbBackend) -> &'static str {
-    match backend {
-        DbBackend::Postgres => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
-        _ => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
-    }
-}
 
 /// Takes the lease of `connection` for `owner` for `lease` (see
 /// [`crate::Store::acquire_refresh_lease`]).
