@@ -140,6 +140,10 @@ impl From<TokenError> for ApiError {
                 ..Self::new(StatusCode::GATEWAY_TIMEOUT, code, error.to_string())
             },
             TokenError::Invalid { field, reason } => Self::invalid(field, reason),
+            TokenError::OwnerUnavailable { .. } => Self {
+                retry_after: Some(1),
+                ..Self::new(StatusCode::SERVICE_UNAVAILABLE, code, error.to_string())
+            },
             TokenError::Internal(detail) => Self::internal(detail),
             // `TokenError` is non-exhaustive: a kind added later is a 500 until it is mapped.
             other => Self::internal(other),

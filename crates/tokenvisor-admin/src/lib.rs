@@ -219,6 +219,8 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
         .route("/connections/{id}/activate", post(routes::connections::activate))
         .route("/authorizations", post(routes::authorizations::create))
         .route("/events", get(routes::events::stream))
+        .route("/cluster", get(routes::cluster::status))
+        .route("/cluster/forward", post(routes::cluster::forward))
         .fallback(not_found);
     let v1 = match state.admin_token_digest {
         Some(_) => v1.layer(axum::middleware::from_fn_with_state(

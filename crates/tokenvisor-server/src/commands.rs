@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokenvisor_admin::{AdminOptions, WebhookDispatcher};
 use tokenvisor_core::ConnectionFilter;
 use tokenvisor_store::{SqlStore, Store};
-use tokenvisor_supervisor::Tokenvisor;
+use tokenvisor_supervisor::{ClusterConfig, Tokenvisor};
 use tokio_util::sync::CancellationToken;
 
 /// Opens the store: migrations run, the key is checked; a newly generated key file is
@@ -64,6 +64,33 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         path: config.journal_file(),
         keyring,
     });
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| format!("http://{local_addr}"));
+    // On PostgreSQL, replicas share the work unless told not to.
+    let _replica_lock = if backend == "postgres" && config.cluster.enabled {
+        let (replica_id, lock) = config.replica_id()?;
+        let advertise_url = config
+            .cluster
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| public_url.clone());
+        if local_addr.ip().is_unspecified() && config.cluster.advertise_url.is_none() && config.public_url.is_none() {
+            tracing::warn!(
+                advertise_url = %advertise_url,
+                "set TOKENVISOR_ADVERTISE_URL: the other replicas cannot forward requests to an unspecified address"
+            );
+        }
+        let mut cluster = ClusterConfig::new(replica_id.clone()).with_lease(config.cluster.lease);
+        cluster.advertise_url = Some(advertise_url.clone());
+        cluster.forward_bearer = Some(admin_token.clone());
+        tracing::info!(replica = %replica_id, advertise_url = %advertise_url, lease_ms = config.cluster.lease.as_millis() as u64, "sharing the work with the replicas on this database (TOKENVISOR_CLUSTER=off to run alone)");
+        tokenvisor_config.cluster = Some(cluster);
+        Some(lock)
+    } else {
+        None
+    };
     let event_bus = tokenvisor_core::EventBus::new(tokenvisor_config.event_capacity);
     tokenvisor_config.event_bus = Some(event_bus.clone());
     let webhooks = match &config.webhooks {
@@ -84,10 +111,6 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
     );
 
     let shutdown = CancellationToken::new();
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{local_addr}"));
     let options = AdminOptions {
         metrics: telemetry.prometheus(),
         shutdown: shutdown.clone(),

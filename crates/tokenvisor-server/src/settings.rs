@@ -60,6 +60,21 @@ pub struct Settings {
     /// database this long, so only one replica calls the provider (raised to at least 35 s, the token request timeouts + 10 s) [default: off].
     #[arg(long, global = true, env = "TOKENVISOR_CLUSTER_LEASE")]
     pub cluster_lease: Option<String>,
+    /// On PostgreSQL, replicas on the same database share the work (partitioned
+    /// ownership): `on` or `off` [default: on; SQLite always runs alone].
+    #[arg(long, global = true, env = "TOKENVISOR_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Where the other replicas reach this one's admin API (requests for connections it
+    /// owns are forwarded there) [default: TOKENVISOR_PUBLIC_URL].
+    #[arg(long, global = true, env = "TOKENVISOR_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// A replica that stops heartbeating loses its partitions this long after its last
+    /// renewal (heartbeat: a fifth of it) [default: 10s].
+    #[arg(long, global = true, env = "TOKENVISOR_PARTITION_LEASE")]
+    pub partition_lease: Option<String>,
+    /// This replica's id among the replicas [default: generated once into the data directory].
+    #[arg(long, global = true, env = "TOKENVISOR_REPLICA_ID")]
+    pub replica_id: Option<String>,
     /// Longest a token read waits for a refresh before answering 504 `timeout` [default: 5s].
     #[arg(long, global = true, env = "TOKENVISOR_TOKEN_WAIT")]
     pub token_wait: Option<String>,
@@ -97,6 +112,10 @@ struct FileConfig {
     retry_cap: Option<String>,
     startup_spread: Option<String>,
     cluster_lease: Option<String>,
+    cluster: Option<String>,
+    advertise_url: Option<String>,
+    partition_lease: Option<String>,
+    replica_id: Option<String>,
     token_wait: Option<String>,
     retry_after_cap: Option<String>,
     probe_interval: Option<String>,
@@ -131,6 +150,22 @@ pub struct Config {
     pub library: TokenvisorConfig,
     /// Webhook delivery, when URLs are configured.
     pub webhooks: Option<WebhookConfig>,
+    /// How this process shares the work with other replicas on PostgreSQL.
+    pub cluster: ClusterSettings,
+}
+
+/// `TOKENVISOR_CLUSTER`, `TOKENVISOR_ADVERTISE_URL`, `TOKENVISOR_PARTITION_LEASE`,
+/// `TOKENVISOR_REPLICA_ID`.
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// Share the work on PostgreSQL (default on).
+    pub enabled: bool,
+    /// Where the others reach this replica's admin API.
+    pub advertise_url: Option<String>,
+    /// The partition lease.
+    pub lease: std::time::Duration,
+    /// An explicit replica id.
+    pub replica_id: Option<String>,
 }
 
 /// Where a value came from, for error messages that name the bad setting.
@@ -236,13 +271,7 @@ impl Settings {
             file.public_url,
             &source("TOKENVISOR_PUBLIC_URL", "public_url"),
         ) {
-            Some((url, name)) => {
-                let parsed = url::Url::parse(url.trim()).map_err(|error| anyhow::anyhow!("invalid {name}: {error}"))?;
-                if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
-                    bail!("invalid {name}: must be an http(s) URL with a host");
-                }
-                Some(url.trim().trim_end_matches('/').to_owned())
-            }
+            Some((url, name)) => Some(http_url(&url, &name)?),
             None => None,
         };
 
@@ -322,6 +351,61 @@ impl Settings {
                 anyhow::anyhow!("invalid {name}: {}", error.reason)
             })?;
 
+        let cluster = ClusterSettings {
+            enabled: match pick(
+                self.cluster.clone(),
+                file.cluster,
+                &source("TOKENVISOR_CLUSTER", "cluster"),
+            ) {
+                None => true,
+                Some((value, name)) => match value.trim().to_ascii_lowercase().as_str() {
+                    "on" | "true" | "1" => true,
+                    "off" | "false" | "0" => false,
+                    _ => bail!("invalid {name}: {value:?} must be on or off"),
+                },
+            },
+            advertise_url: match pick(
+                self.advertise_url.clone(),
+                file.advertise_url,
+                &source("TOKENVISOR_ADVERTISE_URL", "advertise_url"),
+            ) {
+                Some((url, name)) => Some(http_url(&url, &name)?),
+                None => None,
+            },
+            lease: match pick(
+                self.partition_lease.clone(),
+                file.partition_lease,
+                &source("TOKENVISOR_PARTITION_LEASE", "partition_lease"),
+            ) {
+                Some((value, name)) => {
+                    let lease = tokenvisor_supervisor::parse_duration(&value)
+                        .map_err(|error| anyhow::anyhow!("invalid {name}: {error}"))?
+                        .to_std()
+                        .map_err(|_| anyhow::anyhow!("invalid {name}: must be positive"))?;
+                    if !(std::time::Duration::from_secs(2)..=std::time::Duration::from_secs(300)).contains(&lease) {
+                        bail!("invalid {name}: {value:?} must be between 2s and 5m");
+                    }
+                    lease
+                }
+                None => std::time::Duration::from_secs(10),
+            },
+            replica_id: match pick(
+                self.replica_id.clone(),
+                file.replica_id,
+                &source("TOKENVISOR_REPLICA_ID", "replica_id"),
+            ) {
+                Some((id, name)) => {
+                    let id = id.trim().to_owned();
+                    let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+                    if id.is_empty() || id.len() > 64 || !id.chars().all(valid) {
+                        bail!("invalid {name}: 1 to 64 characters from A-Z a-z 0-9 - _ .");
+                    }
+                    Some(id)
+                }
+                None => None,
+            },
+        };
+
         let file_webhooks = file.webhooks.unwrap_or_default();
         let urls = match (&self.webhook_urls, file_webhooks.urls) {
             (Some(list), _) => split_list(list)
@@ -363,8 +447,18 @@ impl Settings {
             public_url,
             library,
             webhooks,
+            cluster,
         })
     }
+}
+
+/// An http(s) URL with a host, without a trailing slash; errors name the setting.
+fn http_url(url: &str, name: &str) -> anyhow::Result<String> {
+    let parsed = url::Url::parse(url.trim()).map_err(|error| anyhow::anyhow!("invalid {name}: {error}"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        bail!("invalid {name}: must be an http(s) URL with a host");
+    }
+    Ok(url.trim().trim_end_matches('/').to_owned())
 }
 
 fn split_list(list: &str) -> Vec<String> {
@@ -396,6 +490,43 @@ impl Config {
     /// The journal of token sets the database did not take yet (replayed at start).
     pub fn journal_file(&self) -> PathBuf {
         self.data_dir.join("pending-tokens.journal")
+    }
+
+    /// This replica's id: configured, or read from (generated once into) the data
+    /// directory's `replica.id`, so a restarted replica takes its partitions back at once.
+    /// The data directory is locked (`replica.lock`) while the returned file is open: two
+    /// processes never share one replica id.
+    pub fn replica_id(&self) -> anyhow::Result<(String, std::fs::File)> {
+        self.ensure_data_dir()?;
+        let lock_path = self.data_dir.join("replica.lock");
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .with_context(|| format!("failed to open {}", lock_path.display()))?;
+        if lock.try_lock().is_err() {
+            bail!(
+                "another tokenvisor process uses the data directory {} (TOKENVISOR_DATA_DIR): give each replica its own",
+                self.data_dir.display()
+            );
+        }
+        if let Some(id) = &self.cluster.replica_id {
+            return Ok((id.clone(), lock));
+        }
+        let path = self.data_dir.join("replica.id");
+        if let Ok(id) = std::fs::read_to_string(&path)
+            && !id.trim().is_empty()
+        {
+            return Ok((id.trim().to_owned(), lock));
+        }
+        let host = std::env::var("HOSTNAME")
+            .ok()
+            .filter(|h| !h.is_empty() && h.len() <= 40 && h.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'))
+            .unwrap_or_else(|| "replica".to_owned());
+        let id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        std::fs::write(&path, &id).with_context(|| format!("failed to write {}", path.display()))?;
+        Ok((id, lock))
     }
 
     /// The generated admin token's file in the data directory.

@@ -22,7 +22,7 @@ use tokenvisor_core::{
 
 pub use crypto::Keyring;
 pub use memory::MemoryStore;
-pub use partitions::{Fence, Notification, PartitionRecord, PartitionStore, ReplicaRecord};
+pub use partitions::{Claimed, Fence, Notification, PartitionRecord, PartitionStore, ReplicaRecord};
 pub use sql::SqlStore;
 pub use tokenvisor_migration::{MIGRATION_TABLE, Migrator, TABLE_PREFIX};
 

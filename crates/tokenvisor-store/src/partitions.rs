@@ -47,6 +47,19 @@ pub struct PartitionRecord {
     pub lease_remaining: Duration,
 }
 
+/// A partition taken by [`PartitionStore::claim`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    /// The partition.
+    pub partition: Partition,
+    /// Its new epoch.
+    pub epoch: i64,
+    /// Who held it before, when it was not released (its lease ran out, or it was held
+    /// by a previous run of the claimer): that owner's last token request may still be
+    /// in flight.
+    pub taken_from: Option<String>,
+}
+
 /// A notification received on a channel ([`PartitionStore::listen`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Notification {
@@ -70,13 +83,13 @@ pub trait PartitionStore: Send + Sync + std::fmt::Debug {
     /// Takes each of `partitions` that nobody holds (released, lease run out, or held by
     /// a previous run of `replica_id`) for `lease` from now, with a new epoch. One atomic
     /// statement: of replicas racing for a partition exactly one gets it. Returns what
-    /// was taken, with its epoch.
+    /// was taken.
     async fn claim(
         &self,
         replica_id: &str,
         partitions: &[Partition],
         lease: Duration,
-    ) -> Result<Vec<(Partition, i64)>, StoreError>;
+    ) -> Result<Vec<Claimed>, StoreError>;
     /// Extends the leases of `held` (partition, epoch) that `replica_id` still holds at
     /// that epoch, even if they ran out meanwhile (nobody took them); returns the
     /// partitions extended: the others were lost.
@@ -101,5 +114,8 @@ pub trait PartitionStore: Send + Sync + std::fmt::Debug {
     async fn notify(&self, channel: &str, payload: &str) -> Result<(), StoreError>;
     /// Listens on `channels` on a dedicated database connection. Notifications sent
     /// while it is reconnecting are lost (callers reconcile periodically).
-    async fn listen(&self, channels: &[&str]) -> Result<BoxStream<'static, Result<Notification, StoreError>>, StoreError>;
+    async fn listen(
+        &self,
+        channels: &[&str],
+    ) -> Result<BoxStream<'static, Result<Notification, StoreError>>, StoreError>;
 }

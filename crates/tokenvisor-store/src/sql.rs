@@ -63,9 +63,9 @@ const POSTGRES_POOL_SIZE: u32 = 32;
 const TRIM_EVERY: i64 = 16;
 
 mod group_commit;
-mod partitions;
 mod lease;
 mod outbox;
+mod partitions;
 
 use group_commit::{GroupCommitter, PreparedCommit};
 pub use outbox::{OutboxMessage, WebhookOutbox};
@@ -938,7 +938,8 @@ impl Store for SqlStore {
         attempt: &RefreshAttempt,
         fence: Fence,
     ) -> Result<CasOutcome, StoreError> {
-        self.write_refresh(connection, expected_version, attempt, Some(fence)).await
+        self.write_refresh(connection, expected_version, attempt, Some(fence))
+            .await
     }
 
     fn partitions(&self) -> Option<&dyn PartitionStore> {

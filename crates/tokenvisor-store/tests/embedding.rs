@@ -65,6 +65,15 @@ const OUR_TABLES: [&str; 10] = [
     "tokenvisor_webhook_outbox",
 ];
 
+/// Our migrations, all of them (the old layout's and those written since).
+const OUR_VERSIONS: [&str; 5] = [
+    "m20250101_000001_initial",
+    "m20251122_000002_authorizations",
+    "m20261122_000003_refresh_leases",
+    "m20261122_000004_webhook_outbox",
+    "m20261202_000005_partitions",
+];
+
 fn keyring() -> Keyring {
     Keyring::new([7; 32], vec![])
 }
@@ -435,7 +444,7 @@ async fn a_database_of_the_old_layout_is_upgraded_in_place_and_nothing_is_lost(d
     // The old names are gone, ours are prefixed, the old bookkeeping table (ours alone)
     // is gone and our versions are in ours.
     assert_eq!(tables(&host).await, OUR_TABLES, "only prefixed tables remain");
-    assert_eq!(versions_in(&host, "tokenvisor_migrations").await, legacy::VERSIONS);
+    assert_eq!(versions_in(&host, "tokenvisor_migrations").await, OUR_VERSIONS);
 
     // Nothing lost, every secret still decrypts.
     let integration = store
@@ -777,7 +786,7 @@ async fn both_sides_are_intact(db: &DatabaseConnection, store: &SqlStore, connec
     assert_eq!(versions_in(db, "seaql_migrations").await, [HOST_VERSION]);
     assert_eq!(
         versions_in(db, "tokenvisor_migrations").await,
-        legacy::VERSIONS,
+        OUR_VERSIONS,
         "our bookkeeping is ours"
     );
     let mut expected: Vec<String> = ["accounts", "connections", "seaql_migrations"]
@@ -877,7 +886,7 @@ async fn replicas_opening_a_fresh_database_at_once_all_start(db: TestDb) {
     }
     let host = host_connection(&db).await;
     assert_eq!(tables(&host).await, OUR_TABLES);
-    assert_eq!(versions_in(&host, "tokenvisor_migrations").await, legacy::VERSIONS);
+    assert_eq!(versions_in(&host, "tokenvisor_migrations").await, OUR_VERSIONS);
 }
 
 async fn a_fresh_migration_on_a_shared_database_drops_only_our_tables(db: TestDb) {
@@ -987,7 +996,7 @@ async fn an_old_layout_at_an_earlier_version_is_upgraded_and_completed_and_the_h
     let mut expected: Vec<&str> = OUR_TABLES.into_iter().chain(["seaql_migrations"]).collect();
     expected.sort();
     assert_eq!(tables(&host).await, expected);
-    assert_eq!(versions_in(&host, "tokenvisor_migrations").await, legacy::VERSIONS);
+    assert_eq!(versions_in(&host, "tokenvisor_migrations").await, OUR_VERSIONS);
     assert_eq!(
         versions_in(&host, "seaql_migrations").await,
         ["m20240101_000001_host_something"],

@@ -87,13 +87,23 @@ async fn a_partition_has_one_owner_and_a_new_epoch_fences_the_old_owners_writes(
     // A takes it; B cannot while A's lease runs.
     let taken = partitions.claim("a", &[partition], lease).await.expect("claim");
     assert_eq!(taken.len(), 1);
-    let (_, epoch_a) = taken[0];
-    assert!(partitions.claim("b", &[partition], lease).await.expect("claim").is_empty());
+    let epoch_a = taken[0].epoch;
+    assert_eq!(taken[0].taken_from, None, "a partition nobody held");
+    assert!(
+        partitions
+            .claim("b", &[partition], lease)
+            .await
+            .expect("claim")
+            .is_empty()
+    );
 
     // A's fenced writes go through, both kinds.
     let mut next = connection.clone();
     next.access_token = SecretString::new("access-2");
-    let fence_a = Fence { partition, epoch: epoch_a };
+    let fence_a = Fence {
+        partition,
+        epoch: epoch_a,
+    };
     let outcome = store.compare_and_swap_fenced(&next, 1, fence_a).await.expect("write");
     assert!(matches!(outcome, CasOutcome::Committed { version: 2 }), "{outcome:?}");
     next.access_token = SecretString::new("access-3");
@@ -107,7 +117,12 @@ async fn a_partition_has_one_owner_and_a_new_epoch_fences_the_old_owners_writes(
     tokio::time::sleep(lease + Duration::from_millis(200)).await;
     let taken = partitions.claim("b", &[partition], lease * 20).await.expect("claim");
     assert_eq!(taken.len(), 1, "an expired lease is taken over");
-    let (_, epoch_b) = taken[0];
+    let epoch_b = taken[0].epoch;
+    assert_eq!(
+        taken[0].taken_from.as_deref(),
+        Some("a"),
+        "taken over from a lease that ran out"
+    );
     assert!(epoch_b > epoch_a, "epoch {epoch_b} after {epoch_a}");
 
     // A's late writes are refused, whatever path they take, and the row is unchanged.
@@ -130,9 +145,18 @@ async fn a_partition_has_one_owner_and_a_new_epoch_fences_the_old_owners_writes(
     let stored = store.get_connection(connection.id).await.unwrap().unwrap();
     assert_eq!((stored.version, stored.access_token.expose()), (3, "access-3"));
     // A cannot renew what it lost, nor release B's; B's fence works.
-    assert!(partitions.renew("a", &[(partition, epoch_a)], lease).await.unwrap().is_empty());
+    assert!(
+        partitions
+            .renew("a", &[(partition, epoch_a)], lease)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     partitions.release("a", &[(partition, epoch_a)]).await.unwrap();
-    let fence_b = Fence { partition, epoch: epoch_b };
+    let fence_b = Fence {
+        partition,
+        epoch: epoch_b,
+    };
     let outcome = store.compare_and_swap_fenced(&next, 3, fence_b).await.expect("write");
     assert!(matches!(outcome, CasOutcome::Committed { version: 4 }), "{outcome:?}");
     // A conflict is still a conflict (not a fence) when the row moved on.
@@ -146,7 +170,8 @@ async fn a_partition_has_one_owner_and_a_new_epoch_fences_the_old_owners_writes(
     );
     partitions.release("b", &[(partition, epoch_b)]).await.unwrap();
     let taken = partitions.claim("a", &[partition], lease).await.expect("claim");
-    assert!(taken[0].1 > epoch_b);
+    assert!(taken[0].epoch > epoch_b);
+    assert_eq!(taken[0].taken_from, None, "released cleanly");
     let records = partitions.partitions().await.unwrap();
     assert_eq!(records.len(), 1);
     assert_eq!(records[0].owner.as_deref(), Some("a"));
@@ -171,7 +196,7 @@ async fn replicas_racing_for_every_partition_split_them_without_overlap() {
     });
     let mut owned = Vec::new();
     for claim in futures::future::join_all(claims).await {
-        owned.extend(claim.expect("task").into_iter().map(|(p, _)| p));
+        owned.extend(claim.expect("task").into_iter().map(|claimed| claimed.partition));
     }
     owned.sort_unstable();
     assert_eq!(owned, all, "every partition taken exactly once");
@@ -199,9 +224,15 @@ async fn replicas_heartbeat_load_their_partitions_and_hear_notifications() {
         .collect()
         .await;
     assert!(loaded.contains(&first.id));
-    assert_eq!(loaded.contains(&second.id), partition_of(second.id) == partition_of(first.id));
+    assert_eq!(
+        loaded.contains(&second.id),
+        partition_of(second.id) == partition_of(first.id)
+    );
     let changed = partitions
-        .supervised_changed_since(&[partition_of(second.id)], first.updated_at - chrono::Duration::seconds(1))
+        .supervised_changed_since(
+            &[partition_of(second.id)],
+            first.updated_at - chrono::Duration::seconds(1),
+        )
         .await
         .unwrap();
     assert!(changed.contains(&second.id));
@@ -213,5 +244,8 @@ async fn replicas_heartbeat_load_their_partitions_and_hear_notifications() {
         .expect("a notification within 5 s")
         .expect("stream open")
         .expect("received");
-    assert_eq!((received.channel.as_str(), received.payload.as_str()), ("tokenvisor_test", "hello"));
+    assert_eq!(
+        (received.channel.as_str(), received.payload.as_str()),
+        ("tokenvisor_test", "hello")
+    );
 }

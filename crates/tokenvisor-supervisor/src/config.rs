@@ -90,6 +90,10 @@ pub struct TokenvisorConfig {
     /// The journal of uncommitted token sets (see [`JournalConfig`]); `None` keeps them
     /// in memory only (a crash while the store is down can then lose rotated tokens).
     pub journal: Option<JournalConfig>,
+    /// Share the work with other replicas on the same PostgreSQL database (see
+    /// [`crate::cluster`]); `None` (the default): this process supervises every
+    /// connection of the database.
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 impl Default for TokenvisorConfig {
@@ -112,6 +116,7 @@ impl Default for TokenvisorConfig {
             retry_after_cap: Duration::from_secs(15 * 60),
             probe_interval: Duration::from_secs(3),
             journal: None,
+            cluster: None,
         }
     }
 }

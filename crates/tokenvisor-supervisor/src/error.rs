@@ -64,6 +64,13 @@ pub enum TokenError {
         /// Why.
         reason: String,
     },
+    /// Another replica owns the connection and could not be reached, or ownership is
+    /// moving between replicas (a replica died or joined): retry shortly.
+    #[error("the connection's owner is unavailable: {message}")]
+    OwnerUnavailable {
+        /// What happened (never a secret).
+        message: String,
+    },
     /// An internal failure (an actor stopped unexpectedly).
     #[error("internal error: {0}")]
     Internal(String),
@@ -82,6 +89,7 @@ impl TokenError {
             Self::ShuttingDown => "shutting_down",
             Self::Timeout { .. } => "timeout",
             Self::Invalid { .. } => "invalid_input",
+            Self::OwnerUnavailable { .. } => "owner_unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -93,7 +101,11 @@ impl TokenError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            Self::ProviderUnavailable { .. } | Self::StoreUnavailable(_) | Self::Timeout { .. } | Self::ShuttingDown
+            Self::ProviderUnavailable { .. }
+                | Self::StoreUnavailable(_)
+                | Self::Timeout { .. }
+                | Self::ShuttingDown
+                | Self::OwnerUnavailable { .. }
         )
     }
 }
@@ -164,6 +176,10 @@ pub enum StartError {
     /// The supervisor actor did not start.
     #[error("failed to start the supervisor: {0}")]
     Spawn(String),
+    /// Clustering was asked for with a store that cannot share partitions (only
+    /// PostgreSQL can), or joining failed.
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
     /// The journal of uncommitted token sets could not be read or replayed.
     #[error(transparent)]
     Journal(#[from] crate::journal::JournalError),

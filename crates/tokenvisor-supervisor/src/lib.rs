@@ -70,6 +70,7 @@
 mod api;
 mod api_client;
 mod authorization;
+pub mod cluster;
 mod config;
 mod connection;
 mod env;
@@ -87,6 +88,7 @@ pub use api_client::{ApiClient, ApiError, ApiTarget};
 pub use authorization::{
     AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart, Authorizations, CLOUD_ID_KEY,
 };
+pub use cluster::{Cluster, ClusterConfig, ClusterStatus, ReplicaStatus};
 pub use config::{RestartBudget, TokenvisorConfig};
 pub use env::{ConfigError, ENV_VARIABLES, parse_duration};
 pub use error::{AdminError, StartError, TokenError};

@@ -11,6 +11,9 @@
 //! | `tokenvisor.connections` | gauge | `status` (`active`, `degraded`, `needs_reauth`, `disabled`, `starting`) |
 //! | `tokenvisor.token.soonest_expiry` (s) | gauge | none: seconds until the soonest expiry of a supervised connection's access token |
 //! | `tokenvisor.supervised_connections` | gauge | none: connections whose owner (actor) runs in this process and refreshes them (as [`crate::Tokenvisor::supervised_count`]) |
+//! | `tokenvisor.owned_partitions` | gauge | none: partitions this replica serves (replicas that share the work; 0 otherwise) |
+//! | `tokenvisor.partition.handovers` | counter | `kind` (`gained`, `released`, `lost`): partitions that changed owner to or from this replica |
+//! | `tokenvisor.fenced_writes` | counter | none: writes the database refused because this replica no longer owned the partition |
 //! | `tokenvisor.escalations` | counter | `provider`, `error.code` |
 //! | `tokenvisor.provider.throttled` | counter | `provider`, `source` (`provider`: it answered 429 or its throttling error; `spacing`: tokenvisor held a refresh back to respect the provider's limits) |
 //! | `tokenvisor.events.delivered`, `tokenvisor.events.failed` | counters | `sink`, `event` (recorded by the admin channel with [`record_event_delivery`]) |
@@ -34,13 +37,23 @@ const DURATION_BUCKETS: [f64; 14] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 ];
 
+/// The observable gauges (kept alive with the instance).
+type Gauges = (
+    ObservableGauge<u64>,
+    ObservableGauge<f64>,
+    ObservableGauge<u64>,
+    ObservableGauge<u64>,
+);
+
 /// The instruments of one tokenvisor instance.
 pub(crate) struct Metrics {
     refreshes: Counter<u64>,
     refresh_duration: Histogram<f64>,
     escalations: Counter<u64>,
     throttled: Counter<u64>,
-    gauges: OnceLock<(ObservableGauge<u64>, ObservableGauge<f64>, ObservableGauge<u64>)>,
+    handovers: Counter<u64>,
+    fenced: Counter<u64>,
+    gauges: OnceLock<Gauges>,
     meter: Meter,
 }
 
@@ -74,6 +87,14 @@ impl Metrics {
                 .u64_counter("tokenvisor.provider.throttled")
                 .with_description("Refreshes throttled by the provider or held back by its limits")
                 .build(),
+            handovers: meter
+                .u64_counter("tokenvisor.partition.handovers")
+                .with_description("Partitions that changed owner to or from this replica")
+                .build(),
+            fenced: meter
+                .u64_counter("tokenvisor.fenced_writes")
+                .with_description("Writes refused because this replica no longer owned the partition")
+                .build(),
             gauges: OnceLock::new(),
             meter,
         }
@@ -83,6 +104,7 @@ impl Metrics {
     pub(crate) fn observe(&self, shared: Weak<Shared>) {
         let by_status = shared.clone();
         let supervised_of = shared.clone();
+        let partitions_of = shared.clone();
         let connections = self
             .meter
             .u64_observable_gauge("tokenvisor.connections")
@@ -121,7 +143,22 @@ impl Metrics {
                 observer.observe(shared.registry.supervised_count() as u64, &[]);
             })
             .build();
-        let _ = self.gauges.set((connections, expiry, supervised));
+        let partitions = self
+            .meter
+            .u64_observable_gauge("tokenvisor.owned_partitions")
+            .with_description("Partitions this replica serves")
+            .with_callback(move |observer| {
+                let Some(shared) = partitions_of.upgrade() else {
+                    return;
+                };
+                let served = shared
+                    .ownership
+                    .as_ref()
+                    .map_or(0, |ownership| ownership.served_count());
+                observer.observe(served as u64, &[]);
+            })
+            .build();
+        let _ = self.gauges.set((connections, expiry, supervised, partitions));
     }
 
     /// One refresh attempt ended with `outcome` after `seconds`.
@@ -132,6 +169,18 @@ impl Metrics {
         ];
         self.refreshes.add(1, &attributes);
         self.refresh_duration.record(seconds, &attributes);
+    }
+
+    /// `count` partitions were `gained`, `released` or `lost` by this replica.
+    pub(crate) fn handovers(&self, count: u64, kind: &'static str) {
+        if count > 0 {
+            self.handovers.add(count, &[KeyValue::new("kind", kind)]);
+        }
+    }
+
+    /// The database refused a write fenced by an epoch that moved on.
+    pub(crate) fn fenced(&self) {
+        self.fenced.add(1, &[]);
     }
 
     /// A connection was marked `needs_reauth`.

@@ -156,6 +156,19 @@ impl Registry {
             .collect()
     }
 
+    /// The slots of connections in `partitions`.
+    pub(crate) fn in_partitions(
+        &self,
+        partitions: &std::collections::HashSet<tokenvisor_core::Partition>,
+    ) -> Vec<(ConnectionId, Arc<Slot>)> {
+        let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+        slots
+            .iter()
+            .filter(|(id, _)| partitions.contains(&tokenvisor_core::partition_of(**id)))
+            .map(|(id, slot)| (*id, slot.clone()))
+            .collect()
+    }
+
     pub(crate) fn len(&self) -> usize {
         self.slots.read().unwrap_or_else(|p| p.into_inner()).len()
     }

@@ -31,6 +31,12 @@ pub(crate) struct Shared {
     pub journal: Option<Arc<crate::journal::Journal>>,
     /// Whether the store currently takes commits (see [`StoreHealth`]).
     pub store_health: StoreHealth,
+    /// What this replica owns, when it shares the work with others.
+    pub ownership: Option<Arc<crate::cluster::ownership::Ownership>>,
+    /// Sends requests to the replicas that own them (with `ownership`).
+    pub forwarder: Option<crate::cluster::forward::Forwarder>,
+    /// The membership task (with `ownership`).
+    pub membership: Option<crate::cluster::membership::Membership>,
     integrations: std::sync::RwLock<std::collections::HashMap<IntegrationId, IntegrationRef>>,
     shutting_down: AtomicBool,
 }
@@ -41,8 +47,31 @@ impl Shared {
         client: TokenClient,
         config: TokenvisorConfig,
         journal: Option<Arc<crate::journal::Journal>>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, crate::error::StartError> {
+        let (ownership, forwarder, membership) = match &config.cluster {
+            Some(cluster) => {
+                if store.partitions().is_none() {
+                    return Err(crate::error::StartError::Cluster(
+                        "replicas share the work only on PostgreSQL (set TOKENVISOR_CLUSTER=off, or use a PostgreSQL database)".into(),
+                    ));
+                }
+                let forwarder = crate::cluster::forward::Forwarder::new(cluster.forward_bearer.clone())
+                    .map_err(crate::error::StartError::Client)?;
+                (
+                    Some(Arc::new(crate::cluster::ownership::Ownership::new(
+                        cluster.replica_id.clone(),
+                        cluster.lease,
+                    ))),
+                    Some(forwarder),
+                    Some(crate::cluster::membership::Membership::default()),
+                )
+            }
+            None => (None, None, None),
+        };
+        Ok(Self {
+            ownership,
+            forwarder,
+            membership,
             store,
             clock: config.clock.clone(),
             metrics: Metrics::new(config.meter.as_ref()),
@@ -60,9 +89,52 @@ impl Shared {
             instance_id: uuid::Uuid::new_v4().to_string(),
             journal,
             store_health: StoreHealth::default(),
+        })
+    }
+
+    /// Whether this process supervises the connection `id` (always, without a cluster).
+    pub fn serves(&self, id: tokenvisor_core::ConnectionId) -> bool {
+        self.ownership
+            .as_ref()
+            .is_none_or(|ownership| ownership.serves(tokenvisor_core::partition_of(id)))
+    }
+
+    /// The fence of a write to connection `id`: `Ok(None)` without a cluster, `Err` when
+    /// this replica does not hold the connection's partition (nothing may be written).
+    pub fn fence(&self, id: tokenvisor_core::ConnectionId) -> Result<Option<tokenvisor_store::Fence>, NotOwner> {
+        match &self.ownership {
+            None => Ok(None),
+            Some(ownership) => ownership
+                .fence(tokenvisor_core::partition_of(id))
+                .map(Some)
+                .ok_or(NotOwner),
         }
     }
 
+    /// A compare-and-swap of connection `next`, fenced by its partition's epoch in a
+    /// cluster ([`tokenvisor_store::CasOutcome::Fenced`] when this replica lost it).
+    pub async fn write(
+        &self,
+        next: &tokenvisor_core::Connection,
+        expected_version: i64,
+    ) -> Result<tokenvisor_store::CasOutcome, tokenvisor_store::StoreError> {
+        let outcome = match self.fence(next.id) {
+            Ok(None) => self.store.compare_and_swap(next, expected_version).await,
+            Ok(Some(fence)) => self.store.compare_and_swap_fenced(next, expected_version, fence).await,
+            Err(NotOwner) => Ok(tokenvisor_store::CasOutcome::Fenced),
+        }?;
+        if matches!(outcome, tokenvisor_store::CasOutcome::Fenced) {
+            self.metrics.fenced();
+        }
+        Ok(outcome)
+    }
+}
+
+/// This replica does not hold the connection's partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct NotOwner;
+
+impl Shared {
     /// The runtime of an integration, loaded from the store once and cached.
     pub async fn integration(&self, id: IntegrationId) -> Result<Option<IntegrationRef>, tokenvisor_store::StoreError> {
         if let Some(runtime) = self.integrations.read().unwrap_or_else(|p| p.into_inner()).get(&id) {

@@ -48,6 +48,17 @@ pub(crate) enum SupervisorMsg {
         refresh_token: Option<SecretString>,
         cause: SpanContext,
     },
+    /// Start owners for these connections of newly claimed partitions (a cluster).
+    SpawnPage(Vec<Connection>),
+    /// A connection was registered on another replica, or found without an owner by
+    /// the reconcile: start its owner if this replica serves it.
+    Notified(ConnectionId),
+    /// Stop the owners of the connections in `partitions` (handed over or lost); answers
+    /// with their slots, whose refresh locks tell when in-flight refreshes committed.
+    Retire {
+        partitions: std::collections::HashSet<tokenvisor_core::Partition>,
+        reply: RpcReplyPort<Vec<(ConnectionId, Arc<Slot>)>>,
+    },
     /// Test hook: make a connection actor panic.
     #[cfg(feature = "fault-injection")]
     InjectPanic { connection_id: ConnectionId },
@@ -151,6 +162,21 @@ impl Actor for Supervisor {
                 refresh_token,
                 cause,
             } => state.escalate(connection_id, failure, refresh_token, cause, false),
+            SupervisorMsg::SpawnPage(connections) => {
+                let served: Vec<Connection> = connections
+                    .into_iter()
+                    .filter(|connection| state.shared.serves(connection.id))
+                    .collect();
+                state.spawn_all(&myself, served, true).await;
+            }
+            SupervisorMsg::Notified(connection_id) => {
+                if state.shared.serves(connection_id) && !state.shared.is_shutting_down() {
+                    state.locate(&myself, connection_id).await;
+                }
+            }
+            SupervisorMsg::Retire { partitions, reply } => {
+                let _ = reply.send(state.retire(&partitions));
+            }
             #[cfg(feature = "fault-injection")]
             SupervisorMsg::InjectPanic { connection_id } => {
                 if let Some(owner) = state.shared.registry.get(connection_id).and_then(|slot| slot.owner()) {
@@ -216,12 +242,16 @@ impl SupervisorState {
         self.finish_spawn(myself, connection_id, &slot, spawned).await;
     }
 
-    /// The running owner of `connection_id`, or a new one that loads the row itself.
+    /// The running owner of `connection_id`, or a new one that loads the row itself;
+    /// `None` when this replica does not serve the connection's partition.
     async fn locate(
         &mut self,
         myself: &ActorRef<SupervisorMsg>,
         connection_id: ConnectionId,
     ) -> Option<ActorRef<ConnectionMsg>> {
+        if !self.shared.serves(connection_id) {
+            return None;
+        }
         let slot = self.shared.registry.get_or_insert(connection_id, 0);
         if let Some(owner) = self.live_owner(&slot) {
             return Some(owner);
@@ -241,6 +271,9 @@ impl SupervisorState {
         connection_id: ConnectionId,
         slot: &Arc<Slot>,
     ) -> Option<ActorRef<ConnectionMsg>> {
+        if !self.shared.serves(connection_id) {
+            return None;
+        }
         let args = ConnectionArgs {
             id: connection_id,
             loaded: None,
@@ -318,6 +351,9 @@ impl SupervisorState {
         startup: bool,
     ) -> Option<ConnectionArgs> {
         let connection_id = connection.id;
+        if !self.shared.serves(connection_id) {
+            return None;
+        }
         let slot = self.shared.registry.get_or_insert(connection_id, connection.version);
         if self.live_owner(&slot).is_some() {
             return None;
@@ -360,6 +396,28 @@ impl SupervisorState {
                 None
             }
         }
+    }
+
+    /// Stops the owners of the connections in `partitions` at once (they belong to
+    /// another replica now): nothing is handed out from memory for them any more.
+    fn retire(
+        &mut self,
+        partitions: &std::collections::HashSet<tokenvisor_core::Partition>,
+    ) -> Vec<(ConnectionId, Arc<Slot>)> {
+        let slots = self.shared.registry.in_partitions(partitions);
+        for (_, slot) in &slots {
+            slot.publish(None);
+            if let Some(owner) = slot.owner() {
+                owner.stop(Some(RETIRED.into()));
+            }
+        }
+        if !slots.is_empty() {
+            tracing::info!(
+                connections = slots.len(),
+                "stopped supervising connections of partitions now owned elsewhere"
+            );
+        }
+        slots
     }
 
     /// Forgets a stopped child; returns its connection.

@@ -35,6 +35,9 @@ pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<HealthV
     if !state.tokenvisor.is_running() {
         return Err(not_ready("the supervisor is not running"));
     }
+    if !state.tokenvisor.cluster().is_ready() {
+        return Err(not_ready("this replica does not yet serve its share of the partitions"));
+    }
     Ok(Json(HealthView {
         status: "ready".into(),
         supervised: Some(state.tokenvisor.supervised_count()),

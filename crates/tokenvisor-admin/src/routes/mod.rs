@@ -1,6 +1,7 @@
 //! The handlers, one module per resource.
 
 pub(crate) mod authorizations;
+pub(crate) mod cluster;
 pub(crate) mod connections;
 pub(crate) mod events;
 pub(crate) mod health;

@@ -4,15 +4,17 @@
 //! database's clock.
 
 use super::{SqlStore, db_error, statement};
-use crate::entity::connection;
-use crate::partitions::{Notification, PartitionRecord, PartitionStore, ReplicaRecord};
 use crate::StoreError;
+use crate::entity::connection;
+use crate::partitions::{Claimed, Notification, PartitionRecord, PartitionStore, ReplicaRecord};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use sea_orm::sqlx::postgres::PgListener;
-use sea_orm::{ColumnTrait as _, ConnectionTrait as _, DbBackend, EntityTrait as _, QueryFilter as _, QuerySelect as _, Value};
+use sea_orm::{
+    ColumnTrait as _, ConnectionTrait as _, DbBackend, EntityTrait as _, QueryFilter as _, QuerySelect as _, Value,
+};
 use std::time::Duration;
 use tokenvisor_core::{Connection, ConnectionId, ConnectionStatus, Partition};
 
@@ -64,13 +66,19 @@ impl PartitionStore for SqlStore {
                 Value::from(advertise_url.map(str::to_owned)),
             ],
         );
-        self.db.execute_raw(upsert).await.map_err(db_error("recording a heartbeat"))?;
+        self.db
+            .execute_raw(upsert)
+            .await
+            .map_err(db_error("recording a heartbeat"))?;
         let prune = statement(
             backend,
             &format!("DELETE FROM tokenvisor_replicas WHERE heartbeat_at_ms < {now} - $1"),
             vec![Value::from(FORGET_AFTER_MS)],
         );
-        self.db.execute_raw(prune).await.map_err(db_error("forgetting silent replicas"))?;
+        self.db
+            .execute_raw(prune)
+            .await
+            .map_err(db_error("forgetting silent replicas"))?;
         Ok(())
     }
 
@@ -80,7 +88,10 @@ impl PartitionStore for SqlStore {
             "DELETE FROM tokenvisor_replicas WHERE replica_id = $1",
             vec![Value::from(replica_id.to_owned())],
         );
-        self.db.execute_raw(delete).await.map_err(db_error("leaving the cluster"))?;
+        self.db
+            .execute_raw(delete)
+            .await
+            .map_err(db_error("leaving the cluster"))?;
         Ok(())
     }
 
@@ -95,7 +106,11 @@ impl PartitionStore for SqlStore {
             ),
             vec![],
         );
-        let rows = self.db.query_all_raw(select).await.map_err(db_error("listing replicas"))?;
+        let rows = self
+            .db
+            .query_all_raw(select)
+            .await
+            .map_err(db_error("listing replicas"))?;
         rows.into_iter()
             .map(|row| {
                 let read = db_error("reading a replica");
@@ -120,7 +135,11 @@ impl PartitionStore for SqlStore {
             ),
             vec![],
         );
-        let rows = self.db.query_all_raw(select).await.map_err(db_error("listing partitions"))?;
+        let rows = self
+            .db
+            .query_all_raw(select)
+            .await
+            .map_err(db_error("listing partitions"))?;
         rows.into_iter()
             .map(|row| {
                 let read = db_error("reading a partition");
@@ -141,7 +160,7 @@ impl PartitionStore for SqlStore {
         replica_id: &str,
         partitions: &[Partition],
         lease: Duration,
-    ) -> Result<Vec<(Partition, i64)>, StoreError> {
+    ) -> Result<Vec<Claimed>, StoreError> {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
@@ -153,13 +172,15 @@ impl PartitionStore for SqlStore {
         let upsert = statement(
             DbBackend::Postgres,
             &format!(
-                "INSERT INTO tokenvisor_partitions (partition_id, owner, epoch, lease_until_ms) \
+                "WITH prior AS (SELECT partition_id, owner FROM tokenvisor_partitions WHERE partition_id = ANY($2::int4[])) \
+                 INSERT INTO tokenvisor_partitions (partition_id, owner, epoch, lease_until_ms) \
                  SELECT p, $1, 1, {now} + $3 FROM unnest($2::int4[]) AS p ORDER BY p \
                  ON CONFLICT (partition_id) DO UPDATE SET owner = excluded.owner, \
                    epoch = tokenvisor_partitions.epoch + 1, lease_until_ms = excluded.lease_until_ms \
                  WHERE tokenvisor_partitions.owner IS NULL OR tokenvisor_partitions.lease_until_ms <= {now} \
                    OR tokenvisor_partitions.owner = excluded.owner \
-                 RETURNING partition_id, epoch"
+                 RETURNING partition_id, epoch, \
+                   (SELECT owner FROM prior WHERE prior.partition_id = tokenvisor_partitions.partition_id) AS taken_from"
             ),
             vec![
                 Value::from(replica_id.to_owned()),
@@ -167,8 +188,25 @@ impl PartitionStore for SqlStore {
                 Value::from(millis(lease)),
             ],
         );
-        let rows = self.db.query_all_raw(upsert).await.map_err(db_error("claiming partitions"))?;
-        held_rows(rows)
+        let rows = self
+            .db
+            .query_all_raw(upsert)
+            .await
+            .map_err(db_error("claiming partitions"))?;
+        let read = db_error("reading a claimed partition");
+        let mut taken_from = Vec::with_capacity(rows.len());
+        for row in &rows {
+            taken_from.push(row.try_get::<Option<String>>("", "taken_from").map_err(&read)?);
+        }
+        Ok(held_rows(rows)?
+            .into_iter()
+            .zip(taken_from)
+            .map(|((partition, epoch), taken_from)| Claimed {
+                partition,
+                epoch,
+                taken_from,
+            })
+            .collect())
     }
 
     async fn renew(
@@ -197,7 +235,11 @@ impl PartitionStore for SqlStore {
                 Value::from(millis(lease)),
             ],
         );
-        let rows = self.db.query_all_raw(update).await.map_err(db_error("renewing partition leases"))?;
+        let rows = self
+            .db
+            .query_all_raw(update)
+            .await
+            .map_err(db_error("renewing partition leases"))?;
         Ok(held_rows(rows)?.into_iter().map(|(partition, _)| partition).collect())
     }
 
@@ -213,7 +255,10 @@ impl PartitionStore for SqlStore {
              WHERE p.partition_id = h.partition_id AND p.epoch = h.epoch AND p.owner = $1",
             vec![Value::from(replica_id.to_owned()), partitions, epochs],
         );
-        self.db.execute_raw(update).await.map_err(db_error("releasing partitions"))?;
+        self.db
+            .execute_raw(update)
+            .await
+            .map_err(db_error("releasing partitions"))?;
         Ok(())
     }
 
@@ -265,11 +310,17 @@ impl PartitionStore for SqlStore {
             "SELECT pg_notify($1, $2)",
             vec![Value::from(channel.to_owned()), Value::from(payload.to_owned())],
         );
-        self.db.execute_raw(notify).await.map_err(db_error("sending a notification"))?;
+        self.db
+            .execute_raw(notify)
+            .await
+            .map_err(db_error("sending a notification"))?;
         Ok(())
     }
 
-    async fn listen(&self, channels: &[&str]) -> Result<BoxStream<'static, Result<Notification, StoreError>>, StoreError> {
+    async fn listen(
+        &self,
+        channels: &[&str],
+    ) -> Result<BoxStream<'static, Result<Notification, StoreError>>, StoreError> {
         let pool = self.db.get_postgres_connection_pool();
         let mut listener = PgListener::connect_with(pool)
             .await

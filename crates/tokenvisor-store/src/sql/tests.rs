@@ -415,6 +415,7 @@ async fn concurrent_compare_and_swaps_commit_exactly_once(db: TestDb) {
         match handle.await.expect("writer") {
             CasOutcome::Committed { version } => committed.push((writer, version)),
             CasOutcome::Conflict { current } => assert_eq!(current.expect("still there").version, 2),
+            CasOutcome::Fenced => panic!("an unfenced write is never fenced"),
         }
     }
     assert_eq!(committed.len(), 1, "{committed:?}");
@@ -914,6 +915,7 @@ async fn concurrent_refresh_commits_of_one_connection_commit_exactly_once(db: Te
         match handle.await.expect("writer") {
             CasOutcome::Committed { version } => committed.push((writer, version)),
             CasOutcome::Conflict { current } => assert_eq!(current.expect("still there").version, 2),
+            CasOutcome::Fenced => panic!("an unfenced write is never fenced"),
         }
     }
     assert_eq!(committed.len(), 1, "{committed:?}");

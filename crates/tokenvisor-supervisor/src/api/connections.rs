@@ -145,7 +145,11 @@ impl<'a> Connections<'a> {
             updated_at: now,
         };
         self.tokenvisor.shared.store.insert_connection(&connection).await?;
-        self.tokenvisor.spawn(connection.clone()).await?;
+        if self.tokenvisor.shared.serves(connection.id) {
+            self.tokenvisor.spawn(connection.clone()).await?;
+        } else {
+            self.tokenvisor.announce(connection.id).await;
+        }
         self.tokenvisor.emit(&connection, EventKind::Connected);
         Ok(connection)
     }
@@ -214,7 +218,12 @@ impl<'a> Connections<'a> {
     pub async fn remove(self, id: ConnectionId) -> Result<(), TokenError> {
         let wait = self.tokenvisor.shared.config.operation_timeout;
         self.tokenvisor
-            .call(id, wait, |reply| ConnectionMsg::Lifecycle(LifecycleOp::Remove, reply))
+            .routed(
+                id,
+                wait,
+                || crate::cluster::forward::ForwardOp::Remove,
+                |reply| ConnectionMsg::Lifecycle(LifecycleOp::Remove, reply),
+            )
             .await
             .map(|_| ())
     }

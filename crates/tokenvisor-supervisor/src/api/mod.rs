@@ -4,6 +4,7 @@
 
 mod connections;
 mod integrations;
+mod routing;
 mod tokens;
 
 pub use connections::{Connections, NewConnection};
@@ -102,14 +103,22 @@ impl std::fmt::Debug for Tokenvisor {
 /// Connections handed to the supervisor per page at start-up.
 const STARTUP_PAGE: usize = 10_000;
 
-/// Streams the supervised connections from `store` (decrypting them) into `pages`. On a
-/// store error, sends [`LoadFailed`] (the supervisor then stops what it started) and
-/// returns the error.
-async fn load_pages(store: Arc<dyn Store>, pages: tokio::sync::mpsc::Sender<StartupPage>) -> Result<(), StoreError> {
+/// Streams the supervised connections from `store` (decrypting them) into `pages`: all
+/// of them, or those of the `partitions` this replica claimed. On a store error, sends
+/// [`LoadFailed`] (the supervisor then stops what it started) and returns the error.
+async fn load_pages(
+    store: Arc<dyn Store>,
+    partitions: Option<Vec<tokenvisor_core::Partition>>,
+    pages: tokio::sync::mpsc::Sender<StartupPage>,
+) -> Result<(), StoreError> {
     use futures::StreamExt as _;
     let loading = std::time::Instant::now();
     let mut total = 0;
-    let mut stream = store.load_supervised().chunks(STARTUP_PAGE);
+    let connections = match (partitions, store.partitions()) {
+        (Some(partitions), Some(cluster)) => cluster.load_supervised_in(partitions),
+        _ => store.load_supervised(),
+    };
+    let mut stream = connections.chunks(STARTUP_PAGE);
     while let Some(chunk) = stream.next().await {
         let page = match chunk.into_iter().collect::<Result<Vec<Connection>, StoreError>>() {
             Ok(page) => page,
@@ -147,8 +156,18 @@ impl Tokenvisor {
             }
             None => None,
         };
-        let shared = Arc::new(Shared::new(store, client, config, journal));
+        let shared = Arc::new(Shared::new(store, client, config, journal)?);
         shared.metrics.observe(Arc::downgrade(&shared));
+        // In a cluster: the first heartbeat and this replica's share of the free
+        // partitions, whose connections are the ones to load.
+        let claimed = match &shared.ownership {
+            Some(_) => Some(
+                crate::cluster::membership::join(&shared)
+                    .await
+                    .map_err(|error| StartError::Cluster(error.to_string()))?,
+            ),
+            None => None,
+        };
         // The integrations first: while the connections stream, a single-connection pool
         // (in-memory SQLite) has no connection left to look them up one by one.
         for integration in shared.store.list_integrations().await? {
@@ -157,7 +176,7 @@ impl Tokenvisor {
         // Pages are loaded and decrypted by one task while the supervisor spawns the
         // actors of the previous page.
         let (pages, receiver) = tokio::sync::mpsc::channel(2);
-        let loader = tokio::spawn(load_pages(shared.store.clone(), pages));
+        let loader = tokio::spawn(load_pages(shared.store.clone(), claimed, pages));
         let args = SupervisorArgs {
             shared: shared.clone(),
             pages: receiver,
@@ -165,14 +184,25 @@ impl Tokenvisor {
         let started = Actor::spawn(None, Supervisor, args).await;
         let loaded = loader.await.map_err(|e| StartError::Spawn(e.to_string()));
         match (started, loaded) {
-            (Ok((supervisor, _)), Ok(Ok(()))) => Ok(Self {
-                _last_handle: Arc::new(LastHandle {
-                    shared: shared.clone(),
-                    supervisor: supervisor.clone(),
-                }),
-                shared,
-                supervisor,
-            }),
+            (Ok((supervisor, _)), Ok(Ok(()))) => {
+                if let Some(membership) = &shared.membership {
+                    let task = tokio::spawn(crate::cluster::membership::run(
+                        shared.clone(),
+                        supervisor.clone(),
+                        membership.stop.clone(),
+                        membership.wake.clone(),
+                    ));
+                    *membership.task.lock().unwrap_or_else(|p| p.into_inner()) = Some(task);
+                }
+                Ok(Self {
+                    _last_handle: Arc::new(LastHandle {
+                        shared: shared.clone(),
+                        supervisor: supervisor.clone(),
+                    }),
+                    shared,
+                    supervisor,
+                })
+            }
             (started, loaded) => {
                 // Start-up fails as a whole: a supervisor that did start stops, and its
                 // linked actors with it.
@@ -242,6 +272,11 @@ impl Tokenvisor {
         crate::Authorizations::new(self)
     }
 
+    /// This replica in a cluster of replicas sharing the work: status, forwarded requests.
+    pub fn cluster(&self) -> crate::cluster::Cluster<'_> {
+        crate::cluster::Cluster::new(self)
+    }
+
     /// How many connections have an owner (actor) running that supervises them
     /// (refreshes them); disabled and `needs_reauth` connections are not counted.
     pub fn supervised_count(&self) -> usize {
@@ -272,13 +307,7 @@ impl Tokenvisor {
     }
 
     pub(super) async fn lifecycle(&self, id: ConnectionId, op: LifecycleOp) -> Result<Connection, TokenError> {
-        if self.shared.is_shutting_down() {
-            return Err(TokenError::ShuttingDown);
-        }
-        let wait = self.shared.config.operation_timeout;
-        self.call(id, wait, |reply| ConnectionMsg::Lifecycle(op.clone(), reply))
-            .await?
-            .ok_or(TokenError::NotFound)
+        self.routed_lifecycle(id, op).await
     }
 
     /// The connection's owner: the running one, or one the supervisor starts.
@@ -338,6 +367,16 @@ impl Tokenvisor {
         Err(TokenError::Internal("the connection's owner keeps stopping".into()))
     }
 
+    /// Tells the replica owning `id` that it was registered here (LISTEN/NOTIFY; the
+    /// periodic reconcile finds it should the notification be lost).
+    pub(super) async fn announce(&self, id: ConnectionId) {
+        if let Some(store) = self.shared.store.partitions()
+            && let Err(error) = store.notify(crate::cluster::CONNECTIONS_CHANNEL, &id.to_string()).await
+        {
+            tracing::warn!(connection.id = %id, error = %error, "failed to announce a registration; the owner's reconcile finds it");
+        }
+    }
+
     pub(super) async fn spawn(&self, connection: Connection) -> Result<(), AdminError> {
         let spawned = self
             .supervisor
@@ -385,6 +424,8 @@ async fn shut_down(shared: &SharedRef, supervisor: &ActorRef<SupervisorMsg>) -> 
     futures::future::join_all(flushes).await;
     shared.tasks.close();
     shared.tasks.wait().await;
+    // In-flight refreshes are committed: give the partitions to the other replicas now.
+    crate::cluster::membership::leave(shared).await;
     let uncommitted = shared.registry.slots().iter().filter(|slot| slot.has_pending()).count();
     let journaled = shared.journal.as_ref().map_or(0, |journal| journal.outstanding());
     if uncommitted > 0 {

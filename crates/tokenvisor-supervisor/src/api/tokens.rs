@@ -2,6 +2,7 @@
 //! owner (bounded by [`TokenvisorConfig::token_wait`](crate::TokenvisorConfig::token_wait)).
 
 use super::{Tokenvisor, api_span, record_result};
+use crate::cluster::forward::{ForwardOp, token_digest};
 use crate::connection::ConnectionMsg;
 use crate::error::TokenError;
 use crate::token::AccessToken;
@@ -38,11 +39,17 @@ impl<'a> Tokens<'a> {
         }
         let span = api_span("tokenvisor.access_token", id);
         let wait = self.tokenvisor.shared.config.token_wait;
+        // Another replica's connection: its committed row usually answers.
+        let row_first = !self.tokenvisor.shared.serves(id);
         let result = self
             .tokenvisor
-            .call(id, wait, |reply| {
-                ConnectionMsg::AccessToken(reply, tracing::Span::current())
-            })
+            .remote_token(
+                id,
+                wait,
+                || ForwardOp::AccessToken,
+                |reply| ConnectionMsg::AccessToken(reply, tracing::Span::current()),
+                row_first,
+            )
             .instrument(span.clone())
             .await;
         record_result(&span, &result);
@@ -62,11 +69,19 @@ impl<'a> Tokens<'a> {
         let wait = self.tokenvisor.shared.config.token_wait;
         let result = self
             .tokenvisor
-            .call(id, wait, |reply| ConnectionMsg::TokenRejected {
-                token: token.clone(),
-                reply,
-                caller: tracing::Span::current(),
-            })
+            .remote_token(
+                id,
+                wait,
+                || ForwardOp::TokenRejected {
+                    token_sha256: token_digest(token),
+                },
+                |reply| ConnectionMsg::TokenRejected {
+                    token: token.clone(),
+                    reply,
+                    caller: tracing::Span::current(),
+                },
+                false,
+            )
             .instrument(span.clone())
             .await;
         record_result(&span, &result);
@@ -79,9 +94,13 @@ impl<'a> Tokens<'a> {
         let wait = self.tokenvisor.shared.config.operation_timeout;
         let result = self
             .tokenvisor
-            .call(id, wait, |reply| {
-                ConnectionMsg::ForceRefresh(reply, tracing::Span::current())
-            })
+            .remote_token(
+                id,
+                wait,
+                || ForwardOp::ForceRefresh,
+                |reply| ConnectionMsg::ForceRefresh(reply, tracing::Span::current()),
+                false,
+            )
             .instrument(span.clone())
             .await;
         record_result(&span, &result);

@@ -15,4 +15,5 @@ mod phase;
 pub(crate) mod refresh;
 
 pub(crate) use actor::{ConnectionActor, ConnectionArgs, ConnectionMsg, LifecycleOp, RETIRED};
+pub(crate) use owner::status_error;
 pub(crate) use refresh::PendingTokens;

@@ -74,6 +74,9 @@ pub(crate) enum RefreshResult {
     /// The provider answered with new tokens, but the commit failed: they are kept in the
     /// slot (and the journal) and the commit is retried.
     CommitFailed { message: String },
+    /// This replica does not own the connection's partition (any more): nothing was
+    /// presented, or what the provider answered was salvaged (see `salvage_fenced`).
+    Fenced,
     /// The refresh failed; `connection` is the row after recording the failure, if that write succeeded.
     Failed {
         failure: RefreshFailure,
@@ -87,6 +90,7 @@ impl RefreshResult {
             Self::Refreshed { .. } => ("success", None),
             Self::Adopted { .. } => ("adopted", None),
             Self::Deleted => ("deleted", None),
+            Self::Fenced => ("fenced", Some("owner_unavailable")),
             Self::CommitFailed { .. } => ("commit_failed", Some("store_unavailable")),
             Self::Failed { failure, .. } => (outcome_kind(failure.class).as_str(), Some(failure.code.as_str())),
         }
@@ -137,7 +141,10 @@ pub(crate) async fn run(
     let result = Box::pin(run_inner(&shared, &integration, job).instrument(span.clone())).await;
     if matches!(
         result,
-        RefreshResult::Refreshed { .. } | RefreshResult::Adopted { .. } | RefreshResult::Deleted
+        RefreshResult::Refreshed { .. }
+            | RefreshResult::Adopted { .. }
+            | RefreshResult::Deleted
+            | RefreshResult::Fenced
     ) {
         // Committed, or superseded by what the store holds now.
         if !matches!(result, RefreshResult::Refreshed { .. })
@@ -220,6 +227,21 @@ async fn run_inner(shared: &Shared, integration: &IntegrationRuntime, job: Refre
 
 /// The refresh under this process's limits and the connection's refresh lock.
 async fn run_locked(shared: &Shared, integration: &IntegrationRuntime, job: &RefreshJob) -> RefreshResult {
+    // In a cluster: wait (holding no permit) until a refresh token of this partition may
+    // be presented (out of a take-over's quiet period, lease well ahead).
+    if job.pending.is_none()
+        && let (Some(ownership), Some(cluster)) = (&shared.ownership, &shared.config.cluster)
+    {
+        let quiet = shared.config.client.connect_timeout + shared.config.client.request_timeout;
+        let partition = tokenvisor_core::partition_of(job.base.id);
+        if ownership
+            .presentable(partition, quiet + cluster.lease * 2)
+            .await
+            .is_err()
+        {
+            return RefreshResult::Fenced;
+        }
+    }
     // The integration's own limits first, so a throttled or slow integration never holds
     // process-wide slots while it waits; committing kept tokens calls no provider.
     let _integration_permit = match &job.pending {
@@ -429,7 +451,7 @@ async fn refresh_and_commit(
 ) -> RefreshResult {
     let pending = match job.pending.clone() {
         Some(pending) => pending,
-        None => match obtain_tokens(shared, integration, &base).await {
+        None => match present(shared, integration, &base).await {
             Ok(tokens) => PendingTokens {
                 tokens,
                 obtained_at: shared.clock.now(),
@@ -452,6 +474,7 @@ async fn refresh_and_commit(
                 )
                 .await;
             }
+            Err(Refused { failure, .. }) if failure.code == FENCED_CODE => return RefreshResult::Fenced,
             Err(Refused { failure, .. }) => {
                 let connection = record_failure(shared, &base, &failure, committed_version).await;
                 record_attempt(
@@ -602,6 +625,32 @@ pub(crate) async fn forget_pending(shared: &Shared, id: ConnectionId) {
     }
 }
 
+/// Checks once more, right before presenting the refresh token, that this replica still
+/// owns the connection's partition with the lease well ahead (a cluster), then calls
+/// the provider.
+async fn present(shared: &Shared, integration: &IntegrationRuntime, base: &Connection) -> Result<TokenSet, Refused> {
+    if let (Some(ownership), Some(cluster)) = (&shared.ownership, &shared.config.cluster)
+        && ownership
+            .presentable(tokenvisor_core::partition_of(base.id), cluster.lease / 2)
+            .await
+            .is_err()
+    {
+        return Err(Refused {
+            failure: RefreshFailure::new(
+                FailureClass::Transient,
+                FENCED_CODE,
+                "this replica no longer owns the connection's partition",
+            ),
+            salvaged_refresh_token: None,
+        });
+    }
+    obtain_tokens(shared, integration, base).await
+}
+
+/// The failure code of a refresh abandoned because the partition was lost before the
+/// provider call.
+pub(crate) const FENCED_CODE: &str = "partition_lost";
+
 async fn obtain_tokens(
     shared: &Shared,
     integration: &IntegrationRuntime,
@@ -705,11 +754,20 @@ async fn commit_tokens(
             let mut recent = job.recent.clone();
             recent.push(now);
             next.next_refresh_at = Some(next_refresh_at(next.issued_at, next.expires_at, &recent, now, policy, job.jitter));
-            match shared.store.commit_refresh(&next, base.version, attempt).await {
+            let outcome = match shared.fence(base.id) {
+                Ok(None) => shared.store.commit_refresh(&next, base.version, attempt).await,
+                Ok(Some(fence)) => shared.store.commit_refresh_fenced(&next, base.version, attempt, fence).await,
+                Err(crate::shared::NotOwner) => Ok(CasOutcome::Fenced),
+            };
+            match outcome {
                 Ok(CasOutcome::Committed { version }) => {
                     next.version = version;
                     *committed_version = version;
                     return RefreshResult::Refreshed { connection: next };
+                }
+                Ok(CasOutcome::Fenced) => {
+                    shared.metrics.fenced();
+                    return salvage_fenced(shared, &next, base.version, attempt).await;
                 }
                 Ok(CasOutcome::Conflict { current: None }) => return RefreshResult::Deleted,
                 Ok(CasOutcome::Conflict { current: Some(current) }) => {
@@ -735,6 +793,27 @@ async fn commit_tokens(
     .await;
     outcome_span.record("outcome", result.outcome().0);
     result
+}
+
+/// The commit of tokens the provider issued was fenced: this replica lost the
+/// connection's partition while the request was in flight. The tokens are real and the
+/// refresh token they replace may be dead now, so they go onto the row anyway when
+/// nobody wrote it since (the same compare-and-swap, without the fence: the new owner's
+/// own writes then conflict and adopt them). Either way this replica stops supervising.
+async fn salvage_fenced(shared: &Shared, next: &Connection, expected: i64, attempt: &RefreshAttempt) -> RefreshResult {
+    let salvaged = shared.store.commit_refresh(next, expected, attempt).await;
+    tracing::warn!(
+        connection.id = %next.id,
+        salvaged = matches!(salvaged, Ok(CasOutcome::Committed { .. })),
+        "a refresh finished after this replica lost the connection's partition"
+    );
+    match salvaged {
+        Ok(CasOutcome::Committed { .. } | CasOutcome::Conflict { .. } | CasOutcome::Fenced) => RefreshResult::Fenced,
+        // Kept (slot and journal) like any commit that failed; the owner is stopped.
+        Err(error) => RefreshResult::CommitFailed {
+            message: error.to_string(),
+        },
+    }
 }
 
 /// Records a non-permanent failure on the row (status `degraded`, counters, last
@@ -765,18 +844,13 @@ async fn record_failure(
         otel.name = "tokenvisor.store.record_failure",
         db.operation.name = "compare_and_swap",
     );
-    match shared
-        .store
-        .compare_and_swap(&next, base.version)
-        .instrument(span)
-        .await
-    {
+    match shared.write(&next, base.version).instrument(span).await {
         Ok(CasOutcome::Committed { version }) => {
             next.version = version;
             *committed_version = version;
             Some(next)
         }
-        Ok(CasOutcome::Conflict { .. }) => None,
+        Ok(CasOutcome::Conflict { .. } | CasOutcome::Fenced) => None,
         Err(error) => {
             tracing::warn!(connection.id = %base.id, error = %error, "failed to record refresh failure");
             None

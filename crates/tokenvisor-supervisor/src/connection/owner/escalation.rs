@@ -164,7 +164,7 @@ async fn mark_needs_reauth(
             at: now,
         });
         next.updated_at = now;
-        match shared.store.compare_and_swap(&next, current.version).await? {
+        match shared.write(&next, current.version).await? {
             CasOutcome::Committed { version } => {
                 next.version = version;
                 *committed_version = version;
@@ -172,6 +172,12 @@ async fn mark_needs_reauth(
             }
             CasOutcome::Conflict { current: Some(row) } => current = *row,
             CasOutcome::Conflict { current: None } => return Ok(Marked::Deleted),
+            // Another replica owns it now: its owner meets the dead grant and escalates.
+            CasOutcome::Fenced => {
+                return Err(tokenvisor_store::StoreError::Database(
+                    "this replica no longer owns the connection's partition".into(),
+                ));
+            }
         }
     }
     Err(tokenvisor_store::StoreError::Database(

@@ -151,6 +151,10 @@ impl Owner {
             .unwrap_or_else(|| self.conn.access_token.clone());
         let deleted = {
             let _lock = self.slot.refresh_lock.clone().lock_owned().await;
+            if self.shared.fence(self.conn.id).is_err() {
+                self.enter(before);
+                return Err(lost_partition());
+            }
             self.shared.store.delete_connection(self.conn.id).await
         };
         if let Err(error) = deleted {
@@ -202,7 +206,7 @@ impl Owner {
             }
             edit(&mut next);
             next.updated_at = now;
-            match self.shared.store.compare_and_swap(&next, current.version).await? {
+            match self.shared.write(&next, current.version).await? {
                 CasOutcome::Committed { version } => {
                     next.version = version;
                     *committed_version = version;
@@ -214,8 +218,17 @@ impl Owner {
                 }
                 CasOutcome::Conflict { current: Some(row) } => current = *row,
                 CasOutcome::Conflict { current: None } => return Err(TokenError::NotFound),
+                CasOutcome::Fenced => return Err(lost_partition()),
             }
         }
         Err(TokenError::StoreUnavailable("too many concurrent writes".into()))
+    }
+}
+
+/// The answer to an operation this replica can no longer apply: another replica owns
+/// the connection now (the caller asks it).
+fn lost_partition() -> TokenError {
+    TokenError::OwnerUnavailable {
+        message: "this replica no longer owns the connection's partition".into(),
     }
 }

@@ -24,6 +24,7 @@ impl Owner {
                 RefreshResult::Refreshed { connection } => self.on_refreshed(connection),
                 RefreshResult::Adopted { connection } => self.on_adopted(connection),
                 RefreshResult::Deleted => self.on_deleted(myself),
+                RefreshResult::Fenced => self.on_fenced(myself),
                 RefreshResult::CommitFailed { message } => self.on_commit_failed(message),
                 RefreshResult::Failed { failure, connection } => {
                     if let Some(connection) = connection {
@@ -112,6 +113,20 @@ impl Owner {
             answer_with(message, &TokenError::NotFound);
         }
         self.shared.registry.remove(self.conn.id);
+        myself.stop(Some(RETIRED.into()));
+    }
+
+    /// Another replica owns the connection now: stop supervising it here, and send the
+    /// waiting callers to the new owner (their error is retryable).
+    pub(super) fn on_fenced(&mut self, myself: &ActorRef<ConnectionMsg>) {
+        self.enter(Phase::Stopping);
+        let error = TokenError::OwnerUnavailable {
+            message: "this replica no longer owns the connection's partition".into(),
+        };
+        self.reply_waiters(|| Err(error.clone()));
+        for message in self.deferred.drain(..) {
+            answer_with(message, &error);
+        }
         myself.stop(Some(RETIRED.into()));
     }
 
