@@ -17,6 +17,7 @@ mod outage;
 mod outbox;
 mod ownership;
 mod providers;
+mod replicas;
 mod reauthorization;
 mod rotation;
 mod schedule;

@@ -75,6 +75,9 @@ pub struct Settings {
     /// This replica's id among the replicas [default: generated once into the data directory].
     #[arg(long, global = true, env = "TOKENVISOR_REPLICA_ID")]
     pub replica_id: Option<String>,
+    /// A token request to a provider (connection included) gives up after this long [default: 20s].
+    #[arg(long, global = true, env = "TOKENVISOR_REQUEST_TIMEOUT")]
+    pub request_timeout: Option<String>,
     /// Longest a token read waits for a refresh before answering 504 `timeout` [default: 5s].
     #[arg(long, global = true, env = "TOKENVISOR_TOKEN_WAIT")]
     pub token_wait: Option<String>,
@@ -117,6 +120,7 @@ struct FileConfig {
     partition_lease: Option<String>,
     replica_id: Option<String>,
     token_wait: Option<String>,
+    request_timeout: Option<String>,
     retry_after_cap: Option<String>,
     probe_interval: Option<String>,
     allow_insecure_endpoints: Option<Vec<String>>,
@@ -277,7 +281,7 @@ impl Settings {
 
         // The library's settings: the same TOKENVISOR_* variables an embedder's
         // `TokenvisorConfig::from_env()` reads, with this file's values under them.
-        let library_settings: [(&'static str, &'static str, &Option<String>, Option<String>); 10] = [
+        let library_settings: [(&'static str, &'static str, &Option<String>, Option<String>); 11] = [
             (
                 "TOKENVISOR_REFRESH_LEAD",
                 "refresh_lead",
@@ -311,6 +315,12 @@ impl Settings {
                 file.cluster_lease,
             ),
             ("TOKENVISOR_TOKEN_WAIT", "token_wait", &self.token_wait, file.token_wait),
+            (
+                "TOKENVISOR_REQUEST_TIMEOUT",
+                "request_timeout",
+                &self.request_timeout,
+                file.request_timeout,
+            ),
             (
                 "TOKENVISOR_RETRY_AFTER_CAP",
                 "retry_after_cap",

@@ -38,6 +38,10 @@ pub const ENV_VARIABLES: &[(&str, &str)] = &[
     ("TOKENVISOR_RETRY_AFTER_CAP", "retry_after_cap (15m)"),
     ("TOKENVISOR_PROBE_INTERVAL", "probe_interval (3s)"),
     (
+        "TOKENVISOR_REQUEST_TIMEOUT",
+        "client.request_timeout (20s; 1s to 5m): a token request, connection included",
+    ),
+    (
         "TOKENVISOR_ALLOW_INSECURE_ENDPOINTS",
         "allow_insecure_hosts (comma-separated host names)",
     ),
@@ -130,9 +134,19 @@ impl TokenvisorConfig {
                 ));
             }
         }
+        let request_timeout = positive("TOKENVISOR_REQUEST_TIMEOUT", library.client.request_timeout)?;
+        if request_timeout < Duration::from_secs(1) || request_timeout > Duration::from_secs(300) {
+            return Err(ConfigError::new("TOKENVISOR_REQUEST_TIMEOUT", "must be between 1s and 5m"));
+        }
+        let client = tokenvisor_provider::TokenClientOptions {
+            request_timeout,
+            connect_timeout: library.client.connect_timeout.min(request_timeout),
+            ..library.client.clone()
+        };
         Ok(TokenvisorConfig {
             schedule,
             cluster_lease,
+            client,
             allow_insecure_hosts,
             token_wait: positive("TOKENVISOR_TOKEN_WAIT", library.token_wait)?,
             retry_after_cap: positive("TOKENVISOR_RETRY_AFTER_CAP", library.retry_after_cap)?,

@@ -62,16 +62,16 @@ pub(crate) async fn join(shared: &SharedRef) -> Result<Vec<Partition>, tokenviso
         .await?;
     let live = live_replicas(store, &ownership.replica_id, config.lease).await?;
     let share = share_of(&ownership.replica_id, &live);
-    let claimed = claim(store, ownership, (config, in_flight_bound(shared)), &share, started).await?;
+    let claimed = claim(store, ownership, (config, in_flight_bound(shared.as_ref())), &share, started).await?;
     ownership.set_ready(claimed.len() == share.len());
     let _ = store.notify(REPLICAS_CHANNEL, "joined").await;
     Ok(claimed)
 }
 
 /// How long a token request of another replica may still be in flight after its lease
-/// ran out: the token client's connect and request timeouts, and a second.
-fn in_flight_bound(shared: &SharedRef) -> Duration {
-    shared.config.client.connect_timeout + shared.config.client.request_timeout + Duration::from_secs(1)
+/// ran out: the token client's request timeout (which includes connecting), and a second.
+pub(crate) fn in_flight_bound(shared: &crate::shared::Shared) -> Duration {
+    shared.config.client.request_timeout + Duration::from_secs(1)
 }
 
 /// Leaves the cluster at shutdown (in-flight refreshes have committed): stops the
@@ -261,7 +261,7 @@ impl Tick<'_> {
         match claim(
             self.store,
             self.ownership,
-            (config, in_flight_bound(self.shared)),
+            (config, in_flight_bound(self.shared.as_ref())),
             &wanted,
             started,
         )

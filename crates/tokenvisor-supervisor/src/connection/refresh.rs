@@ -232,7 +232,7 @@ async fn run_locked(shared: &Shared, integration: &IntegrationRuntime, job: &Ref
     if job.pending.is_none()
         && let (Some(ownership), Some(cluster)) = (&shared.ownership, &shared.config.cluster)
     {
-        let quiet = shared.config.client.connect_timeout + shared.config.client.request_timeout;
+        let quiet = crate::cluster::membership::in_flight_bound(shared);
         let partition = tokenvisor_core::partition_of(job.base.id);
         if ownership
             .presentable(partition, quiet + cluster.lease * 2)
