@@ -275,7 +275,9 @@ async fn three_replicas_split_three_thousand_connections_and_refresh_each_before
     );
     assert_eq!(fake.reuse_events(), 0);
     assert_eq!(fake.overlapping_refreshes(), 0);
-    assert_eq!(fake.family_revocations(), 0);
+    // The one family revoked is the deleted connection's (the delete revokes its grant).
+    assert_eq!(fake.revocation_requests(), 1);
+    assert_eq!(fake.family_revocations(), 1);
 }
 
 /// Time since the earliest registration.
@@ -431,6 +433,8 @@ async fn a_rolling_restart_under_steady_reads_fails_no_read_except_retryably() {
         replicas.up[n] = Some(replicas.spawn(n));
         replicas.wait_settled(3, Duration::from_secs(30)).await;
         bases.lock().unwrap()[n] = Some(replicas.replica(n).base.clone());
+        // Half a lifetime with this replica back: refreshes happen across the hand-overs.
+        tokio::time::sleep(lifetime / 2).await;
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     stop.cancel();
@@ -443,7 +447,7 @@ async fn a_rolling_restart_under_steady_reads_fails_no_read_except_retryably() {
             "{count} reads ended with {outcome:?}"
         );
     }
-    assert!(outcomes.get("ok").copied().unwrap_or(0) > 100, "{outcomes:?}");
+    assert!(outcomes.get("ok").copied().unwrap_or(0) > 500, "{outcomes:?}");
     assert_refreshed_before_expiry(&fake, &registered_at, lifetime);
     assert_eq!(fake.reuse_events(), 0);
     assert_eq!(fake.family_revocations(), 0);
