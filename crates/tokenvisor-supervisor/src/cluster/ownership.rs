@@ -236,3 +236,88 @@ impl Ownership {
         *self.directory.write().unwrap_or_else(|p| p.into_inner()) = directory;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(10);
+
+    fn held(epoch: i64, deadline_in: Duration, quiet_for: Duration) -> Held {
+        let now = Instant::now();
+        Held {
+            epoch,
+            deadline: now + deadline_in,
+            quiet_until: now + quiet_for,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_token_is_presented_only_with_half_a_lease_ahead_and_after_the_quiet_period() {
+        let ownership = Ownership::new("r1".into(), LEASE);
+        // Not held: never.
+        assert_eq!(ownership.presentable(7, LEASE).await, Err(Lost));
+
+        // Held with a fresh lease: at once, with its epoch.
+        ownership.gain([(7, held(3, LEASE, Duration::ZERO))]);
+        assert_eq!(ownership.presentable(7, LEASE).await, Ok(Fence { partition: 7, epoch: 3 }));
+
+        // Renewals stalled: under half a lease left, it waits, and gives up when the lease
+        // is not renewed (a replica frozen or cut off from the database).
+        ownership.renewed(&[7], Instant::now() + LEASE / 2 - Duration::from_millis(1));
+        let started = Instant::now();
+        assert_eq!(ownership.presentable(7, LEASE).await, Err(Lost));
+        assert!(started.elapsed() >= LEASE, "gave up after {:?}", started.elapsed());
+
+        // ... but goes ahead as soon as a renewal lands.
+        let waiting = {
+            let ownership = std::sync::Arc::new(ownership);
+            let waiter = ownership.clone();
+            let task = tokio::spawn(async move { waiter.presentable(7, LEASE).await });
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(!task.is_finished());
+            ownership.renewed(&[7], Instant::now() + LEASE);
+            (task.await.unwrap(), ownership)
+        };
+        assert_eq!(waiting.0, Ok(Fence { partition: 7, epoch: 3 }));
+        let ownership = waiting.1;
+
+        // Lost while waiting: refused at once.
+        ownership.renewed(&[7], Instant::now());
+        let lost = {
+            let ownership = std::sync::Arc::new(ownership);
+            let waiter = ownership.clone();
+            let task = tokio::spawn(async move { waiter.presentable(7, LEASE * 10).await });
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            ownership.forget(&[7]);
+            let started = Instant::now();
+            let result = task.await.unwrap();
+            assert!(started.elapsed() < Duration::from_millis(200));
+            result
+        };
+        assert_eq!(lost, Err(Lost));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_taken_over_waits_out_its_quiet_period_and_one_being_handed_over_is_refused() {
+        let ownership = Ownership::new("r1".into(), LEASE);
+        ownership.gain([(1, held(5, LEASE * 100, Duration::from_secs(21)))]);
+        let started = Instant::now();
+        // Renewed along the way, as the membership task does.
+        let renewer = async {
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                ownership.renewed(&[1], Instant::now() + LEASE);
+            }
+        };
+        let (result, ()) = tokio::join!(ownership.presentable(1, Duration::from_secs(60)), renewer);
+        assert_eq!(result, Ok(Fence { partition: 1, epoch: 5 }));
+        assert!(started.elapsed() >= Duration::from_secs(21), "after {:?}", started.elapsed());
+        assert!(ownership.serves(1));
+
+        ownership.start_leaving(&[1]);
+        assert!(!ownership.serves(1));
+        assert_eq!(ownership.fence(1), Some(Fence { partition: 1, epoch: 5 }), "its commits stay fenced");
+        assert_eq!(ownership.presentable(1, LEASE).await, Err(Lost));
+    }
+}
