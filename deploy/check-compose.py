@@ -4,8 +4,7 @@ Kubernetes manifests without a Docker engine or a cluster: they parse, and every
 they reference exists.
 
 - compose: the five services (postgres, tokenvisor, tokenvisor-2, otel-collector,
-  jaeger); every
-  published port bound to 127.0.0.1; a health check on every service; `depends_on`
+  jaeger); every published port bound to 127.0.0.1; a health check on every service; `depends_on`
   naming defined services with a valid condition, and no dependency cycle; build
   contexts and Dockerfiles that exist; bind-mounted files that exist; named volumes
   declared; every tokenvisor replica exporting OTLP/HTTP to the collector service; the
