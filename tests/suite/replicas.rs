@@ -73,7 +73,10 @@ impl Replicas {
     }
 
     fn live(&self) -> impl Iterator<Item = (usize, &Service)> {
-        self.up.iter().enumerate().filter_map(|(n, s)| s.as_ref().map(|s| (n, s)))
+        self.up
+            .iter()
+            .enumerate()
+            .filter_map(|(n, s)| s.as_ref().map(|s| (n, s)))
     }
 
     /// Waits until `count` replicas are alive, every partition is owned and every live
@@ -93,7 +96,10 @@ impl Replicas {
             if settled {
                 return;
             }
-            assert!(Instant::now() < deadline, "the replicas did not settle within {timeout:?}");
+            assert!(
+                Instant::now() < deadline,
+                "the replicas did not settle within {timeout:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -159,7 +165,10 @@ fn assert_refreshed_before_expiry(fake: &FakeProvider, registered: &HashMap<Stri
         let mut issued = *at;
         for refreshed in fake.refresh_times_for(tenant) {
             if refreshed.duration_since(issued) >= lifetime {
-                late.push(format!("{tenant}: {:?} after its token was issued", refreshed.duration_since(issued)));
+                late.push(format!(
+                    "{tenant}: {:?} after its token was issued",
+                    refreshed.duration_since(issued)
+                ));
             }
             issued = refreshed;
         }
@@ -167,7 +176,12 @@ fn assert_refreshed_before_expiry(fake: &FakeProvider, registered: &HashMap<Stri
             late.push(format!("{tenant}: no refresh for {:?}", now.duration_since(issued)));
         }
     }
-    assert!(late.is_empty(), "{} connections let a token expire: {:?}", late.len(), &late[..late.len().min(5)]);
+    assert!(
+        late.is_empty(),
+        "{} connections let a token expire: {:?}",
+        late.len(),
+        &late[..late.len().min(5)]
+    );
 }
 
 /// Polls `read` on every replica but `skip` until each answers `done`; returns the
@@ -220,9 +234,21 @@ async fn three_replicas_split_three_thousand_connections_and_refresh_each_before
     let (_, id) = &connections[7];
     let token_path = format!("/v1/connections/{id}/token");
     let r0 = replicas.replica(0);
-    assert_eq!(r0.post_empty(&format!("/v1/connections/{id}/deactivate")).await.status, 200);
-    let disabled = answered_everywhere(&replicas, &token_path, |a| a.code() == "disabled", Duration::from_secs(1)).await;
-    assert_eq!(r0.post_empty(&format!("/v1/connections/{id}/activate")).await.status, 200);
+    assert_eq!(
+        r0.post_empty(&format!("/v1/connections/{id}/deactivate")).await.status,
+        200
+    );
+    let disabled = answered_everywhere(
+        &replicas,
+        &token_path,
+        |a| a.code() == "disabled",
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_eq!(
+        r0.post_empty(&format!("/v1/connections/{id}/activate")).await.status,
+        200
+    );
     let active = answered_everywhere(&replicas, &token_path, |a| a.status == 200, Duration::from_secs(1)).await;
     // Re-authorization through r0's callback: every replica hands out the new token.
     let (tenant, reauthorized) = &connections[8];
@@ -233,7 +259,12 @@ async fn three_replicas_split_three_thousand_connections_and_refresh_each_before
         )
         .await;
     assert_eq!(started.status, 201, "{started:?}");
-    let redirect = r0.http.get(started.body["authorize_url"].as_str().unwrap()).send().await.unwrap();
+    let redirect = r0
+        .http
+        .get(started.body["authorize_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     let location = redirect.headers()["location"].to_str().unwrap().to_owned();
     let page = r0.http.get(&location).send().await.unwrap();
     assert_eq!(page.status(), 200, "{}", page.text().await.unwrap_or_default());
@@ -256,7 +287,9 @@ async fn three_replicas_split_three_thousand_connections_and_refresh_each_before
         Duration::from_secs(1),
     )
     .await;
-    println!("seen by every replica after: deactivate {disabled:?}, activate {active:?}, re-authorization {reauth:?}, delete {gone:?}");
+    println!(
+        "seen by every replica after: deactivate {disabled:?}, activate {active:?}, re-authorization {reauth:?}, delete {gone:?}"
+    );
 
     // A lifetime and a half later: every other connection was refreshed before each
     // expiry, never twice at once, never with a rotated-away refresh token.
@@ -356,7 +389,11 @@ async fn a_replica_frozen_past_its_lease_presents_no_refresh_token_and_rejoins()
         fake.refreshes() - refreshes_before_resume,
         fake.reuse_events()
     );
-    assert_eq!(fake.reuse_events(), 0, "the resumed replica presented a refresh token it no longer owned");
+    assert_eq!(
+        fake.reuse_events(),
+        0,
+        "the resumed replica presented a refresh token it no longer owned"
+    );
     assert_eq!(fake.family_revocations(), 0);
 
     // It rejoins and takes a share again.
@@ -428,7 +465,9 @@ async fn a_rolling_restart_under_steady_reads_fails_no_read_except_retryably() {
     for n in 0..3 {
         bases.lock().unwrap()[n] = None;
         let service = replicas.up[n].take().unwrap();
-        let status = tokio::task::spawn_blocking(move || service.server.terminate()).await.unwrap();
+        let status = tokio::task::spawn_blocking(move || service.server.terminate())
+            .await
+            .unwrap();
         assert!(status.success(), "r{n} exited with {status}");
         replicas.up[n] = Some(replicas.spawn(n));
         replicas.wait_settled(3, Duration::from_secs(30)).await;
@@ -440,7 +479,12 @@ async fn a_rolling_restart_under_steady_reads_fails_no_read_except_retryably() {
     stop.cancel();
     let outcomes = reader.await.unwrap();
     println!("reads during the rolling restart: {outcomes:?}");
-    let retryable = ["503 owner_unavailable", "503 shutting_down", "504 timeout", "503 store_unavailable"];
+    let retryable = [
+        "503 owner_unavailable",
+        "503 shutting_down",
+        "504 timeout",
+        "503 store_unavailable",
+    ];
     for (outcome, count) in &outcomes {
         assert!(
             outcome == "ok" || retryable.contains(&outcome.as_str()),

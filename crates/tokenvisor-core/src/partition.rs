@@ -30,7 +30,7 @@ mod tests {
     #[test]
     fn the_partition_of_an_id_never_changes() {
         // Pinned values: a change here moves stored connections between partitions.
-        let id = ConnectionId(Uuid::parse_str("0190a6b1-7a3e-7c2d-9f00-1234567890ab").unwrap());
+        let id = ConnectionId(Uuid::parse_str("0190a6b1-7a3e-7c2d-9f00-1234567890ab").expect("a uuid"));
         assert_eq!(partition_of(id), partition_of(id));
         assert_eq!(partition_of(ConnectionId(Uuid::nil())), 101);
         assert_eq!(partition_of(ConnectionId(Uuid::max())), 85);
@@ -42,7 +42,10 @@ mod tests {
         for _ in 0..102_400 {
             counts[partition_of(ConnectionId::new()) as usize] += 1;
         }
-        let (min, max) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        let (min, max) = (
+            counts.iter().min().expect("counts"),
+            counts.iter().max().expect("counts"),
+        );
         assert!(*min >= 50 && *max <= 160, "min {min}, max {max} (expected ~100 each)");
     }
 }

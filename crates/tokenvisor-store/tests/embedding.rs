@@ -445,6 +445,8 @@ async fn a_database_of_the_old_layout_is_upgraded_in_place_and_nothing_is_lost(d
     // is gone and our versions are in ours.
     assert_eq!(tables(&host).await, OUR_TABLES, "only prefixed tables remain");
     assert_eq!(versions_in(&host, "tokenvisor_migrations").await, OUR_VERSIONS);
+    // The old layout's versions moved over, and the migrations since were applied.
+    assert_eq!(OUR_VERSIONS[..legacy::VERSIONS.len()], legacy::VERSIONS);
 
     // Nothing lost, every secret still decrypts.
     let integration = store

@@ -1,6 +1,7 @@
 //! Partition leases, epochs and fenced writes on PostgreSQL (the store side of replicas
 //! that share the work): exactly one owner per partition, a new epoch on every change of
 //! owner, and writes fenced by an old epoch refused by the database.
+#![allow(clippy::unwrap_used)]
 
 use chrono::{SubsecRound as _, Utc};
 use futures::StreamExt as _;

@@ -136,7 +136,10 @@ impl TokenvisorConfig {
         }
         let request_timeout = positive("TOKENVISOR_REQUEST_TIMEOUT", library.client.request_timeout)?;
         if request_timeout < Duration::from_secs(1) || request_timeout > Duration::from_secs(300) {
-            return Err(ConfigError::new("TOKENVISOR_REQUEST_TIMEOUT", "must be between 1s and 5m"));
+            return Err(ConfigError::new(
+                "TOKENVISOR_REQUEST_TIMEOUT",
+                "must be between 1s and 5m",
+            ));
         }
         let client = tokenvisor_provider::TokenClientOptions {
             request_timeout,

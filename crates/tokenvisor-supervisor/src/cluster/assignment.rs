@@ -21,7 +21,7 @@ fn weight(replica: &str, partition: Partition) -> u64 {
 }
 
 /// The replica (of `live`) that should own `partition`; `None` when `live` is empty.
-pub(crate) fn owner_of<'a>(partition: Partition, live: &'a [String]) -> Option<&'a str> {
+pub(crate) fn owner_of(partition: Partition, live: &[String]) -> Option<&str> {
     live.iter()
         .max_by_key(|replica| (weight(replica, partition), replica.as_str()))
         .map(String::as_str)

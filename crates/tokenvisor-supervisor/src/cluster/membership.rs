@@ -62,7 +62,14 @@ pub(crate) async fn join(shared: &SharedRef) -> Result<Vec<Partition>, tokenviso
         .await?;
     let live = live_replicas(store, &ownership.replica_id, config.lease).await?;
     let share = share_of(&ownership.replica_id, &live);
-    let claimed = claim(store, ownership, (config, in_flight_bound(shared.as_ref())), &share, started).await?;
+    let claimed = claim(
+        store,
+        ownership,
+        (config, in_flight_bound(shared.as_ref())),
+        &share,
+        started,
+    )
+    .await?;
     ownership.set_ready(claimed.len() == share.len());
     let _ = store.notify(REPLICAS_CHANNEL, "joined").await;
     Ok(claimed)

@@ -260,7 +260,10 @@ mod tests {
 
         // Held with a fresh lease: at once, with its epoch.
         ownership.gain([(7, held(3, LEASE, Duration::ZERO))]);
-        assert_eq!(ownership.presentable(7, LEASE).await, Ok(Fence { partition: 7, epoch: 3 }));
+        assert_eq!(
+            ownership.presentable(7, LEASE).await,
+            Ok(Fence { partition: 7, epoch: 3 })
+        );
 
         // Renewals stalled: under half a lease left, it waits, and gives up when the lease
         // is not renewed (a replica frozen or cut off from the database).
@@ -277,7 +280,7 @@ mod tests {
             tokio::time::sleep(Duration::from_secs(1)).await;
             assert!(!task.is_finished());
             ownership.renewed(&[7], Instant::now() + LEASE);
-            (task.await.unwrap(), ownership)
+            (task.await.expect("the waiter"), ownership)
         };
         assert_eq!(waiting.0, Ok(Fence { partition: 7, epoch: 3 }));
         let ownership = waiting.1;
@@ -291,7 +294,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(300)).await;
             ownership.forget(&[7]);
             let started = Instant::now();
-            let result = task.await.unwrap();
+            let result = task.await.expect("the waiter");
             assert!(started.elapsed() < Duration::from_millis(200));
             result
         };
@@ -312,12 +315,20 @@ mod tests {
         };
         let (result, ()) = tokio::join!(ownership.presentable(1, Duration::from_secs(60)), renewer);
         assert_eq!(result, Ok(Fence { partition: 1, epoch: 5 }));
-        assert!(started.elapsed() >= Duration::from_secs(21), "after {:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_secs(21),
+            "after {:?}",
+            started.elapsed()
+        );
         assert!(ownership.serves(1));
 
         ownership.start_leaving(&[1]);
         assert!(!ownership.serves(1));
-        assert_eq!(ownership.fence(1), Some(Fence { partition: 1, epoch: 5 }), "its commits stay fenced");
+        assert_eq!(
+            ownership.fence(1),
+            Some(Fence { partition: 1, epoch: 5 }),
+            "its commits stay fenced"
+        );
         assert_eq!(ownership.presentable(1, LEASE).await, Err(Lost));
     }
 }
