@@ -229,6 +229,16 @@ async fn three_replicas_split_three_thousand_connections_and_refresh_each_before
         let share = *count as f64 / 3000.0;
         assert!((0.25..=0.42).contains(&share), "r{n} supervises {count} of 3000");
     }
+    // Every partition has one owner: the replicas' gauges add up to 1,024.
+    let mut owned = 0.0;
+    for (_, service) in replicas.live() {
+        let text = service.metrics().await;
+        owned += prometheus_samples(&text, "tokenvisor_owned_partitions")
+            .iter()
+            .map(|(_, v)| v)
+            .sum::<f64>();
+    }
+    assert_eq!(owned, 1024.0, "tokenvisor_owned_partitions over the replicas");
 
     // Lifecycle operations through r0 are answered accordingly by r1 and r2 within a second.
     let (_, id) = &connections[7];

@@ -73,6 +73,7 @@ pub use tokenvisor_provider::{BodyFormat, ClientAuth};
 pub use tokenvisor_store::{Keyring, MIGRATION_TABLE, MemoryStore, SqlStore, Store, StoreError, migrate};
 pub use tokenvisor_supervisor::{
     AccessToken, AdminError, AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart,
-    Authorizations, ConfigError, Connections, Integrations, JournalConfig, JournalError, NewConnection, NewIntegration,
-    ShutdownReport, StartError, TokenError, Tokens, Tokenvisor, TokenvisorConfig,
+    Authorizations, Cluster, ClusterConfig, ClusterStatus, ConfigError, Connections, Integrations, JournalConfig,
+    JournalError, NewConnection, NewIntegration, ShutdownReport, StartError, TokenError, Tokens, Tokenvisor,
+    TokenvisorConfig,
 };

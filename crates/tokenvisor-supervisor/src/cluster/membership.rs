@@ -23,6 +23,7 @@ use tokenvisor_store::PartitionStore;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 /// How often the supervised connections changed in owned partitions are compared with
 /// the running owners (lost notifications).
@@ -162,12 +163,21 @@ async fn claim(
         )
     }));
     if !partitions.is_empty() {
-        tracing::info!(
+        let span = tracing::info_span!(
+            "partitions_claimed",
+            otel.name = "tokenvisor.partitions.claim",
             replica = %ownership.replica_id,
-            claimed = partitions.len(),
-            taken_over,
-            "claimed partitions"
+            partitions = partitions.len() as i64,
+            taken_over = taken_over as i64,
         );
+        span.in_scope(|| {
+            tracing::info!(
+                replica = %ownership.replica_id,
+                claimed = partitions.len(),
+                taken_over,
+                "claimed partitions"
+            );
+        });
     }
     Ok(partitions)
 }
@@ -320,6 +330,16 @@ impl Tick<'_> {
 
     /// Stops supervising `partitions` at once (they belong to another replica now).
     async fn lose(&self, partitions: &[Partition]) {
+        let span = tracing::warn_span!(
+            "partitions_lost",
+            otel.name = "tokenvisor.partitions.lost",
+            replica = %self.ownership.replica_id,
+            partitions = partitions.len() as i64,
+        );
+        self.lose_inner(partitions).instrument(span).await;
+    }
+
+    async fn lose_inner(&self, partitions: &[Partition]) {
         self.ownership.forget(partitions);
         let set: HashSet<Partition> = partitions.iter().copied().collect();
         let _ = self
@@ -379,8 +399,26 @@ impl Tick<'_> {
 }
 
 /// Hands `partitions` over: stops their owners (kept tokens are committed first), waits
-/// for their in-flight refreshes to commit, then releases the leases.
+/// for their in-flight refreshes to commit, then releases the leases. Traced as
+/// `tokenvisor.partitions.hand_over`.
 async fn hand_over_task(shared: SharedRef, supervisor: ActorRef<SupervisorMsg>, partitions: Vec<Partition>) {
+    let span = tracing::info_span!(
+        "partitions_handed_over",
+        otel.name = "tokenvisor.partitions.hand_over",
+        partitions = partitions.len() as i64,
+        released = tracing::field::Empty,
+    );
+    hand_over(shared, supervisor, partitions, span.clone())
+        .instrument(span)
+        .await;
+}
+
+async fn hand_over(
+    shared: SharedRef,
+    supervisor: ActorRef<SupervisorMsg>,
+    partitions: Vec<Partition>,
+    span: tracing::Span,
+) {
     let Some(store) = shared.store.partitions() else {
         return;
     };
@@ -451,6 +489,7 @@ async fn hand_over_task(shared: SharedRef, supervisor: ActorRef<SupervisorMsg>, 
         ownership.stop_leaving(&kept);
     }
     shared.metrics.handovers(released.len() as u64, "released");
+    span.record("released", released.len() as i64);
     tracing::info!(partitions = released.len(), "handed partitions over");
     let _ = store.notify(REPLICAS_CHANNEL, "released").await;
 }
