@@ -51,14 +51,34 @@ impl Modify for BearerAuth {
     }
 }
 
-/// `GET /openapi.json`.
-pub(crate) async fn serve() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
+/// `GET /openapi.json`: the document, with a `servers` entry naming the base path the
+/// routes are mounted under (`/tokenvisor` when embedded in a host, `/` for the binary),
+/// so generated clients call the right URLs.
+pub(crate) async fn serve(
+    axum::extract::State(state): axum::extract::State<crate::AppState>,
+) -> Json<utoipa::openapi::OpenApi> {
+    Json(document(&state.options.base_path))
+}
+
+/// The document for routes mounted under `base_path` (normalized: empty or `/prefix`).
+pub(crate) fn document(base_path: &str) -> utoipa::openapi::OpenApi {
+    let mut document = ApiDoc::openapi();
+    let url = if base_path.is_empty() { "/" } else { base_path };
+    document.servers = Some(vec![utoipa::openapi::server::Server::new(url)]);
+    document
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_document_names_the_base_path_it_is_served_under() {
+        let embedded = serde_json::to_value(document("/tokenvisor")).expect("serializes");
+        assert_eq!(embedded["servers"][0]["url"], "/tokenvisor");
+        let standalone = serde_json::to_value(document("")).expect("serializes");
+        assert_eq!(standalone["servers"][0]["url"], "/");
+    }
 
     #[test]
     fn the_document_is_openapi_3_1_and_lists_every_route() {
