@@ -17,6 +17,7 @@ mod outage;
 mod outbox;
 mod ownership;
 mod providers;
+mod proxy;
 mod reauthorization;
 mod replicas;
 mod rotation;

@@ -217,6 +217,10 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
         .route("/connections/{id}/refresh", post(routes::connections::refresh))
         .route("/connections/{id}/deactivate", post(routes::connections::deactivate))
         .route("/connections/{id}/activate", post(routes::connections::activate))
+        .route(
+            "/connections/{id}/proxy/{*path}",
+            axum::routing::any(routes::proxy::forward),
+        )
         .route("/authorizations", post(routes::authorizations::create))
         .route("/events", get(routes::events::stream))
         .route("/cluster", get(routes::cluster::status))

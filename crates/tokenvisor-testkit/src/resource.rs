@@ -46,6 +46,52 @@ pub(crate) async fn whoami(State(server_state): State<ServerState>, headers: Hea
     }
 }
 
+/// `ANY /api/echo/{*rest}` with `Authorization: Bearer <token>`: what arrived (method,
+/// path, query, every header but `Authorization`, the body as text) and the grant's
+/// label; 401 like `whoami` for a dead token. `/api/echo/redirect` answers a redirect to
+/// another host (a proxy must not follow it).
+pub(crate) async fn echo(
+    State(server_state): State<ServerState>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    let Some(label) = live_label(&server_state, &headers, "bearer") else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer error=\"invalid_token\"")],
+            axum::Json(json!({"error": "invalid_token"})),
+        )
+            .into_response();
+    };
+    if uri.path().ends_with("/redirect") {
+        return (
+            StatusCode::FOUND,
+            [(header::LOCATION, "http://169.254.169.254/latest/meta-data/")],
+        )
+            .into_response();
+    }
+    let seen: serde_json::Map<String, serde_json::Value> = headers
+        .iter()
+        .filter(|(name, _)| *name != header::AUTHORIZATION)
+        .map(|(name, value)| (name.to_string(), json!(value.to_str().unwrap_or("<binary>"))))
+        .collect();
+    (
+        StatusCode::OK,
+        [("x-echo", "yes")],
+        axum::Json(json!({
+            "family": label,
+            "method": method.as_str(),
+            "path": uri.path(),
+            "query": uri.query(),
+            "headers": seen,
+            "body": body,
+        })),
+    )
+        .into_response()
+}
+
 /// Zoho CRM `GET /zoho/api/crm/v8/users` with `Authorization: Zoho-oauthtoken <token>`;
 /// any other scheme is refused like a dead token.
 pub(crate) async fn zoho_users(State(server_state): State<ServerState>, headers: HeaderMap) -> Response {

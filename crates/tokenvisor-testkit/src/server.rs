@@ -27,7 +27,7 @@ use tokio::time::Instant;
 
 use crate::authorize::{authorize, zoho_authorize};
 use crate::config::{Dialect, ZOHO_DATA_CENTERS, zoho_api_domain};
-use crate::resource::{accessible_resources, jira_myself, whoami, zoho_users};
+use crate::resource::{accessible_resources, echo, jira_myself, whoami, zoho_users};
 use crate::state::{FamilyId, InjectedFailure, RefreshOutcome, SharedState, lock};
 
 /// Path of the token endpoint (all dialects but Zoho).
@@ -83,7 +83,8 @@ pub(crate) struct ClientCredentials {
 pub(crate) fn router(server_state: ServerState) -> Router {
     let router = Router::new()
         .route(REVOKE_PATH, post(revoke))
-        .route(API_PATH, get(whoami));
+        .route(API_PATH, get(whoami))
+        .route("/api/echo/{*rest}", axum::routing::any(echo));
     let router = match server_state.dialect {
         Dialect::Generic | Dialect::NonRotating | Dialect::Rotating { .. } => router
             .route(TOKEN_PATH, post(token))

@@ -6,6 +6,7 @@ pub(crate) mod connections;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod integrations;
+pub(crate) mod proxy;
 
 use crate::error::ApiError;
 use tokenvisor_core::{Integration, IntegrationId};

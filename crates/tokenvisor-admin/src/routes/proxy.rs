@@ -1,0 +1,110 @@
+//! `ANY /v1/connections/{id}/proxy/{*path}`: an API call through tokenvisor. The request
+//! goes to the connection's API base (Zoho `api_domain`, the Jira gateway with the cloud
+//! id, an integration's `api_base_url`) with the connection's token in the profile's
+//! scheme; a dead-token answer (401; Atlassian also 403/404) is reported and the call
+//! retried once with the fresh token. The caller's credentials never leave: its
+//! `Authorization`, `Cookie` and hop-by-hop headers are dropped. The URL never leaves the
+//! API base; redirects are passed back, not followed.
+
+use crate::AppState;
+use crate::error::ApiError;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
+use axum::response::Response;
+use futures::TryStreamExt as _;
+use tokenvisor_core::ConnectionId;
+use tokenvisor_supervisor::{ApiClient, ForwardedCall};
+
+/// The largest request body forwarded (it is kept for the retry).
+const MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1), and ours.
+const DROPPED: [HeaderName; 10] = [
+    header::AUTHORIZATION,
+    header::COOKIE,
+    header::HOST,
+    header::CONNECTION,
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    header::PROXY_AUTHORIZATION,
+];
+
+/// Forwards the request to the connection's API (see the module documentation).
+#[utoipa::path(
+    post, path = "/v1/connections/{id}/proxy/{path}", tag = "connections",
+    operation_id = "proxy",
+    security(("bearer" = [])),
+    params(
+        ("id" = String, Path, description = "The connection id"),
+        ("path" = String, Path, description = "The path below the connection's API base; any method"),
+    ),
+    request_body(content = Vec<u8>, description = "Forwarded as is (at most 10 MiB)", content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "The API's answer, streamed (any status the API gives)"),
+        (status = 400, description = "`invalid_path`", body = crate::error::ErrorBody),
+        (status = 404, description = "`not_found`", body = crate::error::ErrorBody),
+        (status = 409, description = "`needs_reauth`, `disabled`", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = crate::error::ErrorBody),
+        (status = 422, description = "`no_api_base`", body = crate::error::ErrorBody),
+        (status = 502, description = "`upstream_unreachable`", body = crate::error::ErrorBody),
+    )
+)]
+pub(crate) async fn forward(
+    State(state): State<AppState>,
+    Path((id, path)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let id: ConnectionId = id
+        .parse()
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the connection id is not a UUID"))?;
+    let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "a proxied request body is at most 10 MiB",
+        )
+    })?;
+    let mut forwarded = HeaderMap::new();
+    for (name, value) in &headers {
+        if !DROPPED.contains(name) && !name.as_str().starts_with("proxy-") {
+            forwarded.append(name.clone(), value.clone());
+        }
+    }
+    let call = ForwardedCall {
+        method,
+        path,
+        query: uri.query().map(str::to_owned),
+        headers: forwarded,
+        body: body.to_vec(),
+    };
+    let answer = ApiClient::new(state.tokenvisor.clone())
+        .forward(id, call)
+        .await
+        .map_err(|error| match error {
+            tokenvisor_supervisor::ApiError::Token(error) => ApiError::from(error),
+            tokenvisor_supervisor::ApiError::NoApiBase => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "no_api_base", error.to_string())
+            }
+            tokenvisor_supervisor::ApiError::InvalidPath(reason) => {
+                ApiError::new(StatusCode::BAD_REQUEST, "invalid_path", reason)
+            }
+            other => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unreachable", other.to_string()),
+        })?;
+    let mut response = Response::builder().status(answer.status().as_u16());
+    for (name, value) in answer.headers() {
+        if !DROPPED.contains(name) && name != header::SET_COOKIE {
+            response = response.header(name.as_str(), value.as_bytes());
+        }
+    }
+    let stream = answer.bytes_stream().map_err(std::io::Error::other);
+    response
+        .body(Body::from_stream(stream))
+        .map_err(|error| ApiError::internal(error.to_string()))
+}
