@@ -68,6 +68,13 @@ async fn a_call_through_the_proxy_carries_the_token_retries_a_dead_one_and_nothi
     assert_eq!(retried.body["family"], "acme");
     assert_eq!(fake.refreshes(), refreshes + 1, "one refresh for the dead token");
     assert_eq!(fake.reuse_events(), 0);
+    // The refresh is in the connection's history (newest first).
+    let history = service.get(&format!("/v1/connections/{id}/history?limit=5")).await;
+    assert_eq!(history.status, 200, "{history:?}");
+    assert_eq!(history.body["items"][0]["reason"], "rejected", "{history:?}");
+    assert_eq!(history.body["items"][0]["outcome"], "success", "{history:?}");
+    let bad_limit = service.get(&format!("/v1/connections/{id}/history?limit=0")).await;
+    assert_eq!((bad_limit.status, bad_limit.code()), (400, "invalid_query"));
 
     // A redirect is passed back, not followed.
     let redirect = service.get(&format!("/v1/connections/{id}/proxy/redirect")).await;

@@ -221,6 +221,7 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
             "/connections/{id}/proxy/{*path}",
             axum::routing::any(routes::proxy::forward),
         )
+        .route("/connections/{id}/history", get(routes::connections::history))
         .route("/authorizations", post(routes::authorizations::create))
         .route("/events", get(routes::events::stream))
         .route("/cluster", get(routes::cluster::status))

@@ -336,3 +336,78 @@ async fn integrations_by_id(state: &AppState) -> Result<HashMap<IntegrationId, I
         .map(|i| (i.id, i))
         .collect())
 }
+
+/// One refresh attempt of a connection.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct AttemptView {
+    /// When it started.
+    started_at: chrono::DateTime<chrono::Utc>,
+    /// `scheduled`, `on_demand`, `rejected`, `forced`, `startup`, `retry`.
+    reason: String,
+    /// `success`, `transient`, `rate_limited`, `permanent`, `misconfigured`.
+    outcome: String,
+    /// The error code, on failure.
+    error_code: Option<String>,
+    /// The provider's HTTP status, when it answered.
+    http_status: Option<u16>,
+    /// How long it took, in milliseconds.
+    duration_ms: i64,
+}
+
+/// The connection's refresh attempts, newest first.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub(crate) struct HistoryView {
+    items: Vec<AttemptView>,
+}
+
+/// `limit` of `GET /v1/connections/{id}/history`.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct HistoryQuery {
+    /// 1 to 50 (the history keeps the newest 50); default 50.
+    limit: Option<u64>,
+}
+
+/// The refresh history of a connection (the newest 50 attempts at most), newest first.
+#[utoipa::path(
+    get, path = "/v1/connections/{id}/history", tag = "connections",
+    operation_id = "connection_history",
+    params(("id" = uuid::Uuid, Path, description = "connection id"), HistoryQuery),
+    responses(
+        (status = 200, body = HistoryView),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    ConnectionPath(id): ConnectionPath,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Json<HistoryView>, ApiError> {
+    let limit = query.limit.unwrap_or(tokenvisor_store::ATTEMPT_HISTORY_LIMIT);
+    if !(1..=tokenvisor_store::ATTEMPT_HISTORY_LIMIT).contains(&limit) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_query",
+            "limit must be between 1 and 50",
+        ));
+    }
+    // A connection that does not exist is a 404, not an empty history.
+    state.tokenvisor.connections().get(id).await?;
+    let attempts = state.tokenvisor.connections().history(id, limit).await?;
+    Ok(Json(HistoryView {
+        items: attempts
+            .into_iter()
+            .map(|attempt| AttemptView {
+                started_at: attempt.started_at,
+                reason: attempt.reason.as_str().to_owned(),
+                outcome: attempt.outcome.as_str().to_owned(),
+                error_code: attempt.error_code,
+                http_status: attempt.http_status,
+                duration_ms: attempt.duration_ms,
+            })
+            .collect(),
+    }))
+}
