@@ -81,3 +81,27 @@ async fn status_lists_connections_and_a_wrong_key_is_refused_without_touching_th
     assert_eq!(tokenvisor.supervised_count(), 1);
     tokenvisor.shutdown().await;
 }
+
+#[test]
+fn a_second_serve_on_the_same_data_directory_is_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first_command = command(dir.path());
+    first_command.env("TOKENVISOR_ADMIN_ADDR", "127.0.0.1:0");
+    let mut first = Server::spawn(first_command);
+    first.wait_for("tokenvisor is supervising", Duration::from_secs(30));
+
+    // Before the lock, both ran silently and refreshed every token twice.
+    let second = command(dir.path())
+        .env("TOKENVISOR_ADMIN_ADDR", "127.0.0.1:0")
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!second.status.success(), "the second serve ran");
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(
+        stderr.contains("another tokenvisor serve uses the data directory"),
+        "{stderr}"
+    );
+    let status = first.terminate();
+    assert!(status.success(), "the first one still stops cleanly: {status:?}");
+}

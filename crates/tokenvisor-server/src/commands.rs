@@ -39,6 +39,9 @@ async fn open_store(config: &Config) -> anyhow::Result<(SqlStore, tokenvisor_sto
 /// webhooks get a few seconds).
 pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard) -> anyhow::Result<()> {
     let signals = ShutdownSignals::listen()?;
+    // One serve per data directory (its journal, SQLite file and replica id), checked
+    // before anything is written there.
+    let _data_dir_lock = config.lock_data_dir()?;
     let (store, keyring) = open_store(config).await?;
     let store = Arc::new(store);
     let backend = store.backend_name();
@@ -69,8 +72,8 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         .clone()
         .unwrap_or_else(|| format!("http://{local_addr}"));
     // On PostgreSQL, replicas share the work unless told not to.
-    let _replica_lock = if backend == "postgres" && config.cluster.enabled {
-        let (replica_id, lock) = config.replica_id()?;
+    if backend == "postgres" && config.cluster.enabled {
+        let replica_id = config.replica_id()?;
         let advertise_url = config
             .cluster
             .advertise_url
@@ -87,10 +90,7 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         cluster.forward_bearer = Some(admin_token.clone());
         tracing::info!(replica = %replica_id, advertise_url = %advertise_url, lease_ms = config.cluster.lease.as_millis() as u64, "sharing the work with the replicas on this database (TOKENVISOR_CLUSTER=off to run alone)");
         tokenvisor_config.cluster = Some(cluster);
-        Some(lock)
-    } else {
-        None
-    };
+    }
     let event_bus = tokenvisor_core::EventBus::new(tokenvisor_config.event_capacity);
     tokenvisor_config.event_bus = Some(event_bus.clone());
     let webhooks = match &config.webhooks {

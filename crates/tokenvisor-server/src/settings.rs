@@ -502,11 +502,10 @@ impl Config {
         self.data_dir.join("pending-tokens.journal")
     }
 
-    /// This replica's id: configured, or read from (generated once into) the data
-    /// directory's `replica.id`, so a restarted replica takes its partitions back at once.
-    /// The data directory is locked (`replica.lock`) while the returned file is open: two
-    /// processes never share one replica id.
-    pub fn replica_id(&self) -> anyhow::Result<(String, std::fs::File)> {
+    /// Locks the data directory (`replica.lock`) for as long as the returned file is
+    /// open: two `serve` processes never share one (its journal, its SQLite database,
+    /// its replica id). A second one is refused with a message naming the directory.
+    pub fn lock_data_dir(&self) -> anyhow::Result<std::fs::File> {
         self.ensure_data_dir()?;
         let lock_path = self.data_dir.join("replica.lock");
         let lock = std::fs::OpenOptions::new()
@@ -517,18 +516,25 @@ impl Config {
             .with_context(|| format!("failed to open {}", lock_path.display()))?;
         if lock.try_lock().is_err() {
             bail!(
-                "another tokenvisor process uses the data directory {} (TOKENVISOR_DATA_DIR): give each replica its own",
+                "another tokenvisor serve uses the data directory {} (TOKENVISOR_DATA_DIR): stop it, or give this one its own",
                 self.data_dir.display()
             );
         }
+        Ok(lock)
+    }
+
+    /// This replica's id: configured, or read from (generated once into) the data
+    /// directory's `replica.id`, so a restarted replica takes its partitions back at once.
+    /// Call with the data directory locked ([`Config::lock_data_dir`]).
+    pub fn replica_id(&self) -> anyhow::Result<String> {
         if let Some(id) = &self.cluster.replica_id {
-            return Ok((id.clone(), lock));
+            return Ok(id.clone());
         }
         let path = self.data_dir.join("replica.id");
         if let Ok(id) = std::fs::read_to_string(&path)
             && !id.trim().is_empty()
         {
-            return Ok((id.trim().to_owned(), lock));
+            return Ok(id.trim().to_owned());
         }
         let host = std::env::var("HOSTNAME")
             .ok()
@@ -536,7 +542,7 @@ impl Config {
             .unwrap_or_else(|| "replica".to_owned());
         let id = format!("{host}-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         std::fs::write(&path, &id).with_context(|| format!("failed to write {}", path.display()))?;
-        Ok((id, lock))
+        Ok(id)
     }
 
     /// The generated admin token's file in the data directory.
