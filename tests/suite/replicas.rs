@@ -23,18 +23,26 @@ const KEY: &str = "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=";
 /// plus one heartbeat (600 ms).
 const LEASE: Duration = Duration::from_secs(3);
 
+/// One cluster of three processes at a time in this suite (PostgreSQL's connections and
+/// the machine's two cores are shared with the other tests).
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Three (or more) replicas and where their data lives.
 struct Replicas {
+    up: Vec<Option<Service>>,
     database: TestDatabase,
     root: tempfile::TempDir,
-    up: Vec<Option<Service>>,
+    /// Dropped last: the processes are gone before the next cluster starts.
+    _serial: tokio::sync::MutexGuard<'static, ()>,
 }
 
 impl Replicas {
     async fn start(count: usize) -> Replicas {
+        let serial = ONE_CLUSTER_AT_A_TIME.lock().await;
         let database = TestDatabase::postgres().await;
         let root = tempfile::tempdir().unwrap();
         let mut replicas = Replicas {
+            _serial: serial,
             database,
             root,
             up: Vec::new(),
@@ -64,6 +72,8 @@ impl Replicas {
                 ("TOKENVISOR_REPLICA_ID", format!("r{n}")),
                 ("TOKENVISOR_PARTITION_LEASE", format!("{}s", LEASE.as_secs())),
                 ("TOKENVISOR_REQUEST_TIMEOUT", "2s".to_owned()),
+                // Three processes next to the rest of the suite on one PostgreSQL.
+                ("TOKENVISOR_DATABASE_POOL", "8".to_owned()),
             ],
         )
     }

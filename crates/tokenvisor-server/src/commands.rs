@@ -18,13 +18,15 @@ async fn open_store(config: &Config) -> anyhow::Result<(SqlStore, tokenvisor_sto
     }
     let (keyring, new_key_file) = config.keyring()?;
     let url = config.database_url();
-    let store = SqlStore::connect(&url, keyring.clone()).await.map_err(|error| {
-        let hint = match &new_key_file {
-            Some(path) => format!(" (no key was configured and {} does not exist)", path.display()),
-            None => String::new(),
-        };
-        anyhow::anyhow!("failed to open the database: {error}{hint}")
-    })?;
+    let store = SqlStore::connect_with_pool(&url, keyring.clone(), config.database_pool)
+        .await
+        .map_err(|error| {
+            let hint = match &new_key_file {
+                Some(path) => format!(" (no key was configured and {} does not exist)", path.display()),
+                None => String::new(),
+            };
+            anyhow::anyhow!("failed to open the database: {error}{hint}")
+        })?;
     if let Some(path) = new_key_file {
         keyring
             .write_file(&path)

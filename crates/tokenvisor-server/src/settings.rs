@@ -24,6 +24,9 @@ pub struct Settings {
     /// Database URL (`sqlite://PATH` or `postgres://...`); default: SQLite in the data directory.
     #[arg(long, global = true, env = "TOKENVISOR_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
+    /// Most pooled PostgreSQL connections of this process (1 to 1000) [default: 32].
+    #[arg(long, global = true, env = "TOKENVISOR_DATABASE_POOL")]
+    pub database_pool: Option<String>,
     /// Base64 AES-256 key for tokens at rest; default: a key file in the data directory,
     /// generated on first run.
     #[arg(long, global = true, env = "TOKENVISOR_ENCRYPTION_KEY", hide_env_values = true)]
@@ -104,6 +107,7 @@ pub struct Settings {
 struct FileConfig {
     data_dir: Option<PathBuf>,
     database_url: Option<String>,
+    database_pool: Option<u32>,
     encryption_key: Option<String>,
     admin_addr: Option<String>,
     admin_token: Option<String>,
@@ -141,6 +145,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Explicit database URL, if any.
     pub database_url: Option<String>,
+    /// Most pooled PostgreSQL connections.
+    pub database_pool: u32,
     /// Explicit encryption key, if any.
     pub encryption_key: Option<SecretString>,
     /// Admin API address.
@@ -238,6 +244,22 @@ impl Settings {
                 Some(url)
             }
             None => None,
+        };
+        let database_pool = match (&self.database_pool, file.database_pool) {
+            (Some(text), _) => text
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("invalid TOKENVISOR_DATABASE_POOL: {text:?} must be a number from 1 to 1000")
+                })?,
+            (None, Some(n)) if (1..=1000).contains(&n) => n,
+            (None, Some(n)) => bail!(
+                "invalid {}: {n} must be from 1 to 1000",
+                source("TOKENVISOR_DATABASE_POOL", "database_pool").name(false)
+            ),
+            (None, None) => tokenvisor_store::sql::POSTGRES_POOL_SIZE,
         };
         let encryption_key = pick(
             self.encryption_key.clone(),
@@ -451,6 +473,7 @@ impl Settings {
         Ok(Config {
             data_dir,
             database_url,
+            database_pool,
             encryption_key,
             admin_addr,
             admin_token,

@@ -58,7 +58,7 @@ const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const SQLITE_FILE_POOL_SIZE: u32 = 4;
 /// Pool size for PostgreSQL: enough for the default 64 refreshes in flight to commit
 /// in parallel (PostgreSQL groups their WAL flushes).
-const POSTGRES_POOL_SIZE: u32 = 32;
+pub const POSTGRES_POOL_SIZE: u32 = 32;
 /// The history of a connection is trimmed once every this many recorded attempts.
 const TRIM_EVERY: i64 = 16;
 
@@ -104,7 +104,18 @@ impl SqlStore {
     /// fails with [`StoreError::Key`] naming the key id the data needs and the configured
     /// ids, and writes nothing. A fresh database records its key check.
     pub async fn connect(database_url: &str, keyring: Keyring) -> Result<Self, StoreError> {
-        let db = open(database_url).await?;
+        Self::connect_with_pool(database_url, keyring, POSTGRES_POOL_SIZE).await
+    }
+
+    /// [`SqlStore::connect`] with at most `max_connections` pooled PostgreSQL connections
+    /// (default [`POSTGRES_POOL_SIZE`]; SQLite ignores it). Each replica also holds one
+    /// more for LISTEN when replicas share the work.
+    pub async fn connect_with_pool(
+        database_url: &str,
+        keyring: Keyring,
+        max_connections: u32,
+    ) -> Result<Self, StoreError> {
+        let db = open(database_url, Ord::max(max_connections, 2)).await?;
         match Self::from_connection(db.clone(), keyring).await {
             Ok(store) => Ok(store),
             Err(error) => {
@@ -562,7 +573,7 @@ impl SqlStore {
 /// Runs the migrations (see [`crate::migrate`]) on the database at `database_url` (see
 /// [`SqlStore::connect`] for the accepted URLs) and closes it. Needs no key.
 pub async fn migrate(database_url: &str) -> Result<(), StoreError> {
-    let db = open(database_url).await?;
+    let db = open(database_url, POSTGRES_POOL_SIZE).await?;
     let result = crate::migrate(&db).await;
     let _ = db.close().await;
     result
@@ -575,7 +586,7 @@ pub(crate) async fn run_migrations(db: &DatabaseConnection) -> Result<(), StoreE
 }
 
 /// Opens a pool for the URL with the store's connection settings.
-async fn open(database_url: &str) -> Result<DatabaseConnection, StoreError> {
+async fn open(database_url: &str, postgres_pool: u32) -> Result<DatabaseConnection, StoreError> {
     let mut options = ConnectOptions::new(database_url.to_owned());
     // Statements are logged by the store's own tracing, never with their values.
     options.sqlx_logging(false);
@@ -600,7 +611,7 @@ async fn open(database_url: &str) -> Result<DatabaseConnection, StoreError> {
             }
         });
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        options.max_connections(POSTGRES_POOL_SIZE);
+        options.max_connections(postgres_pool);
     } else {
         // The URL is not echoed: it may hold a password.
         return Err(StoreError::Database(

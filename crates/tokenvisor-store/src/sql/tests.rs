@@ -139,7 +139,7 @@ async fn open_store(db: &TestDb, keyring: Keyring) -> SqlStore {
 
 /// Every stored ciphertext and the key check, byte for byte, read without the store.
 async fn raw_ciphertexts(url: &str) -> Vec<(String, Vec<u8>)> {
-    let db = open(url).await.expect("raw connection");
+    let db = open(url, POSTGRES_POOL_SIZE).await.expect("raw connection");
     let mut all = Vec::new();
     for row in connection::Entity::find()
         .order_by_asc(connection::Column::Id)
@@ -795,7 +795,7 @@ async fn an_authorization_state_is_usable_once_and_its_verifier_is_encrypted(db:
         expires_at: now() + chrono::Duration::minutes(10),
     };
     store.insert_authorization(&pending).await.expect("insert");
-    let raw = open(db.url()).await.expect("raw connection");
+    let raw = open(db.url(), POSTGRES_POOL_SIZE).await.expect("raw connection");
     let rows = crate::entity::authorization_state::Entity::find()
         .all(&raw)
         .await

@@ -340,18 +340,22 @@ impl Tick<'_> {
     }
 
     async fn lose_inner(&self, partitions: &[Partition]) {
+        // Forgotten first: from here on nothing of them is presented or written.
         self.ownership.forget(partitions);
         let set: HashSet<Partition> = partitions.iter().copied().collect();
-        let _ = self
-            .supervisor
-            .call(
-                |reply| SupervisorMsg::Retire {
-                    partitions: set.clone(),
-                    reply,
-                },
-                Some(Duration::from_secs(10)),
-            )
-            .await;
+        // The actors stop in the supervisor's time; the heartbeat does not wait for it.
+        let supervisor = self.supervisor.clone();
+        tokio::spawn(async move {
+            let _ = supervisor
+                .call(
+                    |reply| SupervisorMsg::Retire {
+                        partitions: set.clone(),
+                        reply,
+                    },
+                    Some(Duration::from_secs(60)),
+                )
+                .await;
+        });
         self.shared.metrics.handovers(partitions.len() as u64, "lost");
     }
 
