@@ -76,7 +76,7 @@ impl Service {
     /// Starts a prepared command (`serve` is added) and waits for the admin API.
     pub fn spawn(cmd: std::process::Command, dir: &Path, token: String) -> Service {
         let mut server = Server::spawn(cmd);
-        let line = tokio::task::block_in_place(|| server.wait_for("admin API listening", Duration::from_secs(30)));
+        let line = tokio::task::block_in_place(|| server.wait_for("admin API listening", Duration::from_secs(60)));
         let addr = field(&line, "addr").unwrap_or_else(|| panic!("no addr in {line:?}"));
         Service {
             server,
