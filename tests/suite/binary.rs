@@ -105,3 +105,25 @@ fn a_second_serve_on_the_same_data_directory_is_refused_with_a_message() {
     let status = first.terminate();
     assert!(status.success(), "the first one still stops cleanly: {status:?}");
 }
+
+#[test]
+fn a_busy_port_is_refused_as_in_use_before_anything_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let output = command(dir.path())
+        .env("TOKENVISOR_ADMIN_ADDR", addr.to_string())
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!("TOKENVISOR_ADMIN_ADDR {addr} is in use")),
+        "{stderr}"
+    );
+    assert!(
+        !dir.path().join("tokenvisor-data").exists(),
+        "nothing is written to the data directory"
+    );
+}

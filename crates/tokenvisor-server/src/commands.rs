@@ -41,6 +41,18 @@ async fn open_store(config: &Config) -> anyhow::Result<(SqlStore, tokenvisor_sto
 /// webhooks get a few seconds).
 pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard) -> anyhow::Result<()> {
     let signals = ShutdownSignals::listen()?;
+    // The port first: a busy one is refused before anything is written anywhere.
+    let listener = match tokio::net::TcpListener::bind(config.admin_addr).await {
+        Ok(listener) => listener,
+        Err(error) if error.kind() == std::io::ErrorKind::AddrInUse => anyhow::bail!(
+            "TOKENVISOR_ADMIN_ADDR {} is in use: another process listens there (stop it or choose another address)",
+            config.admin_addr
+        ),
+        Err(error) => {
+            return Err(error).with_context(|| format!("cannot listen on TOKENVISOR_ADMIN_ADDR {}", config.admin_addr));
+        }
+    };
+    let local_addr = listener.local_addr().context("failed to read the admin address")?;
     // One serve per data directory (its journal, SQLite file and replica id), checked
     // before anything is written there.
     let _data_dir_lock = config.lock_data_dir()?;
@@ -56,10 +68,6 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
     if let Some(path) = &token_file {
         tracing::info!(path = %path.display(), "admin API token is in this file (set TOKENVISOR_ADMIN_TOKEN to choose one)");
     }
-    let listener = tokio::net::TcpListener::bind(config.admin_addr)
-        .await
-        .with_context(|| format!("invalid TOKENVISOR_ADMIN_ADDR: cannot listen on {}", config.admin_addr))?;
-    let local_addr = listener.local_addr().context("failed to read the admin address")?;
 
     // Subscribe the webhooks before starting, so start-up refreshes reach them too.
     let mut tokenvisor_config = config.tokenvisor_config();
