@@ -14,7 +14,7 @@ pub const ACCOUNTS_SERVER_KEY: &str = "accounts_server";
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EndpointError {
     /// The provider profile name is not in the catalog.
-    #[error("unknown provider profile {0:?}")]
+    #[error("unknown provider profile {0:?}: use one of generic, zoho, zoho-desk, manageengine-sdp, atlassian, jira")]
     UnknownProvider(String),
     /// No token endpoint could be determined.
     #[error("integration has no token endpoint: set token_url")]
@@ -555,5 +555,19 @@ mod tests {
             resolved.profile.window.map(|w| w.per),
             Some(chrono::Duration::days(366))
         );
+    }
+}
+
+#[cfg(test)]
+mod unknown_provider_tests {
+    use super::EndpointError;
+    use crate::profile::PROFILE_NAMES;
+
+    #[test]
+    fn an_unknown_provider_lists_every_valid_one() {
+        let message = EndpointError::UnknownProvider("zohoo".into()).to_string();
+        for name in PROFILE_NAMES {
+            assert!(message.contains(name), "{message} does not name {name}");
+        }
     }
 }
