@@ -127,3 +127,33 @@ fn a_busy_port_is_refused_as_in_use_before_anything_is_written() {
         "nothing is written to the data directory"
     );
 }
+
+#[test]
+fn an_unreachable_postgresql_is_reported_with_its_cause_within_seconds() {
+    let dir = tempfile::tempdir().unwrap();
+    // A port nobody listens on.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let started = std::time::Instant::now();
+    let output = command(dir.path())
+        .env("TOKENVISOR_ADMIN_ADDR", "127.0.0.1:0")
+        .env(
+            "TOKENVISOR_DATABASE_URL",
+            format!("postgres://postgres:s3cret-pw@127.0.0.1:{port}/tokenvisor"),
+        )
+        .env(
+            "TOKENVISOR_ENCRYPTION_KEY",
+            "BwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwcHBwc=",
+        )
+        .arg("serve")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.to_lowercase().contains("connection refused"), "{stderr}");
+    assert!(!stderr.contains("s3cret-pw"), "the password leaked: {stderr}");
+    assert!(took < Duration::from_secs(10), "reported after {took:?}");
+}

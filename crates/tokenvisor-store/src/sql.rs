@@ -56,6 +56,32 @@ const KEY_CHECK_PLAINTEXT: &[u8] = b"tokenvisor key check v1";
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pool size for a SQLite file (WAL: several readers, one writer at a time).
 const SQLITE_FILE_POOL_SIZE: u32 = 4;
+/// How long the first connection to PostgreSQL may take before start-up gives up.
+const POSTGRES_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One connection, made before the pool: an unreachable or refusing server is reported
+/// with its cause ("connection refused", "password authentication failed") within
+/// [`POSTGRES_PROBE_TIMEOUT`], where the pool would say "pool timed out" after 30 s.
+async fn probe_postgres(database_url: &str) -> Result<(), StoreError> {
+    use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
+    let options: sea_orm::sqlx::postgres::PgConnectOptions = database_url
+        .parse()
+        .map_err(|error| StoreError::Database(format!("invalid PostgreSQL URL: {error}")))?;
+    match tokio::time::timeout(POSTGRES_PROBE_TIMEOUT, options.connect()).await {
+        Ok(Ok(connection)) => {
+            let _ = connection.close().await;
+            Ok(())
+        }
+        // sqlx's messages name the failure (refused, unknown host, authentication), never
+        // the URL or its password.
+        Ok(Err(error)) => Err(StoreError::Database(format!("cannot connect to PostgreSQL: {error}"))),
+        Err(_) => Err(StoreError::Database(format!(
+            "cannot connect to PostgreSQL: no answer within {} s",
+            POSTGRES_PROBE_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// Pool size for PostgreSQL: enough for the default 64 refreshes in flight to commit
 /// in parallel (PostgreSQL groups their WAL flushes).
 pub const POSTGRES_POOL_SIZE: u32 = 32;
@@ -611,6 +637,7 @@ async fn open(database_url: &str, postgres_pool: u32) -> Result<DatabaseConnecti
             }
         });
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
+        probe_postgres(database_url).await?;
         options.max_connections(postgres_pool);
     } else {
         // The URL is not echoed: it may hold a password.
