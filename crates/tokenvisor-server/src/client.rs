@@ -87,8 +87,8 @@ pub enum ConnectionsCommand {
         /// Refresh token (or set TOKENVISOR_REFRESH_TOKEN).
         #[arg(long, env = "TOKENVISOR_REFRESH_TOKEN", hide_env_values = true)]
         refresh_token: Option<String>,
-        /// Seconds until the access token expires.
-        #[arg(long, allow_negative_numbers = true)]
+        /// How long until the access token expires: `1h`, `90m`, `3600s`, or seconds (`3600`).
+        #[arg(long, allow_negative_numbers = true, value_parser = parse_expires_in)]
         expires_in: Option<i64>,
         /// Provider metadata as a JSON object (e.g. `{"api_domain":"https://www.zohoapis.eu"}`).
         #[arg(long)]
@@ -568,6 +568,15 @@ fn text(value: &Value) -> String {
     }
 }
 
+/// `--expires-in`: a duration with a unit (`1h`, `90m`, `500s`) or plain seconds.
+fn parse_expires_in(text: &str) -> Result<i64, String> {
+    let text = text.trim();
+    if let Ok(seconds) = text.parse::<i64>() {
+        return Ok(seconds);
+    }
+    tokenvisor_supervisor::parse_duration(text).map(|duration| duration.num_seconds())
+}
+
 fn expires_in(value: &Value, now: DateTime<Utc>) -> String {
     value
         .as_str()
@@ -600,5 +609,19 @@ mod tests {
             last_error(&json!({"code": "invalid_grant", "message": "revoked"})),
             "invalid_grant: revoked"
         );
+    }
+}
+
+#[cfg(test)]
+mod expires_in_tests {
+    use super::parse_expires_in;
+
+    #[test]
+    fn expires_in_takes_a_unit_or_seconds() {
+        assert_eq!(parse_expires_in("1h"), Ok(3600));
+        assert_eq!(parse_expires_in("90m"), Ok(5400));
+        assert_eq!(parse_expires_in("3600"), Ok(3600));
+        assert_eq!(parse_expires_in("-60"), Ok(-60));
+        assert!(parse_expires_in("soon").is_err());
     }
 }
