@@ -111,3 +111,21 @@ async fn a_call_through_the_proxy_carries_the_token_retries_a_dead_one_and_nothi
         .unwrap();
     assert_eq!(anonymous.status().as_u16(), 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_connection_knows_its_next_refresh_from_the_start() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let view = service.connect(&fake, "crm", "acme").await;
+    let planned = view["next_refresh_at"].as_str().expect("planned at registration");
+    let planned = chrono::DateTime::parse_from_rfc3339(planned).unwrap();
+    let expires = chrono::DateTime::parse_from_rfc3339(view["expires_at"].as_str().unwrap()).unwrap();
+    // 15 minutes before expiry, less at most the jitter (an eighth of the lead).
+    let lead = expires - planned;
+    assert!(
+        lead >= chrono::Duration::minutes(14) && lead <= chrono::Duration::minutes(17),
+        "planned {lead} before expiry"
+    );
+}

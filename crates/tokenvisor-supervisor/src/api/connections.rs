@@ -119,9 +119,13 @@ impl<'a> Connections<'a> {
             .await?
             .ok_or(AdminError::NotFound("integration"))?;
         let resolved = ResolvedIntegration::resolve(&integration, &self.tokenvisor.shared.config.allow_insecure_hosts)?;
-        self.tokenvisor.shared.cache_integration(&integration);
+        let runtime = self.tokenvisor.shared.cache_integration(&integration);
         let now = self.tokenvisor.shared.clock.now();
         let expires_at = new.expires_at.unwrap_or(now + resolved.profile.default_lifetime);
+        let issued_at = now.min(expires_at);
+        // Known from the start (the owner plans the same refresh when it takes over).
+        let next_refresh =
+            tokenvisor_core::next_refresh_at(issued_at, expires_at, &[], now, &runtime.policy, rand::random::<f64>());
         let connection = Connection {
             id: ConnectionId::new(),
             tenant_id: new.tenant_id,
@@ -130,9 +134,9 @@ impl<'a> Connections<'a> {
             refresh_token: new.refresh_token.filter(|t| !t.is_empty()),
             token_type: new.token_type.unwrap_or_else(|| "Bearer".into()),
             scope: new.scope,
-            issued_at: now.min(expires_at),
+            issued_at,
             expires_at,
-            next_refresh_at: None,
+            next_refresh_at: Some(next_refresh),
             last_refresh_at: None,
             status: ConnectionStatus::Active,
             is_active: true,
