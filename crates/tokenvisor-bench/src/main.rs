@@ -6,6 +6,7 @@
 
 mod baseline;
 mod recovery;
+mod replicas;
 mod report;
 mod scenarios;
 mod setup;
@@ -27,7 +28,7 @@ struct Cli {
     /// Also try one million connections in the scale scenario.
     #[arg(long)]
     million: bool,
-    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery).
+    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery, replicas).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the table to this markdown file.
@@ -39,6 +40,10 @@ struct Cli {
     /// Refreshes in flight in the throughput scenario (`max_concurrent_refreshes`).
     #[arg(long, default_value_t = 256)]
     throughput_concurrency: usize,
+    /// Connections per replica in the replicas scenario (3 replicas). Default: 300,000
+    /// with `--full` or `--only replicas`, 1,000 otherwise (and with `--quick`).
+    #[arg(long)]
+    replicas_size: Option<usize>,
     /// Internal: measure scale at one size and print JSON (run in a child process).
     #[arg(long, hide = true)]
     scale_one: Option<usize>,
@@ -184,6 +189,21 @@ fn main() -> anyhow::Result<()> {
     if wants(&cli, "recovery") {
         let size = if cli.quick { 20 } else { 1_000 };
         rows.extend(paused()?.block_on(recovery::after_provider_outage(size))?);
+        print_progress(&rows);
+    }
+    if wants(&cli, "replicas") {
+        // Full size when asked for by name or with --full; CI's --quick keeps it small
+        // (1,000 per replica, 2-second lease, two kills).
+        let named = cli.only.iter().any(|s| s == "replicas");
+        let mut sizes = if !cli.quick && (cli.full || named) {
+            replicas::Sizes::full(300_000)
+        } else {
+            replicas::Sizes::quick()
+        };
+        if let Some(size) = cli.replicas_size {
+            sizes.per_replica = size;
+        }
+        rows.extend(runtime.block_on(replicas::replicas(sizes))?);
         print_progress(&rows);
     }
     if wants(&cli, "baseline") {
