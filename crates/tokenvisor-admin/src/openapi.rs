@@ -75,6 +75,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_operation_has_its_own_explicit_id() {
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        let mut ids = Vec::new();
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("operations") {
+                let id = operation["operationId"].as_str().unwrap_or_default().to_owned();
+                // utoipa's default is the handler's name (`create`, `list`...): ours name
+                // the resource.
+                assert!(
+                    id.contains('_') || ["healthz", "readyz", "metrics"].contains(&id.as_str()),
+                    "{method} {path}: {id:?}"
+                );
+                ids.push(id);
+            }
+        }
+        let count = ids.len();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), count, "operation ids are unique: {ids:?}");
+    }
+
+    #[test]
     fn the_document_names_the_base_path_it_is_served_under() {
         let embedded = serde_json::to_value(document("/tokenvisor")).expect("serializes");
         assert_eq!(embedded["servers"][0]["url"], "/tokenvisor");

@@ -17,6 +17,7 @@ use tokenvisor_supervisor::{AuthorizationCallback, AuthorizationRequest};
 /// Starts connecting (or re-authorizing) a tenant: the URL to send the tenant to.
 #[utoipa::path(
     post, path = "/v1/authorizations", tag = "authorizations",
+    operation_id = "create_authorization",
     request_body = CreateAuthorization,
     responses(
         (status = 201, body = AuthorizationView),
@@ -54,6 +55,7 @@ pub(crate) async fn create(
 /// The provider's redirect: finishes the flow and shows a small page.
 #[utoipa::path(
     get, path = "/oauth/callback", tag = "authorizations",
+    operation_id = "authorization_callback",
     params(
         ("state" = String, Query, description = "the state sent to the provider"),
         ("code" = Option<String>, Query, description = "the authorization code"),

@@ -43,6 +43,7 @@ pub(crate) struct ReplicaView {
 /// process runs alone).
 #[utoipa::path(
     get, path = "/v1/cluster", tag = "cluster",
+    operation_id = "cluster_status",
     security(("bearer" = [])),
     responses(
         (status = 200, body = ClusterView),
@@ -82,6 +83,7 @@ pub(crate) async fn status(State(state): State<AppState>) -> Result<Json<Cluster
 /// the owner committed from the database.
 #[utoipa::path(
     post, path = "/v1/cluster/forward", tag = "cluster",
+    operation_id = "cluster_forward",
     security(("bearer" = [])),
     request_body(content = Object, description = "`{\"connection_id\": \"...\", \"op\": \"access_token\" | \"token_rejected\" | \"force_refresh\" | \"deactivate\" | \"activate\" | \"remove\" | \"replace_tokens\", ...}`"),
     responses(

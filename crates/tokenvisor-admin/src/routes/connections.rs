@@ -23,6 +23,7 @@ const MAX_PAGE: u64 = 500;
 /// Registers a connection with tokens obtained elsewhere and starts supervising it.
 #[utoipa::path(
     post, path = "/v1/connections", tag = "connections",
+    operation_id = "create_connection",
     request_body = CreateConnection,
     responses(
         (status = 201, description = "registered and supervised", body = ConnectionView),
@@ -96,6 +97,7 @@ pub(crate) async fn create(
 /// Connections matching the filters, ordered by id, a page at a time.
 #[utoipa::path(
     get, path = "/v1/connections", tag = "connections",
+    operation_id = "list_connections",
     params(ConnectionQuery),
     responses(
         (status = 200, body = ConnectionList),
@@ -166,6 +168,7 @@ pub(crate) async fn list(
 /// One connection.
 #[utoipa::path(
     get, path = "/v1/connections/{id}", tag = "connections",
+    operation_id = "get_connection",
     params(("id" = uuid::Uuid, Path, description = "connection id")),
     responses((status = 200, body = ConnectionView), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
@@ -181,6 +184,7 @@ pub(crate) async fn show(
 /// A valid access token: the one answer that carries it.
 #[utoipa::path(
     get, path = "/v1/connections/{id}/token", tag = "tokens",
+    operation_id = "get_token",
     params(("id" = uuid::Uuid, Path, description = "connection id")),
     responses(
         (status = 200, description = "valid for at least the minimum validity", body = TokenAnswer),
@@ -203,6 +207,7 @@ pub(crate) async fn token(
 /// The API rejected this token (HTTP 401): the current valid token, refreshed if needed.
 #[utoipa::path(
     post, path = "/v1/connections/{id}/token/rejected", tag = "tokens",
+    operation_id = "report_rejected_token",
     params(("id" = uuid::Uuid, Path, description = "connection id")),
     request_body = RejectedToken,
     responses(
@@ -235,6 +240,7 @@ pub(crate) async fn token_rejected(
 /// Refreshes now (within the provider's spacing limit).
 #[utoipa::path(
     post, path = "/v1/connections/{id}/refresh", tag = "connections",
+    operation_id = "refresh_connection",
     params(("id" = uuid::Uuid, Path, description = "connection id")),
     responses(
         (status = 200, description = "the connection after the refresh", body = ConnectionView),
@@ -258,6 +264,7 @@ pub(crate) async fn refresh(
 /// Disables the connection: no refreshes, token requests answer 409 `disabled`.
 #[utoipa::path(
     post, path = "/v1/connections/{id}/deactivate", tag = "connections",
+    operation_id = "deactivate_connection",
     params(("id" = uuid::Uuid, Path, description = "connection id")),
     responses((status = 200, body = ConnectionView), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
@@ -274,6 +281,7 @@ pub(crate) async fn deactivate(
 /// Enables a disabled (or `needs_reauth`) connection again.
 #[utoipa::path(
     post, path = "/v1/connections/{id}/activate", tag = "connections",
+    operation_id = "activate_connection",
     params(("id" = uuid::Uuid, Path, description = "connection id")),
     responses((status = 200, body = ConnectionView), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
@@ -290,6 +298,7 @@ pub(crate) async fn activate(
 /// Deletes the connection (its grant is revoked at the provider, best effort).
 #[utoipa::path(
     delete, path = "/v1/connections/{id}", tag = "connections",
+    operation_id = "delete_connection",
     params(("id" = uuid::Uuid, Path, description = "connection id")),
     responses((status = 204, description = "deleted"), (status = 404, body = ErrorBody)),
     security(("bearer" = []))
@@ -372,7 +381,7 @@ pub(crate) struct HistoryQuery {
 /// The refresh history of a connection (the newest 50 attempts at most), newest first.
 #[utoipa::path(
     get, path = "/v1/connections/{id}/history", tag = "connections",
-    operation_id = "connection_history",
+    operation_id = "get_connection_history",
     params(("id" = uuid::Uuid, Path, description = "connection id"), HistoryQuery),
     responses(
         (status = 200, body = HistoryView),

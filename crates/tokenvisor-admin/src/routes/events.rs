@@ -34,6 +34,7 @@ pub(crate) struct EventQuery {
 /// a `: subscribed` comment.
 #[utoipa::path(
     get, path = "/v1/events", tag = "events",
+    operation_id = "stream_events",
     params(EventQuery),
     responses(
         (status = 200, description = "server-sent events", content_type = "text/event-stream"),

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use std::time::Duration;
 
 /// Liveness: the process answers.
-#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, body = HealthView)))]
+#[utoipa::path(get, path = "/healthz", tag = "health", operation_id = "healthz", responses((status = 200, body = HealthView)))]
 pub(crate) async fn healthz() -> Json<HealthView> {
     Json(HealthView {
         status: "ok".into(),
@@ -22,6 +22,7 @@ pub(crate) async fn healthz() -> Json<HealthView> {
 /// Readiness: the database answers and the supervisor takes requests.
 #[utoipa::path(
     get, path = "/readyz", tag = "health",
+    operation_id = "readyz",
     responses((status = 200, body = HealthView), (status = 503, body = ErrorBody))
 )]
 pub(crate) async fn readyz(State(state): State<AppState>) -> Result<Json<HealthView>, ApiError> {
@@ -51,6 +52,7 @@ fn not_ready(message: &str) -> ApiError {
 /// Prometheus text exposition, when metrics are enabled.
 #[utoipa::path(
     get, path = "/metrics", tag = "health",
+    operation_id = "metrics",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain"),
         (status = 404, description = "`metrics_disabled`", body = ErrorBody),

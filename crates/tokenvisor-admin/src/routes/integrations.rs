@@ -13,6 +13,7 @@ use tokenvisor_supervisor::NewIntegration;
 /// Registers an integration (an OAuth app registration).
 #[utoipa::path(
     post, path = "/v1/integrations", tag = "integrations",
+    operation_id = "create_integration",
     request_body = CreateIntegration,
     responses(
         (status = 201, description = "registered; the secret is not shown", body = IntegrationView),
@@ -68,6 +69,7 @@ pub(crate) async fn create(
 /// Every integration, by name.
 #[utoipa::path(
     get, path = "/v1/integrations", tag = "integrations",
+    operation_id = "list_integrations",
     responses((status = 200, body = IntegrationList)),
     security(("bearer" = []))
 )]

@@ -36,7 +36,7 @@ const DROPPED: [HeaderName; 10] = [
 /// Forwards the request to the connection's API (see the module documentation).
 #[utoipa::path(
     post, path = "/v1/connections/{id}/proxy/{path}", tag = "connections",
-    operation_id = "proxy",
+    operation_id = "proxy_request",
     security(("bearer" = [])),
     params(
         ("id" = String, Path, description = "The connection id"),
