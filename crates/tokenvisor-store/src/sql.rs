@@ -502,16 +502,44 @@ impl SqlStore {
     }
 }
 
+/// The connections that should have a running owner (`active` or `degraded`, `is_active`).
+pub(super) fn supervised_connections() -> sea_orm::Select<connection::Entity> {
+    let supervised = [ConnectionStatus::Active, ConnectionStatus::Degraded];
+    connection::Entity::find()
+        .filter(connection::Column::IsActive.eq(true))
+        .filter(connection::Column::Status.is_in(supervised.map(ConnectionStatus::as_str)))
+}
+
 impl SqlStore {
-    /// The compare-and-swap of the whole row, fenced when `fence` is given.
-    async fn write_connection(
+    /// The rows of `query`, decrypted as the stream is polled (one query).
+    pub(super) fn stream_connections(
+        &self,
+        query: sea_orm::Select<connection::Entity>,
+    ) -> BoxStream<'_, Result<Connection, StoreError>> {
+        let rows = async move {
+            match query.stream(&self.db).await {
+                Ok(rows) => rows.boxed(),
+                Err(error) => futures::stream::once(async move { Err(error) }).boxed(),
+            }
+        };
+        futures::stream::once(rows)
+            .flatten()
+            .map(move |row| {
+                row.map_err(db_error("loading supervised connections"))
+                    .and_then(|row| self.connection_from_row(row))
+            })
+            .boxed()
+    }
+
+    /// `UPDATE` of the whole row of `connection` to version `expected_version + 1`, if it
+    /// is still at `expected_version` (and, with `fence`, its partition's epoch is current).
+    fn cas_update(
         &self,
         connection: &Connection,
         expected_version: i64,
         fence: Option<Fence>,
-    ) -> Result<CasOutcome, StoreError> {
-        let next_version = expected_version + 1;
-        let mut row = self.connection_row(connection, next_version)?;
+    ) -> Result<sea_orm::UpdateMany<connection::Entity>, StoreError> {
+        let mut row = self.connection_row(connection, expected_version + 1)?;
         row.id = NotSet;
         let mut update = connection::Entity::update_many()
             .set(row)
@@ -520,7 +548,22 @@ impl SqlStore {
         if let Some(fence) = fence {
             update = update.filter(self.fence_condition(fence));
         }
-        let result = update.exec(&self.db).await.map_err(db_error("writing a connection"))?;
+        Ok(update)
+    }
+
+    /// The compare-and-swap of the whole row, fenced when `fence` is given.
+    async fn write_connection(
+        &self,
+        connection: &Connection,
+        expected_version: i64,
+        fence: Option<Fence>,
+    ) -> Result<CasOutcome, StoreError> {
+        let next_version = expected_version + 1;
+        let result = self
+            .cas_update(connection, expected_version, fence)?
+            .exec(&self.db)
+            .await
+            .map_err(db_error("writing a connection"))?;
         if result.rows_affected == 1 {
             return Ok(CasOutcome::Committed { version: next_version });
         }
@@ -546,16 +589,8 @@ impl SqlStore {
             }
             return self.refused(connection.id, expected_version, fence).await;
         }
-        let mut row = self.connection_row(connection, next_version)?;
-        row.id = NotSet;
+        let update = self.cas_update(connection, expected_version, fence)?;
         let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
-        let mut update = connection::Entity::update_many()
-            .set(row)
-            .filter(connection::Column::Id.eq(connection.id.0))
-            .filter(connection::Column::Version.eq(expected_version));
-        if let Some(fence) = fence {
-            update = update.filter(self.fence_condition(fence));
-        }
         let result = update.exec(&txn).await.map_err(db_error("writing a connection"))?;
         if result.rows_affected != 1 {
             txn.rollback().await.map_err(db_error("rolling back"))?;
@@ -924,23 +959,7 @@ impl Store for SqlStore {
     }
 
     fn load_supervised(&self) -> BoxStream<'_, Result<Connection, StoreError>> {
-        let supervised = [ConnectionStatus::Active, ConnectionStatus::Degraded];
-        let query = connection::Entity::find()
-            .filter(connection::Column::IsActive.eq(true))
-            .filter(connection::Column::Status.is_in(supervised.map(ConnectionStatus::as_str)));
-        let rows = async move {
-            match query.stream(&self.db).await {
-                Ok(rows) => rows.boxed(),
-                Err(error) => futures::stream::once(async move { Err(error) }).boxed(),
-            }
-        };
-        futures::stream::once(rows)
-            .flatten()
-            .map(move |row| {
-                row.map_err(db_error("loading supervised connections"))
-                    .and_then(|row| self.connection_from_row(row))
-            })
-            .boxed()
+        self.stream_connections(supervised_connections())
     }
 
     #[tracing::instrument(skip_all, fields(connection_id = %connection.id, expected_version))]

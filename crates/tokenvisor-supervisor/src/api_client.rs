@@ -103,7 +103,9 @@ impl ApiClient {
         call: ForwardedCall,
     ) -> Result<reqwest::Response, ApiError> {
         let token = self.tokenvisor.tokens().access_token(connection_id).await?;
-        let base = self.base_url(&token).await.ok_or(ApiError::NoApiBase)?;
+        let runtime = self.runtime(&token).await;
+        let resolved = runtime.as_ref().and_then(|r| r.resolved.as_ref().ok());
+        let base = base_url(&token, resolved).ok_or(ApiError::NoApiBase)?;
         let url = api_url(&base, &call.path, call.query.as_deref())?;
         let mut headers = call.headers;
         headers.remove(reqwest::header::AUTHORIZATION);
@@ -118,21 +120,14 @@ impl ApiClient {
         .await
     }
 
-    /// The connection's API base URL.
-    async fn base_url(&self, token: &AccessToken) -> Option<String> {
-        let runtime = self
-            .tokenvisor
+    /// The runtime of the token's integration (cached by the instance).
+    async fn runtime(&self, token: &AccessToken) -> Option<crate::shared::IntegrationRef> {
+        self.tokenvisor
             .shared()
             .integration(token.integration_id)
             .await
             .ok()
-            .flatten();
-        let resolved = runtime.as_ref().and_then(|r| r.resolved.as_ref().ok());
-        token
-            .api_domain
-            .as_deref()
-            .map(str::to_owned)
-            .or_else(|| resolved.and_then(|r| r.api_base_url_for(&token.metadata)))
+            .flatten()
     }
 
     async fn send_with(
@@ -140,15 +135,9 @@ impl ApiClient {
         token: &AccessToken,
         build: &impl Fn(&ApiTarget<'_>) -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ApiError> {
-        let runtime = self
-            .tokenvisor
-            .shared()
-            .integration(token.integration_id)
-            .await
-            .ok()
-            .flatten();
+        let runtime = self.runtime(token).await;
         let resolved = runtime.as_ref().and_then(|r| r.resolved.as_ref().ok());
-        let base_url = self.base_url(token).await;
+        let base_url = base_url(token, resolved);
         let target = ApiTarget {
             http: &self.http,
             base_url,
@@ -180,6 +169,16 @@ impl ApiClient {
             _ => vec![401],
         }
     }
+}
+
+/// The connection's API base URL: the token's `api_domain`, else the profile's (per
+/// metadata) or the integration's `api_base_url`.
+fn base_url(token: &AccessToken, resolved: Option<&tokenvisor_provider::ResolvedIntegration>) -> Option<String> {
+    token
+        .api_domain
+        .as_deref()
+        .map(str::to_owned)
+        .or_else(|| resolved.and_then(|r| r.api_base_url_for(&token.metadata)))
 }
 
 /// `base` + `path` + `query`, refusing a path that would leave `base`.

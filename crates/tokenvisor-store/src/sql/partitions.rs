@@ -3,7 +3,7 @@
 //! raises the epoch), LISTEN/NOTIFY on a dedicated connection. "Now" is always the
 //! database's clock.
 
-use super::{SqlStore, db_error, statement};
+use super::{SqlStore, db_error, statement, supervised_connections};
 use crate::StoreError;
 use crate::entity::connection;
 use crate::partitions::{Claimed, Notification, PartitionRecord, PartitionStore, ReplicaRecord};
@@ -12,11 +12,9 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use sea_orm::sqlx::postgres::PgListener;
-use sea_orm::{
-    ColumnTrait as _, ConnectionTrait as _, DbBackend, EntityTrait as _, QueryFilter as _, QuerySelect as _, Value,
-};
+use sea_orm::{ColumnTrait as _, ConnectionTrait as _, DbBackend, QueryFilter as _, QuerySelect as _, Value};
 use std::time::Duration;
-use tokenvisor_core::{Connection, ConnectionId, ConnectionStatus, Partition};
+use tokenvisor_core::{Connection, ConnectionId, Partition};
 
 /// The database's clock in milliseconds since the Unix epoch: every replica judges
 /// leases by the same clock.
@@ -43,10 +41,6 @@ fn split(held: &[(Partition, i64)]) -> (Value, Value) {
     let partitions: Vec<i32> = held.iter().map(|(partition, _)| i32::from(*partition)).collect();
     let epochs: Vec<i64> = held.iter().map(|(_, epoch)| *epoch).collect();
     (Value::from(partitions), Value::from(epochs))
-}
-
-fn supervised_statuses() -> [&'static str; 2] {
-    [ConnectionStatus::Active.as_str(), ConnectionStatus::Degraded.as_str()]
 }
 
 #[async_trait]
@@ -263,23 +257,10 @@ impl PartitionStore for SqlStore {
     }
 
     fn load_supervised_in(&self, partitions: Vec<Partition>) -> BoxStream<'_, Result<Connection, StoreError>> {
-        let query = connection::Entity::find()
-            .filter(connection::Column::IsActive.eq(true))
-            .filter(connection::Column::Status.is_in(supervised_statuses()))
-            .filter(connection::Column::PartitionId.is_in(partitions.into_iter().map(i32::from)));
-        let rows = async move {
-            match query.stream(&self.db).await {
-                Ok(rows) => rows.boxed(),
-                Err(error) => futures::stream::once(async move { Err(error) }).boxed(),
-            }
-        };
-        futures::stream::once(rows)
-            .flatten()
-            .map(move |row| {
-                row.map_err(db_error("loading supervised connections"))
-                    .and_then(|row| self.connection_from_row(row))
-            })
-            .boxed()
+        self.stream_connections(
+            supervised_connections()
+                .filter(connection::Column::PartitionId.is_in(partitions.into_iter().map(i32::from))),
+        )
     }
 
     async fn supervised_changed_since(
@@ -290,11 +271,9 @@ impl PartitionStore for SqlStore {
         if partitions.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<uuid::Uuid> = connection::Entity::find()
+        let ids: Vec<uuid::Uuid> = supervised_connections()
             .select_only()
             .column(connection::Column::Id)
-            .filter(connection::Column::IsActive.eq(true))
-            .filter(connection::Column::Status.is_in(supervised_statuses()))
             .filter(connection::Column::PartitionId.is_in(partitions.iter().map(|p| i32::from(*p))))
             .filter(connection::Column::UpdatedAt.gte(since))
             .into_tuple()

@@ -106,40 +106,38 @@ impl Tokenvisor {
         row_first: bool,
     ) -> Result<AccessToken, TokenError> {
         if row_first {
-            let row = self
-                .shared
-                .store
-                .get_connection(id)
-                .await?
-                .ok_or(TokenError::NotFound)?;
-            if let Some(token) = self.servable_row_token(&row) {
-                return Ok(token);
-            }
-            if !row.is_active || !row.status.is_supervised() {
-                return Err(crate::connection::status_error(&row));
+            match self.stored_token(id).await {
+                // Not valid long enough: the owner refreshes it.
+                Err(TokenError::OwnerUnavailable { .. }) => {}
+                answer => return answer,
             }
         }
         match self.routed(id, wait, op, message).await? {
             Routed::Local(token) => Ok(token),
-            Routed::Remote => {
-                let row = self
-                    .shared
-                    .store
-                    .get_connection(id)
-                    .await?
-                    .ok_or(TokenError::NotFound)?;
-                self.servable_row_token(&row).ok_or_else(|| {
-                    if row.is_active && row.status.is_supervised() {
-                        TokenError::OwnerUnavailable {
-                            message: "the owning replica answered, but the stored token is not valid long enough"
-                                .into(),
-                        }
-                    } else {
-                        crate::connection::status_error(&row)
-                    }
-                })
-            }
+            Routed::Remote => self.stored_token(id).await,
         }
+    }
+
+    /// The committed row's token when it may be handed out; the row's status error when
+    /// it is not supervised; [`TokenError::OwnerUnavailable`] when its token is not valid
+    /// long enough.
+    async fn stored_token(&self, id: ConnectionId) -> Result<AccessToken, TokenError> {
+        let row = self
+            .shared
+            .store
+            .get_connection(id)
+            .await?
+            .ok_or(TokenError::NotFound)?;
+        self.servable_row_token(&row).ok_or_else(|| {
+            if row.is_active && row.status.is_supervised() {
+                TokenError::OwnerUnavailable {
+                    message: "the stored token is not valid long enough and the owning replica has not refreshed it"
+                        .into(),
+                }
+            } else {
+                crate::connection::status_error(&row)
+            }
+        })
     }
 
     /// A lifecycle operation routed to the owner; the stored row after it.

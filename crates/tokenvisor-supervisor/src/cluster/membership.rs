@@ -61,7 +61,7 @@ pub(crate) async fn join(shared: &SharedRef) -> Result<Vec<Partition>, tokenviso
     store
         .heartbeat(&ownership.replica_id, config.advertise_url.as_deref())
         .await?;
-    let live = live_replicas(store, &ownership.replica_id, config.lease).await?;
+    let live = live_replicas(&store.replicas().await?, &ownership.replica_id, config.lease);
     let share = share_of(&ownership.replica_id, &live);
     let claimed = claim(
         store,
@@ -110,22 +110,17 @@ pub(crate) async fn leave(shared: &SharedRef) {
     tracing::info!(partitions = held.len(), "left the cluster");
 }
 
-async fn live_replicas(
-    store: &dyn PartitionStore,
-    me: &str,
-    lease: Duration,
-) -> Result<Vec<String>, tokenvisor_store::StoreError> {
-    let mut live: Vec<String> = store
-        .replicas()
-        .await?
-        .into_iter()
+/// The ids of the replicas whose heartbeat is within `lease`, `me` included.
+fn live_replicas(replicas: &[tokenvisor_store::ReplicaRecord], me: &str, lease: Duration) -> Vec<String> {
+    let mut live: Vec<String> = replicas
+        .iter()
         .filter(|replica| replica.heartbeat_age < lease)
-        .map(|replica| replica.replica_id)
+        .map(|replica| replica.replica_id.clone())
         .collect();
     if !live.iter().any(|id| id == me) {
         live.push(me.to_owned());
     }
-    Ok(live)
+    live
 }
 
 /// Claims `wanted` (those not held), records what was taken; returns it.
@@ -253,14 +248,15 @@ impl Tick<'_> {
                 return;
             }
         }
-        let live = match live_replicas(self.store, me, config.lease).await {
-            Ok(live) => live,
+        let replicas = match self.store.replicas().await {
+            Ok(replicas) => replicas,
             Err(error) => {
                 tracing::warn!(error = %error, "reading the live replicas failed");
                 return;
             }
         };
-        self.read_directory(config).await;
+        let live = live_replicas(&replicas, me, config.lease);
+        self.read_directory(config, replicas).await;
         let share: HashSet<Partition> = share_of(me, &live).into_iter().collect();
         let leaving = self.ownership.leaving();
         let hand_over: Vec<Partition> = self
@@ -296,8 +292,8 @@ impl Tick<'_> {
     }
 
     /// Reads who owns what, for forwarding.
-    async fn read_directory(&self, config: &super::ClusterConfig) {
-        let (Ok(replicas), Ok(partitions)) = (self.store.replicas().await, self.store.partitions().await) else {
+    async fn read_directory(&self, config: &super::ClusterConfig, replicas: Vec<tokenvisor_store::ReplicaRecord>) {
+        let Ok(partitions) = self.store.partitions().await else {
             return;
         };
         let directory = Directory {
