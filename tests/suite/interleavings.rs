@@ -171,7 +171,7 @@ async fn scenario(ops: Vec<Op>, grace: Duration) -> Result<(), TestCaseError> {
                     refresh_token: Some(SecretString::new(issued.refresh_token.as_str())),
                     token_type: Some("Bearer".into()),
                     scope: None,
-                    expires_in: chrono::Duration::seconds(issued.expires_in as i64),
+                    expires_in: std::time::Duration::from_secs(issued.expires_in),
                     metadata: Default::default(),
                 };
                 if tokenvisor

@@ -62,7 +62,7 @@ fn tokens_of(issued: &IssuedTokens) -> TokenSet {
         refresh_token: Some(SecretString::new(issued.refresh_token.as_str())),
         token_type: Some("Bearer".into()),
         scope: None,
-        expires_in: chrono::Duration::seconds(issued.expires_in as i64),
+        expires_in: std::time::Duration::from_secs(issued.expires_in),
         metadata: Default::default(),
     }
 }

@@ -22,10 +22,10 @@ pub fn test_keyring() -> Keyring {
 pub fn fast_config() -> TokenvisorConfig {
     TokenvisorConfig {
         schedule: SchedulePolicy {
-            min_spacing: chrono::Duration::milliseconds(500),
-            retry_base: chrono::Duration::milliseconds(200),
-            retry_cap: chrono::Duration::seconds(2),
-            startup_spread: chrono::Duration::milliseconds(200),
+            min_spacing: std::time::Duration::from_millis(500),
+            retry_base: std::time::Duration::from_millis(200),
+            retry_cap: std::time::Duration::from_secs(2),
+            startup_spread: std::time::Duration::from_millis(200),
             ..SchedulePolicy::default()
         },
         ..test_config()

@@ -107,8 +107,8 @@ pub fn config() -> TokenvisorConfig {
         allow_insecure_hosts: vec!["127.0.0.1".into()],
         ..TokenvisorConfig::default()
     };
-    config.schedule.jitter = chrono::Duration::zero();
-    config.schedule.startup_spread = chrono::Duration::zero();
+    config.schedule.jitter = std::time::Duration::ZERO;
+    config.schedule.startup_spread = std::time::Duration::ZERO;
     config.max_concurrent_refreshes = 64;
     config.provider_limits = ProviderLimits {
         max_concurrent: 64,

@@ -262,8 +262,8 @@ pub struct Connection {
 
 impl Connection {
     /// The lifetime the provider gave the current access token.
-    pub fn lifetime(&self) -> chrono::Duration {
-        (self.expires_at - self.issued_at).max(chrono::Duration::zero())
+    pub fn lifetime(&self) -> std::time::Duration {
+        (self.expires_at - self.issued_at).to_std().unwrap_or_default()
     }
 
     /// Whether both stored connections hold the same token set.
@@ -288,7 +288,7 @@ impl Connection {
             self.metadata.insert(key.clone(), value.clone());
         }
         self.issued_at = now;
-        self.expires_at = now + tokens.expires_in;
+        self.expires_at = now + crate::schedule::span(tokens.expires_in);
     }
 }
 
@@ -304,7 +304,7 @@ pub struct TokenSet {
     /// Granted scope, when sent.
     pub scope: Option<String>,
     /// Lifetime of the access token.
-    pub expires_in: chrono::Duration,
+    pub expires_in: std::time::Duration,
     /// Provider metadata found in the answer (e.g. Zoho `api_domain`).
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
@@ -447,7 +447,7 @@ mod tests {
             refresh_token: None,
             token_type: None,
             scope: None,
-            expires_in: chrono::Duration::seconds(3600),
+            expires_in: std::time::Duration::from_secs(3600),
             metadata: Default::default(),
         };
         connection.apply_token_set(&tokens, now);
@@ -468,7 +468,7 @@ mod tests {
             refresh_token: Some(SecretString::new("new-refresh")),
             token_type: None,
             scope: None,
-            expires_in: chrono::Duration::seconds(60),
+            expires_in: std::time::Duration::from_secs(60),
             metadata: Default::default(),
         };
         connection.apply_token_set(&tokens, now);

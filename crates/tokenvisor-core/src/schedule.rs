@@ -2,30 +2,32 @@
 //! called by the connection actor.
 
 use chrono::{DateTime, Duration, Utc};
+use std::time::Duration as StdDuration;
 
-/// Tunables of the refresh schedule. All durations are wall-clock.
+/// Tunables of the refresh schedule. All durations are wall-clock `std::time::Duration`s,
+/// the one duration type of tokenvisor's public API.
 #[derive(Debug, Clone)]
 pub struct SchedulePolicy {
     /// Refresh this long before expiry (capped at a quarter of the token lifetime).
-    pub lead: Duration,
+    pub lead: StdDuration,
     /// A token handed out stays valid at least this long (capped at a quarter of the lifetime).
-    pub min_validity: Duration,
+    pub min_validity: StdDuration,
     /// Two refreshes of one connection are at least this far apart, whatever callers ask.
-    pub min_spacing: Duration,
+    pub min_spacing: StdDuration,
     /// Optional window limit: at most `max` refreshes per connection within `per`.
     pub window: Option<RateWindow>,
     /// Upper bound of the random jitter that spreads refreshes of tokens minted together.
-    pub jitter: Duration,
+    pub jitter: StdDuration,
     /// First retry delay after a transient failure.
-    pub retry_base: Duration,
+    pub retry_base: StdDuration,
     /// Longest retry delay after transient failures.
-    pub retry_cap: Duration,
+    pub retry_cap: StdDuration,
     /// Retry delay when the provider says the integration itself is misconfigured.
-    pub misconfigured_retry: Duration,
+    pub misconfigured_retry: StdDuration,
     /// Lifetime assumed when a token answer has no `expires_in`.
-    pub default_lifetime: Duration,
+    pub default_lifetime: StdDuration,
     /// Start-up refreshes of tokens already inside their lead are spread over this window.
-    pub startup_spread: Duration,
+    pub startup_spread: StdDuration,
 }
 
 /// At most `max` refreshes per connection within `per`.
@@ -34,36 +36,42 @@ pub struct RateWindow {
     /// Refreshes allowed in the window.
     pub max: u32,
     /// Window length.
-    pub per: Duration,
+    pub per: StdDuration,
 }
 
 impl Default for SchedulePolicy {
     fn default() -> Self {
         Self {
-            lead: Duration::minutes(15),
-            min_validity: Duration::seconds(60),
-            min_spacing: Duration::seconds(10),
+            lead: StdDuration::from_secs(15 * 60),
+            min_validity: StdDuration::from_secs(60),
+            min_spacing: StdDuration::from_secs(10),
             window: None,
-            jitter: Duration::seconds(30),
-            retry_base: Duration::seconds(2),
-            retry_cap: Duration::minutes(5),
-            misconfigured_retry: Duration::minutes(15),
-            default_lifetime: Duration::hours(1),
-            startup_spread: Duration::seconds(10),
+            jitter: StdDuration::from_secs(30),
+            retry_base: StdDuration::from_secs(2),
+            retry_cap: StdDuration::from_secs(5 * 60),
+            misconfigured_retry: StdDuration::from_secs(15 * 60),
+            default_lifetime: StdDuration::from_secs(3600),
+            startup_spread: StdDuration::from_secs(10),
         }
     }
+}
+
+/// A `std::time::Duration` as a `chrono` span for date arithmetic (saturating at
+/// chrono's maximum, which no configured duration reaches).
+pub fn span(duration: StdDuration) -> Duration {
+    Duration::from_std(duration).unwrap_or(Duration::MAX)
 }
 
 /// The lead actually used for a token: `min(policy.lead, lifetime / 4)`.
 pub fn effective_lead(issued_at: DateTime<Utc>, expires_at: DateTime<Utc>, policy: &SchedulePolicy) -> Duration {
     let lifetime = (expires_at - issued_at).max(Duration::zero());
-    policy.lead.min(lifetime / 4)
+    span(policy.lead).min(lifetime / 4)
 }
 
 /// How long a handed-out token must still be valid: `min(policy.min_validity, lifetime / 4)`.
 pub fn validity_floor(issued_at: DateTime<Utc>, expires_at: DateTime<Utc>, policy: &SchedulePolicy) -> Duration {
     let lifetime = (expires_at - issued_at).max(Duration::zero());
-    policy.min_validity.min(lifetime / 4)
+    span(policy.min_validity).min(lifetime / 4)
 }
 
 /// The earliest time the next refresh is allowed, given when the recent refreshes
@@ -76,19 +84,19 @@ pub fn earliest_allowed(
 ) -> DateTime<Utc> {
     let mut earliest = now;
     if let Some(last) = recent_refreshes.last() {
-        earliest = earliest.max(*last + policy.min_spacing);
+        earliest = earliest.max(*last + span(policy.min_spacing));
     }
     if let Some(window) = policy.window {
         let max = window.max as usize;
         if max == 0 {
             return DateTime::<Utc>::MAX_UTC;
         }
-        let window_start = now - window.per;
+        let window_start = now - span(window.per);
         let in_window: Vec<&DateTime<Utc>> = recent_refreshes.iter().filter(|t| **t > window_start).collect();
         if in_window.len() >= max {
             // The refresh that must leave the window before another one fits.
             let blocking = in_window[in_window.len() - max];
-            earliest = earliest.max(*blocking + window.per);
+            earliest = earliest.max(*blocking + span(window.per));
         }
     }
     earliest
@@ -108,7 +116,7 @@ pub fn next_refresh_at(
     jitter_fraction: f64,
 ) -> DateTime<Utc> {
     let lead = effective_lead(issued_at, expires_at, policy);
-    let jitter_bound = policy.jitter.min(lead / 8);
+    let jitter_bound = span(policy.jitter).min(lead / 8);
     let jitter = scale(jitter_bound, jitter_fraction);
     let target = expires_at - lead - jitter;
     target.max(earliest_allowed(recent_refreshes, now, policy))
@@ -124,11 +132,10 @@ pub fn retry_delay(
     jitter_fraction: f64,
 ) -> Duration {
     let exponent = consecutive_failures.saturating_sub(1).min(30);
-    let uncapped = policy
-        .retry_base
+    let uncapped = span(policy.retry_base)
         .checked_mul(1i32 << exponent.min(30))
-        .unwrap_or(policy.retry_cap);
-    let capped = uncapped.min(policy.retry_cap);
+        .unwrap_or(span(policy.retry_cap));
+    let capped = uncapped.min(span(policy.retry_cap));
     let jittered = capped / 2 + scale(capped / 2, jitter_fraction);
     match retry_after {
         Some(retry_after) => jittered.max(retry_after),
@@ -170,7 +177,7 @@ mod tests {
         let without = next_refresh_at(at(0), at(3600), &[], at(0), &policy, 0.0);
         let with = next_refresh_at(at(0), at(3600), &[], at(0), &policy, 0.999);
         assert!(with < without);
-        assert!(without - with <= policy.jitter);
+        assert!(without - with <= span(policy.jitter));
     }
 
     #[test]
@@ -190,10 +197,10 @@ mod tests {
     #[test]
     fn the_window_limit_blocks_the_eleventh_refresh_in_ten_minutes() {
         let policy = SchedulePolicy {
-            min_spacing: Duration::zero(),
+            min_spacing: StdDuration::ZERO,
             window: Some(RateWindow {
                 max: 10,
-                per: Duration::minutes(10),
+                per: StdDuration::from_secs(600),
             }),
             ..SchedulePolicy::default()
         };

@@ -422,7 +422,7 @@ fn parse_token_set(
             tracing::warn!(
                 integration = %integration.integration_id,
                 expires_in = seconds,
-                default_lifetime_secs = default_lifetime.num_seconds(),
+                default_lifetime_secs = default_lifetime.as_secs(),
                 "token answer's expires_in is not positive; assuming the default lifetime"
             );
             default_lifetime
@@ -433,9 +433,9 @@ fn parse_token_set(
                 expires_in = seconds,
                 "token answer's expires_in is above 366 days; clamped to 366 days"
             );
-            chrono::Duration::try_seconds(MAX_LIFETIME_SECS).unwrap_or(default_lifetime)
+            std::time::Duration::from_secs(MAX_LIFETIME_SECS.unsigned_abs())
         }
-        Some(seconds) => chrono::Duration::try_seconds(seconds).unwrap_or(default_lifetime),
+        Some(seconds) => std::time::Duration::from_secs(seconds.unsigned_abs()),
     };
     let token_type = json.get("token_type").and_then(|v| v.as_str()).map(sanitize);
     let scope = json.get("scope").and_then(|v| v.as_str()).map(sanitize);
@@ -516,13 +516,13 @@ mod tests {
         let body = br#"{"access_token":"a","expires_in":3600,"token_type":"Bearer"}"#;
         let set = interpret_answer(&resolved("generic"), 200, body, None).expect("ok");
         assert!(set.refresh_token.is_none());
-        assert_eq!(set.expires_in, chrono::Duration::seconds(3600));
+        assert_eq!(set.expires_in, std::time::Duration::from_secs(3600));
     }
 
     #[test]
     fn a_missing_expires_in_uses_the_default_lifetime() {
         let set = interpret_answer(&resolved("generic"), 200, br#"{"access_token":"a"}"#, None).expect("ok");
-        assert_eq!(set.expires_in, chrono::Duration::hours(1));
+        assert_eq!(set.expires_in, std::time::Duration::from_secs(3600));
     }
 
     #[test]
@@ -623,7 +623,11 @@ mod tests {
         for expires_in in ["0", "-5", "\"soon\""] {
             let body = format!(r#"{{"access_token":"a","refresh_token":"r","expires_in":{expires_in}}}"#);
             let set = interpret_answer(&resolved("generic"), 200, body.as_bytes(), None).expect("kept");
-            assert_eq!(set.expires_in, chrono::Duration::hours(1), "expires_in {expires_in}");
+            assert_eq!(
+                set.expires_in,
+                std::time::Duration::from_secs(3600),
+                "expires_in {expires_in}"
+            );
             assert_eq!(set.refresh_token.as_ref().map(SecretString::expose), Some("r"));
         }
     }
@@ -633,7 +637,11 @@ mod tests {
         for expires_in in ["31622401", "99999999999999999999", "1e300"] {
             let body = format!(r#"{{"access_token":"a","refresh_token":"r","expires_in":{expires_in}}}"#);
             let set = interpret_answer(&resolved("generic"), 200, body.as_bytes(), None).expect("kept");
-            assert_eq!(set.expires_in, chrono::Duration::days(366), "expires_in {expires_in}");
+            assert_eq!(
+                set.expires_in,
+                std::time::Duration::from_secs(366 * 24 * 3600),
+                "expires_in {expires_in}"
+            );
         }
     }
 

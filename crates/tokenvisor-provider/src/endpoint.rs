@@ -354,15 +354,13 @@ const MAX_SPACING_SECS: u64 = 24 * 3600;
 
 /// `secs` of setting `field` as a duration, if within `min..=max`; never panics,
 /// whatever the number.
-fn bounded_seconds(field: &'static str, secs: u64, min: u64, max: u64) -> Result<chrono::Duration, EndpointError> {
-    let out_of_range = || EndpointError::InvalidSettings(format!("{field} must be {min}..={max}, not {secs}"));
+fn bounded_seconds(field: &'static str, secs: u64, min: u64, max: u64) -> Result<std::time::Duration, EndpointError> {
     if !(min..=max).contains(&secs) {
-        return Err(out_of_range());
+        return Err(EndpointError::InvalidSettings(format!(
+            "{field} must be {min}..={max}, not {secs}"
+        )));
     }
-    i64::try_from(secs)
-        .ok()
-        .and_then(chrono::Duration::try_seconds)
-        .ok_or_else(out_of_range)
+    Ok(std::time::Duration::from_secs(secs))
 }
 
 /// Parses `raw` and requires https, unless its host is in `allow_insecure_hosts`.
@@ -550,10 +548,13 @@ mod tests {
             "window_secs": 366 * 24 * 3600,
         });
         let resolved = ResolvedIntegration::resolve(&generic, &[]).expect("the bounds themselves are accepted");
-        assert_eq!(resolved.profile.default_lifetime, chrono::Duration::days(366));
+        assert_eq!(
+            resolved.profile.default_lifetime,
+            std::time::Duration::from_secs(366 * 24 * 3600)
+        );
         assert_eq!(
             resolved.profile.window.map(|w| w.per),
-            Some(chrono::Duration::days(366))
+            Some(std::time::Duration::from_secs(366 * 24 * 3600))
         );
     }
 }

@@ -2,7 +2,7 @@
 //! and errors are recognised, rotation, limits. Integrations override any of it
 //! through their `settings`.
 
-use chrono::Duration;
+use std::time::Duration;
 use tokenvisor_core::FailureClass;
 use tokenvisor_core::schedule::RateWindow;
 
@@ -189,9 +189,9 @@ fn generic() -> ProviderProfile {
         body_format: BodyFormat::Form,
         success_rule: SuccessRule::HttpStatus,
         rotates_refresh_tokens: false,
-        default_lifetime: Duration::hours(1),
+        default_lifetime: Duration::from_secs(3600),
         // No provider-imposed spacing: the configured minimum applies.
-        min_spacing: Duration::zero(),
+        min_spacing: Duration::ZERO,
         window: None,
         error_classes: &[],
         metadata_fields: &[],
@@ -257,10 +257,10 @@ fn zoho(name: &'static str) -> ProviderProfile {
         default_data_center: Some("us"),
         success_rule: SuccessRule::HasAccessToken,
         // Zoho: at most 10 access tokens per refresh token per 10 minutes.
-        min_spacing: Duration::seconds(30),
+        min_spacing: Duration::from_secs(30),
         window: Some(RateWindow {
             max: 10,
-            per: Duration::minutes(10),
+            per: Duration::from_secs(600),
         }),
         error_classes: ZOHO_ERROR_CLASSES,
         metadata_fields: &["api_domain"],

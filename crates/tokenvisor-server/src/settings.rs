@@ -682,8 +682,8 @@ mod tests {
             ..Settings::default()
         };
         let config = settings.resolve().expect("valid");
-        assert_eq!(config.library.schedule.lead, chrono::Duration::minutes(5));
-        assert_eq!(config.library.schedule.min_validity, chrono::Duration::seconds(30));
+        assert_eq!(config.library.schedule.lead, std::time::Duration::from_secs(300));
+        assert_eq!(config.library.schedule.min_validity, std::time::Duration::from_secs(30));
         assert_eq!(config.admin_addr.port(), 9000);
         assert_eq!(config.webhooks.as_ref().map(|w| w.urls.len()), Some(1));
 

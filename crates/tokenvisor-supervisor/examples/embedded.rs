@@ -54,7 +54,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .register(
             NewConnection::new(TenantId::parse("acme")?, integration.id, issued.access_token.as_str())
                 .refresh_token(issued.refresh_token.as_str())
-                .expires_in(chrono::Duration::seconds(issued.expires_in as i64)),
+                .expires_in(std::time::Duration::from_secs(issued.expires_in)),
         )
         .await?;
 

@@ -187,7 +187,7 @@ impl<'a> Authorizations<'a> {
             pkce.as_ref().map(|p| p.challenge.as_str()),
         )?;
         let now = shared.clock.now();
-        let expires_at = now + shared.config.authorization_ttl;
+        let expires_at = now + tokenvisor_core::schedule::span(shared.config.authorization_ttl);
         shared
             .store
             .insert_authorization(&PendingAuthorization {

@@ -49,7 +49,7 @@ pub struct TokenvisorConfig {
     /// `None` creates one with `event_capacity`.
     pub event_bus: Option<tokenvisor_core::EventBus>,
     /// How long an authorization `state` is accepted.
-    pub authorization_ttl: chrono::Duration,
+    pub authorization_ttl: Duration,
     /// Wall clock (inject [`tokenvisor_core::TokioClock`] in paused-time tests).
     pub clock: Arc<dyn Clock>,
     /// Where tokenvisor's metrics are recorded (see `tokenvisor_supervisor::metrics`);
@@ -107,7 +107,7 @@ impl Default for TokenvisorConfig {
             client: TokenClientOptions::default(),
             event_capacity: 4096,
             event_bus: None,
-            authorization_ttl: chrono::Duration::minutes(10),
+            authorization_ttl: Duration::from_secs(600),
             clock: Arc::new(SystemClock),
             meter: None,
             cluster_lease: None,

@@ -67,16 +67,18 @@ impl TokenvisorConfig {
                 Some(Err(())) => Err(ConfigError::new(name, "is not valid UTF-8")),
             }
         };
-        let duration = |name: &str, default: chrono::Duration| -> Result<chrono::Duration, ConfigError> {
+        let duration = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
             match get(name)? {
-                Some(text) => parse_duration(&text).map_err(|reason| ConfigError::new(name, reason)),
+                Some(text) => parse_duration(&text)
+                    .map_err(|reason| ConfigError::new(name, reason))?
+                    .to_std()
+                    .map_err(|_| ConfigError::new(name, "must not be negative")),
                 None => Ok(default),
             }
         };
         let positive = |name: &str, default: Duration| -> Result<Duration, ConfigError> {
-            let default = chrono::Duration::from_std(default).unwrap_or(chrono::Duration::MAX);
-            match duration(name, default)?.to_std() {
-                Ok(wait) if !wait.is_zero() => Ok(wait),
+            match duration(name, default)? {
+                wait if !wait.is_zero() => Ok(wait),
                 _ => Err(ConfigError::new(name, "must be positive")),
             }
         };
@@ -92,10 +94,10 @@ impl TokenvisorConfig {
             startup_spread: duration("TOKENVISOR_STARTUP_SPREAD", defaults.startup_spread)?,
             ..defaults
         };
-        if schedule.lead <= chrono::Duration::zero() {
+        if schedule.lead.is_zero() {
             return Err(ConfigError::new("TOKENVISOR_REFRESH_LEAD", "must be positive"));
         }
-        if schedule.retry_base <= chrono::Duration::zero() {
+        if schedule.retry_base.is_zero() {
             return Err(ConfigError::new("TOKENVISOR_RETRY_BASE", "must be positive"));
         }
         if schedule.retry_cap < schedule.retry_base {
@@ -235,12 +237,12 @@ mod tests {
             ("TOKENVISOR_ALLOW_INSECURE_ENDPOINTS", "127.0.0.1, localhost"),
         ])
         .expect("valid");
-        assert_eq!(config.schedule.lead, chrono::Duration::minutes(10));
-        assert_eq!(config.schedule.min_validity, chrono::Duration::seconds(30));
-        assert_eq!(config.schedule.min_spacing, chrono::Duration::seconds(5));
-        assert_eq!(config.schedule.retry_base, chrono::Duration::seconds(1));
-        assert_eq!(config.schedule.retry_cap, chrono::Duration::minutes(1));
-        assert_eq!(config.schedule.startup_spread, chrono::Duration::seconds(2));
+        assert_eq!(config.schedule.lead, Duration::from_secs(600));
+        assert_eq!(config.schedule.min_validity, Duration::from_secs(30));
+        assert_eq!(config.schedule.min_spacing, Duration::from_secs(5));
+        assert_eq!(config.schedule.retry_base, Duration::from_secs(1));
+        assert_eq!(config.schedule.retry_cap, Duration::from_secs(60));
+        assert_eq!(config.schedule.startup_spread, Duration::from_secs(2));
         assert_eq!(config.cluster_lease, Some(Duration::from_secs(40)));
         assert_eq!(config.token_wait, Duration::from_secs(2));
         assert_eq!(config.retry_after_cap, Duration::from_secs(600));

@@ -151,8 +151,7 @@ impl Journal {
                             refresh_token: refresh_token.map(SecretString::new),
                             token_type,
                             scope,
-                            expires_in: chrono::Duration::try_seconds(expires_in_secs)
-                                .unwrap_or(chrono::Duration::zero()),
+                            expires_in: std::time::Duration::from_secs(u64::try_from(expires_in_secs).unwrap_or(0)),
                             metadata,
                         },
                         obtained_at,
@@ -193,7 +192,7 @@ impl Journal {
             refresh_token: pending.tokens.refresh_token.as_ref().map(|t| t.expose().to_owned()),
             token_type: pending.tokens.token_type.clone(),
             scope: pending.tokens.scope.clone(),
-            expires_in_secs: pending.tokens.expires_in.num_seconds(),
+            expires_in_secs: i64::try_from(pending.tokens.expires_in.as_secs()).unwrap_or(i64::MAX),
             metadata: pending.tokens.metadata.clone(),
             obtained_at: pending.obtained_at,
         };
@@ -301,7 +300,7 @@ mod tests {
                 refresh_token: Some(SecretString::new(refresh)),
                 token_type: Some("Bearer".into()),
                 scope: None,
-                expires_in: chrono::Duration::seconds(3600),
+                expires_in: std::time::Duration::from_secs(3600),
                 metadata: serde_json::Map::new(),
             },
             obtained_at: Utc::now(),

@@ -221,7 +221,7 @@ async fn embed_and_restart(backend: Backend, order: Order) {
                 issued_direct.access_token.as_str(),
             )
             .refresh_token(issued_direct.refresh_token.as_str())
-            .expires_in(chrono::Duration::seconds(4)),
+            .expires_in(std::time::Duration::from_secs(4)),
         )
         .await
         .expect("connection registered");

@@ -85,8 +85,8 @@ impl NewConnection {
     }
 
     /// The access token expires this long from now (wall clock).
-    pub fn expires_in(mut self, expires_in: chrono::Duration) -> Self {
-        self.expires_at = Some(Utc::now() + expires_in);
+    pub fn expires_in(mut self, expires_in: std::time::Duration) -> Self {
+        self.expires_at = Some(Utc::now() + tokenvisor_core::schedule::span(expires_in));
         self
     }
 
@@ -205,7 +205,7 @@ impl<'a> Connections<'a> {
             AdminError::Invalid { field, reason } => TokenError::Invalid { field, reason },
             other => TokenError::Internal(other.to_string()),
         })?;
-        if tokens.expires_in <= chrono::Duration::zero() {
+        if tokens.expires_in.is_zero() {
             return Err(TokenError::Invalid {
                 field: "expires_in",
                 reason: "must be positive".into(),

@@ -219,7 +219,7 @@ impl Tokenvisor {
                             refresh_token: refresh_token.map(SecretString::new),
                             token_type,
                             scope,
-                            expires_in: chrono::Duration::seconds(expires_in_secs),
+                            expires_in: std::time::Duration::from_secs(u64::try_from(expires_in_secs).unwrap_or(0)),
                             metadata: token_metadata,
                         },
                         metadata,

@@ -60,7 +60,7 @@ impl ForwardOp {
             refresh_token: tokens.refresh_token.as_ref().map(|t| t.expose().to_owned()),
             token_type: tokens.token_type.clone(),
             scope: tokens.scope.clone(),
-            expires_in_secs: tokens.expires_in.num_seconds(),
+            expires_in_secs: i64::try_from(tokens.expires_in.as_secs()).unwrap_or(i64::MAX),
             token_metadata: tokens.metadata.clone(),
             metadata: metadata.clone(),
         }

@@ -566,7 +566,7 @@ async fn commit_salvaged(
             refresh_token: Some(salvaged),
             token_type: None,
             scope: None,
-            expires_in: (base.expires_at - now).max(chrono::Duration::zero()),
+            expires_in: (base.expires_at - now).to_std().unwrap_or_default(),
             metadata: serde_json::Map::new(),
         },
         obtained_at: now,

@@ -176,7 +176,7 @@ impl Owner {
             .retry_after_secs
             .map(|seconds| chrono::Duration::seconds(seconds.min(cap) as i64));
         let delay = match failure.class {
-            FailureClass::IntegrationMisconfigured => policy.misconfigured_retry,
+            FailureClass::IntegrationMisconfigured => tokenvisor_core::schedule::span(policy.misconfigured_retry),
             FailureClass::RateLimited => {
                 retry_delay(self.failures, retry_after, policy, rand::random()).max(chrono::Duration::seconds(60))
             }

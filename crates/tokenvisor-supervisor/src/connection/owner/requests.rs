@@ -18,7 +18,7 @@ impl Owner {
     pub(super) fn probe_policy(&self) -> tokenvisor_core::SchedulePolicy {
         let mut policy = self.integration.policy.clone();
         if policy.min_spacing <= self.shared.config.schedule.min_spacing {
-            policy.min_spacing = chrono::Duration::zero();
+            policy.min_spacing = std::time::Duration::ZERO;
         }
         policy
     }

@@ -51,7 +51,7 @@ impl Owner {
         if self.startup && at <= now {
             reason = RefreshReason::Startup;
             // Spread start-up refreshes, unless the token cannot be handed out meanwhile.
-            let spread = policy.startup_spread.num_milliseconds() as f64 * rand::random::<f64>();
+            let spread = policy.startup_spread.as_millis() as f64 * rand::random::<f64>();
             let spread_until = now + chrono::Duration::milliseconds(spread as i64);
             if spread_until < self.unservable_at() {
                 at = spread_until;
