@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokenvisor_core::{ConnectionStatus, SecretString, TenantId};
 use tokenvisor_provider::endpoint::ACCOUNTS_SERVER_KEY;
 use tokenvisor_store::MemoryStore;
-use tokenvisor_supervisor::{ApiClient, AuthorizationRequest, NewConnection, NewIntegration, TokenError};
+use tokenvisor_supervisor::{ApiClient, ApiRequest, AuthorizationRequest, NewConnection, NewIntegration, TokenError};
 use tokenvisor_testkit::{Dialect, FakeProvider};
 use tokenvisor_tests::{Harness, fake, paused_config, settle, sleep_secs};
 
@@ -256,7 +256,7 @@ async fn the_api_client_uses_the_zoho_header_and_retries_once_with_a_fresh_token
     let api = ApiClient::new(harness.tokenvisor.clone());
     let url = format!("{}/zoho/api/crm/v8/users", harness.fake.base_url());
     let response = api
-        .send(connection.id, |target| target.http.get(&url))
+        .send(connection.id, ApiRequest::to_url("GET", &url))
         .await
         .expect("call");
     assert_eq!(response.status(), 200, "Zoho-oauthtoken header accepted");
@@ -265,7 +265,7 @@ async fn the_api_client_uses_the_zoho_header_and_retries_once_with_a_fresh_token
     // The token dies early (e.g. evicted by Zoho's 15-token cap): 401, one refresh, retried.
     harness.fake.revoke_access_token(connection.access_token.expose());
     let response = api
-        .send(connection.id, |target| target.http.get(&url))
+        .send(connection.id, ApiRequest::to_url("GET", &url))
         .await
         .expect("call");
     assert_eq!(response.status(), 200);
@@ -361,7 +361,7 @@ async fn a_jira_connection_refreshed_for_thirty_days_never_reuses_a_token_and_st
         harness.fake.cloud_id()
     );
     let response = api
-        .send(connection.id, |target| target.http.get(&url))
+        .send(connection.id, ApiRequest::to_url("GET", &url))
         .await
         .expect("call");
     assert_eq!(response.status(), 200);

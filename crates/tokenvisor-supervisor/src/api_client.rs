@@ -2,6 +2,9 @@
 //! profile's scheme, e.g. `Zoho-oauthtoken`) and metadata headers (Zoho Desk `orgId`),
 //! and when the API says the token is dead (401; Atlassian's gateway also 403/404),
 //! reports the rejected token and retries once with the new one.
+//!
+//! [`ApiRequest`] and [`ApiResponse`] are tokenvisor's own types: no HTTP library's
+//! types are in this API, so an upgrade of ours is never a breaking change of yours.
 
 use crate::api::Tokenvisor;
 use crate::error::TokenError;
@@ -25,34 +28,167 @@ pub enum ApiError {
     /// The path would leave the connection's API base (`.`/`..` segments, another host).
     #[error("invalid API path: {0}")]
     InvalidPath(String),
+    /// The request itself is not valid HTTP (method, header name or value, URL, body).
+    #[error("invalid API request: {0}")]
+    InvalidRequest(String),
 }
 
-/// A request to forward to a connection's API ([`ApiClient::forward`]).
+/// Where an [`ApiRequest`] goes.
 #[derive(Debug, Clone)]
-pub struct ForwardedCall {
-    /// The method.
-    pub method: reqwest::Method,
-    /// The path below the API base (no leading slash needed), `/`-separated.
-    pub path: String,
-    /// The query string, without `?`.
-    pub query: Option<String>,
-    /// Headers to send (the caller removes its own credentials and hop-by-hop headers;
-    /// `Authorization` is always replaced by the connection's).
-    pub headers: reqwest::header::HeaderMap,
-    /// The body (sent again as is if the token is refreshed and the call retried).
-    pub body: Vec<u8>,
+enum Target {
+    /// A path below the connection's API base; it never leaves the base.
+    BelowBase { path: String, query: Option<String> },
+    /// An absolute URL the embedder chose.
+    Url(String),
 }
 
-/// What a request builder gets: the HTTP client and the connection's API base URL.
+/// A call to a connection's API, described with no HTTP library's types: what
+/// [`ApiClient::send`] sends (and sends again, unchanged but for the token, when the
+/// token was dead).
 #[derive(Debug, Clone)]
-pub struct ApiTarget<'a> {
-    /// The shared HTTP client.
-    pub http: &'a reqwest::Client,
-    /// The API base URL for this connection (Zoho `api_domain`, Zoho Desk / ServiceDesk
-    /// Plus host per data centre, or the integration's `api_base_url` setting).
-    pub base_url: Option<String>,
-    /// The connection's metadata (cloud id, org id...).
-    pub metadata: &'a serde_json::Map<String, serde_json::Value>,
+pub struct ApiRequest {
+    method: String,
+    target: Target,
+    headers: Vec<(String, Vec<u8>)>,
+    body: Vec<u8>,
+}
+
+impl ApiRequest {
+    /// `method` on `path` below the connection's API base (Zoho `api_domain`, the
+    /// profile's base per data centre or cloud id, or the integration's `api_base_url`),
+    /// e.g. `ApiRequest::new("GET", "crm/v8/users")`. The URL never leaves the base: `.`
+    /// and `..` segments, encoded too, are refused.
+    pub fn new(method: impl Into<String>, path: impl Into<String>) -> Self {
+        Self {
+            method: method.into(),
+            target: Target::BelowBase {
+                path: path.into(),
+                query: None,
+            },
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// `GET` on `path` below the API base.
+    pub fn get(path: impl Into<String>) -> Self {
+        Self::new("GET", path)
+    }
+
+    /// `POST` on `path` below the API base.
+    pub fn post(path: impl Into<String>) -> Self {
+        Self::new("POST", path)
+    }
+
+    /// `method` on an absolute URL of the provider's API, which the embedder vouches for
+    /// (it is not checked against the API base).
+    pub fn to_url(method: impl Into<String>, url: impl Into<String>) -> Self {
+        Self {
+            method: method.into(),
+            target: Target::Url(url.into()),
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// The query string (without `?`) of a request below the API base. An absolute URL
+    /// carries its own.
+    pub fn query(mut self, query: impl Into<String>) -> Self {
+        if let Target::BelowBase { query: slot, .. } = &mut self.target {
+            let query = query.into();
+            *slot = (!query.is_empty()).then_some(query);
+        }
+        self
+    }
+
+    /// Adds a header. `Authorization` and `Host` are always replaced by tokenvisor's.
+    pub fn header(mut self, name: impl Into<String>, value: impl AsRef<[u8]>) -> Self {
+        self.headers.push((name.into(), value.as_ref().to_vec()));
+        self
+    }
+
+    /// The body, sent as is.
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// A JSON body, with `Content-Type: application/json`.
+    pub fn json(self, value: &impl serde::Serialize) -> Result<Self, ApiError> {
+        let body = serde_json::to_vec(value).map_err(|error| ApiError::InvalidRequest(error.to_string()))?;
+        Ok(self.header("content-type", "application/json").body(body))
+    }
+}
+
+/// A provider API's answer, whatever its status; the body is read on demand.
+#[derive(Debug)]
+pub struct ApiResponse {
+    status: u16,
+    headers: Vec<(String, Vec<u8>)>,
+    body: reqwest::Response,
+}
+
+impl ApiResponse {
+    fn new(response: reqwest::Response) -> Self {
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+            .collect();
+        Self {
+            status: response.status().as_u16(),
+            headers,
+            body: response,
+        }
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        self.status
+    }
+
+    /// The first value of header `name` (any case), if it is text.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(key, _)| key.eq_ignore_ascii_case(name))
+            .and_then(|(_, value)| std::str::from_utf8(value).ok())
+    }
+
+    /// Every header, names in lower case, in the order received.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.headers
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_slice()))
+    }
+
+    /// The next piece of the body, `None` at its end: for streaming it on.
+    pub async fn chunk(&mut self) -> Result<Option<Vec<u8>>, ApiError> {
+        let chunk = self.body.chunk().await.map_err(http_error)?;
+        Ok(chunk.map(|bytes| bytes.to_vec()))
+    }
+
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Vec<u8>, ApiError> {
+        Ok(self.body.bytes().await.map_err(http_error)?.to_vec())
+    }
+
+    /// The whole body as text (lossy UTF-8).
+    pub async fn text(self) -> Result<String, ApiError> {
+        Ok(String::from_utf8_lossy(&self.bytes().await?).into_owned())
+    }
+
+    /// The body parsed as JSON into `T`.
+    pub async fn json<T: serde::de::DeserializeOwned>(self) -> Result<T, ApiError> {
+        let bytes = self.bytes().await?;
+        serde_json::from_slice(&bytes)
+            .map_err(|error| ApiError::Http(format!("the answer is not the JSON expected: {error}")))
+    }
+}
+
+/// An HTTP error's text without its URL (a proxied URL may carry a caller's query).
+fn http_error(error: reqwest::Error) -> ApiError {
+    ApiError::Http(error.without_url().to_string())
 }
 
 /// Calls provider APIs on behalf of connections.
@@ -63,25 +199,53 @@ pub struct ApiClient {
 }
 
 impl ApiClient {
-    /// A client sharing tokenvisor's HTTP connection pool (no redirects followed).
+    /// A client sharing tokenvisor's HTTP connection pool (no redirects followed: the
+    /// caller gets them).
     pub fn new(tokenvisor: Tokenvisor) -> Self {
         let http = tokenvisor.shared().client.http().clone();
         Self { tokenvisor, http }
     }
 
-    /// Sends the request `build` makes, with the connection's authorization. If the API
-    /// answers that the token is dead, reports it and sends a rebuilt request once more
-    /// with the new token. Returns the last response, whatever its status.
-    pub async fn send(
-        &self,
-        connection_id: ConnectionId,
-        build: impl Fn(&ApiTarget<'_>) -> reqwest::RequestBuilder,
-    ) -> Result<reqwest::Response, ApiError> {
+    /// Sends `request` with the connection's authorization (the profile's scheme, e.g.
+    /// `Zoho-oauthtoken`) and metadata headers (Zoho Desk `orgId`). If the API answers
+    /// that the token is dead (401; Atlassian's gateway also 403/404), reports it and
+    /// sends the request once more with the new token. Returns the last answer,
+    /// whatever its status.
+    pub async fn send(&self, connection_id: ConnectionId, request: ApiRequest) -> Result<ApiResponse, ApiError> {
+        let method = reqwest::Method::from_bytes(request.method.as_bytes())
+            .map_err(|_| ApiError::InvalidRequest(format!("{:?} is not an HTTP method", request.method)))?;
+        let mut headers = reqwest::header::HeaderMap::new();
+        for (name, value) in &request.headers {
+            let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ApiError::InvalidRequest(format!("{name:?} is not a header name")))?;
+            let value = reqwest::header::HeaderValue::from_bytes(value)
+                .map_err(|_| ApiError::InvalidRequest(format!("the value of header {name} is not valid")))?;
+            if name != reqwest::header::AUTHORIZATION && name != reqwest::header::HOST {
+                headers.append(name, value);
+            }
+        }
         let token = self.tokenvisor.tokens().access_token(connection_id).await?;
-        let response = self.send_with(&token, &build).await?;
+        let runtime = self.runtime(&token).await;
+        let resolved = runtime.as_ref().and_then(|r| r.resolved.as_ref().ok());
+        let url = match &request.target {
+            Target::BelowBase { path, query } => {
+                let base = base_url(&token, resolved).ok_or(ApiError::NoApiBase)?;
+                api_url(&base, path, query.as_deref())?
+            }
+            Target::Url(url) => {
+                reqwest::Url::parse(url).map_err(|error| ApiError::InvalidRequest(format!("invalid URL: {error}")))?
+            }
+        };
+        let call = || {
+            self.http
+                .request(method.clone(), url.clone())
+                .headers(headers.clone())
+                .body(request.body.clone())
+        };
+        let response = self.send_with(&token, call()).await?;
         let dead_statuses = self.dead_token_statuses(&token).await;
         if !dead_statuses.contains(&response.status().as_u16()) {
-            return Ok(response);
+            return Ok(ApiResponse::new(response));
         }
         tracing::debug!(connection.id = %connection_id, status = response.status().as_u16(), "API rejected the token; refreshing once");
         let fresh = self
@@ -89,35 +253,7 @@ impl ApiClient {
             .tokens()
             .token_rejected(connection_id, &token.secret)
             .await?;
-        self.send_with(&fresh, &build).await
-    }
-
-    /// Forwards `call` to the connection's API base (the profile's and metadata's, or the
-    /// integration's `api_base_url`), with the connection's authorization, retried once
-    /// with a fresh token when the API says the token is dead. The URL never leaves the
-    /// API base: `.` and `..` segments are refused, and the host is checked. Redirects are
-    /// not followed (the caller gets them).
-    pub async fn forward(
-        &self,
-        connection_id: ConnectionId,
-        call: ForwardedCall,
-    ) -> Result<reqwest::Response, ApiError> {
-        let token = self.tokenvisor.tokens().access_token(connection_id).await?;
-        let runtime = self.runtime(&token).await;
-        let resolved = runtime.as_ref().and_then(|r| r.resolved.as_ref().ok());
-        let base = base_url(&token, resolved).ok_or(ApiError::NoApiBase)?;
-        let url = api_url(&base, &call.path, call.query.as_deref())?;
-        let mut headers = call.headers;
-        headers.remove(reqwest::header::AUTHORIZATION);
-        headers.remove(reqwest::header::HOST);
-        self.send(connection_id, |target| {
-            target
-                .http
-                .request(call.method.clone(), url.clone())
-                .headers(headers.clone())
-                .body(call.body.clone())
-        })
-        .await
+        Ok(ApiResponse::new(self.send_with(&fresh, call()).await?))
     }
 
     /// The runtime of the token's integration (cached by the instance).
@@ -133,18 +269,12 @@ impl ApiClient {
     async fn send_with(
         &self,
         token: &AccessToken,
-        build: &impl Fn(&ApiTarget<'_>) -> reqwest::RequestBuilder,
+        request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ApiError> {
         let runtime = self.runtime(token).await;
         let resolved = runtime.as_ref().and_then(|r| r.resolved.as_ref().ok());
-        let base_url = base_url(token, resolved);
-        let target = ApiTarget {
-            http: &self.http,
-            base_url,
-            metadata: &token.metadata,
-        };
         let scheme = resolved.map_or("Bearer", |r| r.profile.api_auth_scheme);
-        let mut request = build(&target).header(
+        let mut request = request.header(
             reqwest::header::AUTHORIZATION,
             format!("{scheme} {}", token.secret.expose()),
         );
@@ -153,11 +283,8 @@ impl ApiClient {
                 request = request.header(*header, value);
             }
         }
-        // reqwest's error text names the URL only; no header (and so no token) is in it.
-        request
-            .send()
-            .await
-            .map_err(|e| ApiError::Http(e.without_url().to_string()))
+        // The error text leaves out the URL; no header (and so no token) is in it.
+        request.send().await.map_err(http_error)
     }
 
     async fn dead_token_statuses(&self, token: &AccessToken) -> Vec<u16> {

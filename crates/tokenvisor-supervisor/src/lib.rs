@@ -84,7 +84,7 @@ mod supervisor;
 mod token;
 
 pub use api::{Connections, Integrations, NewConnection, NewIntegration, ShutdownReport, Tokens, Tokenvisor};
-pub use api_client::{ApiClient, ApiError, ApiTarget, ForwardedCall};
+pub use api_client::{ApiClient, ApiError, ApiRequest, ApiResponse};
 pub use authorization::{
     AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart, Authorizations, CLOUD_ID_KEY,
 };

@@ -12,9 +12,8 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
 use axum::response::Response;
-use futures::TryStreamExt as _;
 use tokenvisor_core::ConnectionId;
-use tokenvisor_supervisor::{ApiClient, ForwardedCall};
+use tokenvisor_supervisor::{ApiClient, ApiRequest};
 
 /// The largest request body forwarded (it is kept for the retry).
 const MAX_BODY: usize = 10 * 1024 * 1024;
@@ -71,21 +70,17 @@ pub(crate) async fn forward(
             "a proxied request body is at most 10 MiB",
         )
     })?;
-    let mut forwarded = HeaderMap::new();
+    let mut call = ApiRequest::new(method.as_str(), path).body(body.to_vec());
+    if let Some(query) = uri.query() {
+        call = call.query(query);
+    }
     for (name, value) in &headers {
         if !DROPPED.contains(name) && !name.as_str().starts_with("proxy-") {
-            forwarded.append(name.clone(), value.clone());
+            call = call.header(name.as_str(), value.as_bytes());
         }
     }
-    let call = ForwardedCall {
-        method,
-        path,
-        query: uri.query().map(str::to_owned),
-        headers: forwarded,
-        body: body.to_vec(),
-    };
     let answer = ApiClient::new(state.tokenvisor.clone())
-        .forward(id, call)
+        .send(id, call)
         .await
         .map_err(|error| match error {
             tokenvisor_supervisor::ApiError::Token(error) => ApiError::from(error),
@@ -97,13 +92,17 @@ pub(crate) async fn forward(
             }
             other => ApiError::new(StatusCode::BAD_GATEWAY, "upstream_unreachable", other.to_string()),
         })?;
-    let mut response = Response::builder().status(answer.status().as_u16());
+    let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
-        if !DROPPED.contains(name) && name != header::SET_COOKIE {
-            response = response.header(name.as_str(), value.as_bytes());
+        let dropped = DROPPED.iter().any(|dropped| dropped.as_str() == name);
+        if !dropped && name != header::SET_COOKIE.as_str() {
+            response = response.header(name, value);
         }
     }
-    let stream = answer.bytes_stream().map_err(std::io::Error::other);
+    let stream = futures::stream::try_unfold(answer, |mut answer| async move {
+        let chunk = answer.chunk().await.map_err(std::io::Error::other)?;
+        Ok::<_, std::io::Error>(chunk.map(|chunk| (chunk, answer)))
+    });
     response
         .body(Body::from_stream(stream))
         .map_err(|error| ApiError::internal(error.to_string()))
