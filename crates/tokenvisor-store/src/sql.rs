@@ -17,13 +17,16 @@
 //!
 //! Error messages never contain a secret nor a bound parameter value.
 
+#[cfg(feature = "postgres")]
+use crate::PartitionStore;
 use crate::crypto::Keyring;
 use crate::entity::{authorization_state, connection, integration, meta, refresh_attempt};
-use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, Fence, LeaseOutcome, PartitionStore, Store, StoreError};
+use crate::{ATTEMPT_HISTORY_LIMIT, CasOutcome, Fence, LeaseOutcome, Store, StoreError};
 use async_trait::async_trait;
 use futures::StreamExt as _;
 use futures::stream::BoxStream;
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
+#[cfg(feature = "sqlite")]
 use sea_orm::sqlx::sqlite::SqliteJournalMode;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -32,7 +35,9 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 use std::fmt;
+#[cfg(feature = "postgres")]
 use std::sync::{Arc, OnceLock};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use std::time::Duration;
 use tokenvisor_core::{
     Connection, ConnectionFilter, ConnectionId, ConnectionStatus, Integration, IntegrationId, LastError,
@@ -53,15 +58,18 @@ const KEY_CHECK_AAD: &[u8] = b"meta:key_check";
 /// The plaintext of the key check.
 const KEY_CHECK_PLAINTEXT: &[u8] = b"tokenvisor key check v1";
 /// How long a SQLite statement waits for another writer before failing.
+#[cfg(feature = "sqlite")]
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pool size for a SQLite file (WAL: several readers, one writer at a time).
 const SQLITE_FILE_POOL_SIZE: u32 = 4;
 /// How long the first connection to PostgreSQL may take before start-up gives up.
+#[cfg(feature = "postgres")]
 const POSTGRES_PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// One connection, made before the pool: an unreachable or refusing server is reported
 /// with its cause ("connection refused", "password authentication failed") within
 /// [`POSTGRES_PROBE_TIMEOUT`], where the pool would say "pool timed out" after 30 s.
+#[cfg(feature = "postgres")]
 async fn probe_postgres(database_url: &str) -> Result<(), StoreError> {
     use sea_orm::sqlx::{ConnectOptions as _, Connection as _};
     let options: sea_orm::sqlx::postgres::PgConnectOptions = database_url
@@ -88,11 +96,23 @@ pub const POSTGRES_POOL_SIZE: u32 = 32;
 /// The history of a connection is trimmed once every this many recorded attempts.
 const TRIM_EVERY: i64 = 16;
 
+#[cfg(feature = "postgres")]
 mod group_commit;
+
+/// The database's clock in milliseconds since the Unix epoch: every replica judges
+/// leases by the same clock.
+pub(super) fn now_ms(backend: DbBackend) -> &'static str {
+    match backend {
+        DbBackend::Postgres => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
+        _ => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
+    }
+}
 mod lease;
 mod outbox;
+#[cfg(feature = "postgres")]
 mod partitions;
 
+#[cfg(feature = "postgres")]
 use group_commit::{GroupCommitter, PreparedCommit};
 pub use outbox::{OutboxMessage, WebhookOutbox};
 
@@ -104,6 +124,7 @@ pub struct SqlStore {
     backend: &'static str,
     /// PostgreSQL: the refresh group committer, started by the first refresh commit
     /// (`None` inside when there was no tokio runtime to start it on).
+    #[cfg(feature = "postgres")]
     group_committer: Arc<OnceLock<Option<GroupCommitter>>>,
     /// Whether refresh commits on PostgreSQL go through the group committer.
     group_commit: bool,
@@ -219,6 +240,7 @@ impl SqlStore {
             db,
             keyring,
             backend,
+            #[cfg(feature = "postgres")]
             group_committer: Arc::default(),
             group_commit: true,
         })
@@ -246,10 +268,11 @@ impl SqlStore {
     /// they carried, and the time they took in microseconds (zeros before the first
     /// refresh commit, and on SQLite).
     pub fn group_commit_stats(&self) -> (u64, u64, u64) {
-        match self.group_committer.get() {
-            Some(Some(committer)) => committer.stats(),
-            _ => (0, 0, 0),
+        #[cfg(feature = "postgres")]
+        if let Some(Some(committer)) = self.group_committer.get() {
+            return committer.stats();
         }
+        (0, 0, 0)
     }
 
     /// The webhook outbox in this store's database.
@@ -428,6 +451,7 @@ impl SqlStore {
     }
 }
 
+#[cfg(feature = "postgres")]
 impl SqlStore {
     /// The refresh commit of `connection` over `expected_version` with `attempt`,
     /// encrypted and ready for [`group_commit`].
@@ -579,6 +603,7 @@ impl SqlStore {
         fence: Option<Fence>,
     ) -> Result<CasOutcome, StoreError> {
         let next_version = expected_version + 1;
+        #[cfg(feature = "postgres")]
         if self.backend == "postgres" && self.group_commit {
             // One statement with the others waiting (group commit): the UPDATE, the history
             // INSERT and trim, committed together or not at all.
@@ -603,7 +628,7 @@ impl SqlStore {
 
     /// `true` while `fence`'s epoch is its partition's and the lease runs (database clock).
     fn fence_condition(&self, fence: Fence) -> sea_orm::sea_query::SimpleExpr {
-        let now = partitions::now_ms(self.db.get_database_backend());
+        let now = now_ms(self.db.get_database_backend());
         Expr::cust_with_values(
             format!(
                 "EXISTS (SELECT 1 FROM tokenvisor_partitions AS fence WHERE fence.partition_id = $1 \
@@ -647,6 +672,8 @@ pub(crate) async fn run_migrations(db: &DatabaseConnection) -> Result<(), StoreE
 }
 
 /// Opens a pool for the URL with the store's connection settings.
+#[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(unreachable_code))]
 async fn open(database_url: &str, postgres_pool: u32) -> Result<DatabaseConnection, StoreError> {
     let mut options = ConnectOptions::new(database_url.to_owned());
     // Statements are logged by the store's own tracing, never with their values.
@@ -660,6 +687,11 @@ async fn open(database_url: &str, postgres_pool: u32) -> Result<DatabaseConnecti
         if in_memory {
             options.idle_timeout(None).max_lifetime(None);
         }
+        #[cfg(not(feature = "sqlite"))]
+        return Err(StoreError::Database(
+            "this build of tokenvisor has no SQLite driver (enable the `sqlite` feature)".to_owned(),
+        ));
+        #[cfg(feature = "sqlite")]
         options.map_sqlx_sqlite_opts(move |sqlite| {
             let sqlite = sqlite
                 .create_if_missing(true)
@@ -672,8 +704,15 @@ async fn open(database_url: &str, postgres_pool: u32) -> Result<DatabaseConnecti
             }
         });
     } else if database_url.starts_with("postgres://") || database_url.starts_with("postgresql://") {
-        probe_postgres(database_url).await?;
-        options.max_connections(postgres_pool);
+        #[cfg(not(feature = "postgres"))]
+        return Err(StoreError::Database(
+            "this build of tokenvisor has no PostgreSQL driver (enable the `postgres` feature)".to_owned(),
+        ));
+        #[cfg(feature = "postgres")]
+        {
+            probe_postgres(database_url).await?;
+            options.max_connections(postgres_pool);
+        }
     } else {
         // The URL is not echoed: it may hold a password.
         return Err(StoreError::Database(
@@ -999,6 +1038,7 @@ impl Store for SqlStore {
             .await
     }
 
+    #[cfg(feature = "postgres")]
     fn partitions(&self) -> Option<&dyn PartitionStore> {
         (self.backend == "postgres").then_some(self as &dyn PartitionStore)
     }

@@ -2,7 +2,7 @@
 //! only takes over a lease that ran out or is the caller's own, so of replicas racing
 //! for a connection exactly one gets it.
 
-use super::partitions::now_ms;
+use super::now_ms;
 use super::{db_error, statement};
 use crate::{LeaseOutcome, StoreError};
 use sea_orm::{ConnectionTrait as _, DatabaseConnection, SqlErr, Value};

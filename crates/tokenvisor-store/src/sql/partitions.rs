@@ -3,7 +3,7 @@
 //! raises the epoch), LISTEN/NOTIFY on a dedicated connection. "Now" is always the
 //! database's clock.
 
-use super::{SqlStore, db_error, statement, supervised_connections};
+use super::{SqlStore, db_error, now_ms, statement, supervised_connections};
 use crate::StoreError;
 use crate::entity::connection;
 use crate::partitions::{Claimed, Notification, PartitionRecord, PartitionStore, ReplicaRecord};
@@ -15,15 +15,6 @@ use sea_orm::sqlx::postgres::PgListener;
 use sea_orm::{ColumnTrait as _, ConnectionTrait as _, DbBackend, QueryFilter as _, QuerySelect as _, Value};
 use std::time::Duration;
 use tokenvisor_core::{Connection, ConnectionId, Partition};
-
-/// The database's clock in milliseconds since the Unix epoch: every replica judges
-/// leases by the same clock.
-pub(super) fn now_ms(backend: DbBackend) -> &'static str {
-    match backend {
-        DbBackend::Postgres => "(extract(epoch from clock_timestamp()) * 1000)::bigint",
-        _ => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
-    }
-}
 
 /// Replicas silent this long are forgotten (their rows pruned by the next heartbeat).
 const FORGET_AFTER_MS: i64 = 24 * 3600 * 1000;
