@@ -72,8 +72,8 @@ pub use tokenvisor_provider::endpoint::IntegrationSettings;
 pub use tokenvisor_provider::{BodyFormat, ClientAuth};
 pub use tokenvisor_store::{Keyring, MIGRATION_TABLE, MemoryStore, SqlStore, Store, StoreError, migrate};
 pub use tokenvisor_supervisor::{
-    AccessToken, AdminError, AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart,
-    Authorizations, Cluster, ClusterConfig, ClusterStatus, ConfigError, Connections, Integrations, JournalConfig,
-    JournalError, NewConnection, NewIntegration, ShutdownReport, StartError, TokenError, Tokens, Tokenvisor,
-    TokenvisorConfig,
+    AccessToken, AdminError, ApiClient, ApiError, ApiRequest, ApiResponse, AuthorizationCallback, AuthorizationError,
+    AuthorizationRequest, AuthorizationStart, Authorizations, Cluster, ClusterConfig, ClusterStatus, ConfigError,
+    Connections, Integrations, JournalConfig, JournalError, NewConnection, NewIntegration, ShutdownReport, StartError,
+    TokenError, Tokens, Tokenvisor, TokenvisorConfig,
 };
