@@ -15,10 +15,120 @@ pub struct ErrorBody {
     pub error: ErrorDetail,
 }
 
+/// Every error code the admin API answers, with what it means and what to do. The
+/// OpenAPI document declares `error.code` as this enum; a code missing here is a panic in
+/// debug builds (so every test through the binary checks it) and the README lists them.
+pub const ERROR_CODES: &[(&str, &str)] = &[
+    (
+        "unauthorized",
+        "401: no valid admin bearer token; send `Authorization: Bearer <token>`",
+    ),
+    (
+        "not_found",
+        "404: the connection, integration or authorization does not exist",
+    ),
+    ("invalid_id", "400: a path id is not a UUID"),
+    (
+        "invalid_input",
+        "422: a field of the body is invalid; the message names it",
+    ),
+    ("malformed_json", "400: the body is not JSON"),
+    ("unsupported_media_type", "415: send `Content-Type: application/json`"),
+    ("payload_too_large", "413: the body is above the limit"),
+    (
+        "invalid_query",
+        "400: a query parameter is invalid; the message names it",
+    ),
+    ("bad_request", "400: the request could not be read"),
+    ("conflict", "409: it exists already"),
+    (
+        "needs_reauth",
+        "409: the tenant must authorize again (start an authorization)",
+    ),
+    ("disabled", "409: the connection is deactivated (activate it)"),
+    (
+        "provider_unavailable",
+        "502: the provider failed transiently; retry after `Retry-After`",
+    ),
+    (
+        "integration_misconfigured",
+        "502: the provider refused the integration (client id/secret, redirect URI); fix it",
+    ),
+    (
+        "unknown_provider",
+        "422: the provider is not one of zoho, zoho_desk, servicedesk_plus, atlassian, generic",
+    ),
+    ("missing_token_url", "422: a generic integration needs a token_url"),
+    ("invalid_url", "422: a URL is not valid"),
+    (
+        "insecure_url",
+        "422: an http:// URL; allow its host with TOKENVISOR_ALLOW_INSECURE_ENDPOINTS (restart needed)",
+    ),
+    (
+        "unknown_data_center",
+        "422: the data centre is not one the provider has",
+    ),
+    ("invalid_settings", "422: the integration settings are not valid"),
+    (
+        "authorization_denied",
+        "400: the tenant or the provider denied the authorization",
+    ),
+    (
+        "unknown_state",
+        "400: the callback's state is unknown or was used already",
+    ),
+    ("expired_state", "400: the authorization expired; start a new one"),
+    ("invalid_request", "422: the authorization request is not valid"),
+    (
+        "code_exchange_failed",
+        "502: the provider did not accept the authorization code; start again",
+    ),
+    (
+        "connection_failed",
+        "409/422: the authorized tokens could not be stored for the connection",
+    ),
+    (
+        "no_api_base",
+        "422: the connection has no API base; set the integration's api_base_url setting",
+    ),
+    ("invalid_path", "400: the proxied path leaves the API base"),
+    ("upstream_unreachable", "502: the provider's API could not be reached"),
+    ("store_unavailable", "503: the database is unavailable; retry later"),
+    ("shutting_down", "503: the instance is shutting down; retry on another"),
+    (
+        "owner_unavailable",
+        "503: the replica owning the connection is unreachable; retry after `Retry-After`",
+    ),
+    ("timeout", "504: the operation did not finish in time; retry"),
+    (
+        "not_ready",
+        "503: not ready (starting, or not serving its share of partitions yet)",
+    ),
+    (
+        "cluster_disabled",
+        "404: this instance does not share the work with replicas",
+    ),
+    ("metrics_disabled", "404: metrics are not exported on this instance"),
+    (
+        "internal",
+        "500: a bug or an unexpected failure; details are in the logs",
+    ),
+];
+
+/// The `error.code` schema: a string out of [`ERROR_CODES`].
+fn error_code_schema() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::schema::Type::String)
+        .enum_values(Some(ERROR_CODES.iter().map(|(code, _)| *code)))
+        .description(Some("Stable snake_case code; see the README's error code list."))
+        .build()
+}
+
 /// What went wrong.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ErrorDetail {
     /// Stable snake_case code (`not_found`, `needs_reauth`, `invalid_input`...).
+    #[schema(schema_with = error_code_schema)]
     pub code: String,
     /// Human-readable message; never contains a secret.
     pub message: String,
@@ -36,6 +146,10 @@ pub struct ApiError {
 impl ApiError {
     /// An error with this status, code and message.
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        debug_assert!(
+            ERROR_CODES.iter().any(|(known, _)| *known == code),
+            "error code {code:?} is not in ERROR_CODES (document it)"
+        );
         Self {
             status,
             code,

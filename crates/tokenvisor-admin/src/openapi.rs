@@ -37,7 +37,7 @@ use utoipa::{Modify, OpenApi};
         routes::health::readyz,
         routes::health::metrics,
     ),
-    modifiers(&BearerAuth)
+    modifiers(&BearerAuth, &CommonErrors)
 )]
 pub struct ApiDoc;
 
@@ -50,6 +50,94 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// The errors any operation of a kind can answer, added to each operation's own: 401
+/// where the bearer token is required, 400 `invalid_id` for a path id, the JSON body's
+/// rejections, 400 `invalid_query` for query parameters, 503/504 for the database or an
+/// owner being unavailable, 500 for the unexpected.
+struct CommonErrors;
+
+impl CommonErrors {
+    fn add(operation: &mut utoipa::openapi::path::Operation, status: &str, codes: &[&str]) {
+        use utoipa::openapi::{ContentBuilder, RefOr, ResponseBuilder};
+        let listed = codes.iter().map(|code| format!("`{code}`")).collect::<Vec<_>>();
+        let error_body = ContentBuilder::new()
+            .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name("ErrorBody"))))
+            .build();
+        match operation.responses.responses.get_mut(status) {
+            Some(RefOr::T(response)) => {
+                for code in listed {
+                    if !response.description.contains(&code) {
+                        response.description = format!("{}, {code}", response.description);
+                    }
+                }
+                response
+                    .content
+                    .entry("application/json".to_owned())
+                    .or_insert(error_body);
+            }
+            Some(RefOr::Ref(_)) => {}
+            None => {
+                let response = ResponseBuilder::new()
+                    .description(listed.join(", "))
+                    .content("application/json", error_body)
+                    .build();
+                operation
+                    .responses
+                    .responses
+                    .insert(status.to_owned(), RefOr::T(response));
+            }
+        }
+    }
+}
+
+impl Modify for CommonErrors {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let operations = [
+                item.get.as_mut(),
+                item.put.as_mut(),
+                item.post.as_mut(),
+                item.delete.as_mut(),
+                item.patch.as_mut(),
+                item.head.as_mut(),
+                item.options.as_mut(),
+                item.trace.as_mut(),
+            ];
+            for operation in operations.into_iter().flatten() {
+                let secured = operation.security.as_ref().is_some_and(|s| !s.is_empty());
+                let parameters = operation.parameters.as_deref().unwrap_or_default();
+                let has_id = path.contains("{id}");
+                let has_query = parameters.iter().any(|p| matches!(p.parameter_in, ParameterIn::Query));
+                let json_body = operation
+                    .request_body
+                    .as_ref()
+                    .is_some_and(|body| body.content.contains_key("application/json"));
+                if secured {
+                    Self::add(operation, "401", &["unauthorized"]);
+                }
+                if has_id {
+                    Self::add(operation, "400", &["invalid_id"]);
+                }
+                if has_query {
+                    Self::add(operation, "400", &["invalid_query"]);
+                }
+                if json_body {
+                    Self::add(operation, "400", &["malformed_json"]);
+                    Self::add(operation, "413", &["payload_too_large"]);
+                    Self::add(operation, "415", &["unsupported_media_type"]);
+                    Self::add(operation, "422", &["invalid_input"]);
+                }
+                if path.starts_with("/v1/") {
+                    Self::add(operation, "503", &["store_unavailable", "shutting_down"]);
+                    Self::add(operation, "504", &["timeout"]);
+                }
+                Self::add(operation, "500", &["internal"]);
+            }
+        }
     }
 }
 
@@ -94,6 +182,45 @@ mod tests {
         ids.sort();
         ids.dedup();
         assert_eq!(ids.len(), count, "operation ids are unique: {ids:?}");
+    }
+
+    #[test]
+    fn every_operation_documents_the_errors_it_can_answer_and_the_code_is_an_enum() {
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("operations") {
+                let responses = &operation["responses"];
+                let secured = operation["security"].as_array().is_some_and(|s| !s.is_empty());
+                if secured {
+                    assert!(responses.get("401").is_some(), "{method} {path}: 401");
+                }
+                if path.contains("{id}") {
+                    let text = responses["400"]["description"].as_str().unwrap_or_default();
+                    assert!(text.contains("invalid_id"), "{method} {path}: 400 invalid_id");
+                }
+                if path.starts_with("/v1/") {
+                    assert!(responses.get("503").is_some(), "{method} {path}: 503");
+                    assert!(responses.get("504").is_some(), "{method} {path}: 504");
+                }
+                assert!(responses.get("500").is_some(), "{method} {path}: 500");
+            }
+        }
+        let code = &document["components"]["schemas"]["ErrorDetail"]["properties"]["code"];
+        let values: Vec<&str> = code["enum"]
+            .as_array()
+            .expect("an enum")
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        for expected in [
+            "needs_reauth",
+            "unauthorized",
+            "invalid_id",
+            "timeout",
+            "unsupported_media_type",
+        ] {
+            assert!(values.contains(&expected), "{expected} in {values:?}");
+        }
     }
 
     #[test]
