@@ -669,3 +669,41 @@ async fn an_endpoint_over_its_outbox_cap_has_its_oldest_messages_dead_lettered_a
     );
     hook.verify_all(&secret);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_still_failing_past_its_age_limit_goes_to_dead_letter() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _configured) = service_with_webhooks(dir.path()).await;
+    let hook = Hook::default();
+    let url = hook.start().await;
+    hook.fail(&["connected"]);
+    let (endpoint, _secret) = add_endpoint(
+        &service,
+        serde_json::json!({"url": url, "max_attempts": 1000, "max_age_seconds": 2}),
+    )
+    .await;
+    service.add_integration(&fake, "crm").await;
+    let view = service.connect(&fake, "crm", "acme").await;
+    let id = view["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{id}/refresh"))
+            .await
+            .status,
+        200
+    );
+
+    // Retried (0.5 s, 1 s, 2 s...) until it is older than 2 s, then given up on.
+    let seen = hook.wait_for(Duration::from_secs(15), |t| !t.is_empty()).await;
+    assert_eq!(seen, ["refreshed"]);
+    let letters = service
+        .get(&format!("/v1/webhooks/dead-letters?endpoint={endpoint}"))
+        .await;
+    let items = letters.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{letters:?}");
+    assert_eq!(items[0]["event_type"], "connected");
+    assert_eq!(items[0]["reason"], "age");
+    assert!(items[0]["attempts"].as_u64().unwrap() >= 2, "{letters:?}");
+    assert_eq!(dead_lettered(&service.metrics().await, "age"), 1.0);
+}
