@@ -26,6 +26,8 @@
 //! - `m20261122_000004_webhook_outbox`: `tokenvisor_webhook_outbox` (events awaiting webhook delivery).
 //! - `m20261202_000005_partitions`: `tokenvisor_connections.partition_id`,
 //!   `tokenvisor_replicas` and `tokenvisor_partitions` (replicas that share the work).
+//! - `m20261202_000007_webhook_endpoints`: `tokenvisor_webhook_endpoints`,
+//!   `tokenvisor_webhook_dead_letters` and the outbox's retry columns.
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -40,6 +42,7 @@ mod m20251122_000002_authorizations;
 mod m20261122_000003_refresh_leases;
 mod m20261122_000004_webhook_outbox;
 mod m20261202_000005_partitions;
+mod m20261202_000007_webhook_endpoints;
 
 pub use legacy::has_legacy_layout;
 
@@ -86,6 +89,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261122_000003_refresh_leases::Migration),
             Box::new(m20261122_000004_webhook_outbox::Migration),
             Box::new(m20261202_000005_partitions::Migration),
+            Box::new(m20261202_000007_webhook_endpoints::Migration),
         ]
     }
 

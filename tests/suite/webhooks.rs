@@ -188,3 +188,522 @@ async fn a_webhook_receiver_gets_signed_events_including_those_sent_while_it_was
         .sum();
     assert_eq!(delivered, 3.0, "{metrics}");
 }
+
+/// One POST a [`Hook`] answered: the event type, its `webhook-id`, the status it answered.
+#[derive(Debug, Clone, PartialEq)]
+struct Attempt {
+    event_type: String,
+    message_id: String,
+    status: u16,
+}
+
+/// A programmable webhook receiver: answers 500 to the event types in `failing` (`*`:
+/// every type), 204 otherwise; keeps every attempt and every accepted delivery.
+#[derive(Clone, Default)]
+struct Hook {
+    attempts: Arc<Mutex<Vec<Attempt>>>,
+    accepted: Received,
+    failing: Arc<Mutex<Vec<String>>>,
+}
+
+impl Hook {
+    /// Serves on `127.0.0.1:0`; answers its URL.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let hook = self.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: HeaderMap, body: Bytes| {
+                let hook = hook.clone();
+                async move {
+                    let payload: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                    let event_type = payload["type"].as_str().unwrap().to_owned();
+                    let fail = {
+                        let failing = hook.failing.lock().unwrap();
+                        failing.iter().any(|t| t == "*" || *t == event_type)
+                    };
+                    let status = if fail {
+                        axum::http::StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        axum::http::StatusCode::NO_CONTENT
+                    };
+                    hook.attempts.lock().unwrap().push(Attempt {
+                        event_type,
+                        message_id: headers["webhook-id"].to_str().unwrap().to_owned(),
+                        status: status.as_u16(),
+                    });
+                    if !fail {
+                        hook.accepted.lock().unwrap().push((headers, body));
+                    }
+                    status
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://127.0.0.1:{port}/hook")
+    }
+
+    fn fail(&self, types: &[&str]) {
+        *self.failing.lock().unwrap() = types.iter().map(|t| (*t).to_owned()).collect();
+    }
+
+    /// The accepted deliveries' types.
+    fn accepted(&self) -> Vec<String> {
+        self.accepted
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, body)| {
+                serde_json::from_slice::<serde_json::Value>(body).unwrap()["type"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    }
+
+    /// Checks the signature of every accepted delivery against `secret`.
+    fn verify_all(&self, secret: &str) {
+        for (headers, body) in self.accepted.lock().unwrap().iter() {
+            verify_with(secret, headers, body);
+        }
+    }
+
+    /// The last accepted delivery.
+    fn last(&self) -> (HeaderMap, Bytes) {
+        self.accepted.lock().unwrap().last().cloned().unwrap()
+    }
+
+    fn attempts(&self) -> Vec<Attempt> {
+        self.attempts.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, timeout: Duration, done: impl Fn(&[String]) -> bool) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let seen = self.accepted();
+            if done(&seen) {
+                return seen;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "accepted: {seen:?}, attempts: {:?}",
+                self.attempts()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+/// Checks that one of the `webhook-signature` values is `secret`'s and returns the body.
+fn verify_with(secret: &str, headers: &HeaderMap, body: &[u8]) -> serde_json::Value {
+    let id = headers["webhook-id"].to_str().unwrap();
+    let timestamp = headers["webhook-timestamp"].to_str().unwrap();
+    let signature = headers["webhook-signature"].to_str().unwrap();
+    let key = BASE64.decode(secret.strip_prefix("whsec_").unwrap()).unwrap();
+    let mut mac = Hmac::<Sha256>::new_from_slice(&key).unwrap();
+    mac.update(format!("{id}.{timestamp}.").as_bytes());
+    mac.update(body);
+    let expected = format!("v1,{}", BASE64.encode(mac.finalize().into_bytes()));
+    assert!(
+        signature.split(' ').any(|s| s == expected),
+        "no signature of this secret in {signature} for {id}"
+    );
+    serde_json::from_slice(body).unwrap()
+}
+
+/// The service with webhook delivery on (a configured endpoint that takes everything),
+/// so endpoints added through the API are delivered to.
+async fn service_with_webhooks(dir: &std::path::Path) -> (Service, Hook) {
+    let configured = Hook::default();
+    let url = configured.start().await;
+    let env = [
+        ("TOKENVISOR_WEBHOOK_URLS", url),
+        ("TOKENVISOR_WEBHOOK_SECRET", SECRET.to_owned()),
+    ];
+    (Service::start(binary(), dir, &env), configured)
+}
+
+/// Adds an endpoint through the API; answers its id and secret.
+async fn add_endpoint(service: &Service, body: serde_json::Value) -> (String, String) {
+    let created = service.post("/v1/webhooks/endpoints", body).await;
+    assert_eq!(created.status, 201, "{created:?}");
+    (
+        created.body["id"].as_str().unwrap().to_owned(),
+        created.body["secret"].as_str().unwrap().to_owned(),
+    )
+}
+
+fn dead_lettered(metrics: &str, reason: &str) -> f64 {
+    tokenvisor_tests::service::prometheus_samples(metrics, "tokenvisor_webhooks_dead_lettered_total")
+        .iter()
+        .filter(|(labels, _)| labels.contains(&format!("reason=\"{reason}\"")))
+        .map(|(_, value)| value)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_failing_one_message_still_gets_the_next_ones_and_the_failed_one_dead_letters_and_replays() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _configured) = service_with_webhooks(dir.path()).await;
+    let hook = Hook::default();
+    let url = hook.start().await;
+    hook.fail(&["deactivated"]);
+    let (endpoint, secret) = add_endpoint(&service, serde_json::json!({"url": url, "max_attempts": 3})).await;
+
+    service.add_integration(&fake, "crm").await;
+    let view = service.connect(&fake, "crm", "acme").await;
+    let id = view["id"].as_str().unwrap().to_owned();
+    for action in ["deactivate", "activate", "refresh"] {
+        let answer = service.post_empty(&format!("/v1/connections/{id}/{action}")).await;
+        assert_eq!(answer.status, 200, "{action}: {answer:?}");
+    }
+
+    // The endpoint refuses "deactivated" every time; the events after it still arrive,
+    // in order, once it reached its 3 attempts.
+    let seen = hook.wait_for(Duration::from_secs(20), |t| t.len() >= 3).await;
+    assert_eq!(seen, ["connected", "activated", "refreshed"]);
+    hook.verify_all(&secret);
+    let failed: Vec<Attempt> = hook
+        .attempts()
+        .into_iter()
+        .filter(|a| a.event_type == "deactivated")
+        .collect();
+    assert_eq!(failed.len(), 3, "three attempts, then dead letter: {failed:?}");
+    assert!(
+        failed
+            .iter()
+            .all(|a| a.status == 500 && a.message_id == failed[0].message_id)
+    );
+
+    // It is in the dead-letter list, with why.
+    let letters = service
+        .get(&format!("/v1/webhooks/dead-letters?endpoint={endpoint}"))
+        .await;
+    assert_eq!(letters.status, 200, "{letters:?}");
+    let items = letters.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{letters:?}");
+    let letter = &items[0];
+    assert_eq!(letter["event_type"], "deactivated");
+    assert_eq!(letter["message_id"], failed[0].message_id.as_str());
+    assert_eq!(letter["attempts"], 3);
+    assert_eq!(letter["reason"], "attempts");
+    assert_eq!(letter["last_error"], "http_500");
+    assert_eq!(letter["payload"]["data"]["connection_id"], id.as_str());
+    assert_eq!(dead_lettered(&service.metrics().await, "attempts"), 1.0);
+
+    // The receiver is fixed; the dead letter is replayed and arrives, same webhook-id.
+    hook.fail(&[]);
+    let letter_id = letter["id"].as_str().unwrap();
+    let replayed = service
+        .post_empty(&format!("/v1/webhooks/dead-letters/{letter_id}/replay"))
+        .await;
+    assert_eq!(replayed.status, 202, "{replayed:?}");
+    assert_eq!(replayed.body["endpoint_id"], endpoint.as_str());
+    let seen = hook.wait_for(Duration::from_secs(10), |t| t.len() >= 4).await;
+    assert_eq!(seen, ["connected", "activated", "refreshed", "deactivated"]);
+    hook.verify_all(&secret);
+    let last = hook.attempts().last().unwrap().clone();
+    assert_eq!(
+        (last.message_id.as_str(), last.status),
+        (failed[0].message_id.as_str(), 204)
+    );
+    let letters = service
+        .get(&format!("/v1/webhooks/dead-letters?endpoint={endpoint}"))
+        .await;
+    assert!(letters.body["items"].as_array().unwrap().is_empty(), "{letters:?}");
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/webhooks/dead-letters/{letter_id}/replay"))
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_deliver_only_their_events_rotation_signs_with_the_new_secret_and_disable_stops_delivery() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (service, configured) = service_with_webhooks(dir.path()).await;
+    let hook = Hook::default();
+    let url = hook.start().await;
+    let (endpoint, secret) = add_endpoint(
+        &service,
+        serde_json::json!({"url": url, "event_types": ["refreshed", "removed"]}),
+    )
+    .await;
+    let unknown = service
+        .post(
+            "/v1/webhooks/endpoints",
+            serde_json::json!({"url": url, "event_types": ["no_such_event"]}),
+        )
+        .await;
+    assert_eq!(unknown.status, 422, "{unknown:?}");
+
+    // Listed, the configured one too, never with a secret.
+    let list = service.get("/v1/webhooks/endpoints").await;
+    assert_eq!(list.status, 200);
+    let items = list.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 2, "{list:?}");
+    assert!(!list.body.to_string().contains("whsec_"), "{list:?}");
+    let configured_id = items.iter().find(|e| e["source"] == "config").unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let refused = service
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/endpoints/{configured_id}"),
+            Some(serde_json::json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!((refused.status, refused.code()), (409, "configured_endpoint"));
+
+    service.add_integration(&fake, "crm").await;
+    let view = service.connect(&fake, "crm", "acme").await;
+    let id = view["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{id}/deactivate"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{id}/activate"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{id}/refresh"))
+            .await
+            .status,
+        200
+    );
+    // The configured endpoint takes everything; the filtered one only "refreshed".
+    configured.wait_for(Duration::from_secs(10), |t| t.len() >= 4).await;
+    let seen = hook.wait_for(Duration::from_secs(10), |t| !t.is_empty()).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(hook.accepted(), ["refreshed"], "{seen:?}");
+    hook.verify_all(&secret);
+    configured.verify_all(SECRET);
+
+    // Rotation: the new secret is answered once, and signs the next messages (the old
+    // one signs next to it during the grace period).
+    let rotated = service
+        .post_empty(&format!("/v1/webhooks/endpoints/{endpoint}/rotate-secret"))
+        .await;
+    assert_eq!(rotated.status, 200, "{rotated:?}");
+    let new_secret = rotated.body["secret"].as_str().unwrap().to_owned();
+    assert_ne!(new_secret, secret);
+    assert!(rotated.body["previous_secret_expires_at"].is_string());
+    // (The delivery task sees endpoint changes within a second.)
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{id}/refresh"))
+            .await
+            .status,
+        200
+    );
+    hook.wait_for(Duration::from_secs(10), |t| t.len() >= 2).await;
+    let last = hook.last();
+    verify_with(&new_secret, &last.0, &last.1);
+    verify_with(&secret, &last.0, &last.1);
+    // Without grace, only the newest secret signs.
+    let rotated = service
+        .post(
+            &format!("/v1/webhooks/endpoints/{endpoint}/rotate-secret"),
+            serde_json::json!({"grace_seconds": 0}),
+        )
+        .await;
+    assert_eq!(rotated.status, 200, "{rotated:?}");
+    let newest = rotated.body["secret"].as_str().unwrap().to_owned();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{id}/refresh"))
+            .await
+            .status,
+        200
+    );
+    hook.wait_for(Duration::from_secs(10), |t| t.len() >= 3).await;
+    let last = hook.last();
+    verify_with(&newest, &last.0, &last.1);
+    let signatures = last.0["webhook-signature"].to_str().unwrap().to_owned();
+    assert_eq!(signatures.split(' ').count(), 1, "{signatures}");
+
+    // Disabled: nothing more arrives.
+    let disabled = service
+        .send(
+            reqwest::Method::PATCH,
+            &format!("/v1/webhooks/endpoints/{endpoint}"),
+            Some(serde_json::json!({"enabled": false})),
+        )
+        .await;
+    assert_eq!(disabled.status, 200, "{disabled:?}");
+    assert_eq!(disabled.body["enabled"], false);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = hook.attempts().len();
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{id}/refresh"))
+            .await
+            .status,
+        200
+    );
+    configured.wait_for(Duration::from_secs(10), |t| t.len() >= 7).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(hook.attempts().len(), before, "a disabled endpoint gets nothing");
+
+    // Deleted: gone from the list.
+    assert_eq!(
+        service
+            .delete(&format!("/v1/webhooks/endpoints/{endpoint}"))
+            .await
+            .status,
+        204
+    );
+    assert_eq!(
+        service
+            .delete(&format!("/v1/webhooks/endpoints/{endpoint}"))
+            .await
+            .status,
+        404
+    );
+    let list = service.get("/v1/webhooks/endpoints").await;
+    assert_eq!(list.body["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_over_its_outbox_cap_has_its_oldest_messages_dead_lettered_and_counted() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (service, configured) = service_with_webhooks(dir.path()).await;
+    let hook = Hook::default();
+    let url = hook.start().await;
+    hook.fail(&["*"]);
+    let (endpoint, secret) = add_endpoint(
+        &service,
+        serde_json::json!({"url": url, "outbox_cap": 2, "max_attempts": 1000}),
+    )
+    .await;
+
+    service.add_integration(&fake, "crm").await;
+    let view = service.connect(&fake, "crm", "acme").await;
+    let id = view["id"].as_str().unwrap().to_owned();
+    for action in ["deactivate", "activate", "refresh", "refresh"] {
+        assert_eq!(
+            service
+                .post_empty(&format!("/v1/connections/{id}/{action}"))
+                .await
+                .status,
+            200
+        );
+    }
+    configured.wait_for(Duration::from_secs(10), |t| t.len() >= 5).await;
+
+    // Five messages, a cap of two: the three oldest go to dead letter.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let letters = loop {
+        let letters = service
+            .get(&format!("/v1/webhooks/dead-letters?endpoint={endpoint}"))
+            .await;
+        if letters.body["items"].as_array().unwrap().len() >= 3 {
+            break letters;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{letters:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let items = letters.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 3, "{letters:?}");
+    assert!(items.iter().all(|l| l["reason"] == "cap"), "{letters:?}");
+    let mut types: Vec<&str> = items.iter().map(|l| l["event_type"].as_str().unwrap()).collect();
+    types.sort_unstable();
+    assert_eq!(types, ["activated", "connected", "deactivated"]);
+    assert_eq!(dead_lettered(&service.metrics().await, "cap"), 3.0);
+
+    // The two newest are still there and arrive once the endpoint answers.
+    hook.fail(&[]);
+    let seen = hook.wait_for(Duration::from_secs(40), |t| t.len() >= 2).await;
+    assert_eq!(seen, ["refreshed", "refreshed"]);
+    hook.verify_all(&secret);
+
+    // Replaying all three puts three in a queue capped at two: the cap holds, the
+    // oldest goes back to dead letter, the two others arrive in order.
+    let replayed = service
+        .post_empty(&format!("/v1/webhooks/endpoints/{endpoint}/replay-dead-letters"))
+        .await;
+    assert_eq!((replayed.status, replayed.body["replayed"].as_u64()), (202, Some(3)));
+    let seen = hook.wait_for(Duration::from_secs(10), |t| t.len() >= 4).await;
+    assert_eq!(seen, ["refreshed", "refreshed", "deactivated", "activated"]);
+    let letters = service
+        .get(&format!("/v1/webhooks/dead-letters?endpoint={endpoint}"))
+        .await;
+    let items = letters.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{letters:?}");
+    assert_eq!(
+        (items[0]["event_type"].as_str(), items[0]["reason"].as_str()),
+        (Some("connected"), Some("cap"))
+    );
+    assert_eq!(dead_lettered(&service.metrics().await, "cap"), 4.0);
+
+    // Replayed alone, it arrives.
+    let letter_id = items[0]["id"].as_str().unwrap();
+    let replayed = service
+        .post_empty(&format!("/v1/webhooks/dead-letters/{letter_id}/replay"))
+        .await;
+    assert_eq!(replayed.status, 202, "{replayed:?}");
+    let seen = hook.wait_for(Duration::from_secs(10), |t| t.len() >= 5).await;
+    assert_eq!(
+        seen,
+        ["refreshed", "refreshed", "deactivated", "activated", "connected"]
+    );
+    hook.verify_all(&secret);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_still_failing_past_its_age_limit_goes_to_dead_letter() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (service, _configured) = service_with_webhooks(dir.path()).await;
+    let hook = Hook::default();
+    let url = hook.start().await;
+    hook.fail(&["connected"]);
+    let (endpoint, _secret) = add_endpoint(
+        &service,
+        serde_json::json!({"url": url, "max_attempts": 1000, "max_age_seconds": 2}),
+    )
+    .await;
+    service.add_integration(&fake, "crm").await;
+    let view = service.connect(&fake, "crm", "acme").await;
+    let id = view["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{id}/refresh"))
+            .await
+            .status,
+        200
+    );
+
+    // Retried (0.5 s, 1 s, 2 s...) until it is older than 2 s, then given up on.
+    let seen = hook.wait_for(Duration::from_secs(15), |t| !t.is_empty()).await;
+    assert_eq!(seen, ["refreshed"]);
+    let letters = service
+        .get(&format!("/v1/webhooks/dead-letters?endpoint={endpoint}"))
+        .await;
+    let items = letters.body["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{letters:?}");
+    assert_eq!(items[0]["event_type"], "connected");
+    assert_eq!(items[0]["reason"], "age");
+    assert!(items[0]["attempts"].as_u64().unwrap() >= 2, "{letters:?}");
+    assert_eq!(dead_lettered(&service.metrics().await, "age"), 1.0);
+}

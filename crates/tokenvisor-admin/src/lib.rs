@@ -7,12 +7,13 @@
 //!   ([`AdminAuth::External`] and [`router_parts`]), without the health and metrics
 //!   routes ([`AdminOptions::health_routes`]).
 //! - `routes`: one module per resource (integrations, connections, authorizations,
-//!   events, health).
+//!   events, webhooks, health).
 //! - [`error::ApiError`]: every error answer, mapped to a status in one place.
 //! - [`views`]: request and answer bodies; views never carry a secret.
 //! - [`openapi`]: the OpenAPI 3.1 document generated from the handlers' types.
-//! - [`webhooks`]: Standard Webhooks delivery of the event stream, retried with backoff
-//!   from a bounded queue, off the refresh path.
+//! - [`webhooks`]: Standard Webhooks delivery of the event stream to the endpoints
+//!   stored in the database (event filters, attempt and age limits, an outbox cap, a
+//!   dead-letter list), off the refresh path.
 //!
 //! The library takes values (a [`Tokenvisor`], an [`AdminOptions`]); only the binary
 //! reads files and environment variables.
@@ -224,6 +225,27 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
         .route("/connections/{id}/history", get(routes::connections::history))
         .route("/authorizations", post(routes::authorizations::create))
         .route("/events", get(routes::events::stream))
+        .route(
+            "/webhooks/endpoints",
+            post(routes::webhooks::create_endpoint).get(routes::webhooks::list_endpoints),
+        )
+        .route(
+            "/webhooks/endpoints/{id}",
+            axum::routing::patch(routes::webhooks::update_endpoint).delete(routes::webhooks::delete_endpoint),
+        )
+        .route(
+            "/webhooks/endpoints/{id}/rotate-secret",
+            post(routes::webhooks::rotate_secret),
+        )
+        .route(
+            "/webhooks/endpoints/{id}/replay-dead-letters",
+            post(routes::webhooks::replay_endpoint_dead_letters),
+        )
+        .route("/webhooks/dead-letters", get(routes::webhooks::list_dead_letters))
+        .route(
+            "/webhooks/dead-letters/{id}/replay",
+            post(routes::webhooks::replay_dead_letter),
+        )
         .route("/cluster", get(routes::cluster::status))
         .route("/cluster/forward", post(routes::cluster::forward))
         .fallback(not_found);
@@ -284,7 +306,7 @@ async fn trace_request(request: axum::extract::Request, next: axum::middleware::
 fn route_template(path: &str) -> String {
     path.split('/')
         .map(|segment| {
-            if uuid::Uuid::parse_str(segment).is_ok() {
+            if uuid::Uuid::parse_str(segment).is_ok() || segment.starts_with("dl_") || segment.starts_with("cfg_") {
                 "{id}"
             } else {
                 segment

@@ -31,6 +31,14 @@ use utoipa::{Modify, OpenApi};
         routes::authorizations::create,
         routes::authorizations::callback,
         routes::events::stream,
+        routes::webhooks::create_endpoint,
+        routes::webhooks::list_endpoints,
+        routes::webhooks::update_endpoint,
+        routes::webhooks::delete_endpoint,
+        routes::webhooks::rotate_secret,
+        routes::webhooks::replay_endpoint_dead_letters,
+        routes::webhooks::list_dead_letters,
+        routes::webhooks::replay_dead_letter,
         routes::cluster::status,
         routes::cluster::forward,
         routes::health::healthz,
@@ -251,6 +259,12 @@ mod tests {
             "/v1/authorizations",
             "/oauth/callback",
             "/v1/events",
+            "/v1/webhooks/endpoints",
+            "/v1/webhooks/endpoints/{id}",
+            "/v1/webhooks/endpoints/{id}/rotate-secret",
+            "/v1/webhooks/endpoints/{id}/replay-dead-letters",
+            "/v1/webhooks/dead-letters",
+            "/v1/webhooks/dead-letters/{id}/replay",
             "/healthz",
             "/readyz",
         ] {
@@ -261,5 +275,8 @@ mod tests {
         assert!(view.get("access_token").is_none());
         let integration = &document["components"]["schemas"]["IntegrationView"]["properties"];
         assert!(integration.get("client_secret").is_none());
+        let endpoint = &document["components"]["schemas"]["WebhookEndpointView"]["properties"];
+        assert!(endpoint.get("url").is_some());
+        assert!(endpoint.get("secret").is_none(), "listed endpoints carry no secret");
     }
 }

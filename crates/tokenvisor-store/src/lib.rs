@@ -203,6 +203,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn partitions(&self) -> Option<&dyn PartitionStore> {
         None
     }
+    /// The webhook endpoints, outbox and dead letters in this store's database
+    /// (SQLite, PostgreSQL); `None` when the store keeps none (the in-memory store).
+    fn webhooks(&self) -> Option<sql::WebhookOutbox> {
+        None
+    }
     /// Deletes a connection and its history. Whether it existed.
     async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError>;
 

@@ -114,7 +114,9 @@ mod partitions;
 
 #[cfg(feature = "postgres")]
 use group_commit::{GroupCommitter, PreparedCommit};
-pub use outbox::{OutboxMessage, WebhookOutbox};
+pub use outbox::{
+    DeadLetter, DeadLetterReason, EndpointSource, OutboxMessage, ReplayOutcome, WebhookEndpoint, WebhookOutbox,
+};
 
 /// A [`Store`] over SQLite or PostgreSQL with secrets encrypted at rest.
 #[derive(Clone)]
@@ -277,7 +279,7 @@ impl SqlStore {
 
     /// The webhook outbox in this store's database.
     pub fn webhook_outbox(&self) -> WebhookOutbox {
-        WebhookOutbox::new(self.db.clone())
+        WebhookOutbox::new(self.db.clone(), self.keyring.clone())
     }
 
     /// The keyring this store encrypts with.
@@ -1036,6 +1038,10 @@ impl Store for SqlStore {
     ) -> Result<CasOutcome, StoreError> {
         self.write_refresh(connection, expected_version, attempt, Some(fence))
             .await
+    }
+
+    fn webhooks(&self) -> Option<WebhookOutbox> {
+        Some(self.webhook_outbox())
     }
 
     #[cfg(feature = "postgres")]

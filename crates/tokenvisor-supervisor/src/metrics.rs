@@ -264,3 +264,17 @@ pub fn record_event_delivery(sink: &str, event: &str, delivered: bool) {
         failed_counter.add(1, &attributes);
     }
 }
+
+/// Counts messages moved to a webhook endpoint's dead-letter list
+/// (`tokenvisor.webhooks.dead_lettered`; `reason`: `attempts`, `age` or `cap`). Records
+/// into the global meter provider's `tokenvisor` meter.
+pub fn record_webhook_dead_lettered(reason: &str, count: u64) {
+    static COUNTER: OnceLock<Counter<u64>> = OnceLock::new();
+    let counter = COUNTER.get_or_init(|| {
+        opentelemetry::global::meter(METER_NAME)
+            .u64_counter("tokenvisor.webhooks.dead_lettered")
+            .with_description("Webhook messages given up on and kept in the dead-letter list")
+            .build()
+    });
+    counter.add(count, &[KeyValue::new("reason", reason.to_owned())]);
+}

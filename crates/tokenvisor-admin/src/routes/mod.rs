@@ -7,6 +7,7 @@ pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod integrations;
 pub(crate) mod proxy;
+pub(crate) mod webhooks;
 
 use crate::error::ApiError;
 use tokenvisor_core::{Integration, IntegrationId};
