@@ -769,7 +769,7 @@ fn print_connection(view: &Value) {
 fn connection_path(id: &str, suffix: &str) -> anyhow::Result<String> {
     let id = id.trim();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        bail!("invalid connection id {id:?}: expected a UUID");
+        return Err(Exit::Usage.msg(format_args!("invalid connection id {id:?}: expected a UUID")));
     }
     Ok(format!("/v1/connections/{id}{suffix}"))
 }
