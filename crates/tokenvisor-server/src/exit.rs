@@ -55,6 +55,8 @@ impl Exit {
             "integration_misconfigured" | "internal" => Exit::Error,
             "malformed_json"
             | "unsupported_media_type"
+            | "payload_too_large"
+            | "no_api_base"
             | "bad_request"
             | "missing_token_url"
             | "insecure_url"
