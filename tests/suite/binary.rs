@@ -140,6 +140,44 @@ fn status_is_read_only_and_says_when_there_is_nothing_to_show() {
 }
 
 #[test]
+fn settings_layer_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tokenvisor.toml");
+    std::fs::write(&config, "database_pool = 0\n").unwrap();
+    let migrate = |env: Option<&str>, flag: Option<&str>| {
+        let mut cmd = command(dir.path());
+        cmd.arg("migrate").env("TOKENVISOR_CONFIG", &config);
+        if let Some(value) = env {
+            cmd.env("TOKENVISOR_DATABASE_POOL", value);
+        }
+        if let Some(value) = flag {
+            cmd.args(["--database-pool", value]);
+        }
+        let output = cmd.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The file alone: its bad value is named with the file.
+    let (code, stderr) = migrate(None, None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("database_pool in") && stderr.contains("tokenvisor.toml"),
+        "{stderr}"
+    );
+    // The environment over the file.
+    let (code, stderr) = migrate(Some("4"), None);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = migrate(Some("lots"), None);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("TOKENVISOR_DATABASE_POOL"), "{stderr}");
+    // The flag over both.
+    let (code, stderr) = migrate(Some("lots"), Some("4"));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+#[test]
 fn a_second_serve_on_the_same_data_directory_is_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut first_command = command(dir.path());
