@@ -469,6 +469,29 @@ async fn secrets_come_from_stdin_or_a_file() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_can_live_in_a_file_for_serve_and_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "file-admin-token-0123456789\n").unwrap();
+    let mut cmd = command(binary(), dir.path());
+    cmd.env("TOKENVISOR_DATA_DIR", dir.path().join("data"))
+        .env("TOKENVISOR_ADMIN_TOKEN_FILE", &token_file);
+    for (key, value) in FAST_ENV {
+        cmd.env(key, value);
+    }
+    let service = Service::spawn(cmd, dir.path(), "file-admin-token-0123456789".to_owned());
+    assert_eq!(service.get("/v1/integrations").await.status, 200);
+    let mut client = command(binary(), dir.path());
+    client
+        .env("TOKENVISOR_ADMIN_URL", &service.base)
+        .args(["integrations", "list", "--admin-token-file"])
+        .arg(&token_file);
+    let output = client.output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!dir.path().join("data/admin.token").exists(), "no token was generated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_tenant_ids_keep_the_columns_aligned() {
     let fake = fake(Dialect::Generic, 3600).await;
     let dir = tempfile::tempdir().unwrap();

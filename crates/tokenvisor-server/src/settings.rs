@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Bearer token of the admin API; default: generated into the data directory.
     #[arg(long, env = "TOKENVISOR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Read the admin token from this file (a mounted secret, say) instead.
+    #[arg(long, env = "TOKENVISOR_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// Public base URL of this service (the OAuth callback is `{public_url}/oauth/callback`)
     /// [default: http://ADMIN_ADDR].
     #[arg(long, env = "TOKENVISOR_PUBLIC_URL")]
@@ -271,13 +274,22 @@ impl ServeArgs {
     /// Reads the config file (if any) and merges it under the flags and environment.
     /// Every error names the bad setting.
     pub fn resolve(&self) -> anyhow::Result<Config> {
+        let admin_token = match (&self.admin_token_file, &self.admin_token) {
+            (Some(_), Some(_)) => bail!("set TOKENVISOR_ADMIN_TOKEN or TOKENVISOR_ADMIN_TOKEN_FILE, not both"),
+            (Some(path), None) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read TOKENVISOR_ADMIN_TOKEN_FILE {}", path.display()))?;
+                Some(admin_token(&text, "TOKENVISOR_ADMIN_TOKEN_FILE")?.expose().to_owned())
+            }
+            (None, token) => token.clone(),
+        };
         let mut overrides = Dict::new();
         self.storage.overrides(&mut overrides);
         put(
             &mut overrides,
             &[
                 ("admin_addr", self.admin_addr.clone()),
-                ("admin_token", self.admin_token.clone()),
+                ("admin_token", admin_token),
                 ("public_url", self.public_url.clone()),
                 ("refresh_lead", self.refresh_lead.clone()),
                 ("min_validity", self.min_validity.clone()),
