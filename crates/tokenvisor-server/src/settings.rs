@@ -776,6 +776,16 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// The library's reading of `vars` (whatever its duration type).
+    fn library(vars: &[(&str, &str)]) -> TokenvisorConfig {
+        TokenvisorConfig::from_lookup(|name| {
+            vars.iter()
+                .find(|(variable, _)| *variable == name)
+                .map(|(_, value)| Ok((*value).to_owned()))
+        })
+        .expect("valid")
+    }
+
     fn with_file(path: &Path) -> ServeArgs {
         ServeArgs {
             storage: StorageArgs {
@@ -800,8 +810,9 @@ mod tests {
             ..with_file(&path)
         };
         let config = settings.resolve().expect("valid");
-        assert_eq!(config.library.schedule.lead, chrono::Duration::minutes(5));
-        assert_eq!(config.library.schedule.min_validity, chrono::Duration::seconds(30));
+        let expected = library(&[("TOKENVISOR_REFRESH_LEAD", "5m"), ("TOKENVISOR_MIN_VALIDITY", "30s")]);
+        assert_eq!(config.library.schedule.lead, expected.schedule.lead);
+        assert_eq!(config.library.schedule.min_validity, expected.schedule.min_validity);
         assert_eq!(config.admin_addr.port(), 9000);
         assert_eq!(config.webhooks.as_ref().map(|w| w.urls.len()), Some(1));
 
@@ -841,7 +852,8 @@ mod tests {
         assert_eq!(config.library.allow_insecure_hosts, vec!["127.0.0.1", "localhost"]);
         assert!(!config.cluster.enabled);
         assert_eq!(config.cluster.lease, std::time::Duration::from_secs(30));
-        assert_eq!(config.library.schedule.retry_cap, chrono::Duration::minutes(90));
+        let expected = library(&[("TOKENVISOR_RETRY_CAP", "90m")]);
+        assert_eq!(config.library.schedule.retry_cap, expected.schedule.retry_cap);
         assert_eq!(config.storage.data_dir, PathBuf::from("/tmp/from-file"));
         assert!(config.webhooks.is_none(), "a secret alone configures no webhook");
 
