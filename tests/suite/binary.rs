@@ -64,6 +64,10 @@ async fn status_lists_connections_and_a_wrong_key_is_refused_without_touching_th
         "{stdout}"
     );
     assert!(stdout.contains("1 connection(s)"));
+    let header = stdout.lines().next().unwrap();
+    let row = stdout.lines().find(|l| l.contains("acme-corp")).unwrap();
+    assert_eq!(header.find("STATUS"), row.find("active"), "{stdout}");
+    assert_eq!(header.find("INTEGRATION"), row.find("fake"), "{stdout}");
 
     // Without the key (no key file either) start-up fails and no key file is created.
     let output = command(dir.path()).arg("status").output().unwrap();
@@ -80,6 +84,97 @@ async fn status_lists_connections_and_a_wrong_key_is_refused_without_touching_th
     let tokenvisor = Tokenvisor::start(store, test_config()).await.unwrap();
     assert_eq!(tokenvisor.supervised_count(), 1);
     tokenvisor.shutdown().await;
+}
+
+#[test]
+fn status_is_read_only_and_says_when_there_is_nothing_to_show() {
+    let dir = tempfile::tempdir().unwrap();
+    // The default data directory does not exist: nothing is created.
+    let output = command(dir.path()).arg("status").output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "{stderr}");
+    assert!(
+        stderr.contains("no database at") && stderr.contains("tokenvisor migrate"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "status wrote something"
+    );
+
+    // An empty data directory and a fresh SQLite path stay empty too.
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    for database in [None, Some(format!("sqlite://{}", data.join("fresh.db").display()))] {
+        let mut cmd = command(dir.path());
+        cmd.arg("status").env("TOKENVISOR_DATA_DIR", &data);
+        if let Some(url) = &database {
+            cmd.env("TOKENVISOR_DATABASE_URL", url);
+        }
+        let output = cmd.output().unwrap();
+        assert_eq!(output.status.code(), Some(3), "{database:?}");
+        assert_eq!(
+            std::fs::read_dir(&data).unwrap().count(),
+            0,
+            "status wrote into {data:?}"
+        );
+    }
+
+    // A database that `migrate` prepared: status reads it without a key file being made.
+    let output = command(dir.path())
+        .arg("migrate")
+        .env("TOKENVISOR_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let output = command(dir.path())
+        .arg("status")
+        .env("TOKENVISOR_DATA_DIR", &data)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("no encryption key"), "{stderr}");
+    assert!(!data.join("encryption.key").exists(), "status generated a key file");
+}
+
+#[test]
+fn settings_layer_file_then_environment_then_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tokenvisor.toml");
+    std::fs::write(&config, "database_pool = 0\n").unwrap();
+    let migrate = |env: Option<&str>, flag: Option<&str>| {
+        let mut cmd = command(dir.path());
+        cmd.arg("migrate").env("TOKENVISOR_CONFIG", &config);
+        if let Some(value) = env {
+            cmd.env("TOKENVISOR_DATABASE_POOL", value);
+        }
+        if let Some(value) = flag {
+            cmd.args(["--database-pool", value]);
+        }
+        let output = cmd.output().unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    };
+    // The file alone: its bad value is named with the file.
+    let (code, stderr) = migrate(None, None);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("database_pool in") && stderr.contains("tokenvisor.toml"),
+        "{stderr}"
+    );
+    // The environment over the file.
+    let (code, stderr) = migrate(Some("4"), None);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = migrate(Some("lots"), None);
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("TOKENVISOR_DATABASE_POOL"), "{stderr}");
+    // The flag over both.
+    let (code, stderr) = migrate(Some("lots"), Some("4"));
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]

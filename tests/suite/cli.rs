@@ -8,7 +8,8 @@ use std::time::Duration;
 use tokenvisor_testkit::Dialect;
 use tokenvisor_tests::fake;
 use tokenvisor_tests::process::command;
-use tokenvisor_tests::service::{FAST_ENV, Service};
+use tokenvisor_tests::service::{ADMIN_TOKEN, FAST_ENV, Service};
+use tokenvisor_tests::tcp_proxy::TcpProxy;
 
 fn binary() -> &'static std::path::Path {
     std::path::Path::new(env!("CARGO_BIN_EXE_tokenvisor"))
@@ -210,16 +211,23 @@ async fn the_cli_manages_a_running_service_in_tables_and_json() {
 #[test]
 fn invalid_configuration_exits_with_a_message_naming_the_setting() {
     let dir = tempfile::tempdir().unwrap();
-    let cases: [(&str, &str, &str); 6] = [
-        ("TOKENVISOR_REFRESH_LEAD", "soon", "TOKENVISOR_REFRESH_LEAD"),
-        ("TOKENVISOR_MIN_VALIDITY", "-5s", "TOKENVISOR_MIN_VALIDITY"),
-        ("TOKENVISOR_ADMIN_ADDR", "localhost", "TOKENVISOR_ADMIN_ADDR"),
-        ("TOKENVISOR_PUBLIC_URL", "not a url", "TOKENVISOR_PUBLIC_URL"),
-        ("TOKENVISOR_DATABASE_URL", "mysql://db", "TOKENVISOR_DATABASE_URL"),
+    let cases: [(&str, &str, &[&str]); 8] = [
+        ("TOKENVISOR_REFRESH_LEAD", "soon", &["TOKENVISOR_REFRESH_LEAD"]),
+        // A number without a unit is refused, with an example, rather than read as seconds.
+        ("TOKENVISOR_REFRESH_LEAD", "15", &["TOKENVISOR_REFRESH_LEAD", "15m"]),
+        (
+            "TOKENVISOR_PARTITION_LEASE",
+            "30",
+            &["TOKENVISOR_PARTITION_LEASE", "no unit"],
+        ),
+        ("TOKENVISOR_MIN_VALIDITY", "-5s", &["TOKENVISOR_MIN_VALIDITY"]),
+        ("TOKENVISOR_ADMIN_ADDR", "localhost", &["TOKENVISOR_ADMIN_ADDR"]),
+        ("TOKENVISOR_PUBLIC_URL", "not a url", &["TOKENVISOR_PUBLIC_URL"]),
+        ("TOKENVISOR_DATABASE_URL", "mysql://db", &["TOKENVISOR_DATABASE_URL"]),
         (
             "TOKENVISOR_WEBHOOK_URLS",
             "http://127.0.0.1:9/hook",
-            "TOKENVISOR_WEBHOOK_SECRET",
+            &["TOKENVISOR_WEBHOOK_SECRET"],
         ),
     ];
     for (key, value, named) in cases {
@@ -229,9 +237,15 @@ fn invalid_configuration_exits_with_a_message_naming_the_setting() {
             .env(key, value)
             .output()
             .unwrap();
-        assert!(!output.status.success(), "{key}={value} was accepted");
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{key}={value}: a configuration error exits 2"
+        );
         let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(stderr.contains(named), "{key}={value}: {stderr}");
+        for needle in named {
+            assert!(stderr.contains(needle), "{key}={value}: {stderr}");
+        }
     }
 
     let config = dir.path().join("tokenvisor.toml");
@@ -243,4 +257,391 @@ fn invalid_configuration_exits_with_a_message_naming_the_setting() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("refresh_leed"));
+}
+
+/// A CLI command against `service` (started with [`Service::start`]), with its admin token.
+fn admin(service: &Service, args: &[&str]) -> Command {
+    let mut cmd = command(binary(), &service.dir);
+    cmd.env("TOKENVISOR_ADMIN_URL", &service.base)
+        .env("TOKENVISOR_ADMIN_TOKEN", ADMIN_TOKEN)
+        .args(args);
+    cmd
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_commands_take_only_their_own_settings() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Durations in humantime's words ("1h 30m") start a server.
+    let service = Service::start(binary(), dir.path(), &[("TOKENVISOR_RETRY_CAP", "1h 30m".to_owned())]);
+    service.add_integration(&fake, "crm").await;
+    service.connect(&fake, "crm", "acme").await;
+
+    // Server settings in the environment, one of them invalid for `serve`: a client
+    // command neither reads nor validates them.
+    let output = admin(&service, &["connections", "list"])
+        .env("TOKENVISOR_WEBHOOK_URLS", "http://127.0.0.1:9/hook")
+        .env("TOKENVISOR_REFRESH_LEAD", "soon")
+        .env("TOKENVISOR_DATABASE_URL", "mysql://db")
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(stdout(&output).contains("acme"), "{}", stdout(&output));
+
+    // Each subcommand's help shows its own options only.
+    let help = |args: &[&str]| stdout(&command(binary(), dir.path()).args(args).output().unwrap());
+    let list_help = help(&["connections", "list", "--help"]);
+    assert!(
+        list_help.contains("--tenant") && list_help.contains("--admin-url"),
+        "{list_help}"
+    );
+    for server_flag in ["--refresh-lead", "--webhook-urls", "--database-url", "--encryption-key"] {
+        assert!(!list_help.contains(server_flag), "{server_flag} in {list_help}");
+    }
+    let serve_help = help(&["serve", "--help"]);
+    assert!(serve_help.contains("--refresh-lead") && serve_help.contains("TOKENVISOR_WEBHOOK_URLS"));
+    assert!(!serve_help.contains("--admin-url"), "{serve_help}");
+    let status_help = help(&["status", "--help"]);
+    assert!(status_help.contains("--database-url") && !status_help.contains("--webhook-urls"));
+    let top_help = help(&["--help"]);
+    assert!(top_help.contains("Exit codes") && top_help.contains("needs re-authorization"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exit_codes_tell_scripts_what_happened() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let id = service.connect(&fake, "crm", "acme").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let exit = |cmd: &mut Command| {
+        let output = cmd.output().unwrap();
+        (output.status.code(), stderr(&output))
+    };
+
+    assert_eq!(exit(&mut admin(&service, &["token", "get", &id])).0, Some(0));
+    // 2: usage (clap's own, and values the API refuses).
+    assert_eq!(exit(&mut admin(&service, &["connections", "frobnicate"])).0, Some(2));
+    let (code, message) = exit(&mut admin(&service, &["connections", "list", "--status", "sleepy"]));
+    assert_eq!(code, Some(2), "{message}");
+    // 3: not found.
+    let (code, message) = exit(&mut admin(
+        &service,
+        &["connections", "show", "0190f3c2-7d0e-7c6a-9b1e-1234567890ab"],
+    ));
+    assert_eq!(code, Some(3), "{message}");
+    assert!(message.contains("not_found"), "{message}");
+    // 6: unauthorized.
+    let (code, _) =
+        exit(admin(&service, &["connections", "list"]).env("TOKENVISOR_ADMIN_TOKEN", "wrong-token-wrong-token"));
+    assert_eq!(code, Some(6));
+    // 7: disabled.
+    admin(&service, &["connections", "deactivate", &id]).output().unwrap();
+    let (code, message) = exit(&mut admin(&service, &["token", "get", &id]));
+    assert_eq!(code, Some(7), "{message}");
+    admin(&service, &["connections", "activate", &id]).output().unwrap();
+    // 4: needs re-authorization (the grant is revoked at the provider).
+    fake.revoke_family("acme");
+    let _ = admin(&service, &["connections", "refresh", &id]).output().unwrap();
+    service
+        .wait_for_connection(&id, Duration::from_secs(10), |v| v["status"] == "needs_reauth")
+        .await;
+    let (code, message) = exit(&mut admin(&service, &["token", "get", &id]));
+    assert_eq!(code, Some(4), "{message}");
+    assert!(message.contains("tokenvisor authorize"), "{message}");
+    // 5: unavailable (nothing listens there).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let (code, message) =
+        exit(admin(&service, &["connections", "list"]).env("TOKENVISOR_ADMIN_URL", format!("http://127.0.0.1:{port}")));
+    assert_eq!(code, Some(5), "{message}");
+    assert!(message.contains("cannot reach the admin API"), "{message}");
+    // An id that is not a UUID is refused before any request: usage too.
+    let (code, _) = exit(&mut admin(&service, &["connections", "show", "../x"]));
+    assert_eq!(code, Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_come_from_stdin_or_a_file() {
+    use std::io::Write as _;
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+
+    // The client secret from stdin: the integration works (a refresh authenticates with it).
+    let mut child = admin(
+        &service,
+        &[
+            "integrations",
+            "add",
+            "--name",
+            "crm",
+            "--provider",
+            "generic",
+            "--client-id",
+            fake.client_id(),
+            "--client-secret-file",
+            "-",
+            "--token-url",
+            &fake.token_url(),
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{}", fake.client_secret()).unwrap();
+    let added = child.wait_with_output().unwrap();
+    assert!(added.status.success(), "{}", stderr(&added));
+
+    // The access token from a file, the refresh token from stdin, the admin token from a file.
+    let issued = fake.issue_grant("acme");
+    let access_file = dir.path().join("access");
+    std::fs::write(&access_file, format!("{}\n", issued.access_token)).unwrap();
+    let admin_file = dir.path().join("admin-token");
+    std::fs::write(&admin_file, ADMIN_TOKEN).unwrap();
+    let mut cmd = command(binary(), dir.path());
+    cmd.env("TOKENVISOR_ADMIN_URL", &service.base).args([
+        "connections",
+        "add",
+        "--json",
+        "--tenant",
+        "acme",
+        "--integration",
+        "crm",
+        "--access-token-file",
+    ]);
+    cmd.arg(&access_file)
+        .args(["--refresh-token-file", "-", "--expires-in", "1h", "--admin-token-file"])
+        .arg(&admin_file);
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{}", issued.refresh_token).unwrap();
+    let created = child.wait_with_output().unwrap();
+    assert!(created.status.success(), "{}", stderr(&created));
+    let id = json(&created)["id"].as_str().unwrap().to_owned();
+
+    let token = admin(&service, &["token", "get", &id]).output().unwrap();
+    assert_eq!(stdout(&token).trim(), issued.access_token);
+    let refreshed = admin(&service, &["connections", "refresh", &id]).output().unwrap();
+    assert!(refreshed.status.success(), "{}", stderr(&refreshed));
+    assert_eq!(
+        fake.refreshes_for("acme"),
+        1,
+        "the refresh token and client secret were read right"
+    );
+
+    // Two options cannot both read stdin.
+    let both = admin(
+        &service,
+        &[
+            "connections",
+            "add",
+            "--tenant",
+            "t",
+            "--integration",
+            "crm",
+            "--access-token-file",
+            "-",
+            "--refresh-token-file",
+            "-",
+        ],
+    )
+    .stdin(Stdio::null())
+    .output()
+    .unwrap();
+    assert_eq!(both.status.code(), Some(2), "{}", stderr(&both));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_token_can_live_in_a_file_for_serve_and_the_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("admin-token");
+    std::fs::write(&token_file, "file-admin-token-0123456789\n").unwrap();
+    let mut cmd = command(binary(), dir.path());
+    cmd.env("TOKENVISOR_DATA_DIR", dir.path().join("data"))
+        .env("TOKENVISOR_ADMIN_TOKEN_FILE", &token_file);
+    for (key, value) in FAST_ENV {
+        cmd.env(key, value);
+    }
+    let service = Service::spawn(cmd, dir.path(), "file-admin-token-0123456789".to_owned());
+    assert_eq!(service.get("/v1/integrations").await.status, 200);
+    let mut client = command(binary(), dir.path());
+    client
+        .env("TOKENVISOR_ADMIN_URL", &service.base)
+        .args(["integrations", "list", "--admin-token-file"])
+        .arg(&token_file);
+    let output = client.output().unwrap();
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(!dir.path().join("data/admin.token").exists(), "no token was generated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_tenant_ids_keep_the_columns_aligned() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let long = "tenant-with-a-very-long-identifier-0123456789-0123456789";
+    service.connect(&fake, "crm", long).await;
+    service.connect(&fake, "crm", "b").await;
+
+    let table = stdout(&admin(&service, &["connections", "list"]).output().unwrap());
+    let lines: Vec<&str> = table.lines().collect();
+    let column = lines[0].find("INTEGRATION").expect("header");
+    let status = lines[0].find("STATUS").expect("header");
+    for row in lines.iter().filter(|l| l.contains(long) || l.contains(" b ")) {
+        assert_eq!(row.find("crm"), Some(column), "{table}");
+        assert_eq!(row.find("active"), Some(status), "{table}");
+    }
+    assert_eq!(lines.iter().filter(|l| l.contains("crm")).count(), 2, "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insecure_token_url_names_the_setting_and_the_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    let output = admin(
+        &service,
+        &[
+            "integrations",
+            "add",
+            "--name",
+            "crm",
+            "--provider",
+            "generic",
+            "--client-id",
+            "id",
+            "--client-secret",
+            "secret",
+            "--token-url",
+            "http://auth.example.com/token",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let message = stderr(&output);
+    assert!(
+        message.contains("insecure_url")
+            && message.contains("TOKENVISOR_ALLOW_INSECURE_ENDPOINTS")
+            && message.contains("restart"),
+        "{message}"
+    );
+}
+
+#[test]
+fn completions_cover_the_subcommands() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = command(binary(), dir.path())
+        .args(["completions", "bash"])
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let script = stdout(&output);
+    for subcommand in [
+        "serve",
+        "status",
+        "connections",
+        "integrations",
+        "events",
+        "--client-secret-file",
+    ] {
+        assert!(script.contains(subcommand), "{subcommand} missing");
+    }
+    let zsh = command(binary(), dir.path())
+        .args(["completions", "zsh"])
+        .output()
+        .unwrap();
+    assert!(zsh.status.success() && stdout(&zsh).contains("#compdef tokenvisor"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_resume_after_the_stream_breaks_without_duplicates_and_take_filters() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let acme = service.connect(&fake, "crm", "acme").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = service.connect(&fake, "crm", "other").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let addr: std::net::SocketAddr = service.base.trim_start_matches("http://").parse().unwrap();
+    let proxy = TcpProxy::start(addr).await;
+
+    // Only acme's events, through a link the test cuts.
+    let mut tail = admin(&service, &["events", "--json", "--tenant", "acme"])
+        .env("TOKENVISOR_ADMIN_URL", format!("http://{}", proxy.address()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (sender, lines) = std::sync::mpsc::channel();
+    let tail_stdout = tail.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(tail_stdout).lines().map_while(Result::ok) {
+            let _ = sender.send(line);
+        }
+    });
+    let (err_sender, err_lines) = std::sync::mpsc::channel();
+    let tail_stderr = tail.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(tail_stderr).lines().map_while(Result::ok) {
+            let _ = err_sender.send(line);
+        }
+    });
+    let next = |timeout: Duration| -> Option<serde_json::Value> {
+        tokio::task::block_in_place(|| lines.recv_timeout(timeout))
+            .ok()
+            .map(|line| serde_json::from_str(&line).unwrap())
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let path = |id: &str, action: &str| format!("/v1/connections/{id}/{action}");
+    assert_eq!(service.post_empty(&path(&other, "deactivate")).await.status, 200);
+    assert_eq!(service.post_empty(&path(&acme, "deactivate")).await.status, 200);
+    let first = next(Duration::from_secs(10)).expect("the first event");
+    assert_eq!(
+        (first["type"].as_str(), first["tenant_id"].as_str()),
+        (Some("deactivated"), Some("acme"))
+    );
+
+    // The link breaks; an event happens meanwhile; the link comes back.
+    proxy.cut();
+    assert_eq!(service.post_empty(&path(&acme, "activate")).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    proxy.restore();
+    let missed = next(Duration::from_secs(15)).expect("the event from the break");
+    assert_eq!(missed["type"], "activated", "{missed}");
+    assert_eq!(service.post_empty(&path(&acme, "deactivate")).await.status, 200);
+    let live = next(Duration::from_secs(10)).expect("a live event after the break");
+    assert_eq!(live["type"], "deactivated", "{live}");
+    assert!(
+        next(Duration::from_millis(800)).is_none(),
+        "no duplicates, no other tenant"
+    );
+    assert!(tail.try_wait().unwrap().is_none(), "events kept running");
+    let _ = tail.kill();
+    let _ = tail.wait();
+    let logged: Vec<String> = err_lines.try_iter().collect();
+    assert!(logged.iter().any(|l| l.contains("reconnecting")), "{logged:?}");
 }

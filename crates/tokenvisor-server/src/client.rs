@@ -3,15 +3,20 @@
 //! for scripts.
 
 use crate::commands::human_duration;
+use crate::exit::Exit;
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
+use comfy_table::{CellAlignment, ContentArrangement, Table};
 use reqwest::Method;
 use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tokenvisor_core::SecretString;
 
-/// Where the admin API is and how to print.
-#[derive(Debug, clap::Args)]
+/// Where the admin API is, its token, and how to print: every admin CLI command takes
+/// these (and nothing of the server's settings).
+#[derive(Debug, Clone, clap::Args)]
+#[command(next_help_heading = "Admin API")]
 pub struct ClientArgs {
     /// Base URL of the admin API.
     #[arg(
@@ -21,6 +26,18 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:7070"
     )]
     pub admin_url: String,
+    /// Bearer token of the admin API [default: the config file's, else <data dir>/admin.token].
+    #[arg(long, global = true, env = "TOKENVISOR_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Read the admin token from this file (`-`: standard input).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Data directory of a local `serve`, for its generated admin.token [default: ./tokenvisor-data].
+    #[arg(long, global = true, env = "TOKENVISOR_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// The server's TOML configuration file (only its admin_token and data_dir are read).
+    #[arg(long, global = true, env = "TOKENVISOR_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Print JSON (one document, or one event per line) instead of tables.
     #[arg(long, global = true)]
     pub json: bool,
@@ -41,9 +58,13 @@ pub enum IntegrationsCommand {
         /// OAuth client id.
         #[arg(long)]
         client_id: String,
-        /// OAuth client secret (or set TOKENVISOR_CLIENT_SECRET).
+        /// OAuth client secret (or set TOKENVISOR_CLIENT_SECRET, or use --client-secret-file).
         #[arg(long, env = "TOKENVISOR_CLIENT_SECRET", hide_env_values = true)]
-        client_secret: String,
+        client_secret: Option<String>,
+        /// Read the client secret from this file (`-`: standard input); keeps it out of
+        /// the shell history and the process list.
+        #[arg(long, value_name = "PATH")]
+        client_secret_file: Option<PathBuf>,
         /// A scope (repeat for several).
         #[arg(long = "scope")]
         scopes: Vec<String>,
@@ -81,12 +102,18 @@ pub enum ConnectionsCommand {
         /// The integration (name or id).
         #[arg(long)]
         integration: String,
-        /// Current access token (or set TOKENVISOR_ACCESS_TOKEN).
+        /// Current access token (or set TOKENVISOR_ACCESS_TOKEN, or use --access-token-file).
         #[arg(long, env = "TOKENVISOR_ACCESS_TOKEN", hide_env_values = true)]
-        access_token: String,
-        /// Refresh token (or set TOKENVISOR_REFRESH_TOKEN).
+        access_token: Option<String>,
+        /// Read the access token from this file (`-`: standard input).
+        #[arg(long, value_name = "PATH")]
+        access_token_file: Option<PathBuf>,
+        /// Refresh token (or set TOKENVISOR_REFRESH_TOKEN, or use --refresh-token-file).
         #[arg(long, env = "TOKENVISOR_REFRESH_TOKEN", hide_env_values = true)]
         refresh_token: Option<String>,
+        /// Read the refresh token from this file (`-`: standard input).
+        #[arg(long, value_name = "PATH")]
+        refresh_token_file: Option<PathBuf>,
         /// How long until the access token expires: `1h`, `90m`, `3600s`, or seconds (`3600`).
         #[arg(long, allow_negative_numbers = true, value_parser = parse_expires_in)]
         expires_in: Option<i64>,
@@ -157,6 +184,17 @@ pub struct AuthorizeArgs {
     connection: Option<String>,
 }
 
+/// `tokenvisor events`: the API's filters.
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// Only this tenant's events.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only this connection's events.
+    #[arg(long)]
+    connection: Option<String>,
+}
+
 /// A client of the admin API.
 pub struct AdminClient {
     http: reqwest::Client,
@@ -164,14 +202,24 @@ pub struct AdminClient {
     base: String,
     token: Option<SecretString>,
     json: bool,
+    stdin: StdinOnce,
 }
 
 impl AdminClient {
-    /// A client for `args.admin_url`, authenticating with `token`.
-    pub fn new(args: &ClientArgs, token: Option<SecretString>) -> anyhow::Result<Self> {
+    /// A client for `args.admin_url`, authenticating with the admin token of `args`
+    /// (flag, variable or file), else the config file's, else the data directory's.
+    pub fn new(args: &ClientArgs) -> anyhow::Result<Self> {
+        let mut stdin = StdinOnce::default();
+        let flag = match &args.admin_token_file {
+            Some(path) => Some(stdin.secret(path, "--admin-token-file")?),
+            None => args.admin_token.clone(),
+        };
+        let token = crate::settings::client_token(args.config.as_deref(), args.data_dir.as_deref(), flag)
+            .map_err(|error| Exit::Usage.with(error))?;
         let _ = rustls::crypto::ring::default_provider().install_default();
         let base = args.admin_url.trim_end_matches('/').to_owned();
-        url::Url::parse(&base).map_err(|error| anyhow::anyhow!("invalid TOKENVISOR_ADMIN_URL {base:?}: {error}"))?;
+        url::Url::parse(&base)
+            .map_err(|error| Exit::Usage.msg(format_args!("invalid TOKENVISOR_ADMIN_URL {base:?}: {error}")))?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(5))
@@ -187,15 +235,25 @@ impl AdminClient {
             base,
             token,
             json: args.json,
+            stdin,
         })
     }
 
     fn authorized(&self, builder: reqwest::RequestBuilder) -> anyhow::Result<reqwest::RequestBuilder> {
-        let token = self
-            .token
-            .as_ref()
-            .context("no admin token: set TOKENVISOR_ADMIN_TOKEN (a generated one is in <data dir>/admin.token)")?;
+        let token = self.token.as_ref().ok_or_else(|| {
+            Exit::Unauthorized.msg(
+                "no admin token: set TOKENVISOR_ADMIN_TOKEN or --admin-token-file (a generated one is in <data dir>/admin.token)",
+            )
+        })?;
         Ok(builder.bearer_auth(token.expose()))
+    }
+
+    fn unreachable(&self, error: reqwest::Error) -> anyhow::Error {
+        Exit::Unavailable.msg(format_args!(
+            "cannot reach the admin API at {} (TOKENVISOR_ADMIN_URL): {}",
+            self.base,
+            error_chain(&error)
+        ))
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> anyhow::Result<Option<Value>> {
@@ -204,10 +262,7 @@ impl AdminClient {
         if let Some(body) = body {
             builder = builder.json(&body);
         }
-        let response = builder
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the admin API at {} (TOKENVISOR_ADMIN_URL)", self.base))?;
+        let response = builder.send().await.map_err(|error| self.unreachable(error))?;
         let status = response.status();
         let text = response.text().await.context("failed to read the answer")?;
         if status.is_success() {
@@ -218,10 +273,7 @@ impl AdminClient {
                 .map(Some)
                 .context("the admin API answered invalid JSON");
         }
-        let error: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-        let code = error["error"]["code"].as_str().unwrap_or("http_error");
-        let message = error["error"]["message"].as_str().unwrap_or(text.as_str());
-        bail!("{code}: {message} (HTTP {})", status.as_u16())
+        Err(api_failure(status.as_u16(), &text))
     }
 
     async fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -237,13 +289,14 @@ impl AdminClient {
     }
 
     /// `integrations ...`
-    pub async fn integrations(&self, command: IntegrationsCommand) -> anyhow::Result<()> {
+    pub async fn integrations(mut self, command: IntegrationsCommand) -> anyhow::Result<()> {
         match command {
             IntegrationsCommand::Add {
                 name,
                 provider,
                 client_id,
                 client_secret,
+                client_secret_file,
                 scopes,
                 redirect_uri,
                 data_center,
@@ -253,6 +306,12 @@ impl AdminClient {
                 settings,
             } => {
                 let settings = parse_object("--settings", settings.as_deref())?;
+                let client_secret = match client_secret_file {
+                    Some(path) => self.stdin.secret(&path, "--client-secret-file")?,
+                    None => client_secret.ok_or_else(|| {
+                        Exit::Usage.msg("a client secret is required: --client-secret-file PATH (or - for stdin), TOKENVISOR_CLIENT_SECRET or --client-secret")
+                    })?,
+                };
                 let view = self
                     .post(
                         "/v1/integrations",
@@ -281,16 +340,16 @@ impl AdminClient {
                     return Ok(());
                 }
                 let items = list["items"].as_array().cloned().unwrap_or_default();
-                println!("{:<24} {:<18} {:<28} ID", "NAME", "PROVIDER", "CLIENT ID");
+                let mut table = new_table(&["NAME", "PROVIDER", "CLIENT ID", "ID"]);
                 for item in &items {
-                    println!(
-                        "{:<24} {:<18} {:<28} {}",
+                    table.add_row(vec![
                         text(&item["name"]),
                         text(&item["provider"]),
                         text(&item["client_id"]),
-                        text(&item["id"])
-                    );
+                        text(&item["id"]),
+                    ]);
                 }
+                print_table(&table);
                 println!("{} integration(s)", items.len());
             }
         }
@@ -298,17 +357,29 @@ impl AdminClient {
     }
 
     /// `connections ...`
-    pub async fn connections(&self, command: ConnectionsCommand) -> anyhow::Result<()> {
+    pub async fn connections(mut self, command: ConnectionsCommand) -> anyhow::Result<()> {
         let view = match command {
             ConnectionsCommand::Add {
                 tenant,
                 integration,
                 access_token,
+                access_token_file,
                 refresh_token,
+                refresh_token_file,
                 expires_in,
                 metadata,
             } => {
                 let metadata = parse_object("--metadata", metadata.as_deref())?;
+                let access_token = match access_token_file {
+                    Some(path) => self.stdin.secret(&path, "--access-token-file")?,
+                    None => access_token.ok_or_else(|| {
+                        Exit::Usage.msg("an access token is required: --access-token-file PATH (or - for stdin), TOKENVISOR_ACCESS_TOKEN or --access-token")
+                    })?,
+                };
+                let refresh_token = match refresh_token_file {
+                    Some(path) => Some(self.stdin.secret(&path, "--refresh-token-file")?),
+                    None => refresh_token,
+                };
                 self.post(
                     "/v1/connections",
                     Some(json!({
@@ -385,22 +456,28 @@ impl AdminClient {
             return Ok(());
         }
         let now = Utc::now();
-        println!(
-            "{:<36}  {:<20} {:<16} {:<13} {:>10} {:>8}  LAST ERROR",
-            "ID", "TENANT", "INTEGRATION", "STATUS", "EXPIRES IN", "FAILURES"
-        );
+        let mut table = new_table(&[
+            "ID",
+            "TENANT",
+            "INTEGRATION",
+            "STATUS",
+            "EXPIRES IN",
+            "FAILURES",
+            "LAST ERROR",
+        ]);
+        align_right(&mut table, &[4, 5]);
         for item in &items {
-            println!(
-                "{:<36}  {:<20} {:<16} {:<13} {:>10} {:>8}  {}",
+            table.add_row(vec![
                 text(&item["id"]),
                 text(&item["tenant_id"]),
                 text(&item["integration"]),
                 text(&item["status"]),
                 expires_in(&item["expires_at"], now),
-                item["refresh_failures"].as_i64().unwrap_or(0),
+                item["refresh_failures"].as_i64().unwrap_or(0).to_string(),
                 last_error(&item["last_error"]),
-            );
+            ]);
         }
+        print_table(&table);
         println!("{} connection(s)", items.len());
         Ok(())
     }
@@ -441,53 +518,102 @@ impl AdminClient {
         Ok(())
     }
 
-    /// `events`: tails the event stream until interrupted.
-    pub async fn events(&self) -> anyhow::Result<()> {
-        let url = format!("{}/v1/events", self.base);
-        let response = self
-            .authorized(self.streaming.get(&url))?
-            .header("accept", "text/event-stream")
-            .send()
-            .await
-            .with_context(|| format!("cannot reach the admin API at {} (TOKENVISOR_ADMIN_URL)", self.base))?;
-        if !response.status().is_success() {
-            let status = response.status().as_u16();
-            let error: Value = response.json().await.unwrap_or(Value::Null);
-            bail!(
-                "{}: {} (HTTP {status})",
-                error["error"]["code"].as_str().unwrap_or("http_error"),
-                error["error"]["message"].as_str().unwrap_or("")
-            );
-        }
-        if !self.json {
-            eprintln!("listening for events (Ctrl-C to stop)");
-        }
-        let mut response = response;
-        let mut buffer = String::new();
-        while let Some(chunk) = response.chunk().await.context("the event stream broke")? {
-            buffer.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = buffer.find("\n\n") {
-                let block: String = buffer.drain(..end + 2).collect();
-                self.print_event(&block);
+    /// `events`: tails the event stream until interrupted. When the stream breaks (the
+    /// service restarts, the network drops) it reconnects with backoff and resumes after
+    /// the last event it printed (`Last-Event-ID`), so nothing is printed twice.
+    pub async fn events(self, args: EventsArgs) -> anyhow::Result<()> {
+        let mut url = url::Url::parse(&format!("{}/v1/events", self.base)).context("admin URL")?;
+        {
+            let mut query = url.query_pairs_mut();
+            if let Some(tenant) = &args.tenant {
+                query.append_pair("tenant_id", tenant);
+            }
+            if let Some(connection) = &args.connection {
+                query.append_pair("connection_id", connection);
             }
         }
-        Ok(())
+        let mut last_event_id: Option<String> = None;
+        let mut connected = false;
+        let mut backoff = EVENTS_BACKOFF_MIN;
+        loop {
+            let mut request = self
+                .authorized(self.streaming.get(url.clone()))?
+                .header("accept", "text/event-stream");
+            if let Some(id) = &last_event_id {
+                request = request.header("last-event-id", id);
+            }
+            match request.send().await {
+                Err(error) if !connected => return Err(self.unreachable(error)),
+                Err(error) => eprintln!("event stream: cannot reach {}: {}", self.base, error_chain(&error)),
+                Ok(response) if !response.status().is_success() => {
+                    let status = response.status().as_u16();
+                    let failure = api_failure(status, &response.text().await.unwrap_or_default());
+                    // A restarting service answers 502/503 for a moment; anything else is final.
+                    if !connected || crate::exit::code_of(&failure) != Exit::Unavailable {
+                        return Err(failure);
+                    }
+                    eprintln!("event stream: {failure:#}");
+                }
+                Ok(mut response) => {
+                    if connected {
+                        eprintln!("event stream resumed");
+                    } else if !self.json {
+                        eprintln!("listening for events (Ctrl-C to stop)");
+                    }
+                    connected = true;
+                    backoff = EVENTS_BACKOFF_MIN;
+                    let mut buffer: Vec<u8> = Vec::new();
+                    loop {
+                        // The service sends a keep-alive comment every 15 s: silence means a dead link.
+                        let chunk = match tokio::time::timeout(EVENTS_SILENCE, response.chunk()).await {
+                            Ok(Ok(Some(chunk))) => chunk,
+                            Ok(Ok(None)) | Ok(Err(_)) | Err(_) => break,
+                        };
+                        buffer.extend_from_slice(&chunk);
+                        while let Some(end) = find_block_end(&buffer) {
+                            let block: Vec<u8> = buffer.drain(..end).collect();
+                            if let Some(id) = self.print_event(&String::from_utf8_lossy(&block)) {
+                                last_event_id = Some(id);
+                            }
+                        }
+                    }
+                    eprintln!("event stream broke; reconnecting");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(EVENTS_BACKOFF_MAX);
+        }
     }
 
-    fn print_event(&self, block: &str) {
+    /// Prints one server-sent event block; returns its id.
+    fn print_event(&self, block: &str) -> Option<String> {
         let mut kind = "message";
         let mut data = String::new();
+        let mut id = None;
         for line in block.lines() {
             if let Some(value) = line.strip_prefix("event:") {
                 kind = value.trim();
             } else if let Some(value) = line.strip_prefix("data:") {
                 data.push_str(value.trim_start());
+            } else if let Some(value) = line.strip_prefix("id:") {
+                id = Some(value.trim().to_owned());
             }
         }
-        if data.is_empty() {
+        if !data.is_empty() {
+            self.show_event(kind, &data);
+        }
+        id
+    }
+
+    fn show_event(&self, kind: &str, data: &str) {
+        let event: Value = serde_json::from_str(data).unwrap_or(Value::Null);
+        if kind == "lagged" {
+            match event["missed"].as_u64() {
+                Some(missed) => eprintln!("event stream: {missed} event(s) were missed"),
+                None => eprintln!("event stream: the service restarted; events in between may be missed"),
+            }
             return;
         }
-        let event: Value = serde_json::from_str(&data).unwrap_or(Value::Null);
         if self.json {
             println!("{data}");
             return;
@@ -519,6 +645,104 @@ impl AdminClient {
     }
 }
 
+/// First reconnection delay of `events`, doubled up to [`EVENTS_BACKOFF_MAX`].
+const EVENTS_BACKOFF_MIN: Duration = Duration::from_millis(250);
+const EVENTS_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Three keep-alives missed: the link is dead.
+const EVENTS_SILENCE: Duration = Duration::from_secs(45);
+
+/// The end of the first complete event block (after its blank line), if any.
+fn find_block_end(buffer: &[u8]) -> Option<usize> {
+    buffer.windows(2).position(|pair| pair == b"\n\n").map(|at| at + 2)
+}
+
+/// The error of an admin API answer, with its exit code and, where the fix is a server
+/// setting, what to change.
+fn api_failure(status: u16, body: &str) -> anyhow::Error {
+    let error: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    let code = error["error"]["code"].as_str().unwrap_or("http_error");
+    let message = error["error"]["message"].as_str().unwrap_or(body);
+    let hint = match code {
+        "insecure_url" => {
+            "; to allow plain HTTP for a host, add it to TOKENVISOR_ALLOW_INSECURE_ENDPOINTS on the server \
+             and restart `tokenvisor serve` (it is read at start-up)"
+        }
+        "needs_reauth" => "; send the tenant through `tokenvisor authorize`",
+        "disabled" => "; `tokenvisor connections activate` enables it again",
+        _ => "",
+    };
+    Exit::from_api(code, status).msg(format_args!("{code}: {message} (HTTP {status}){hint}"))
+}
+
+/// An error and its causes on one line (reqwest hides the cause in `source()`).
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Standard input can be read once: the one `-` among the `--*-file` options.
+#[derive(Debug, Default)]
+struct StdinOnce {
+    taken: Option<&'static str>,
+}
+
+impl StdinOnce {
+    /// The secret in `path` (`-`: standard input), without its trailing newline.
+    fn secret(&mut self, path: &Path, option: &'static str) -> anyhow::Result<String> {
+        let text = if path == Path::new("-") {
+            if let Some(other) = self.taken {
+                return Err(Exit::Usage.msg(format_args!(
+                    "{option} - and {other} - both read standard input: give one of them a file"
+                )));
+            }
+            self.taken = Some(option);
+            std::io::read_to_string(std::io::stdin()).with_context(|| format!("failed to read {option} from stdin"))?
+        } else {
+            std::fs::read_to_string(path)
+                .map_err(|error| Exit::Usage.msg(format_args!("cannot read {option} {}: {error}", path.display())))?
+        };
+        let secret = text.trim_end_matches(['\n', '\r']);
+        if secret.trim().is_empty() {
+            return Err(Exit::Usage.msg(format_args!("{option}: the secret is empty")));
+        }
+        Ok(secret.to_owned())
+    }
+}
+
+/// A table for the terminal: no borders, columns two spaces apart, never wrapped (long
+/// tenant ids widen their column instead of breaking the alignment).
+pub fn new_table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(comfy_table::presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
+        .set_header(header.to_vec());
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 2));
+    }
+    table
+}
+
+/// Right-aligns the `columns` (numbers, durations).
+pub fn align_right(table: &mut Table, columns: &[usize]) {
+    for index in columns {
+        if let Some(column) = table.column_mut(*index) {
+            column.set_cell_alignment(CellAlignment::Right);
+        }
+    }
+}
+
+/// Prints `table` without trailing spaces.
+pub fn print_table(table: &Table) {
+    println!("{}", table.trim_fmt());
+}
+
 fn print_connection(view: &Value) {
     let now = Utc::now();
     let rows = [
@@ -545,7 +769,7 @@ fn print_connection(view: &Value) {
 fn connection_path(id: &str, suffix: &str) -> anyhow::Result<String> {
     let id = id.trim();
     if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
-        bail!("invalid connection id {id:?}: expected a UUID");
+        return Err(Exit::Usage.msg(format_args!("invalid connection id {id:?}: expected a UUID")));
     }
     Ok(format!("/v1/connections/{id}{suffix}"))
 }

@@ -1,6 +1,7 @@
 //! The server-side subcommands: `serve`, `migrate`, `status`.
 
-use crate::settings::Config;
+use crate::exit::Exit;
+use crate::settings::{Config, Storage};
 use anyhow::Context;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Opens the store: migrations run, the key is checked; a newly generated key file is
 /// written only after the store accepted the key.
-async fn open_store(config: &Config) -> anyhow::Result<(SqlStore, tokenvisor_store::Keyring)> {
+async fn open_store(config: &Storage) -> anyhow::Result<(SqlStore, tokenvisor_store::Keyring)> {
     if config.is_embedded_default() || config.encryption_key.is_none() {
         config.ensure_data_dir()?;
     }
@@ -55,13 +56,13 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
     let local_addr = listener.local_addr().context("failed to read the admin address")?;
     // One serve per data directory (its journal, SQLite file and replica id), checked
     // before anything is written there.
-    let _data_dir_lock = config.lock_data_dir()?;
-    let (store, keyring) = open_store(config).await?;
+    let _data_dir_lock = config.storage.lock_data_dir()?;
+    let (store, keyring) = open_store(&config.storage).await?;
     let store = Arc::new(store);
     let backend = store.backend_name();
     let (admin_token, token_file) = {
         if config.admin_token.is_none() {
-            config.ensure_data_dir()?;
+            config.storage.ensure_data_dir()?;
         }
         config.admin_token_or_generate()?
     };
@@ -72,9 +73,9 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
     // Subscribe the webhooks before starting, so start-up refreshes reach them too.
     let mut tokenvisor_config = config.tokenvisor_config();
     // Tokens the store could not take survive a crash in the data directory.
-    config.ensure_data_dir()?;
+    config.storage.ensure_data_dir()?;
     tokenvisor_config.journal = Some(tokenvisor_supervisor::JournalConfig {
-        path: config.journal_file(),
+        path: config.storage.journal_file(),
         keyring,
     });
     let public_url = config
@@ -149,7 +150,7 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         tracing::warn!(
             uncommitted = report.uncommitted,
             journaled = report.journaled,
-            path = %config.journal_file().display(),
+            path = %config.storage.journal_file().display(),
             "some new tokens are not in the database yet; they are committed from the journal at the next start"
         );
     }
@@ -160,27 +161,62 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
 }
 
 /// `tokenvisor migrate`.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+pub async fn migrate(config: &Storage) -> anyhow::Result<()> {
     if config.is_embedded_default() {
         config.ensure_data_dir()?;
     }
     tokenvisor_store::sql::migrate(&config.database_url())
         .await
-        .context("migration failed")?;
+        .map_err(|error| Exit::Unavailable.with(anyhow::anyhow!("migration failed: {error}")))?;
     tracing::info!("migrations applied");
     Ok(())
 }
 
-/// `tokenvisor status`: a table of connections.
-pub async fn status(config: &Config) -> anyhow::Result<()> {
-    let (store, _) = open_store(config).await?;
+/// `tokenvisor status`: a table of connections, read-only. It opens an existing,
+/// migrated database with the configured (or key-file) key and writes nothing: no data
+/// directory, no database file, no migration, no key file.
+pub async fn status(config: &Storage) -> anyhow::Result<()> {
+    let url = config.database_url();
+    let sqlite_file = sqlite_path(&url);
+    if let Some(path) = &sqlite_file
+        && !path.exists()
+    {
+        return Err(Exit::NotFound.msg(format_args!(
+            "no database at {}: nothing is stored yet (`tokenvisor serve` or `tokenvisor migrate` creates it; \
+             check TOKENVISOR_DATA_DIR / TOKENVISOR_DATABASE_URL); status writes nothing",
+            path.display()
+        )));
+    }
+    let keyring = config.existing_keyring()?.ok_or_else(|| {
+        Exit::Usage.msg(format_args!(
+            "no encryption key: set TOKENVISOR_ENCRYPTION_KEY or restore the key file {} (status never generates one)",
+            config.key_file().display()
+        ))
+    })?;
+    let read_only_url = match &sqlite_file {
+        Some(_) if !url.contains("mode=") => format!("{url}{}mode=ro", if url.contains('?') { '&' } else { '?' }),
+        _ => url.clone(),
+    };
+    let mut options = sea_orm::ConnectOptions::new(read_only_url);
+    options.sqlx_logging(false).max_connections(2);
+    let db = sea_orm::Database::connect(options)
+        .await
+        .map_err(|error| Exit::Unavailable.with(anyhow::anyhow!("failed to open the database: {error}")))?;
+    let store = SqlStore::from_connection_unmigrated(db, keyring)
+        .await
+        .map_err(|error| anyhow::anyhow!("failed to open the database: {error}"))?;
     let integrations = store.list_integrations().await?;
     let connections = store.list_connections(&ConnectionFilter::default()).await?;
     let now = chrono::Utc::now();
-    println!(
-        "{:<24} {:<20} {:<13} {:>12} {:>8}  LAST REFRESH",
-        "TENANT", "INTEGRATION", "STATUS", "EXPIRES IN", "FAILURES"
-    );
+    let mut table = crate::client::new_table(&[
+        "TENANT",
+        "INTEGRATION",
+        "STATUS",
+        "EXPIRES IN",
+        "FAILURES",
+        "LAST REFRESH",
+    ]);
+    crate::client::align_right(&mut table, &[3, 4]);
     for connection in &connections {
         let integration = integrations
             .iter()
@@ -191,18 +227,28 @@ pub async fn status(config: &Config) -> anyhow::Result<()> {
             .last_refresh_at
             .map(|t| t.format("%Y-%m-%d %H:%M:%S").to_string())
             .unwrap_or_else(|| "never".into());
-        println!(
-            "{:<24} {:<20} {:<13} {:>12} {:>8}  {}",
-            connection.tenant_id,
-            integration,
-            connection.status,
+        table.add_row(vec![
+            connection.tenant_id.to_string(),
+            integration.to_owned(),
+            connection.status.to_string(),
             human_duration(connection.expires_at - now),
-            connection.refresh_failures,
-            last_refresh
-        );
+            connection.refresh_failures.to_string(),
+            last_refresh,
+        ]);
     }
+    crate::client::print_table(&table);
     println!("{} connection(s)", connections.len());
     Ok(())
+}
+
+/// The file of a `sqlite:` URL (`None` for in-memory databases and other backends).
+fn sqlite_path(url: &str) -> Option<std::path::PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    if path.is_empty() || path.contains(":memory:") || url.contains("mode=memory") {
+        return None;
+    }
+    Some(std::path::PathBuf::from(path))
 }
 
 /// `1h 36m`, `5m 3s`, `expired`.

@@ -4,81 +4,125 @@
 
 mod client;
 mod commands;
+mod exit;
 mod settings;
 mod telemetry;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use client::{AdminClient, ClientArgs};
 
 /// tokenvisor keeps every tenant's OAuth 2.0 connections alive.
 #[derive(Debug, Parser)]
-#[command(name = "tokenvisor", version, about)]
+#[command(name = "tokenvisor", version, about, after_help = exit::HELP)]
 struct Cli {
-    #[command(flatten)]
-    settings: settings::Settings,
-    #[command(flatten)]
-    client: client::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
 
+/// The subcommands. The server ones take the server settings; the admin CLI ones
+/// (a group of subcommands each: add one with its `ClientArgs` and a `client::*Command`
+/// enum) take only where the admin API is and its token.
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 enum Command {
     /// Run the supervisor and the admin API until SIGINT or SIGTERM.
-    Serve,
+    Serve(settings::ServeArgs),
     /// Apply the database migrations and exit.
-    Migrate,
-    /// Print a table of connections, reading the database directly.
-    Status,
+    Migrate(settings::StorageArgs),
+    /// Print a table of connections, reading the database directly. Read-only: it never
+    /// migrates, creates or writes anything (run `migrate` or `serve` first).
+    Status(settings::StorageArgs),
     /// Integrations of a running service (admin API).
-    #[command(subcommand)]
-    Integrations(client::IntegrationsCommand),
+    #[command(after_help = exit::HELP)]
+    Integrations {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: client::IntegrationsCommand,
+    },
     /// Connections of a running service (admin API).
-    #[command(subcommand)]
-    Connections(client::ConnectionsCommand),
+    #[command(after_help = exit::HELP)]
+    Connections {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: client::ConnectionsCommand,
+    },
     /// Access tokens of a running service (admin API).
-    #[command(subcommand)]
-    Token(client::TokenCommand),
+    #[command(after_help = exit::HELP)]
+    Token {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: client::TokenCommand,
+    },
     /// Start connecting (or re-authorizing) a tenant: prints the URL to send them to.
-    Authorize(client::AuthorizeArgs),
-    /// Tail the event stream of a running service.
-    Events,
+    #[command(after_help = exit::HELP)]
+    Authorize {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: client::AuthorizeArgs,
+    },
+    /// Tail the event stream of a running service; reconnects and resumes (with
+    /// `Last-Event-ID`) when the stream breaks.
+    #[command(after_help = exit::HELP)]
+    Events {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(flatten)]
+        args: client::EventsArgs,
+    },
+    /// Print a shell completion script (`tokenvisor completions bash > /etc/bash_completion.d/tokenvisor`).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
 }
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let result = match cli.settings.resolve() {
-        Ok(config) => run(cli.command, &config, &cli.client).await,
-        Err(error) => Err(error),
-    };
-    match result {
+    match run(cli.command).await {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            std::process::ExitCode::FAILURE
+            std::process::ExitCode::from(exit::code_of(&error) as u8)
         }
     }
 }
 
-async fn run(command: Command, config: &settings::Config, client_args: &client::ClientArgs) -> anyhow::Result<()> {
-    let server_side = matches!(command, Command::Serve | Command::Migrate | Command::Status);
-    if server_side {
-        let telemetry = telemetry::init();
-        let result = match command {
-            Command::Serve => commands::serve(config, &telemetry).await,
-            Command::Migrate => commands::migrate(config).await,
-            _ => commands::status(config).await,
-        };
-        telemetry.shutdown();
-        return result;
-    }
-    let admin = client::AdminClient::new(client_args, config.admin_token_for_client()?)?;
+async fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Integrations(command) => admin.integrations(command).await,
-        Command::Connections(command) => admin.connections(command).await,
-        Command::Token(command) => admin.token(command).await,
-        Command::Authorize(args) => admin.authorize(args).await,
-        Command::Events => admin.events().await,
-        Command::Serve | Command::Migrate | Command::Status => unreachable!("handled above"),
+        Command::Serve(args) => {
+            let config = args.resolve().map_err(|error| exit::Exit::Usage.with(error))?;
+            let telemetry = telemetry::init();
+            let result = commands::serve(&config, &telemetry).await;
+            telemetry.shutdown();
+            result
+        }
+        Command::Migrate(args) => {
+            let storage = args.resolve().map_err(|error| exit::Exit::Usage.with(error))?;
+            let telemetry = telemetry::init();
+            let result = commands::migrate(&storage).await;
+            telemetry.shutdown();
+            result
+        }
+        Command::Status(args) => {
+            let storage = args.resolve().map_err(|error| exit::Exit::Usage.with(error))?;
+            let telemetry = telemetry::init();
+            let result = commands::status(&storage).await;
+            telemetry.shutdown();
+            result
+        }
+        Command::Integrations { client, command } => AdminClient::new(&client)?.integrations(command).await,
+        Command::Connections { client, command } => AdminClient::new(&client)?.connections(command).await,
+        Command::Token { client, command } => AdminClient::new(&client)?.token(command).await,
+        Command::Authorize { client, args } => AdminClient::new(&client)?.authorize(args).await,
+        Command::Events { client, args } => AdminClient::new(&client)?.events(args).await,
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "tokenvisor", &mut std::io::stdout());
+            Ok(())
+        }
     }
 }

@@ -1,7 +1,16 @@
-//! Settings: a TOML file (`--config`), then environment variables and flags, which
-//! override it. Only the binary reads them; the libraries take values.
+//! Settings, layered with figment: defaults < the TOML file (`--config`) < environment
+//! variables < flags (clap reads each flag's variable when the flag is absent). Only the
+//! binary reads them; the libraries take values.
+//!
+//! Each subcommand takes only its own settings: `serve` every server setting
+//! ([`ServeArgs`]), `migrate` and `status` the database ones ([`StorageArgs`]), and the
+//! admin CLI commands only where the admin API is and its token
+//! ([`crate::client::ClientArgs`]), so a server setting never breaks a client command.
 
 use anyhow::{Context, bail};
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use figment::value::{Dict, Value};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -11,136 +20,346 @@ use tokenvisor_core::SecretString;
 use tokenvisor_store::Keyring;
 use tokenvisor_supervisor::TokenvisorConfig;
 
-/// What flags and environment variables say (each overrides the config file).
-#[derive(Debug, Default, clap::Args)]
-pub struct Settings {
+/// The database settings: `migrate`, `status` and `serve` take them.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct StorageArgs {
     /// TOML configuration file (environment variables and flags override it).
-    #[arg(long, global = true, env = "TOKENVISOR_CONFIG")]
+    #[arg(long, env = "TOKENVISOR_CONFIG")]
     pub config: Option<PathBuf>,
     /// Directory for the SQLite database, the generated encryption key and admin token
     /// [default: ./tokenvisor-data].
-    #[arg(long, global = true, env = "TOKENVISOR_DATA_DIR")]
+    #[arg(long, env = "TOKENVISOR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Database URL (`sqlite://PATH` or `postgres://...`); default: SQLite in the data directory.
-    #[arg(long, global = true, env = "TOKENVISOR_DATABASE_URL", hide_env_values = true)]
+    #[arg(long, env = "TOKENVISOR_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
     /// Most pooled PostgreSQL connections of this process (1 to 1000) [default: 32].
-    #[arg(long, global = true, env = "TOKENVISOR_DATABASE_POOL")]
+    #[arg(long, env = "TOKENVISOR_DATABASE_POOL")]
     pub database_pool: Option<String>,
     /// Base64 AES-256 key for tokens at rest; default: a key file in the data directory,
-    /// generated on first run.
-    #[arg(long, global = true, env = "TOKENVISOR_ENCRYPTION_KEY", hide_env_values = true)]
+    /// generated on first `serve`.
+    #[arg(long, env = "TOKENVISOR_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
+}
+
+/// Every server setting: `serve` takes them. Durations take a unit (`250ms`, `90s`,
+/// `15m`, `1h 30m`).
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub storage: StorageArgs,
     /// Address of the admin API [default: 127.0.0.1:7070].
-    #[arg(long, global = true, env = "TOKENVISOR_ADMIN_ADDR")]
+    #[arg(long, env = "TOKENVISOR_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
     /// Bearer token of the admin API; default: generated into the data directory.
-    #[arg(long, global = true, env = "TOKENVISOR_ADMIN_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "TOKENVISOR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Read the admin token from this file (a mounted secret, say) instead.
+    #[arg(long, env = "TOKENVISOR_ADMIN_TOKEN_FILE", value_name = "PATH")]
+    pub admin_token_file: Option<PathBuf>,
     /// Public base URL of this service (the OAuth callback is `{public_url}/oauth/callback`)
     /// [default: http://ADMIN_ADDR].
-    #[arg(long, global = true, env = "TOKENVISOR_PUBLIC_URL")]
+    #[arg(long, env = "TOKENVISOR_PUBLIC_URL")]
     pub public_url: Option<String>,
-    /// Refresh this long before expiry (e.g. `15m`) [default: 15m].
-    #[arg(long, global = true, env = "TOKENVISOR_REFRESH_LEAD")]
+    /// Refresh this long before expiry [default: 15m].
+    #[arg(long, env = "TOKENVISOR_REFRESH_LEAD")]
     pub refresh_lead: Option<String>,
-    /// Tokens handed out stay valid at least this long (e.g. `60s`) [default: 60s].
-    #[arg(long, global = true, env = "TOKENVISOR_MIN_VALIDITY")]
+    /// Tokens handed out stay valid at least this long [default: 60s].
+    #[arg(long, env = "TOKENVISOR_MIN_VALIDITY")]
     pub min_validity: Option<String>,
     /// Two refreshes of one connection are at least this far apart [default: 10s].
-    #[arg(long, global = true, env = "TOKENVISOR_MIN_SPACING")]
+    #[arg(long, env = "TOKENVISOR_MIN_SPACING")]
     pub min_spacing: Option<String>,
     /// First retry delay after a transient failure [default: 2s].
-    #[arg(long, global = true, env = "TOKENVISOR_RETRY_BASE")]
+    #[arg(long, env = "TOKENVISOR_RETRY_BASE")]
     pub retry_base: Option<String>,
     /// Longest retry delay after transient failures [default: 5m].
-    #[arg(long, global = true, env = "TOKENVISOR_RETRY_CAP")]
+    #[arg(long, env = "TOKENVISOR_RETRY_CAP")]
     pub retry_cap: Option<String>,
     /// Start-up refreshes of tokens already due are spread over this window [default: 10s].
-    #[arg(long, global = true, env = "TOKENVISOR_STARTUP_SPREAD")]
+    #[arg(long, env = "TOKENVISOR_STARTUP_SPREAD")]
     pub startup_spread: Option<String>,
     /// Several replicas on one database: a refresh holds the connection's lease in the
     /// database this long, so only one replica calls the provider (raised to at least 35 s, the token request timeouts + 10 s) [default: off].
-    #[arg(long, global = true, env = "TOKENVISOR_CLUSTER_LEASE")]
+    #[arg(long, env = "TOKENVISOR_CLUSTER_LEASE")]
     pub cluster_lease: Option<String>,
     /// On PostgreSQL, replicas on the same database share the work (partitioned
     /// ownership): `on` or `off` [default: on; SQLite always runs alone].
-    #[arg(long, global = true, env = "TOKENVISOR_CLUSTER")]
+    #[arg(long, env = "TOKENVISOR_CLUSTER")]
     pub cluster: Option<String>,
     /// Where the other replicas reach this one's admin API (requests for connections it
     /// owns are forwarded there) [default: TOKENVISOR_PUBLIC_URL].
-    #[arg(long, global = true, env = "TOKENVISOR_ADVERTISE_URL")]
+    #[arg(long, env = "TOKENVISOR_ADVERTISE_URL")]
     pub advertise_url: Option<String>,
     /// A replica that stops heartbeating loses its partitions this long after its last
     /// renewal (heartbeat: a fifth of it) [default: 10s].
-    #[arg(long, global = true, env = "TOKENVISOR_PARTITION_LEASE")]
+    #[arg(long, env = "TOKENVISOR_PARTITION_LEASE")]
     pub partition_lease: Option<String>,
     /// This replica's id among the replicas [default: generated once into the data directory].
-    #[arg(long, global = true, env = "TOKENVISOR_REPLICA_ID")]
+    #[arg(long, env = "TOKENVISOR_REPLICA_ID")]
     pub replica_id: Option<String>,
     /// A token request to a provider (connection included) gives up after this long [default: 20s].
-    #[arg(long, global = true, env = "TOKENVISOR_REQUEST_TIMEOUT")]
+    #[arg(long, env = "TOKENVISOR_REQUEST_TIMEOUT")]
     pub request_timeout: Option<String>,
     /// Longest a token read waits for a refresh before answering 504 `timeout` [default: 5s].
-    #[arg(long, global = true, env = "TOKENVISOR_TOKEN_WAIT")]
+    #[arg(long, env = "TOKENVISOR_TOKEN_WAIT")]
     pub token_wait: Option<String>,
     /// A provider's Retry-After is honoured up to this long (and never past the token's expiry) [default: 15m].
-    #[arg(long, global = true, env = "TOKENVISOR_RETRY_AFTER_CAP")]
+    #[arg(long, env = "TOKENVISOR_RETRY_AFTER_CAP")]
     pub retry_after_cap: Option<String>,
     /// While a connection backs off with an expired token, a reading caller may probe the provider this often [default: 3s].
-    #[arg(long, global = true, env = "TOKENVISOR_PROBE_INTERVAL")]
+    #[arg(long, env = "TOKENVISOR_PROBE_INTERVAL")]
     pub probe_interval: Option<String>,
-    /// Hosts that token endpoints may use over plain HTTP (comma-separated).
-    #[arg(long, global = true, env = "TOKENVISOR_ALLOW_INSECURE_ENDPOINTS")]
+    /// Hosts that token endpoints may use over plain HTTP (comma-separated); read at
+    /// start-up, so a change needs a restart.
+    #[arg(long, env = "TOKENVISOR_ALLOW_INSECURE_ENDPOINTS")]
     pub allow_insecure_endpoints: Option<String>,
     /// Webhook endpoints receiving the events (comma-separated URLs).
-    #[arg(long, global = true, env = "TOKENVISOR_WEBHOOK_URLS")]
+    #[arg(long, env = "TOKENVISOR_WEBHOOK_URLS")]
     pub webhook_urls: Option<String>,
     /// Webhook signing secret, `whsec_<base64>`.
-    #[arg(long, global = true, env = "TOKENVISOR_WEBHOOK_SECRET", hide_env_values = true)]
+    #[arg(long, env = "TOKENVISOR_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
 }
 
-/// The TOML file. Unknown keys are errors.
+/// A value as the file or a flag gives it: a string, a number, a boolean or a list of
+/// strings (a list reads like the comma-separated variable).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Text {
+    One(String),
+    Number(i64),
+    Flag(bool),
+    List(Vec<String>),
+}
+
+impl Text {
+    fn into_string(self) -> String {
+        match self {
+            Text::One(text) => text,
+            Text::Number(number) => number.to_string(),
+            Text::Flag(flag) => flag.to_string(),
+            Text::List(items) => items.join(","),
+        }
+    }
+}
+
+/// Every key of the file (unknown keys are errors), after the layers are merged.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FileConfig {
-    data_dir: Option<PathBuf>,
-    database_url: Option<String>,
-    database_pool: Option<u32>,
-    encryption_key: Option<String>,
-    admin_addr: Option<String>,
+struct Raw {
+    data_dir: Option<Text>,
+    database_url: Option<Text>,
+    database_pool: Option<Text>,
+    encryption_key: Option<Text>,
+    admin_addr: Option<Text>,
+    admin_token: Option<Text>,
+    public_url: Option<Text>,
+    refresh_lead: Option<Text>,
+    min_validity: Option<Text>,
+    min_spacing: Option<Text>,
+    retry_base: Option<Text>,
+    retry_cap: Option<Text>,
+    startup_spread: Option<Text>,
+    cluster_lease: Option<Text>,
+    cluster: Option<Text>,
+    advertise_url: Option<Text>,
+    partition_lease: Option<Text>,
+    replica_id: Option<Text>,
+    token_wait: Option<Text>,
+    request_timeout: Option<Text>,
+    retry_after_cap: Option<Text>,
+    probe_interval: Option<Text>,
+    allow_insecure_endpoints: Option<Text>,
+    webhooks: Option<RawWebhooks>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhooks {
+    urls: Option<Text>,
+    secret: Option<Text>,
+}
+
+/// The keys the admin CLI reads from the file (the others are the server's business).
+#[derive(Debug, Default, Deserialize)]
+struct ClientRaw {
+    data_dir: Option<Text>,
+    admin_token: Option<Text>,
+}
+
+/// The merged layers, and where each value came from (for errors naming the setting).
+pub struct Layers {
+    figment: Figment,
+}
+
+impl Layers {
+    /// The file at `config` (if any) under `overrides` (the flags and environment
+    /// variables clap read, key → value).
+    pub fn new(config: Option<&Path>, overrides: Dict) -> anyhow::Result<Self> {
+        let mut figment = Figment::new();
+        if let Some(path) = config {
+            // figment skips a missing file; a named one must exist.
+            std::fs::File::open(path)
+                .with_context(|| format!("failed to read the config file {} (TOKENVISOR_CONFIG)", path.display()))?;
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        Ok(Self {
+            figment: figment.merge(Serialized::defaults(overrides)),
+        })
+    }
+
+    fn extract<'a, T: Deserialize<'a>>(&self) -> anyhow::Result<T> {
+        self.figment
+            .extract()
+            .map_err(|error| anyhow::anyhow!("invalid configuration: {error}"))
+    }
+
+    /// Names a value: `key in FILE` when the file set it, else the environment variable
+    /// (a flag is named by its variable too).
+    fn name(&self, key: &str, variable: &str) -> String {
+        match self
+            .figment
+            .find_metadata(key)
+            .and_then(|metadata| metadata.source.as_ref())
+        {
+            Some(figment::Source::File(path)) => format!("{key} in {}", path.display()),
+            _ => variable.to_owned(),
+        }
+    }
+
+    /// The value with the name of where it came from.
+    fn pick(&self, value: Option<Text>, key: &str, variable: &str) -> Option<(String, String)> {
+        value.map(|value| (value.into_string(), self.name(key, variable)))
+    }
+}
+
+/// Adds the set values to `dict`.
+fn put(dict: &mut Dict, entries: &[(&str, Option<String>)]) {
+    for (key, value) in entries {
+        if let Some(value) = value {
+            dict.insert((*key).to_owned(), Value::from(value.clone()));
+        }
+    }
+}
+
+fn path_text(path: &Option<PathBuf>) -> Option<String> {
+    path.as_ref().map(|path| path.display().to_string())
+}
+
+impl StorageArgs {
+    fn overrides(&self, dict: &mut Dict) {
+        put(
+            dict,
+            &[
+                ("data_dir", path_text(&self.data_dir)),
+                ("database_url", self.database_url.clone()),
+                ("database_pool", self.database_pool.clone()),
+                ("encryption_key", self.encryption_key.clone()),
+            ],
+        );
+    }
+
+    /// The database settings (the file's other keys are checked for typos, not read).
+    pub fn resolve(&self) -> anyhow::Result<Storage> {
+        let mut overrides = Dict::new();
+        self.overrides(&mut overrides);
+        let layers = Layers::new(self.config.as_deref(), overrides)?;
+        let raw: Raw = layers.extract()?;
+        Storage::from_raw(&layers, &raw)
+    }
+}
+
+impl ServeArgs {
+    /// Reads the config file (if any) and merges it under the flags and environment.
+    /// Every error names the bad setting.
+    pub fn resolve(&self) -> anyhow::Result<Config> {
+        let admin_token = match (&self.admin_token_file, &self.admin_token) {
+            (Some(_), Some(_)) => bail!("set TOKENVISOR_ADMIN_TOKEN or TOKENVISOR_ADMIN_TOKEN_FILE, not both"),
+            (Some(path), None) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read TOKENVISOR_ADMIN_TOKEN_FILE {}", path.display()))?;
+                Some(admin_token(&text, "TOKENVISOR_ADMIN_TOKEN_FILE")?.expose().to_owned())
+            }
+            (None, token) => token.clone(),
+        };
+        let mut overrides = Dict::new();
+        self.storage.overrides(&mut overrides);
+        put(
+            &mut overrides,
+            &[
+                ("admin_addr", self.admin_addr.clone()),
+                ("admin_token", admin_token),
+                ("public_url", self.public_url.clone()),
+                ("refresh_lead", self.refresh_lead.clone()),
+                ("min_validity", self.min_validity.clone()),
+                ("min_spacing", self.min_spacing.clone()),
+                ("retry_base", self.retry_base.clone()),
+                ("retry_cap", self.retry_cap.clone()),
+                ("startup_spread", self.startup_spread.clone()),
+                ("cluster_lease", self.cluster_lease.clone()),
+                ("cluster", self.cluster.clone()),
+                ("advertise_url", self.advertise_url.clone()),
+                ("partition_lease", self.partition_lease.clone()),
+                ("replica_id", self.replica_id.clone()),
+                ("token_wait", self.token_wait.clone()),
+                ("request_timeout", self.request_timeout.clone()),
+                ("retry_after_cap", self.retry_after_cap.clone()),
+                ("probe_interval", self.probe_interval.clone()),
+                ("allow_insecure_endpoints", self.allow_insecure_endpoints.clone()),
+            ],
+        );
+        let mut webhooks = Dict::new();
+        put(
+            &mut webhooks,
+            &[
+                ("urls", self.webhook_urls.clone()),
+                ("secret", self.webhook_secret.clone()),
+            ],
+        );
+        if !webhooks.is_empty() {
+            overrides.insert("webhooks".to_owned(), Value::from(webhooks));
+        }
+        let layers = Layers::new(self.storage.config.as_deref(), overrides)?;
+        let raw: Raw = layers.extract()?;
+        Config::from_raw(&layers, raw)
+    }
+}
+
+/// What the admin CLI reads of the server's settings: the data directory (for its
+/// generated `admin.token`) and the admin token, from the file under the flags and
+/// environment. Other keys are ignored.
+pub fn client_token(
+    config: Option<&Path>,
+    data_dir: Option<&Path>,
     admin_token: Option<String>,
-    public_url: Option<String>,
-    refresh_lead: Option<String>,
-    min_validity: Option<String>,
-    min_spacing: Option<String>,
-    retry_base: Option<String>,
-    retry_cap: Option<String>,
-    startup_spread: Option<String>,
-    cluster_lease: Option<String>,
-    cluster: Option<String>,
-    advertise_url: Option<String>,
-    partition_lease: Option<String>,
-    replica_id: Option<String>,
-    token_wait: Option<String>,
-    request_timeout: Option<String>,
-    retry_after_cap: Option<String>,
-    probe_interval: Option<String>,
-    allow_insecure_endpoints: Option<Vec<String>>,
-    webhooks: Option<FileWebhooks>,
+) -> anyhow::Result<Option<SecretString>> {
+    let mut overrides = Dict::new();
+    put(
+        &mut overrides,
+        &[
+            ("data_dir", data_dir.map(|dir| dir.display().to_string())),
+            ("admin_token", admin_token),
+        ],
+    );
+    let layers = Layers::new(config, overrides)?;
+    let raw: ClientRaw = layers.extract()?;
+    if let Some(token) = raw.admin_token {
+        return Ok(Some(SecretString::new(token.into_string().trim())));
+    }
+    let dir = raw
+        .data_dir
+        .map(|dir| PathBuf::from(dir.into_string()))
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+    read_token_file(&dir.join(ADMIN_TOKEN_FILE))
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileWebhooks {
-    urls: Option<Vec<String>>,
-    secret: Option<String>,
-}
+const DEFAULT_DATA_DIR: &str = "./tokenvisor-data";
+const ADMIN_TOKEN_FILE: &str = "admin.token";
 
-/// The resolved configuration.
-#[derive(Debug)]
-pub struct Config {
+/// The database settings, resolved.
+#[derive(Debug, Clone)]
+pub struct Storage {
     /// Data directory.
     pub data_dir: PathBuf,
     /// Explicit database URL, if any.
@@ -149,6 +368,13 @@ pub struct Config {
     pub database_pool: u32,
     /// Explicit encryption key, if any.
     pub encryption_key: Option<SecretString>,
+}
+
+/// The resolved configuration of `serve`.
+#[derive(Debug)]
+pub struct Config {
+    /// The database settings.
+    pub storage: Storage,
     /// Admin API address.
     pub admin_addr: SocketAddr,
     /// Explicit admin token, if any.
@@ -156,7 +382,7 @@ pub struct Config {
     /// Public base URL (no trailing slash), if set.
     pub public_url: Option<String>,
     /// The library's settings (schedule, waits, cluster lease, insecure hosts), read
-    /// like `TokenvisorConfig::from_env` with the file under the environment.
+    /// by `TokenvisorConfig::from_lookup` (like `from_env`) from the merged layers.
     pub library: TokenvisorConfig,
     /// Webhook delivery, when URLs are configured.
     pub webhooks: Option<WebhookConfig>,
@@ -178,64 +404,14 @@ pub struct ClusterSettings {
     pub replica_id: Option<String>,
 }
 
-/// Where a value came from, for error messages that name the bad setting.
-struct Source<'a> {
-    env: &'static str,
-    file_key: &'static str,
-    file: Option<&'a Path>,
-}
-
-impl Source<'_> {
-    fn name(&self, from_env: bool) -> String {
-        match (from_env, self.file) {
-            (true, _) | (false, None) => self.env.to_owned(),
-            (false, Some(path)) => format!("{} in {}", self.file_key, path.display()),
-        }
-    }
-}
-
-/// The flag/environment value, else the file value, with the name of where it came from.
-fn pick<T>(env_value: Option<T>, file_value: Option<T>, source: &Source<'_>) -> Option<(T, String)> {
-    match (env_value, file_value) {
-        (Some(value), _) => Some((value, source.name(true))),
-        (None, Some(value)) => Some((value, source.name(false))),
-        (None, None) => None,
-    }
-}
-
-impl Settings {
-    /// Reads the config file (if any) and merges it under the flags and environment.
-    /// Every error names the bad setting.
-    pub fn resolve(&self) -> anyhow::Result<Config> {
-        let file_path = self.config.as_deref();
-        let file: FileConfig = match file_path {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| {
-                    format!("failed to read the config file {} (TOKENVISOR_CONFIG)", path.display())
-                })?;
-                toml::from_str(&text)
-                    .map_err(|error| anyhow::anyhow!("invalid config file {}: {}", path.display(), error.message()))?
-            }
-            None => FileConfig::default(),
-        };
-        let source = |env: &'static str, file_key: &'static str| Source {
-            env,
-            file_key,
-            file: file_path,
-        };
-
-        let data_dir = pick(
-            self.data_dir.clone(),
-            file.data_dir,
-            &source("TOKENVISOR_DATA_DIR", "data_dir"),
-        )
-        .map(|(dir, _)| dir)
-        .unwrap_or_else(|| PathBuf::from("./tokenvisor-data"));
-        let database_url = match pick(
-            self.database_url.clone(),
-            file.database_url,
-            &source("TOKENVISOR_DATABASE_URL", "database_url"),
-        ) {
+impl Storage {
+    fn from_raw(layers: &Layers, raw: &Raw) -> anyhow::Result<Self> {
+        let data_dir = raw
+            .data_dir
+            .clone()
+            .map(|dir| PathBuf::from(dir.into_string()))
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let database_url = match layers.pick(raw.database_url.clone(), "database_url", "TOKENVISOR_DATABASE_URL") {
             Some((url, name)) => {
                 let url = url.trim().to_owned();
                 if !(url.starts_with("sqlite:") || url.starts_with("postgres://") || url.starts_with("postgresql://")) {
@@ -245,134 +421,84 @@ impl Settings {
             }
             None => None,
         };
-        let database_pool = match (&self.database_pool, file.database_pool) {
-            (Some(text), _) => text
+        let database_pool = match layers.pick(raw.database_pool.clone(), "database_pool", "TOKENVISOR_DATABASE_POOL") {
+            Some((text, name)) => text
                 .trim()
                 .parse::<u32>()
                 .ok()
                 .filter(|n| (1..=1000).contains(n))
-                .ok_or_else(|| {
-                    anyhow::anyhow!("invalid TOKENVISOR_DATABASE_POOL: {text:?} must be a number from 1 to 1000")
-                })?,
-            (None, Some(n)) if (1..=1000).contains(&n) => n,
-            (None, Some(n)) => bail!(
-                "invalid {}: {n} must be from 1 to 1000",
-                source("TOKENVISOR_DATABASE_POOL", "database_pool").name(false)
-            ),
-            (None, None) => tokenvisor_store::sql::POSTGRES_POOL_SIZE,
+                .ok_or_else(|| anyhow::anyhow!("invalid {name}: {text:?} must be a number from 1 to 1000"))?,
+            None => tokenvisor_store::sql::POSTGRES_POOL_SIZE,
         };
-        let encryption_key = pick(
-            self.encryption_key.clone(),
-            file.encryption_key,
-            &source("TOKENVISOR_ENCRYPTION_KEY", "encryption_key"),
-        )
-        .map(|(key, _)| SecretString::new(key.trim()));
-        let admin_addr = match pick(
-            self.admin_addr.clone(),
-            file.admin_addr,
-            &source("TOKENVISOR_ADMIN_ADDR", "admin_addr"),
-        ) {
+        let encryption_key = raw
+            .encryption_key
+            .clone()
+            .map(|key| SecretString::new(key.into_string().trim()));
+        Ok(Self {
+            data_dir,
+            database_url,
+            database_pool,
+            encryption_key,
+        })
+    }
+}
+
+/// The library's variables and the file keys that set them.
+const LIBRARY_SETTINGS: [(&str, &str); 12] = [
+    ("TOKENVISOR_REFRESH_LEAD", "refresh_lead"),
+    ("TOKENVISOR_MIN_VALIDITY", "min_validity"),
+    ("TOKENVISOR_MIN_SPACING", "min_spacing"),
+    ("TOKENVISOR_RETRY_BASE", "retry_base"),
+    ("TOKENVISOR_RETRY_CAP", "retry_cap"),
+    ("TOKENVISOR_STARTUP_SPREAD", "startup_spread"),
+    ("TOKENVISOR_CLUSTER_LEASE", "cluster_lease"),
+    ("TOKENVISOR_TOKEN_WAIT", "token_wait"),
+    ("TOKENVISOR_REQUEST_TIMEOUT", "request_timeout"),
+    ("TOKENVISOR_RETRY_AFTER_CAP", "retry_after_cap"),
+    ("TOKENVISOR_PROBE_INTERVAL", "probe_interval"),
+    ("TOKENVISOR_ALLOW_INSECURE_ENDPOINTS", "allow_insecure_endpoints"),
+];
+
+impl Config {
+    fn from_raw(layers: &Layers, raw: Raw) -> anyhow::Result<Self> {
+        let storage = Storage::from_raw(layers, &raw)?;
+        let admin_addr = match layers.pick(raw.admin_addr, "admin_addr", "TOKENVISOR_ADMIN_ADDR") {
             Some((addr, name)) => addr
                 .trim()
                 .parse::<SocketAddr>()
                 .map_err(|_| anyhow::anyhow!("invalid {name}: {addr:?} is not an address like 127.0.0.1:7070"))?,
             None => SocketAddr::from(([127, 0, 0, 1], 7070)),
         };
-        let admin_token = match pick(
-            self.admin_token.clone(),
-            file.admin_token,
-            &source("TOKENVISOR_ADMIN_TOKEN", "admin_token"),
-        ) {
-            Some((token, name)) => {
-                let token = token.trim().to_owned();
-                if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                    bail!("invalid {name}: must be at least 16 characters without spaces");
-                }
-                Some(SecretString::new(token))
-            }
+        let admin_token = match layers.pick(raw.admin_token, "admin_token", "TOKENVISOR_ADMIN_TOKEN") {
+            Some((token, name)) => Some(admin_token(&token, &name)?),
             None => None,
         };
-        let public_url = match pick(
-            self.public_url.clone(),
-            file.public_url,
-            &source("TOKENVISOR_PUBLIC_URL", "public_url"),
-        ) {
+        let public_url = match layers.pick(raw.public_url, "public_url", "TOKENVISOR_PUBLIC_URL") {
             Some((url, name)) => Some(http_url(&url, &name)?),
             None => None,
         };
 
         // The library's settings: the same TOKENVISOR_* variables an embedder's
-        // `TokenvisorConfig::from_env()` reads, with this file's values under them.
-        let library_settings: [(&'static str, &'static str, &Option<String>, Option<String>); 11] = [
-            (
-                "TOKENVISOR_REFRESH_LEAD",
-                "refresh_lead",
-                &self.refresh_lead,
-                file.refresh_lead,
-            ),
-            (
-                "TOKENVISOR_MIN_VALIDITY",
-                "min_validity",
-                &self.min_validity,
-                file.min_validity,
-            ),
-            (
-                "TOKENVISOR_MIN_SPACING",
-                "min_spacing",
-                &self.min_spacing,
-                file.min_spacing,
-            ),
-            ("TOKENVISOR_RETRY_BASE", "retry_base", &self.retry_base, file.retry_base),
-            ("TOKENVISOR_RETRY_CAP", "retry_cap", &self.retry_cap, file.retry_cap),
-            (
-                "TOKENVISOR_STARTUP_SPREAD",
-                "startup_spread",
-                &self.startup_spread,
-                file.startup_spread,
-            ),
-            (
-                "TOKENVISOR_CLUSTER_LEASE",
-                "cluster_lease",
-                &self.cluster_lease,
-                file.cluster_lease,
-            ),
-            ("TOKENVISOR_TOKEN_WAIT", "token_wait", &self.token_wait, file.token_wait),
-            (
-                "TOKENVISOR_REQUEST_TIMEOUT",
-                "request_timeout",
-                &self.request_timeout,
-                file.request_timeout,
-            ),
-            (
-                "TOKENVISOR_RETRY_AFTER_CAP",
-                "retry_after_cap",
-                &self.retry_after_cap,
-                file.retry_after_cap,
-            ),
-            (
-                "TOKENVISOR_PROBE_INTERVAL",
-                "probe_interval",
-                &self.probe_interval,
-                file.probe_interval,
-            ),
+        // `TokenvisorConfig::from_env()` reads, read by the library from the merged layers.
+        let library_values = [
+            raw.refresh_lead,
+            raw.min_validity,
+            raw.min_spacing,
+            raw.retry_base,
+            raw.retry_cap,
+            raw.startup_spread,
+            raw.cluster_lease,
+            raw.token_wait,
+            raw.request_timeout,
+            raw.retry_after_cap,
+            raw.probe_interval,
+            raw.allow_insecure_endpoints,
         ];
-        let mut values: HashMap<&'static str, (String, String)> = library_settings
+        let values: HashMap<&'static str, (String, String)> = LIBRARY_SETTINGS
             .into_iter()
-            .filter_map(|(env, key, env_value, file_value)| {
-                pick(env_value.clone(), file_value, &source(env, key)).map(|picked| (env, picked))
-            })
+            .zip(library_values)
+            .filter_map(|((variable, key), value)| layers.pick(value, key, variable).map(|picked| (variable, picked)))
             .collect();
-        let insecure = match (&self.allow_insecure_endpoints, file.allow_insecure_endpoints) {
-            (Some(list), _) => Some((list.clone(), "TOKENVISOR_ALLOW_INSECURE_ENDPOINTS".to_owned())),
-            (None, Some(list)) => Some((
-                list.join(","),
-                source("TOKENVISOR_ALLOW_INSECURE_ENDPOINTS", "allow_insecure_endpoints").name(false),
-            )),
-            (None, None) => None,
-        };
-        if let Some(insecure) = insecure {
-            values.insert("TOKENVISOR_ALLOW_INSECURE_ENDPOINTS", insecure);
-        }
         let library = TokenvisorConfig::from_lookup(|name| values.get(name).map(|(value, _)| Ok(value.clone())))
             .map_err(|error| {
                 // Name where the bad value came from: the variable, or the file's key.
@@ -384,11 +510,7 @@ impl Settings {
             })?;
 
         let cluster = ClusterSettings {
-            enabled: match pick(
-                self.cluster.clone(),
-                file.cluster,
-                &source("TOKENVISOR_CLUSTER", "cluster"),
-            ) {
+            enabled: match layers.pick(raw.cluster, "cluster", "TOKENVISOR_CLUSTER") {
                 None => true,
                 Some((value, name)) => match value.trim().to_ascii_lowercase().as_str() {
                     "on" | "true" | "1" => true,
@@ -396,19 +518,11 @@ impl Settings {
                     _ => bail!("invalid {name}: {value:?} must be on or off"),
                 },
             },
-            advertise_url: match pick(
-                self.advertise_url.clone(),
-                file.advertise_url,
-                &source("TOKENVISOR_ADVERTISE_URL", "advertise_url"),
-            ) {
+            advertise_url: match layers.pick(raw.advertise_url, "advertise_url", "TOKENVISOR_ADVERTISE_URL") {
                 Some((url, name)) => Some(http_url(&url, &name)?),
                 None => None,
             },
-            lease: match pick(
-                self.partition_lease.clone(),
-                file.partition_lease,
-                &source("TOKENVISOR_PARTITION_LEASE", "partition_lease"),
-            ) {
+            lease: match layers.pick(raw.partition_lease, "partition_lease", "TOKENVISOR_PARTITION_LEASE") {
                 Some((value, name)) => {
                     let lease = tokenvisor_supervisor::parse_duration(&value)
                         .map_err(|error| anyhow::anyhow!("invalid {name}: {error}"))?
@@ -421,11 +535,7 @@ impl Settings {
                 }
                 None => std::time::Duration::from_secs(10),
             },
-            replica_id: match pick(
-                self.replica_id.clone(),
-                file.replica_id,
-                &source("TOKENVISOR_REPLICA_ID", "replica_id"),
-            ) {
+            replica_id: match layers.pick(raw.replica_id, "replica_id", "TOKENVISOR_REPLICA_ID") {
                 Some((id, name)) => {
                     let id = id.trim().to_owned();
                     let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
@@ -438,25 +548,16 @@ impl Settings {
             },
         };
 
-        let file_webhooks = file.webhooks.unwrap_or_default();
-        let urls = match (&self.webhook_urls, file_webhooks.urls) {
-            (Some(list), _) => split_list(list)
+        let raw_webhooks = raw.webhooks.unwrap_or_default();
+        let urls = match layers.pick(raw_webhooks.urls, "webhooks.urls", "TOKENVISOR_WEBHOOK_URLS") {
+            Some((list, name)) => split_list(&list)
                 .iter()
                 .map(|u| WebhookConfig::parse_url(u))
                 .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| anyhow::anyhow!("invalid TOKENVISOR_WEBHOOK_URLS: {error}"))?,
-            (None, Some(list)) => list
-                .iter()
-                .map(|u| WebhookConfig::parse_url(u))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|error| anyhow::anyhow!("invalid webhooks.urls in the config file: {error}"))?,
-            (None, None) => Vec::new(),
+                .map_err(|error| anyhow::anyhow!("invalid {name}: {error}"))?,
+            None => Vec::new(),
         };
-        let secret = pick(
-            self.webhook_secret.clone(),
-            file_webhooks.secret,
-            &source("TOKENVISOR_WEBHOOK_SECRET", "webhooks.secret"),
-        );
+        let secret = layers.pick(raw_webhooks.secret, "webhooks.secret", "TOKENVISOR_WEBHOOK_SECRET");
         let webhooks = match (urls.is_empty(), secret) {
             (true, _) => None,
             (false, None) => bail!(
@@ -471,10 +572,7 @@ impl Settings {
         };
 
         Ok(Config {
-            data_dir,
-            database_url,
-            database_pool,
-            encryption_key,
+            storage,
             admin_addr,
             admin_token,
             public_url,
@@ -483,6 +581,15 @@ impl Settings {
             cluster,
         })
     }
+}
+
+/// An admin token: at least 16 characters, no spaces; errors name the setting.
+pub fn admin_token(token: &str, name: &str) -> anyhow::Result<SecretString> {
+    let token = token.trim();
+    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("invalid {name}: must be at least 16 characters without spaces");
+    }
+    Ok(SecretString::new(token))
 }
 
 /// An http(s) URL with a host, without a trailing slash; errors name the setting.
@@ -501,13 +608,18 @@ fn split_list(list: &str) -> Vec<String> {
         .collect()
 }
 
-impl Config {
+impl Storage {
     /// The database URL, defaulting to SQLite in the data directory.
     pub fn database_url(&self) -> String {
         match &self.database_url {
             Some(url) => url.clone(),
-            None => format!("sqlite://{}", self.data_dir.join("tokenvisor.db").display()),
+            None => format!("sqlite://{}", self.default_database_file().display()),
         }
+    }
+
+    /// The embedded default SQLite file in the data directory.
+    pub fn default_database_file(&self) -> PathBuf {
+        self.data_dir.join("tokenvisor.db")
     }
 
     /// Whether the database is the embedded default SQLite file.
@@ -546,14 +658,48 @@ impl Config {
         Ok(lock)
     }
 
+    /// The generated admin token's file in the data directory.
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.data_dir.join(ADMIN_TOKEN_FILE)
+    }
+
+    /// The configured key, else the key file's, else `None` (nothing is generated).
+    pub fn existing_keyring(&self) -> anyhow::Result<Option<Keyring>> {
+        if let Some(key) = &self.encryption_key {
+            let keyring = Keyring::from_base64(key.expose(), &[]).context("invalid TOKENVISOR_ENCRYPTION_KEY")?;
+            return Ok(Some(keyring));
+        }
+        let path = self.key_file();
+        Keyring::load_file(&path).with_context(|| format!("failed to read key file {}", path.display()))
+    }
+
+    /// The keyring: the configured key, or the key file. When neither exists, a new key
+    /// is generated and returned with `Some(path)`: the caller writes it there only once
+    /// the store has accepted it (a database encrypted with another key is never
+    /// paired with a new key file).
+    pub fn keyring(&self) -> anyhow::Result<(Keyring, Option<PathBuf>)> {
+        if let Some(keyring) = self.existing_keyring()? {
+            return Ok((keyring, None));
+        }
+        let (keyring, _) = Keyring::generate();
+        Ok((keyring, Some(self.key_file())))
+    }
+
+    /// Creates the data directory (mode 0700 where it is new).
+    pub fn ensure_data_dir(&self) -> anyhow::Result<()> {
+        create_private_dir(&self.data_dir)
+    }
+}
+
+impl Config {
     /// This replica's id: configured, or read from (generated once into) the data
     /// directory's `replica.id`, so a restarted replica takes its partitions back at once.
-    /// Call with the data directory locked ([`Config::lock_data_dir`]).
+    /// Call with the data directory locked ([`Storage::lock_data_dir`]).
     pub fn replica_id(&self) -> anyhow::Result<String> {
         if let Some(id) = &self.cluster.replica_id {
             return Ok(id.clone());
         }
-        let path = self.data_dir.join("replica.id");
+        let path = self.storage.data_dir.join("replica.id");
         if let Ok(id) = std::fs::read_to_string(&path)
             && !id.trim().is_empty()
         {
@@ -568,38 +714,9 @@ impl Config {
         Ok(id)
     }
 
-    /// The generated admin token's file in the data directory.
-    pub fn admin_token_file(&self) -> PathBuf {
-        self.data_dir.join("admin.token")
-    }
-
     /// The supervisor configuration.
     pub fn tokenvisor_config(&self) -> TokenvisorConfig {
         self.library.clone()
-    }
-
-    /// The keyring: the configured key, or the key file. When neither exists, a new key
-    /// is generated and returned with `Some(path)`: the caller writes it there only once
-    /// the store has accepted it (a database encrypted with another key is never
-    /// paired with a new key file).
-    pub fn keyring(&self) -> anyhow::Result<(Keyring, Option<PathBuf>)> {
-        if let Some(key) = &self.encryption_key {
-            let keyring = Keyring::from_base64(key.expose(), &[]).context("invalid TOKENVISOR_ENCRYPTION_KEY")?;
-            return Ok((keyring, None));
-        }
-        let path = self.key_file();
-        if let Some(keyring) =
-            Keyring::load_file(&path).with_context(|| format!("failed to read key file {}", path.display()))?
-        {
-            return Ok((keyring, None));
-        }
-        let (keyring, _) = Keyring::generate();
-        Ok((keyring, Some(path)))
-    }
-
-    /// Creates the data directory (mode 0700 where it is new).
-    pub fn ensure_data_dir(&self) -> anyhow::Result<()> {
-        create_private_dir(&self.data_dir)
     }
 
     /// The admin token: configured, or read from (or generated into) the data directory's
@@ -608,7 +725,7 @@ impl Config {
         if let Some(token) = &self.admin_token {
             return Ok((token.clone(), None));
         }
-        let path = self.admin_token_file();
+        let path = self.storage.admin_token_file();
         if let Some(token) = read_token_file(&path)? {
             return Ok((token, Some(path)));
         }
@@ -620,14 +737,6 @@ impl Config {
         write_private_file(&path, &token)
             .with_context(|| format!("failed to write admin token file {}", path.display()))?;
         Ok((SecretString::new(token), Some(path)))
-    }
-
-    /// The admin token for CLI requests: configured, or the data directory's file.
-    pub fn admin_token_for_client(&self) -> anyhow::Result<Option<SecretString>> {
-        if let Some(token) = &self.admin_token {
-            return Ok(Some(token.clone()));
-        }
-        read_token_file(&self.admin_token_file())
     }
 }
 
@@ -667,6 +776,26 @@ fn create_private_dir(path: &Path) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    /// The library's reading of `vars` (whatever its duration type).
+    fn library(vars: &[(&str, &str)]) -> TokenvisorConfig {
+        TokenvisorConfig::from_lookup(|name| {
+            vars.iter()
+                .find(|(variable, _)| *variable == name)
+                .map(|(_, value)| Ok((*value).to_owned()))
+        })
+        .expect("valid")
+    }
+
+    fn with_file(path: &Path) -> ServeArgs {
+        ServeArgs {
+            storage: StorageArgs {
+                config: Some(path.to_owned()),
+                ..StorageArgs::default()
+            },
+            ..ServeArgs::default()
+        }
+    }
+
     #[test]
     fn the_environment_overrides_the_file_and_errors_name_the_setting() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -676,51 +805,112 @@ mod tests {
             "admin_addr = \"127.0.0.1:9000\"\nrefresh_lead = \"10m\"\nmin_validity = \"30s\"\n[webhooks]\nurls = [\"http://127.0.0.1:1/hook\"]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
         )
         .expect("write");
-        let settings = Settings {
-            config: Some(path.clone()),
+        let settings = ServeArgs {
             refresh_lead: Some("5m".into()),
-            ..Settings::default()
+            ..with_file(&path)
         };
         let config = settings.resolve().expect("valid");
-        assert_eq!(config.library.schedule.lead, std::time::Duration::from_secs(300));
-        assert_eq!(config.library.schedule.min_validity, std::time::Duration::from_secs(30));
+        let expected = library(&[("TOKENVISOR_REFRESH_LEAD", "5m"), ("TOKENVISOR_MIN_VALIDITY", "30s")]);
+        assert_eq!(config.library.schedule.lead, expected.schedule.lead);
+        assert_eq!(config.library.schedule.min_validity, expected.schedule.min_validity);
         assert_eq!(config.admin_addr.port(), 9000);
         assert_eq!(config.webhooks.as_ref().map(|w| w.urls.len()), Some(1));
 
-        let bad = Settings {
-            config: Some(path.clone()),
+        let bad = ServeArgs {
             min_validity: Some("soon".into()),
-            ..Settings::default()
+            ..with_file(&path)
         };
         let message = bad.resolve().expect_err("invalid").to_string();
         assert!(message.contains("TOKENVISOR_MIN_VALIDITY"), "{message}");
 
         std::fs::write(&path, "refresh_lead = \"forever\"\n").expect("write");
-        let message = Settings {
-            config: Some(path.clone()),
-            ..Settings::default()
-        }
-        .resolve()
-        .expect_err("invalid")
-        .to_string();
+        let message = with_file(&path).resolve().expect_err("invalid").to_string();
         assert!(message.contains("refresh_lead in"), "{message}");
 
         std::fs::write(&path, "refresh_leed = \"1m\"\n").expect("write");
-        let message = Settings {
-            config: Some(path),
-            ..Settings::default()
+        let message = with_file(&path).resolve().expect_err("unknown key").to_string();
+        assert!(message.contains("refresh_leed"), "{message}");
+
+        let missing = dir.path().join("missing.toml");
+        let message = with_file(&missing).resolve().expect_err("no file").to_string();
+        assert!(message.contains("missing.toml"), "{message}");
+    }
+
+    #[test]
+    fn every_file_key_keeps_its_type_and_the_layers_stack() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokenvisor.toml");
+        std::fs::write(
+            &path,
+            "database_pool = 8\nallow_insecure_endpoints = [\"127.0.0.1\", \"localhost\"]\ncluster = \"off\"\n\
+             partition_lease = \"30s\"\nretry_cap = \"1h 30m\"\ndata_dir = \"/tmp/from-file\"\n\
+             [webhooks]\nsecret = \"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"\n",
+        )
+        .expect("write");
+        let config = with_file(&path).resolve().expect("valid");
+        assert_eq!(config.storage.database_pool, 8);
+        assert_eq!(config.library.allow_insecure_hosts, vec!["127.0.0.1", "localhost"]);
+        assert!(!config.cluster.enabled);
+        assert_eq!(config.cluster.lease, std::time::Duration::from_secs(30));
+        let expected = library(&[("TOKENVISOR_RETRY_CAP", "90m")]);
+        assert_eq!(config.library.schedule.retry_cap, expected.schedule.retry_cap);
+        assert_eq!(config.storage.data_dir, PathBuf::from("/tmp/from-file"));
+        assert!(config.webhooks.is_none(), "a secret alone configures no webhook");
+
+        // A flag (or its variable) over the file, key by key, nested tables included.
+        let config = ServeArgs {
+            storage: StorageArgs {
+                config: Some(path.clone()),
+                database_pool: Some("4".into()),
+                ..StorageArgs::default()
+            },
+            webhook_urls: Some("http://127.0.0.1:1/a, http://127.0.0.1:1/b".into()),
+            ..ServeArgs::default()
         }
         .resolve()
-        .expect_err("unknown key")
+        .expect("valid");
+        assert_eq!(config.storage.database_pool, 4);
+        assert_eq!(config.webhooks.as_ref().map(|w| w.urls.len()), Some(2));
+        assert_eq!(config.storage.data_dir, PathBuf::from("/tmp/from-file"));
+
+        std::fs::write(&path, "database_pool = 0\n").expect("write");
+        let message = with_file(&path).resolve().expect_err("out of range").to_string();
+        assert!(message.contains("database_pool in"), "{message}");
+    }
+
+    #[test]
+    fn storage_settings_ignore_the_server_settings() {
+        // `migrate` and `status` do not validate what only `serve` uses.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokenvisor.toml");
+        std::fs::write(&path, "[webhooks]\nurls = [\"http://127.0.0.1:1/hook\"]\n").expect("write");
+        let storage = StorageArgs {
+            config: Some(path),
+            ..StorageArgs::default()
+        }
+        .resolve()
+        .expect("storage settings");
+        assert_eq!(storage.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+    }
+
+    #[test]
+    fn durations_without_a_unit_are_refused_with_an_example() {
+        let message = ServeArgs {
+            refresh_lead: Some("15".into()),
+            ..ServeArgs::default()
+        }
+        .resolve()
+        .expect_err("no unit")
         .to_string();
-        assert!(message.contains("refresh_leed"), "{message}");
+        assert!(message.contains("TOKENVISOR_REFRESH_LEAD"), "{message}");
+        assert!(message.contains("15m"), "{message}");
     }
 
     #[test]
     fn webhook_urls_need_a_secret() {
-        let settings = Settings {
+        let settings = ServeArgs {
             webhook_urls: Some("http://127.0.0.1:1/hook".into()),
-            ..Settings::default()
+            ..ServeArgs::default()
         };
         let message = settings.resolve().expect_err("no secret").to_string();
         assert!(message.contains("TOKENVISOR_WEBHOOK_SECRET"), "{message}");

@@ -161,32 +161,19 @@ impl TokenvisorConfig {
     }
 }
 
-/// Parses `500ms`, `90s`, `15m`, `1h` or `2d` (at most a year). A number without a unit
-/// is refused: `90` could mean seconds or minutes.
+/// Parses a duration with humantime: `500ms`, `90s`, `15m`, `1h 30m`, `2d` (at most a
+/// year). A number without a unit is refused: `90` could mean seconds or minutes.
 pub fn parse_duration(text: &str) -> Result<chrono::Duration, String> {
     let text = text.trim();
-    let Some(split) = text.find(|c: char| !c.is_ascii_digit()) else {
-        return Err(format!("{text:?} has no unit (write it like 60s, 15m or 1h)"));
-    };
-    let (number, unit) = text.split_at(split);
-    let value: i64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 60s, 15m or 1h"))?;
-    let seconds = match unit {
-        "ms" => value / 1000,
-        "s" => value,
-        "m" => value.saturating_mul(60),
-        "h" => value.saturating_mul(3600),
-        "d" => value.saturating_mul(86_400),
-        _ => return Err(format!("{text:?} has an unknown unit (use ms, s, m, h or d)")),
-    };
-    if seconds > 366 * 24 * 3600 {
+    if !text.is_empty() && text.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!("{text:?} has no unit (write it like 60s, 15m or 1h 30m)"));
+    }
+    let duration = humantime::parse_duration(text)
+        .map_err(|error| format!("{text:?} is not a duration like 60s, 15m or 1h 30m ({error})"))?;
+    if duration > Duration::from_secs(366 * 24 * 3600) {
         return Err(format!("{text:?} is too long (at most a year)"));
     }
-    Ok(match unit {
-        "ms" => chrono::Duration::milliseconds(value),
-        _ => chrono::Duration::seconds(seconds),
-    })
+    chrono::Duration::from_std(duration).map_err(|_| format!("{text:?} is too long (at most a year)"))
 }
 
 #[cfg(test)]
@@ -207,7 +194,8 @@ mod tests {
         assert_eq!(parse_duration("2d"), Ok(chrono::Duration::days(2)));
         assert!(parse_duration("90").expect_err("no unit").contains("no unit"));
         assert!(parse_duration("-5m").is_err());
-        assert!(parse_duration("5 weeks").is_err());
+        assert_eq!(parse_duration("1h 30m"), Ok(chrono::Duration::minutes(90)));
+        assert!(parse_duration("5 fortnights").is_err());
         assert!(parse_duration("400d").is_err());
     }
 
