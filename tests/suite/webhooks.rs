@@ -707,3 +707,58 @@ async fn a_message_still_failing_past_its_age_limit_goes_to_dead_letter() {
     assert!(items[0]["attempts"].as_u64().unwrap() >= 2, "{letters:?}");
     assert_eq!(dead_lettered(&service.metrics().await, "age"), 1.0);
 }
+
+/// A service with no webhook URL configured still delivers: endpoints added with the CLI
+/// (`tokenvisor webhooks add`) get their events, signed with the secret printed once; the
+/// CLI lists, disables and shows dead letters.
+#[tokio::test(flavor = "multi_thread")]
+async fn endpoints_added_with_the_cli_on_a_service_without_configured_urls_get_their_events() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    let hook = Hook::default();
+    let url = hook.start().await;
+    let cli = |args: &[&str]| {
+        let output = tokenvisor_tests::process::command(binary(), &service.dir)
+            .env("TOKENVISOR_ADMIN_URL", &service.base)
+            .env("TOKENVISOR_ADMIN_TOKEN", tokenvisor_tests::service::ADMIN_TOKEN)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let added: serde_json::Value =
+        serde_json::from_str(&cli(&["webhooks", "add", &url, "--events", "refreshed"])).unwrap();
+    let id = added["id"].as_str().unwrap().to_owned();
+    let secret = added["secret"].as_str().unwrap().to_owned();
+    let listed = cli(&["webhooks", "list"]);
+    assert!(listed.contains(&url) && listed.contains("refreshed"), "{listed}");
+    assert!(!listed.contains("whsec_"), "{listed}");
+
+    service.add_integration(&fake, "crm").await;
+    let view = service.connect(&fake, "crm", "acme").await;
+    let connection = view["id"].as_str().unwrap().to_owned();
+    let refreshed = service
+        .post_empty(&format!("/v1/connections/{connection}/refresh"))
+        .await;
+    assert_eq!(refreshed.status, 200);
+    let seen = hook
+        .wait_for(Duration::from_secs(15), |types| types.iter().any(|t| t == "refreshed"))
+        .await;
+    assert!(
+        seen.iter().all(|t| t == "refreshed"),
+        "only the filtered type: {seen:?}"
+    );
+    hook.verify_all(&secret);
+
+    cli(&["webhooks", "disable", &id]);
+    let listed = cli(&["webhooks", "list"]);
+    assert!(listed.contains("false"), "{listed}");
+    let letters = cli(&["webhooks", "dead-letters", "--endpoint", &id]);
+    assert!(letters.contains("ATTEMPTS"), "{letters}");
+}

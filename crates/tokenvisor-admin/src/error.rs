@@ -110,6 +110,11 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     ),
     ("metrics_disabled", "404: metrics are not exported on this instance"),
     (
+        "configured_endpoint",
+        "409: the webhook endpoint comes from the configuration; change it there",
+    ),
+    ("webhooks_unavailable", "501: webhook endpoints need a SQL store"),
+    (
         "internal",
         "500: a bug or an unexpected failure; details are in the logs",
     ),

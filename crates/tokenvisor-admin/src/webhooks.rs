@@ -84,6 +84,17 @@ impl WebhookSecret {
         })
     }
 
+    /// A new random secret (for delivery with no configured endpoint, whose secret is
+    /// never used: API-managed endpoints have their own).
+    pub fn random() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        let text = format!("whsec_{}", BASE64.encode(bytes));
+        Self {
+            key: bytes.to_vec().into(),
+            text: SecretString::new(text),
+        }
+    }
+
     /// A new random secret, as `whsec_<base64>` text.
     pub fn generate() -> String {
         let bytes: [u8; 32] = rand::random();

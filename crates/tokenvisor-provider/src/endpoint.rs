@@ -28,7 +28,10 @@ pub enum EndpointError {
         reason: String,
     },
     /// A URL uses plain HTTP for a host not explicitly allowed.
-    #[error("{field} must use https (host {host:?} is not in the allowed insecure hosts)")]
+    #[error(
+        "{field} must use https (to allow plain HTTP to host {host:?}, add it to TOKENVISOR_ALLOW_INSECURE_ENDPOINTS, \
+         or TokenvisorConfig::allow_insecure_hosts when embedded, and restart)"
+    )]
     InsecureUrl {
         /// Which setting.
         field: &'static str,

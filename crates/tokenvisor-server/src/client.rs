@@ -170,6 +170,62 @@ pub enum TokenCommand {
     },
 }
 
+/// `tokenvisor webhooks ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum WebhooksCommand {
+    /// List the webhook endpoints (configured ones and those added here).
+    List,
+    /// Add an endpoint; prints its signing secret once.
+    Add {
+        /// Where to POST the events (http(s) URL).
+        url: String,
+        /// Only these event types (comma-separated; default: every type).
+        #[arg(long, value_delimiter = ',')]
+        events: Vec<String>,
+    },
+    /// Stop delivering new messages to an endpoint (its queue waits).
+    Disable {
+        /// Endpoint id.
+        id: String,
+    },
+    /// Deliver to an endpoint again.
+    Enable {
+        /// Endpoint id.
+        id: String,
+    },
+    /// A new signing secret, printed once; the old one keeps signing for the grace period.
+    RotateSecret {
+        /// Endpoint id.
+        id: String,
+        /// How long the old secret keeps signing next to the new one (e.g. 24h, 0s).
+        #[arg(long)]
+        grace: Option<String>,
+    },
+    /// Delete an endpoint with its queue and dead letters.
+    Delete {
+        /// Endpoint id.
+        id: String,
+    },
+    /// List the messages given up on (dead letter), newest first.
+    DeadLetters {
+        /// Only this endpoint's.
+        #[arg(long)]
+        endpoint: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Queue a dead-lettered message again (same webhook-id), or with `--endpoint` all of an
+    /// endpoint's.
+    Replay {
+        /// Dead letter id (omit with --endpoint).
+        id: Option<String>,
+        /// Replay every dead letter of this endpoint.
+        #[arg(long, conflicts_with = "id")]
+        endpoint: Option<String>,
+    },
+}
+
 /// `tokenvisor authorize`.
 #[derive(Debug, clap::Args)]
 pub struct AuthorizeArgs {
@@ -286,6 +342,140 @@ impl AdminClient {
 
     fn print_json(&self, value: &Value) {
         println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    }
+
+    /// `webhooks ...`
+    pub async fn webhooks(&self, command: WebhooksCommand) -> anyhow::Result<()> {
+        let id_path = |id: &str, tail: &str| -> anyhow::Result<String> {
+            let valid = !id.is_empty() && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+            if !valid {
+                return Err(Exit::Usage.msg(format_args!("{id:?} is not an id")));
+            }
+            Ok(format!("{id}{tail}"))
+        };
+        let answer = match command {
+            WebhooksCommand::List => {
+                let list = self.get("/v1/webhooks/endpoints").await?;
+                if self.json {
+                    self.print_json(&list);
+                    return Ok(());
+                }
+                let mut table = new_table(&["ID", "URL", "EVENTS", "ENABLED", "SOURCE"]);
+                for endpoint in list["items"].as_array().into_iter().flatten() {
+                    let events = endpoint["event_types"]
+                        .as_array()
+                        .map(|types| types.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                        .filter(|types| !types.is_empty())
+                        .unwrap_or_else(|| "*".to_owned());
+                    table.add_row(vec![
+                        text(&endpoint["id"]),
+                        text(&endpoint["url"]),
+                        events,
+                        endpoint["enabled"].as_bool().unwrap_or_default().to_string(),
+                        text(&endpoint["source"]),
+                    ]);
+                }
+                print_table(&table);
+                return Ok(());
+            }
+            WebhooksCommand::Add { url, events } => {
+                self.post(
+                    "/v1/webhooks/endpoints",
+                    Some(json!({ "url": url, "event_types": events })),
+                )
+                .await?
+            }
+            WebhooksCommand::Disable { id } => self
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/webhooks/endpoints/{}", id_path(&id, "")?),
+                    Some(json!({ "enabled": false })),
+                )
+                .await?
+                .unwrap_or(Value::Null),
+            WebhooksCommand::Enable { id } => self
+                .call(
+                    Method::PATCH,
+                    &format!("/v1/webhooks/endpoints/{}", id_path(&id, "")?),
+                    Some(json!({ "enabled": true })),
+                )
+                .await?
+                .unwrap_or(Value::Null),
+            WebhooksCommand::RotateSecret { id, grace } => {
+                let body = match grace {
+                    Some(grace) => {
+                        let seconds = tokenvisor_supervisor::parse_duration(&grace)
+                            .ok()
+                            .and_then(|grace| grace.to_std().ok())
+                            .ok_or_else(|| {
+                                Exit::Usage.msg(format_args!("invalid --grace {grace:?}: a duration like 24h or 0s"))
+                            })?;
+                        json!({ "grace_seconds": seconds.as_secs() })
+                    }
+                    None => json!({}),
+                };
+                self.post(
+                    &format!("/v1/webhooks/endpoints/{}", id_path(&id, "/rotate-secret")?),
+                    Some(body),
+                )
+                .await?
+            }
+            WebhooksCommand::Delete { id } => {
+                self.call(
+                    Method::DELETE,
+                    &format!("/v1/webhooks/endpoints/{}", id_path(&id, "")?),
+                    None,
+                )
+                .await?;
+                println!("deleted {id}");
+                return Ok(());
+            }
+            WebhooksCommand::DeadLetters { endpoint, limit } => {
+                let mut path = format!("/v1/webhooks/dead-letters?limit={limit}");
+                if let Some(endpoint) = endpoint {
+                    path.push_str(&format!("&endpoint={}", id_path(&endpoint, "")?));
+                }
+                let list = self.get(&path).await?;
+                if self.json {
+                    self.print_json(&list);
+                    return Ok(());
+                }
+                let mut table = new_table(&["ID", "ENDPOINT", "EVENT", "ATTEMPTS", "REASON", "LAST ERROR"]);
+                for letter in list["items"].as_array().into_iter().flatten() {
+                    table.add_row(vec![
+                        text(&letter["id"]),
+                        text(&letter["endpoint_id"]),
+                        text(&letter["event_type"]),
+                        letter["attempts"].as_u64().unwrap_or_default().to_string(),
+                        text(&letter["reason"]),
+                        text(&letter["last_error"]),
+                    ]);
+                }
+                align_right(&mut table, &[3]);
+                print_table(&table);
+                return Ok(());
+            }
+            WebhooksCommand::Replay { id, endpoint } => match (id, endpoint) {
+                (Some(id), None) => {
+                    self.post(&format!("/v1/webhooks/dead-letters/{}", id_path(&id, "/replay")?), None)
+                        .await?
+                }
+                (None, Some(endpoint)) => {
+                    self.post(
+                        &format!("/v1/webhooks/endpoints/{}", id_path(&endpoint, "/replay-dead-letters")?),
+                        None,
+                    )
+                    .await?
+                }
+                _ => {
+                    return Err(
+                        Exit::Usage.msg("give a dead letter id, or --endpoint ID to replay all of an endpoint's")
+                    );
+                }
+            },
+        };
+        self.print_json(&answer);
+        Ok(())
     }
 
     /// `integrations ...`

@@ -104,14 +104,17 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
     }
     let event_bus = tokenvisor_core::EventBus::new(tokenvisor_config.event_capacity);
     tokenvisor_config.event_bus = Some(event_bus.clone());
-    let webhooks = match &config.webhooks {
-        Some(webhooks) => Some(
-            WebhookDispatcher::start(event_bus.subscribe(), webhooks.clone(), store.webhook_outbox())
-                .await
-                .context("failed to start webhook delivery")?,
-        ),
-        None => None,
-    };
+    // Delivery runs whether or not endpoints are configured: endpoints added through the
+    // API are delivered to as well.
+    let webhooks = Some(
+        WebhookDispatcher::start(
+            event_bus.subscribe(),
+            config.webhook_limits.apply(config.webhooks.clone()),
+            store.webhook_outbox(),
+        )
+        .await
+        .context("failed to start webhook delivery")?,
+    );
     let tokenvisor = Tokenvisor::start(store, tokenvisor_config)
         .await
         .context("failed to start the supervisor")?;

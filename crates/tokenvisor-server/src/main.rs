@@ -56,6 +56,14 @@ enum Command {
         #[command(subcommand)]
         command: client::TokenCommand,
     },
+    /// Webhook endpoints and dead letters of a running service (admin API).
+    #[command(after_help = exit::HELP)]
+    Webhooks {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: client::WebhooksCommand,
+    },
     /// Start connecting (or re-authorizing) a tenant: prints the URL to send them to.
     #[command(after_help = exit::HELP)]
     Authorize {
@@ -118,6 +126,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Integrations { client, command } => AdminClient::new(&client)?.integrations(command).await,
         Command::Connections { client, command } => AdminClient::new(&client)?.connections(command).await,
         Command::Token { client, command } => AdminClient::new(&client)?.token(command).await,
+        Command::Webhooks { client, command } => AdminClient::new(&client)?.webhooks(command).await,
         Command::Authorize { client, args } => AdminClient::new(&client)?.authorize(args).await,
         Command::Events { client, args } => AdminClient::new(&client)?.events(args).await,
         Command::Completions { shell } => {

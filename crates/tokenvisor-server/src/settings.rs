@@ -120,6 +120,48 @@ pub struct ServeArgs {
     /// Webhook signing secret, `whsec_<base64>`.
     #[arg(long, env = "TOKENVISOR_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// A webhook message failing this many times goes to dead letter [default: 10].
+    #[arg(long, env = "TOKENVISOR_WEBHOOK_MAX_ATTEMPTS")]
+    pub webhook_max_attempts: Option<String>,
+    /// A webhook message still failing this long after its first attempt goes to dead letter [default: 24h].
+    #[arg(long, env = "TOKENVISOR_WEBHOOK_MAX_AGE")]
+    pub webhook_max_age: Option<String>,
+    /// Messages waiting per webhook endpoint; the oldest beyond go to dead letter [default: 10000].
+    #[arg(long, env = "TOKENVISOR_WEBHOOK_OUTBOX_CAP")]
+    pub webhook_outbox_cap: Option<String>,
+}
+
+/// Limits of webhook delivery (the defaults are [`WebhookConfig::new`]'s).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WebhookLimits {
+    /// Attempts before a message goes to dead letter.
+    pub max_attempts: u32,
+    /// Age after which a failing message goes to dead letter.
+    pub max_age: std::time::Duration,
+    /// Messages waiting per endpoint.
+    pub outbox_cap: u64,
+}
+
+impl Default for WebhookLimits {
+    fn default() -> Self {
+        let defaults = WebhookConfig::new(Vec::new(), WebhookSecret::random());
+        Self {
+            max_attempts: defaults.max_attempts,
+            max_age: defaults.max_age,
+            outbox_cap: defaults.outbox_cap,
+        }
+    }
+}
+
+impl WebhookLimits {
+    /// The delivery configuration: the configured endpoints (if any) with these limits.
+    pub fn apply(&self, configured: Option<WebhookConfig>) -> WebhookConfig {
+        let mut config = configured.unwrap_or_else(|| WebhookConfig::new(Vec::new(), WebhookSecret::random()));
+        config.max_attempts = self.max_attempts;
+        config.max_age = self.max_age;
+        config.outbox_cap = self.outbox_cap;
+        config
+    }
 }
 
 /// A value as the file or a flag gives it: a string, a number, a boolean or a list of
@@ -179,6 +221,9 @@ struct Raw {
 struct RawWebhooks {
     urls: Option<Text>,
     secret: Option<Text>,
+    max_attempts: Option<Text>,
+    max_age: Option<Text>,
+    outbox_cap: Option<Text>,
 }
 
 /// The keys the admin CLI reads from the file (the others are the server's business).
@@ -315,6 +360,9 @@ impl ServeArgs {
             &[
                 ("urls", self.webhook_urls.clone()),
                 ("secret", self.webhook_secret.clone()),
+                ("max_attempts", self.webhook_max_attempts.clone()),
+                ("max_age", self.webhook_max_age.clone()),
+                ("outbox_cap", self.webhook_outbox_cap.clone()),
             ],
         );
         if !webhooks.is_empty() {
@@ -386,6 +434,8 @@ pub struct Config {
     pub library: TokenvisorConfig,
     /// Webhook delivery, when URLs are configured.
     pub webhooks: Option<WebhookConfig>,
+    /// Limits of webhook delivery, for configured endpoints and those added through the API.
+    pub webhook_limits: WebhookLimits,
     /// How this process shares the work with other replicas on PostgreSQL.
     pub cluster: ClusterSettings,
 }
@@ -549,6 +599,47 @@ impl Config {
         };
 
         let raw_webhooks = raw.webhooks.unwrap_or_default();
+        let number = |value: Option<Text>, key: &str, variable: &str, max: u64| -> anyhow::Result<Option<u64>> {
+            match layers.pick(value, key, variable) {
+                Some((text, name)) => text
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (1..=max).contains(n))
+                    .map(Some)
+                    .ok_or_else(|| anyhow::anyhow!("invalid {name}: {text:?} must be a number from 1 to {max}")),
+                None => Ok(None),
+            }
+        };
+        let defaults = WebhookLimits::default();
+        let webhook_limits = WebhookLimits {
+            max_attempts: number(
+                raw_webhooks.max_attempts.clone(),
+                "webhooks.max_attempts",
+                "TOKENVISOR_WEBHOOK_MAX_ATTEMPTS",
+                1000,
+            )?
+            .map_or(defaults.max_attempts, |n| n as u32),
+            max_age: match layers.pick(
+                raw_webhooks.max_age.clone(),
+                "webhooks.max_age",
+                "TOKENVISOR_WEBHOOK_MAX_AGE",
+            ) {
+                Some((value, name)) => tokenvisor_supervisor::parse_duration(&value)
+                    .ok()
+                    .and_then(|age| age.to_std().ok())
+                    .filter(|age| !age.is_zero())
+                    .ok_or_else(|| anyhow::anyhow!("invalid {name}: {value:?} must be a positive duration like 24h"))?,
+                None => defaults.max_age,
+            },
+            outbox_cap: number(
+                raw_webhooks.outbox_cap.clone(),
+                "webhooks.outbox_cap",
+                "TOKENVISOR_WEBHOOK_OUTBOX_CAP",
+                10_000_000,
+            )?
+            .unwrap_or(defaults.outbox_cap),
+        };
         let urls = match layers.pick(raw_webhooks.urls, "webhooks.urls", "TOKENVISOR_WEBHOOK_URLS") {
             Some((list, name)) => split_list(&list)
                 .iter()
@@ -578,6 +669,7 @@ impl Config {
             public_url,
             library,
             webhooks,
+            webhook_limits,
             cluster,
         })
     }
@@ -914,5 +1006,46 @@ mod tests {
         };
         let message = settings.resolve().expect_err("no secret").to_string();
         assert!(message.contains("TOKENVISOR_WEBHOOK_SECRET"), "{message}");
+    }
+
+    #[test]
+    fn webhook_limits_are_read_and_checked() {
+        let settings = ServeArgs {
+            webhook_max_attempts: Some("3".into()),
+            webhook_max_age: Some("1h 30m".into()),
+            webhook_outbox_cap: Some("500".into()),
+            ..ServeArgs::default()
+        };
+        let limits = settings.resolve().expect("valid").webhook_limits;
+        assert_eq!(
+            limits,
+            WebhookLimits {
+                max_attempts: 3,
+                max_age: std::time::Duration::from_secs(5400),
+                outbox_cap: 500
+            }
+        );
+        assert_eq!(
+            ServeArgs::default().resolve().expect("valid").webhook_limits,
+            WebhookLimits::default()
+        );
+        for (field, bad) in [
+            ("TOKENVISOR_WEBHOOK_MAX_ATTEMPTS", "0"),
+            ("TOKENVISOR_WEBHOOK_MAX_AGE", "10"),
+        ] {
+            let settings = if field.ends_with("ATTEMPTS") {
+                ServeArgs {
+                    webhook_max_attempts: Some(bad.into()),
+                    ..ServeArgs::default()
+                }
+            } else {
+                ServeArgs {
+                    webhook_max_age: Some(bad.into()),
+                    ..ServeArgs::default()
+                }
+            };
+            let message = settings.resolve().expect_err(bad).to_string();
+            assert!(message.contains(field), "{message}");
+        }
     }
 }
