@@ -40,6 +40,7 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "400: a query parameter is invalid; the message names it",
     ),
     ("bad_request", "400: the request could not be read"),
+    ("invalid_cursor", "400: the cursor is not one this API returned"),
     ("conflict", "409: it exists already"),
     (
         "needs_reauth",
