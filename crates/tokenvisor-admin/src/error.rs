@@ -174,6 +174,7 @@ impl From<AdminError> for ApiError {
             AdminError::Conflict(what) => {
                 Self::new(StatusCode::CONFLICT, "conflict", format!("already exists: {what}"))
             }
+            AdminError::InUse { .. } => Self::new(StatusCode::CONFLICT, "integration_in_use", error.to_string()),
             AdminError::Store(store) => Self::store_unavailable(store),
             AdminError::Token(token) => token.into(),
             other => Self::internal(other),

@@ -84,6 +84,7 @@ fn sample_connection(integration_id: IntegrationId, tenant: &str) -> Connection 
         id: ConnectionId::new(),
         tenant_id: TenantId::parse(tenant).expect("valid tenant"),
         integration_id,
+        connection_key: tokenvisor_core::ConnectionKey::default(),
         access_token: SecretString::new(format!("access-{}", Uuid::new_v4())),
         refresh_token: Some(SecretString::new(format!("refresh-{}", Uuid::new_v4()))),
         token_type: "Bearer".to_owned(),
