@@ -496,6 +496,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn connection_keys_follow_the_tenant_id_rules_and_default_to_default() {
+        assert_eq!(ConnectionKey::default().as_str(), "default");
+        assert_eq!(
+            ConnectionKey::parse("sandbox:eu-1").expect("valid").to_string(),
+            "sandbox:eu-1"
+        );
+        for bad in ["", "a/b", "a b", &"k".repeat(129)] {
+            assert!(ConnectionKey::parse(bad).is_err(), "{bad:?}");
+        }
+        let parsed: ConnectionKey = serde_json::from_str("\"prod\"").expect("deserializes");
+        assert_eq!(parsed.as_str(), "prod");
+        assert!(serde_json::from_str::<ConnectionKey>("\"a/b\"").is_err());
+    }
+
+    #[test]
     fn tenant_ids_are_validated() {
         assert!(TenantId::parse("acme-corp_1@eu").is_ok());
         assert!(TenantId::parse("").is_err());
