@@ -958,7 +958,16 @@ impl Store for SqlStore {
 
     #[tracing::instrument(skip_all, fields(integration_id = %id))]
     async fn delete_integration(&self, id: IntegrationId) -> Result<bool, StoreError> {
+        let in_use = || StoreError::Conflict(format!("integration {id} still has connections"));
         let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let connections = connection::Entity::find()
+            .filter(connection::Column::IntegrationId.eq(id.0))
+            .count(&txn)
+            .await
+            .map_err(db_error("counting connections"))?;
+        if connections > 0 {
+            return Err(in_use());
+        }
         authorization_state::Entity::delete_many()
             .filter(authorization_state::Column::IntegrationId.eq(id.0))
             .exec(&txn)
@@ -967,10 +976,11 @@ impl Store for SqlStore {
         let deleted = match integration::Entity::delete_by_id(id.0).exec(&txn).await {
             Ok(deleted) => deleted,
             Err(error) => {
+                // A connection inserted meanwhile (SQLite reports it as a plain
+                // constraint error).
                 return Err(match error.sql_err() {
-                    Some(SqlErr::ForeignKeyConstraintViolation(_)) => {
-                        StoreError::Conflict(format!("integration {id} still has connections"))
-                    }
+                    Some(SqlErr::ForeignKeyConstraintViolation(_)) => in_use(),
+                    _ if error.to_string().contains("FOREIGN KEY") => in_use(),
                     _ => db_error("deleting an integration")(error),
                 });
             }
