@@ -26,6 +26,8 @@
 //! - `m20261122_000004_webhook_outbox`: `tokenvisor_webhook_outbox` (events awaiting webhook delivery).
 //! - `m20261202_000005_partitions`: `tokenvisor_connections.partition_id`,
 //!   `tokenvisor_replicas` and `tokenvisor_partitions` (replicas that share the work).
+//! - `m20261202_000006_connection_keys`: `tokenvisor_connections.connection_key`, unique
+//!   per integration and tenant (one connection per tenant and key).
 //! - `m20261202_000007_webhook_endpoints`: `tokenvisor_webhook_endpoints`,
 //!   `tokenvisor_webhook_dead_letters` and the outbox's retry columns.
 
@@ -42,9 +44,11 @@ mod m20251122_000002_authorizations;
 mod m20261122_000003_refresh_leases;
 mod m20261122_000004_webhook_outbox;
 mod m20261202_000005_partitions;
+mod m20261202_000006_connection_keys;
 mod m20261202_000007_webhook_endpoints;
 
 pub use legacy::has_legacy_layout;
+pub use m20261202_000006_connection_keys::DEFAULT_CONNECTION_KEY;
 
 /// The prefix of every table, index, constraint and sequence name of ours.
 pub const TABLE_PREFIX: &str = "tokenvisor_";
@@ -89,6 +93,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261122_000003_refresh_leases::Migration),
             Box::new(m20261122_000004_webhook_outbox::Migration),
             Box::new(m20261202_000005_partitions::Migration),
+            Box::new(m20261202_000006_connection_keys::Migration),
             Box::new(m20261202_000007_webhook_endpoints::Migration),
         ]
     }

@@ -94,6 +94,7 @@ async fn a_connection_without_refresh_token_escalates_when_its_token_can_no_long
         .register(tokenvisor_supervisor::NewConnection {
             tenant_id: tokenvisor_core::TenantId::parse("no-rt").unwrap(),
             integration_id: harness.integration.id,
+            connection_key: Default::default(),
             access_token: tokenvisor_core::SecretString::new(issued.access_token.as_str()),
             refresh_token: None,
             token_type: None,

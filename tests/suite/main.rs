@@ -20,6 +20,7 @@ mod providers;
 mod proxy;
 mod reauthorization;
 mod replicas;
+mod resources;
 mod rotation;
 mod schedule;
 mod single_flight;

@@ -59,6 +59,7 @@ async fn zoho_connection(harness: &Harness, tenant: &str, data_center: &str) -> 
         .register(NewConnection {
             tenant_id: TenantId::parse(tenant).unwrap(),
             integration_id: harness.integration.id,
+            connection_key: Default::default(),
             access_token: SecretString::new(issued.access_token.as_str()),
             refresh_token: Some(SecretString::new(issued.refresh_token.as_str())),
             token_type: None,

@@ -55,6 +55,7 @@ async fn fifty_concurrent_access_token_calls_on_an_expired_token_share_one_refre
         .register(tokenvisor_supervisor::NewConnection {
             tenant_id: tokenvisor_core::TenantId::parse("late").unwrap(),
             integration_id: harness.integration.id,
+            connection_key: Default::default(),
             access_token: tokenvisor_core::SecretString::new(issued.access_token.as_str()),
             refresh_token: Some(tokenvisor_core::SecretString::new(issued.refresh_token.as_str())),
             token_type: None,

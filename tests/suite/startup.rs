@@ -33,6 +33,7 @@ async fn insert(
             id: ConnectionId::new(),
             tenant_id: TenantId::parse(format!("tenant-{i}")).expect("valid tenant"),
             integration_id: integration,
+            connection_key: tokenvisor_core::ConnectionKey::default(),
             access_token: SecretString::new(format!("access-{i}")),
             refresh_token: Some(SecretString::new(format!("refresh-{i}"))),
             token_type: "Bearer".into(),

@@ -57,6 +57,15 @@ impl Store for FaultyStore {
     async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
         self.inner.list_integrations().await
     }
+    async fn update_integration(&self, integration: &Integration) -> Result<bool, StoreError> {
+        self.inner.update_integration(integration).await
+    }
+    async fn delete_integration(&self, id: IntegrationId) -> Result<bool, StoreError> {
+        self.inner.delete_integration(id).await
+    }
+    async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError> {
+        self.inner.count_connections(filter).await
+    }
     async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError> {
         self.check()?;
         self.inner.insert_connection(connection).await

@@ -133,6 +133,7 @@ impl Harness {
             .register(NewConnection {
                 tenant_id: TenantId::parse(tenant).expect("valid tenant"),
                 integration_id: self.integration.id,
+                connection_key: Default::default(),
                 access_token: SecretString::new(issued.access_token.as_str()),
                 refresh_token: Some(SecretString::new(issued.refresh_token.as_str())),
                 token_type: Some("Bearer".into()),

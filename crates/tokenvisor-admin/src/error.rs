@@ -41,6 +41,10 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
     ),
     ("bad_request", "400: the request could not be read"),
     ("invalid_cursor", "400: the cursor is not one this API returned"),
+    (
+        "integration_in_use",
+        "409: the integration still has connections; delete them or ask to cascade",
+    ),
     ("conflict", "409: it exists already"),
     (
         "needs_reauth",
@@ -294,6 +298,7 @@ impl From<AdminError> for ApiError {
             AdminError::Conflict(what) => {
                 Self::new(StatusCode::CONFLICT, "conflict", format!("already exists: {what}"))
             }
+            AdminError::InUse { .. } => Self::new(StatusCode::CONFLICT, "integration_in_use", error.to_string()),
             AdminError::Store(store) => Self::store_unavailable(store),
             AdminError::Token(token) => token.into(),
             other => Self::internal(other),

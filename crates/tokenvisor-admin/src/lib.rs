@@ -203,6 +203,28 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
             post(routes::integrations::create).get(routes::integrations::list),
         )
         .route(
+            "/integrations/{integration}",
+            get(routes::integrations::show)
+                .patch(routes::integrations::update)
+                .delete(routes::integrations::delete),
+        )
+        .route(
+            "/tenants/{tenant}/connections",
+            get(routes::connections::list_of_tenant),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}",
+            get(routes::connections::show_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/token",
+            get(routes::connections::token_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/proxy/{*path}",
+            axum::routing::any(routes::proxy::forward_by_key),
+        )
+        .route(
             "/connections",
             post(routes::connections::create).get(routes::connections::list),
         )

@@ -91,6 +91,34 @@ impl IntegrationView {
     }
 }
 
+/// `PATCH /v1/integrations/{integration}`: the fields to change (the others stay).
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateIntegration {
+    /// A new OAuth client id.
+    pub client_id: Option<String>,
+    /// A new OAuth client secret (stored encrypted, never shown); the next refresh of
+    /// every connection uses it.
+    pub client_secret: Option<String>,
+    /// New scopes (replacing all of them).
+    pub scopes: Option<Vec<String>>,
+    /// A new redirect URI.
+    pub redirect_uri: Option<String>,
+    /// New profile overrides (replacing all of them).
+    #[schema(value_type = Option<Object>)]
+    pub settings: Option<serde_json::Value>,
+}
+
+/// `?cascade=` of `DELETE /v1/integrations/{integration}`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeleteIntegrationQuery {
+    /// Delete the integration's connections first (each revoked at the provider);
+    /// without it, an integration in use is refused with 409 `integration_in_use`.
+    pub cascade: Option<bool>,
+}
+
 /// `{items: [...]}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct IntegrationList {
@@ -106,6 +134,10 @@ pub struct CreateConnection {
     pub tenant_id: String,
     /// The integration's name or id.
     pub integration: String,
+    /// The caller's name for this connection of the tenant (default `default`; same rules
+    /// as `tenant_id`). Registering a tenant again under the same integration and key
+    /// replaces that connection's tokens (200) instead of adding one (201).
+    pub connection_key: Option<String>,
     /// The current access token.
     pub access_token: String,
     /// The refresh token, if any.
@@ -171,6 +203,8 @@ pub struct ConnectionView {
     pub integration: String,
     /// Integration id.
     pub integration_id: Uuid,
+    /// The caller's name for it, unique per tenant and integration (`default`).
+    pub connection_key: String,
     /// Provider profile.
     pub provider: String,
     /// Status.
@@ -208,6 +242,7 @@ impl ConnectionView {
             tenant_id: connection.tenant_id.to_string(),
             integration: integration.map(|i| i.name.clone()).unwrap_or_default(),
             integration_id: connection.integration_id.0,
+            connection_key: connection.connection_key.to_string(),
             provider: integration.map(|i| i.provider.clone()).unwrap_or_default(),
             status: connection.status.into(),
             is_active: connection.is_active,
@@ -249,6 +284,17 @@ pub struct ConnectionQuery {
     pub status: Option<String>,
     /// Only this integration (name or id).
     pub integration: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size (1 to 500, default 100).
+    pub limit: Option<u64>,
+}
+
+/// Paging of `GET /v1/tenants/{tenant}/connections`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size (1 to 500, default 100).

@@ -58,6 +58,7 @@ pub fn connection(
         id: ConnectionId::new(),
         tenant_id: TenantId::parse(label).unwrap_or_else(|_| TenantId::parse("tenant").expect("valid")),
         integration_id: integration,
+        connection_key: tokenvisor_core::ConnectionKey::default(),
         access_token: SecretString::new(access_token),
         refresh_token: Some(SecretString::new(refresh_token)),
         token_type: "Bearer".into(),
@@ -180,6 +181,18 @@ impl Store for CountingStore {
     async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError> {
         self.query();
         self.inner.list_integrations().await
+    }
+    async fn update_integration(&self, integration: &Integration) -> Result<bool, StoreError> {
+        self.query();
+        self.inner.update_integration(integration).await
+    }
+    async fn delete_integration(&self, id: IntegrationId) -> Result<bool, StoreError> {
+        self.query();
+        self.inner.delete_integration(id).await
+    }
+    async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError> {
+        self.query();
+        self.inner.count_connections(filter).await
     }
     async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError> {
         self.query();

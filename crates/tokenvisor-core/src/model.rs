@@ -110,6 +110,67 @@ impl fmt::Debug for TenantId {
     }
 }
 
+/// The caller's name for one of a tenant's connections to an integration: a tenant has at
+/// most one connection per (integration, key); [`ConnectionKey::DEFAULT`] (`default`)
+/// unless chosen. 1 to 128 characters from `A-Z a-z 0-9 . _ : @ -` (the rules of
+/// [`TenantId`]), so it can be a URL path segment as it is.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ConnectionKey(String);
+
+/// A connection key that does not follow the rules of [`ConnectionKey`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid connection key: must be 1 to 128 characters from A-Z a-z 0-9 . _ : @ -")]
+pub struct InvalidConnectionKey;
+
+impl ConnectionKey {
+    /// The key of a connection registered without one.
+    pub const DEFAULT: &'static str = "default";
+
+    /// Validates and wraps a connection key.
+    pub fn parse(value: impl Into<String>) -> Result<Self, InvalidConnectionKey> {
+        let value = value.into();
+        TenantId::parse(value.as_str()).map_err(|_| InvalidConnectionKey)?;
+        Ok(Self(value))
+    }
+
+    /// The key as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for ConnectionKey {
+    fn default() -> Self {
+        Self(Self::DEFAULT.to_owned())
+    }
+}
+
+impl TryFrom<String> for ConnectionKey {
+    type Error = InvalidConnectionKey;
+    fn try_from(value: String) -> Result<Self, Self::Error> {
+        Self::parse(value)
+    }
+}
+
+impl From<ConnectionKey> for String {
+    fn from(value: ConnectionKey) -> Self {
+        value.0
+    }
+}
+
+impl fmt::Display for ConnectionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for ConnectionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
 /// The life-cycle state of a connection.
 ///
 /// Deliberately exhaustive (not `#[non_exhaustive]`): a host matches it to decide what
@@ -224,6 +285,8 @@ pub struct Connection {
     pub tenant_id: TenantId,
     /// The integration it authorizes.
     pub integration_id: IntegrationId,
+    /// The caller's name for it, unique with the tenant and integration (`default`).
+    pub connection_key: ConnectionKey,
     /// The current access token.
     pub access_token: SecretString,
     /// The current refresh token, if the provider issued one.
@@ -420,6 +483,8 @@ pub struct ConnectionFilter {
     pub status: Option<ConnectionStatus>,
     /// Only this integration.
     pub integration_id: Option<IntegrationId>,
+    /// Only connections with this key.
+    pub connection_key: Option<ConnectionKey>,
     /// Only ids after this one (cursor).
     pub after: Option<ConnectionId>,
     /// At most this many.
@@ -429,6 +494,21 @@ pub struct ConnectionFilter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn connection_keys_follow_the_tenant_id_rules_and_default_to_default() {
+        assert_eq!(ConnectionKey::default().as_str(), "default");
+        assert_eq!(
+            ConnectionKey::parse("sandbox:eu-1").expect("valid").to_string(),
+            "sandbox:eu-1"
+        );
+        for bad in ["", "a/b", "a b", &"k".repeat(129)] {
+            assert!(ConnectionKey::parse(bad).is_err(), "{bad:?}");
+        }
+        let parsed: ConnectionKey = serde_json::from_str("\"prod\"").expect("deserializes");
+        assert_eq!(parsed.as_str(), "prod");
+        assert!(serde_json::from_str::<ConnectionKey>("\"a/b\"").is_err());
+    }
 
     #[test]
     fn tenant_ids_are_validated() {
@@ -483,6 +563,7 @@ mod tests {
             id: ConnectionId::new(),
             tenant_id: TenantId::parse("t1").expect("valid"),
             integration_id: IntegrationId::new(),
+            connection_key: ConnectionKey::default(),
             access_token: SecretString::new("old-access"),
             refresh_token: Some(SecretString::new("old-refresh")),
             token_type: "Bearer".into(),

@@ -132,13 +132,23 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn find_integration_by_name(&self, name: &str) -> Result<Option<Integration>, StoreError>;
     /// All integrations, by name.
     async fn list_integrations(&self) -> Result<Vec<Integration>, StoreError>;
+    /// Writes every field of an existing integration but its id and `created_at`.
+    /// Whether it existed; a name another integration has is [`StoreError::Conflict`].
+    async fn update_integration(&self, integration: &Integration) -> Result<bool, StoreError>;
+    /// Deletes an integration and its authorizations in progress. Whether it existed; one
+    /// that connections still use is [`StoreError::Conflict`] (nothing is deleted).
+    async fn delete_integration(&self, id: IntegrationId) -> Result<bool, StoreError>;
 
-    /// Inserts a connection (its `version` as given, normally 1).
+    /// Inserts a connection (its `version` as given, normally 1). A duplicate id, or a
+    /// second connection of one tenant to one integration under one `connection_key`,
+    /// is [`StoreError::Conflict`].
     async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError>;
     /// One connection by id.
     async fn get_connection(&self, id: ConnectionId) -> Result<Option<Connection>, StoreError>;
     /// Connections matching the filter, ordered by id.
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError>;
+    /// How many connections match the filter (`limit` ignored).
+    async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError>;
     /// Every connection that should have a running actor (`active` or `degraded`,
     /// `is_active`), decrypted as the stream is polled (one query, no order): start-up
     /// spawns the first actors while the rest still arrive.

@@ -48,6 +48,10 @@ fn matches(connection: &Connection, filter: &ConnectionFilter) -> bool {
     filter.tenant_id.as_ref().is_none_or(|t| *t == connection.tenant_id)
         && filter.status.is_none_or(|s| s == connection.status)
         && filter.integration_id.is_none_or(|i| i == connection.integration_id)
+        && filter
+            .connection_key
+            .as_ref()
+            .is_none_or(|k| *k == connection.connection_key)
         && filter.after.is_none_or(|after| connection.id > after)
 }
 
@@ -78,9 +82,42 @@ impl Store for MemoryStore {
         Ok(all)
     }
 
+    async fn update_integration(&self, integration: &Integration) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner
+            .integrations
+            .values()
+            .any(|i| i.name == integration.name && i.id != integration.id)
+        {
+            return Err(StoreError::Conflict(format!("integration {:?}", integration.name)));
+        }
+        let Some(stored) = inner.integrations.get_mut(&integration.id) else {
+            return Ok(false);
+        };
+        let created_at = stored.created_at;
+        *stored = integration.clone();
+        stored.created_at = created_at;
+        Ok(true)
+    }
+
+    async fn delete_integration(&self, id: IntegrationId) -> Result<bool, StoreError> {
+        let mut inner = self.lock();
+        if inner.connections.values().any(|c| c.integration_id == id) {
+            return Err(StoreError::Conflict(format!("integration {id} still has connections")));
+        }
+        inner.authorizations.retain(|_, a| a.integration_id != id);
+        Ok(inner.integrations.remove(&id).is_some())
+    }
+
     async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError> {
         let mut inner = self.lock();
-        if inner.connections.contains_key(&connection.id) {
+        if inner.connections.contains_key(&connection.id)
+            || inner.connections.values().any(|c| {
+                c.integration_id == connection.integration_id
+                    && c.tenant_id == connection.tenant_id
+                    && c.connection_key == connection.connection_key
+            })
+        {
             return Err(StoreError::Conflict(format!("connection {}", connection.id)));
         }
         inner.connections.insert(connection.id, connection.clone());
@@ -102,6 +139,10 @@ impl Store for MemoryStore {
             .take(limit)
             .cloned()
             .collect())
+    }
+
+    async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError> {
+        Ok(self.lock().connections.values().filter(|c| matches(c, filter)).count() as u64)
     }
 
     fn load_supervised(&self) -> BoxStream<'_, Result<Connection, StoreError>> {

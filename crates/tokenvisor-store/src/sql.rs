@@ -31,7 +31,7 @@ use sea_orm::sqlx::sqlite::SqliteJournalMode;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectOptions, ConnectionTrait as _, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    Order, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait, Value,
+    Order, PaginatorTrait as _, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait, Value,
 };
 use sea_orm_migration::MigratorTrait;
 use std::fmt;
@@ -40,7 +40,7 @@ use std::sync::{Arc, OnceLock};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use std::time::Duration;
 use tokenvisor_core::{
-    Connection, ConnectionFilter, ConnectionId, ConnectionStatus, Integration, IntegrationId, LastError,
+    Connection, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionStatus, Integration, IntegrationId, LastError,
     PendingAuthorization, RefreshAttempt, SecretString, TenantId,
 };
 use tokenvisor_migration::Migrator;
@@ -379,6 +379,7 @@ impl SqlStore {
             id: Set(id),
             tenant_id: Set(connection.tenant_id.as_str().to_owned()),
             integration_id: Set(connection.integration_id.0),
+            connection_key: Set(connection.connection_key.as_str().to_owned()),
             access_token: Set(access_token),
             refresh_token: Set(refresh_token),
             token_type: Set(connection.token_type.clone()),
@@ -411,6 +412,8 @@ impl SqlStore {
         };
         let tenant_id = TenantId::parse(row.tenant_id)
             .map_err(|_| StoreError::Corrupt(format!("connections:{id}:tenant_id is not a valid tenant id")))?;
+        let connection_key = ConnectionKey::parse(row.connection_key)
+            .map_err(|_| StoreError::Corrupt(format!("connections:{id}:connection_key is not a valid key")))?;
         let status: ConnectionStatus = row
             .status
             .parse()
@@ -428,6 +431,7 @@ impl SqlStore {
             id: ConnectionId(id),
             tenant_id,
             integration_id: IntegrationId(row.integration_id),
+            connection_key,
             access_token,
             refresh_token,
             token_type: row.token_type,
@@ -526,6 +530,27 @@ impl SqlStore {
             .await?
             .contains(&commit.id))
     }
+}
+
+/// The connections matching `filter` (its `limit` aside).
+fn filtered_connections(filter: &ConnectionFilter) -> sea_orm::Select<connection::Entity> {
+    let mut query = connection::Entity::find();
+    if let Some(tenant_id) = &filter.tenant_id {
+        query = query.filter(connection::Column::TenantId.eq(tenant_id.as_str()));
+    }
+    if let Some(status) = filter.status {
+        query = query.filter(connection::Column::Status.eq(status.as_str()));
+    }
+    if let Some(integration_id) = filter.integration_id {
+        query = query.filter(connection::Column::IntegrationId.eq(integration_id.0));
+    }
+    if let Some(key) = &filter.connection_key {
+        query = query.filter(connection::Column::ConnectionKey.eq(key.as_str()));
+    }
+    if let Some(after) = filter.after {
+        query = query.filter(connection::Column::Id.gt(after.0));
+    }
+    query
 }
 
 /// The connections that should have a running owner (`active` or `degraded`, `is_active`).
@@ -951,15 +976,73 @@ impl Store for SqlStore {
             .collect()
     }
 
+    #[tracing::instrument(skip_all, fields(integration_id = %integration.id))]
+    async fn update_integration(&self, integration: &Integration) -> Result<bool, StoreError> {
+        let mut row = self.integration_row(integration)?;
+        row.id = NotSet;
+        row.created_at = NotSet;
+        match integration::Entity::update_many()
+            .set(row)
+            .filter(integration::Column::Id.eq(integration.id.0))
+            .exec(&self.db)
+            .await
+        {
+            Ok(result) => Ok(result.rows_affected > 0),
+            Err(error) => match error.sql_err() {
+                Some(SqlErr::UniqueConstraintViolation(_)) => {
+                    Err(StoreError::Conflict(format!("integration {:?}", integration.name)))
+                }
+                _ => Err(db_error("updating an integration")(error)),
+            },
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(integration_id = %id))]
+    async fn delete_integration(&self, id: IntegrationId) -> Result<bool, StoreError> {
+        let in_use = || StoreError::Conflict(format!("integration {id} still has connections"));
+        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let connections = connection::Entity::find()
+            .filter(connection::Column::IntegrationId.eq(id.0))
+            .count(&txn)
+            .await
+            .map_err(db_error("counting connections"))?;
+        if connections > 0 {
+            return Err(in_use());
+        }
+        authorization_state::Entity::delete_many()
+            .filter(authorization_state::Column::IntegrationId.eq(id.0))
+            .exec(&txn)
+            .await
+            .map_err(db_error("deleting pending authorizations"))?;
+        let deleted = match integration::Entity::delete_by_id(id.0).exec(&txn).await {
+            Ok(deleted) => deleted,
+            Err(error) => {
+                // A connection inserted meanwhile (SQLite reports it as a plain
+                // constraint error).
+                return Err(match error.sql_err() {
+                    Some(SqlErr::ForeignKeyConstraintViolation(_)) => in_use(),
+                    _ if error.to_string().contains("FOREIGN KEY") => in_use(),
+                    _ => db_error("deleting an integration")(error),
+                });
+            }
+        };
+        txn.commit().await.map_err(db_error("committing a deletion"))?;
+        Ok(deleted.rows_affected > 0)
+    }
+
     #[tracing::instrument(skip_all, fields(connection_id = %connection.id))]
     async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError> {
         let row = self.connection_row(connection, connection.version)?;
         match connection::Entity::insert(row).exec_without_returning(&self.db).await {
             Ok(_) => Ok(()),
             Err(error) => match error.sql_err() {
-                Some(SqlErr::UniqueConstraintViolation(_)) => {
-                    Err(StoreError::Conflict(format!("connection {}", connection.id)))
-                }
+                Some(SqlErr::UniqueConstraintViolation(_)) => Err(StoreError::Conflict(format!(
+                    "connection {} (or tenant {} already has a connection {:?} to integration {})",
+                    connection.id,
+                    connection.tenant_id,
+                    connection.connection_key.as_str(),
+                    connection.integration_id
+                ))),
                 Some(SqlErr::ForeignKeyConstraintViolation(_)) => Err(StoreError::Conflict(format!(
                     "connection {}: integration {} does not exist",
                     connection.id, connection.integration_id
@@ -979,24 +1062,19 @@ impl Store for SqlStore {
     }
 
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError> {
-        let mut query = connection::Entity::find().order_by_asc(connection::Column::Id);
-        if let Some(tenant_id) = &filter.tenant_id {
-            query = query.filter(connection::Column::TenantId.eq(tenant_id.as_str()));
-        }
-        if let Some(status) = filter.status {
-            query = query.filter(connection::Column::Status.eq(status.as_str()));
-        }
-        if let Some(integration_id) = filter.integration_id {
-            query = query.filter(connection::Column::IntegrationId.eq(integration_id.0));
-        }
-        if let Some(after) = filter.after {
-            query = query.filter(connection::Column::Id.gt(after.0));
-        }
+        let mut query = filtered_connections(filter).order_by_asc(connection::Column::Id);
         if let Some(limit) = filter.limit {
             query = query.limit(limit);
         }
         let rows = query.all(&self.db).await.map_err(db_error("listing connections"))?;
         self.connections_from_rows(rows)
+    }
+
+    async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError> {
+        filtered_connections(filter)
+            .count(&self.db)
+            .await
+            .map_err(db_error("counting connections"))
     }
 
     fn load_supervised(&self) -> BoxStream<'_, Result<Connection, StoreError>> {

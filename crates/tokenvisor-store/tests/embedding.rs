@@ -49,6 +49,7 @@ on_both_backends!(
     a_store_opened_without_migrating_refuses_an_unmigrated_database_until_migrate_runs,
     an_old_layout_database_opened_without_migrating_is_refused_untouched_until_migrate_upgrades_it,
     an_old_layout_at_an_earlier_version_is_upgraded_and_completed_and_the_hosts_versions_stay,
+    duplicate_connections_of_a_tenant_get_keys_of_their_own_and_the_newest_keeps_default,
 );
 
 /// Our tables after the upgrade (and on a fresh database), with the bookkeeping table.
@@ -68,12 +69,13 @@ const OUR_TABLES: [&str; 12] = [
 ];
 
 /// Our migrations, all of them (the old layout's and those written since).
-const OUR_VERSIONS: [&str; 6] = [
+const OUR_VERSIONS: [&str; 7] = [
     "m20250101_000001_initial",
     "m20251122_000002_authorizations",
     "m20261122_000003_refresh_leases",
     "m20261122_000004_webhook_outbox",
     "m20261202_000005_partitions",
+    "m20261202_000006_connection_keys",
     "m20261202_000007_webhook_endpoints",
 ];
 
@@ -168,6 +170,7 @@ fn sample_connection(integration_id: IntegrationId) -> Connection {
         id: ConnectionId::new(),
         tenant_id: TenantId::parse("acme").expect("valid tenant"),
         integration_id,
+        connection_key: tokenvisor_core::ConnectionKey::default(),
         access_token: SecretString::new(format!("access-{}", Uuid::new_v4())),
         refresh_token: Some(SecretString::new(format!("refresh-{}", Uuid::new_v4()))),
         token_type: "Bearer".to_owned(),
@@ -1014,4 +1017,154 @@ async fn an_old_layout_at_an_earlier_version_is_upgraded_and_completed_and_the_h
             .expect("lease"),
         LeaseOutcome::Acquired
     );
+}
+
+/// A row of `tokenvisor_connections` as the store wrote it before connection keys.
+async fn insert_keyless_connection(db: &DatabaseConnection, connection: &Connection) {
+    let keyring = keyring();
+    let id = connection.id.0;
+    let seal = |plaintext: &str, column: &str| {
+        keyring
+            .encrypt(plaintext.as_bytes(), format!("connections:{id}:{column}").as_bytes())
+            .expect("seal")
+    };
+    insert_row(
+        db,
+        "tokenvisor_connections",
+        vec![
+            ("id", Value::from(id)),
+            ("tenant_id", Value::from(connection.tenant_id.as_str().to_owned())),
+            ("integration_id", Value::from(connection.integration_id.0)),
+            (
+                "access_token",
+                Value::from(seal(connection.access_token.expose(), "access_token")),
+            ),
+            (
+                "refresh_token",
+                Value::from(
+                    connection
+                        .refresh_token
+                        .as_ref()
+                        .map(|t| seal(t.expose(), "refresh_token")),
+                ),
+            ),
+            ("token_type", Value::from(connection.token_type.clone())),
+            ("scope", Value::from(connection.scope.clone())),
+            ("issued_at", Value::from(connection.issued_at)),
+            ("expires_at", Value::from(connection.expires_at)),
+            ("next_refresh_at", Value::from(connection.next_refresh_at)),
+            ("last_refresh_at", Value::from(connection.last_refresh_at)),
+            ("status", Value::from(connection.status.as_str())),
+            ("is_active", Value::from(connection.is_active)),
+            ("refresh_failures", Value::from(connection.refresh_failures)),
+            ("consecutive_failures", Value::from(connection.consecutive_failures)),
+            ("last_error_code", Value::from(None::<String>)),
+            ("last_error_message", Value::from(None::<String>)),
+            ("last_error_at", Value::from(None::<DateTime<Utc>>)),
+            (
+                "metadata",
+                Value::from(serde_json::Value::Object(connection.metadata.clone())),
+            ),
+            ("version", Value::from(connection.version)),
+            (
+                "partition_id",
+                Value::from(i32::from(tokenvisor_core::partition_of(connection.id))),
+            ),
+            ("created_at", Value::from(connection.created_at)),
+            ("updated_at", Value::from(connection.updated_at)),
+        ],
+    )
+    .await;
+}
+
+async fn duplicate_connections_of_a_tenant_get_keys_of_their_own_and_the_newest_keeps_default(db: TestDb) {
+    let host = host_connection(&db).await;
+    // A database at the version before connection keys, where acme connected three times.
+    tokenvisor_store::Migrator::up(&host, Some(5))
+        .await
+        .expect("the migrations before connection keys");
+    let integration = sample_integration();
+    let seal = |plaintext: &str, aad: String| keyring().encrypt(plaintext.as_bytes(), aad.as_bytes()).expect("seal");
+    let integration_id = integration.id.0;
+    insert_row(
+        &host,
+        "tokenvisor_integrations",
+        vec![
+            ("id", Value::from(integration_id)),
+            ("name", Value::from(integration.name.clone())),
+            ("provider", Value::from(integration.provider.clone())),
+            ("client_id", Value::from(integration.client_id.clone())),
+            (
+                "client_secret",
+                Value::from(seal(
+                    integration.client_secret.expose(),
+                    format!("integrations:{integration_id}:client_secret"),
+                )),
+            ),
+            ("scopes", Value::from(serde_json::json!(integration.scopes))),
+            ("redirect_uri", Value::from(integration.redirect_uri.clone())),
+            ("data_center", Value::from(integration.data_center.clone())),
+            ("token_url", Value::from(integration.token_url.clone())),
+            ("authorize_url", Value::from(integration.authorize_url.clone())),
+            ("revoke_url", Value::from(integration.revoke_url.clone())),
+            ("settings", Value::from(integration.settings.clone())),
+            ("created_at", Value::from(integration.created_at)),
+            ("updated_at", Value::from(integration.updated_at)),
+        ],
+    )
+    .await;
+    let mut acme = Vec::new();
+    for age_minutes in [30, 20, 10] {
+        let mut connection = sample_connection(integration.id);
+        connection.created_at = now() - chrono::Duration::minutes(age_minutes);
+        insert_keyless_connection(&host, &connection).await;
+        acme.push(connection);
+    }
+    let mut other = sample_connection(integration.id);
+    other.tenant_id = TenantId::parse("globex").expect("valid tenant");
+    insert_keyless_connection(&host, &other).await;
+
+    tokenvisor_store::migrate(&host)
+        .await
+        .expect("the connection keys migrate");
+    assert_eq!(versions_in(&host, "tokenvisor_migrations").await, OUR_VERSIONS);
+    let store = SqlStore::from_connection_unmigrated(host.clone(), keyring())
+        .await
+        .expect("opens");
+    let key_of = |id: ConnectionId| {
+        let store = &store;
+        async move {
+            store
+                .get_connection(id)
+                .await
+                .expect("read")
+                .expect("still there")
+                .connection_key
+                .to_string()
+        }
+    };
+    // The newest keeps `default`, the older ones are renamed after their ids.
+    assert_eq!(key_of(acme[2].id).await, "default");
+    for older in &acme[..2] {
+        let simple = older.id.0.simple().to_string();
+        let expected = format!("default-{}", &simple[simple.len() - 8..]);
+        assert_eq!(key_of(older.id).await, expected);
+    }
+    assert_eq!(key_of(other.id).await, "default", "one connection: nothing to rename");
+    // Every token still decrypts.
+    let stored = store.get_connection(acme[0].id).await.expect("read").expect("there");
+    assert_eq!(stored.access_token.expose(), acme[0].access_token.expose());
+
+    // From now on one tenant has one connection per integration and key.
+    let mut again = sample_connection(integration.id);
+    again.connection_key = tokenvisor_core::ConnectionKey::default();
+    assert!(matches!(
+        store.insert_connection(&again).await,
+        Err(StoreError::Conflict(_))
+    ));
+    again.connection_key = tokenvisor_core::ConnectionKey::parse("sandbox").expect("valid key");
+    store
+        .insert_connection(&again)
+        .await
+        .expect("another key is another connection");
 }

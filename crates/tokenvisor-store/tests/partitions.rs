@@ -42,6 +42,7 @@ async fn stored_connection(store: &SqlStore) -> Connection {
         id: ConnectionId::new(),
         tenant_id: TenantId::parse("acme").expect("tenant"),
         integration_id: integration.id,
+        connection_key: tokenvisor_core::ConnectionKey::default(),
         access_token: SecretString::new("access-1"),
         refresh_token: Some(SecretString::new("refresh-1")),
         token_type: "Bearer".to_owned(),

@@ -297,6 +297,7 @@ impl<'a> Authorizations<'a> {
                     .register(NewConnection {
                         tenant_id: pending.tenant_id,
                         integration_id: pending.integration_id,
+                        connection_key: tokenvisor_core::ConnectionKey::default(),
                         access_token: tokens.access_token,
                         refresh_token: tokens.refresh_token,
                         token_type: tokens.token_type,

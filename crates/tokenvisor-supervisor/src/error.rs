@@ -137,6 +137,12 @@ pub enum AdminError {
     /// A name or id is already taken.
     #[error("{0}")]
     Conflict(String),
+    /// The integration is used by this many connections (delete them first, or cascade).
+    #[error("the integration is used by {connections} connection(s); delete them first or cascade")]
+    InUse {
+        /// How many connections use it.
+        connections: u64,
+    },
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),

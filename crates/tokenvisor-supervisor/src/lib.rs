@@ -83,7 +83,10 @@ mod shared;
 mod supervisor;
 mod token;
 
-pub use api::{Connections, Integrations, NewConnection, NewIntegration, ShutdownReport, Tokens, Tokenvisor};
+pub use api::{
+    Connections, IntegrationUpdate, Integrations, NewConnection, NewIntegration, Registered, ShutdownReport, Tokens,
+    Tokenvisor,
+};
 pub use api_client::{ApiClient, ApiError, ApiRequest, ApiResponse};
 pub use authorization::{
     AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart, Authorizations, CLOUD_ID_KEY,

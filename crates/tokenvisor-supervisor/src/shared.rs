@@ -166,6 +166,55 @@ impl Shared {
         cache.entry(integration.id).or_insert(runtime).clone()
     }
 
+    /// Puts the current version of an integration in the cache, replacing an older one
+    /// (by `updated_at`): owners pick it up at their next message, so the next refresh of
+    /// every connection uses it. The new runtime starts with fresh limits and probes.
+    pub fn replace_integration(&self, integration: &Integration) -> IntegrationRef {
+        let mut cache = self.integrations.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(cached) = cache.get(&integration.id)
+            && cached.updated_at >= integration.updated_at
+        {
+            return cached.clone();
+        }
+        let runtime = Arc::new(IntegrationRuntime::new(integration, &self.config));
+        if let Err(error) = &runtime.resolved {
+            tracing::error!(integration = %integration.name, error = %error, "integration cannot be used to refresh");
+        }
+        cache.insert(integration.id, runtime.clone());
+        runtime
+    }
+
+    /// Drops a deleted integration from the cache.
+    pub fn forget_integration(&self, id: IntegrationId) {
+        self.integrations.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    /// Reads an integration from the store again (another replica changed or deleted it).
+    pub async fn reload_integration(&self, id: IntegrationId) -> Result<(), tokenvisor_store::StoreError> {
+        match self.store.get_integration(id).await? {
+            Some(integration) => {
+                self.replace_integration(&integration);
+            }
+            None => self.forget_integration(id),
+        }
+        Ok(())
+    }
+
+    /// Reads every integration from the store again: the periodic safety net for a lost
+    /// change notification.
+    pub async fn reload_integrations(&self) -> Result<(), tokenvisor_store::StoreError> {
+        let stored = self.store.list_integrations().await?;
+        let ids: std::collections::HashSet<IntegrationId> = stored.iter().map(|i| i.id).collect();
+        for integration in &stored {
+            self.replace_integration(integration);
+        }
+        self.integrations
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|id, _| ids.contains(id));
+        Ok(())
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)
     }
@@ -227,6 +276,8 @@ pub(crate) fn store_failed(shared: &SharedRef) {
 #[derive(Debug)]
 pub(crate) struct IntegrationRuntime {
     pub name: String,
+    /// The version of the integration this runtime was built from.
+    pub updated_at: chrono::DateTime<chrono::Utc>,
     pub provider: String,
     /// The integration resolved against its profile, or why it cannot be used.
     pub resolved: Result<ResolvedIntegration, EndpointError>,
@@ -301,6 +352,7 @@ impl IntegrationRuntime {
             limiter: crate::limits::IntegrationLimiter::new(limits),
             probes: ProbeGate::default(),
             name: integration.name.clone(),
+            updated_at: integration.updated_at,
             provider: integration.provider.clone(),
             resolved,
             policy,

@@ -92,10 +92,10 @@ impl FakeProvider {
         let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
         let address = listener.local_addr()?;
         let shared: SharedState = Arc::new(Mutex::new(State::new(&config)));
-        let credentials = Arc::new(ClientCredentials {
-            client_id: random_token("tv-fake-client-"),
-            client_secret: random_token("tv-fake-secret-"),
-        });
+        let credentials = Arc::new(ClientCredentials::new(
+            random_token("tv-fake-client-"),
+            random_token("tv-fake-secret-"),
+        ));
         let app = router(ServerState {
             shared: shared.clone(),
             credentials: credentials.clone(),
@@ -224,9 +224,28 @@ impl FakeProvider {
         &self.inner.credentials.client_id
     }
 
-    /// The only client secret the token endpoint accepts (random per fake).
+    /// The client secret the fake was started with (random per fake): the only one the
+    /// token endpoint accepts until [`rotate_client_secret`](Self::rotate_client_secret).
     pub fn client_secret(&self) -> &str {
         &self.inner.credentials.client_secret
+    }
+
+    /// Rotates the client secret, as an operator does in the provider's console: from now
+    /// on the token endpoint accepts only the returned secret (new and random), and
+    /// answers any other, the previous one included, 401 `invalid_client`.
+    pub fn rotate_client_secret(&self) -> String {
+        let secret = random_token("tv-fake-secret-");
+        *self.inner.credentials.rotated.lock().unwrap_or_else(|p| p.into_inner()) = Some(secret.clone());
+        secret
+    }
+
+    /// Token requests the fake refused for their client authentication (401
+    /// `invalid_client`: a wrong or rotated-away secret).
+    pub fn client_authentication_failures(&self) -> u64 {
+        self.inner
+            .credentials
+            .refused
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Creates a grant (a "token family") labelled `label` (e.g. a tenant id) and returns

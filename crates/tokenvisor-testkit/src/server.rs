@@ -76,7 +76,32 @@ pub(crate) struct ServerState {
 /// The one client the fake accepts.
 pub(crate) struct ClientCredentials {
     pub client_id: String,
+    /// The secret it was started with.
     pub client_secret: String,
+    /// The secret accepted since a rotation (the first one is refused from then on).
+    pub rotated: std::sync::Mutex<Option<String>>,
+    /// Token requests refused with `invalid_client`.
+    pub refused: std::sync::atomic::AtomicU64,
+}
+
+impl ClientCredentials {
+    pub fn new(client_id: String, client_secret: String) -> Self {
+        Self {
+            client_id,
+            client_secret,
+            rotated: std::sync::Mutex::new(None),
+            refused: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// The secret the token endpoint accepts now.
+    pub fn current_secret(&self) -> String {
+        self.rotated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .unwrap_or_else(|| self.client_secret.clone())
+    }
 }
 
 /// The fake's routes for its dialect.
@@ -265,7 +290,7 @@ fn authenticate(headers: &HeaderMap, params: &Params, credentials: &ClientCreden
             _ => return Err(AuthFailure::InvalidClient),
         },
     };
-    if client_id != credentials.client_id || client_secret != credentials.client_secret {
+    if client_id != credentials.client_id || client_secret != credentials.current_secret() {
         return Err(AuthFailure::InvalidClient);
     }
     Ok(())
@@ -473,6 +498,10 @@ fn answer_token_request(
         Err(description) => return error(TokenError::InvalidRequest(description)),
     };
     if let Err(failure) = authenticate(headers, &params, &server_state.credentials) {
+        server_state
+            .credentials
+            .refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         return error(match failure {
             AuthFailure::InvalidClient => TokenError::InvalidClient,
             AuthFailure::MultipleMethods => {
@@ -661,10 +690,7 @@ mod tests {
 
     #[test]
     fn client_authentication_uses_basic_or_the_body_but_not_both() {
-        let credentials = ClientCredentials {
-            client_id: "id".to_owned(),
-            client_secret: "secret".to_owned(),
-        };
+        let credentials = ClientCredentials::new("id".to_owned(), "secret".to_owned());
         let basic = headers_with(
             header::AUTHORIZATION,
             &format!("Basic {}", STANDARD.encode("id:secret")),

@@ -31,7 +31,8 @@
 //! - the runtime and its handles: [`Tokenvisor`] (`tokens()`, `connections()`,
 //!   `integrations()`, `authorizations()`), [`TokenvisorConfig`] (with
 //!   [`TokenvisorConfig::from_env`]), [`JournalConfig`];
-//! - what you register: [`NewIntegration`], [`IntegrationSettings`], [`NewConnection`];
+//! - what you register: [`NewIntegration`], [`IntegrationSettings`], [`IntegrationUpdate`],
+//!   [`NewConnection`] (with its [`ConnectionKey`]);
 //! - what you get back: [`AccessToken`], [`Connection`], [`Integration`], [`Event`],
 //!   and the errors [`TokenError`], [`AdminError`], [`StartError`];
 //! - storage: [`SqlStore`], [`MemoryStore`], [`Keyring`], [`migrate`];
@@ -65,8 +66,8 @@ pub use tokenvisor_telemetry as telemetry;
 
 pub use tokenvisor_core::model::InvalidTenantId;
 pub use tokenvisor_core::{
-    Connection, ConnectionFilter, ConnectionId, ConnectionStatus, Event, EventBus, EventKind, Integration,
-    IntegrationId, RefreshAttempt, SchedulePolicy, SecretString, TenantId, TokenSet,
+    Connection, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionStatus, Event, EventBus, EventKind,
+    Integration, IntegrationId, InvalidConnectionKey, RefreshAttempt, SchedulePolicy, SecretString, TenantId, TokenSet,
 };
 pub use tokenvisor_provider::endpoint::IntegrationSettings;
 pub use tokenvisor_provider::{BodyFormat, ClientAuth};
@@ -74,6 +75,6 @@ pub use tokenvisor_store::{Keyring, MIGRATION_TABLE, MemoryStore, SqlStore, Stor
 pub use tokenvisor_supervisor::{
     AccessToken, AdminError, ApiClient, ApiError, ApiRequest, ApiResponse, AuthorizationCallback, AuthorizationError,
     AuthorizationRequest, AuthorizationStart, Authorizations, Cluster, ClusterConfig, ClusterStatus, ConfigError,
-    Connections, Integrations, JournalConfig, JournalError, NewConnection, NewIntegration, ShutdownReport, StartError,
-    TokenError, Tokens, Tokenvisor, TokenvisorConfig,
+    Connections, IntegrationUpdate, Integrations, JournalConfig, JournalError, NewConnection, NewIntegration,
+    Registered, ShutdownReport, StartError, TokenError, Tokens, Tokenvisor, TokenvisorConfig,
 };

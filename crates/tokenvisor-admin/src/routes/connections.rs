@@ -1,17 +1,22 @@
-//! `/v1/connections`: register, list, show, hand out tokens, refresh, (de)activate, delete.
+//! `/v1/connections`: register, list, show, hand out tokens, refresh, (de)activate, delete;
+//! `/v1/tenants/{tenant}/connections`: a tenant's connections, and one addressed by
+//! integration and the caller's key instead of its id.
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, ConnectionPath};
 use crate::routes::find_integration;
-use crate::views::{ConnectionList, ConnectionQuery, ConnectionView, CreateConnection, RejectedToken, TokenAnswer};
+use crate::views::{
+    ConnectionList, ConnectionQuery, ConnectionView, CreateConnection, PageQuery, RejectedToken, TokenAnswer,
+};
 use axum::Json;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use tokenvisor_core::{
-    Connection, ConnectionFilter, ConnectionId, ConnectionStatus, Integration, IntegrationId, SecretString, TenantId,
+    Connection, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionStatus, Integration, IntegrationId,
+    SecretString, TenantId,
 };
 use tokenvisor_supervisor::{AccessToken, NewConnection};
 
@@ -20,13 +25,16 @@ const MAX_LIFETIME_SECS: i64 = 366 * 24 * 3600;
 const DEFAULT_PAGE: u64 = 100;
 const MAX_PAGE: u64 = 500;
 
-/// Registers a connection with tokens obtained elsewhere and starts supervising it.
+/// Registers a connection with tokens obtained elsewhere and starts supervising it; a
+/// tenant already connected to the integration under this `connection_key` gets that
+/// connection's tokens replaced instead (200).
 #[utoipa::path(
     post, path = "/v1/connections", tag = "connections",
     operation_id = "create_connection",
     request_body = CreateConnection,
     responses(
         (status = 201, description = "registered and supervised", body = ConnectionView),
+        (status = 200, description = "the tenant's connection under this key, its tokens replaced", body = ConnectionView),
         (status = 404, description = "unknown integration", body = ErrorBody),
         (status = 422, description = "invalid input", body = ErrorBody),
     ),
@@ -37,6 +45,10 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<CreateConnection>,
 ) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
     let tenant_id = TenantId::parse(body.tenant_id).map_err(|error| ApiError::invalid("tenant_id", error))?;
+    let connection_key = match body.connection_key {
+        Some(key) => ConnectionKey::parse(key).map_err(|error| ApiError::invalid("connection_key", error))?,
+        None => ConnectionKey::default(),
+    };
     if body.access_token.is_empty() || body.access_token.len() > MAX_TOKEN_LENGTH {
         return Err(ApiError::invalid("access_token", "must be 1 to 16384 characters"));
     }
@@ -73,12 +85,13 @@ pub(crate) async fn create(
         return Err(ApiError::invalid("token_type", "must be 1 to 64 characters"));
     }
     let integration = find_integration(state.tokenvisor.store().as_ref(), &body.integration).await?;
-    let connection = state
+    let registered = state
         .tokenvisor
         .connections()
-        .register(NewConnection {
+        .connect(NewConnection {
             tenant_id,
             integration_id: integration.id,
+            connection_key,
             access_token: SecretString::new(body.access_token),
             refresh_token: body.refresh_token.map(SecretString::new),
             token_type: body.token_type,
@@ -87,11 +100,14 @@ pub(crate) async fn create(
             metadata: body.metadata.unwrap_or_default(),
         })
         .await?;
-    tracing::info!(connection.id = %connection.id, tenant.id = %connection.tenant_id, integration.name = %integration.name, "connection registered");
-    Ok((
-        StatusCode::CREATED,
-        Json(ConnectionView::of(&connection, Some(&integration))),
-    ))
+    let connection = registered.connection;
+    tracing::info!(connection.id = %connection.id, tenant.id = %connection.tenant_id, integration.name = %integration.name, created = registered.created, "connection registered");
+    let status = if registered.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(ConnectionView::of(&connection, Some(&integration)))))
 }
 
 /// Connections matching the filters, ordered by id, a page at a time.
@@ -128,7 +144,24 @@ pub(crate) async fn list(
         Some(integration) => Some(find_integration(store.as_ref(), &integration).await?.id),
         None => None,
     };
-    let after = match query.cursor {
+    let filter = ConnectionFilter {
+        tenant_id,
+        status,
+        integration_id,
+        ..ConnectionFilter::default()
+    };
+    page(&state, filter, query.cursor, query.limit).await.map(Json)
+}
+
+/// One page of the connections matching `filter`, after `cursor`.
+async fn page(
+    state: &AppState,
+    mut filter: ConnectionFilter,
+    cursor: Option<String>,
+    limit: Option<u64>,
+) -> Result<ConnectionList, ApiError> {
+    let bad_filter = |code: &'static str, message: &str| ApiError::new(StatusCode::BAD_REQUEST, code, message);
+    filter.after = match cursor {
         Some(cursor) => Some(
             cursor
                 .parse::<ConnectionId>()
@@ -136,33 +169,127 @@ pub(crate) async fn list(
         ),
         None => None,
     };
-    let limit = query.limit.unwrap_or(DEFAULT_PAGE);
+    let limit = limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(bad_filter("invalid_query", "limit must be 1 to 500"));
     }
-    let mut connections = store
-        .list_connections(&ConnectionFilter {
-            tenant_id,
-            status,
-            integration_id,
-            after,
-            limit: Some(limit + 1),
-        })
-        .await?;
+    filter.limit = Some(limit + 1);
+    let mut connections = state.tokenvisor.store().list_connections(&filter).await?;
     let next_cursor = if connections.len() as u64 > limit {
         connections.truncate(limit as usize);
         connections.last().map(|c| c.id.to_string())
     } else {
         None
     };
-    let integrations = integrations_by_id(&state).await?;
-    Ok(Json(ConnectionList {
+    let integrations = integrations_by_id(state).await?;
+    Ok(ConnectionList {
         items: connections
             .iter()
             .map(|c| ConnectionView::of(c, integrations.get(&c.integration_id)))
             .collect(),
         next_cursor,
-    }))
+    })
+}
+
+/// Every connection of a tenant (to any integration), ordered by id, a page at a time.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/connections", tag = "connections",
+    operation_id = "list_tenant_connections",
+    params(("tenant" = String, Path, description = "tenant id"), PageQuery),
+    responses(
+        (status = 200, body = ConnectionList),
+        (status = 400, description = "`invalid_query`, `invalid_cursor`", body = ErrorBody),
+        (status = 422, description = "`invalid_input`: not a tenant id", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn list_of_tenant(
+    State(state): State<AppState>,
+    Path(tenant): Path<String>,
+    ApiQuery(query): ApiQuery<PageQuery>,
+) -> Result<Json<ConnectionList>, ApiError> {
+    let tenant_id = TenantId::parse(tenant).map_err(|error| ApiError::invalid("tenant_id", error))?;
+    let filter = ConnectionFilter {
+        tenant_id: Some(tenant_id),
+        ..ConnectionFilter::default()
+    };
+    page(&state, filter, query.cursor, query.limit).await.map(Json)
+}
+
+/// `/v1/tenants/{tenant}/connections/{integration}/{key}`: a connection addressed by its
+/// tenant, integration (name or id) and the caller's key.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct KeyPath {
+    pub(crate) tenant: String,
+    pub(crate) integration: String,
+    pub(crate) key: String,
+}
+
+impl KeyPath {
+    /// The connection it names; 404 when there is none.
+    pub(crate) async fn resolve(self, state: &AppState) -> Result<Connection, ApiError> {
+        let tenant_id = TenantId::parse(self.tenant).map_err(|error| ApiError::invalid("tenant_id", error))?;
+        let key = ConnectionKey::parse(self.key).map_err(|error| ApiError::invalid("connection_key", error))?;
+        let integration = find_integration(state.tokenvisor.store().as_ref(), &self.integration).await?;
+        Ok(state
+            .tokenvisor
+            .connections()
+            .by_key(integration.id, &tenant_id, &key)
+            .await?)
+    }
+}
+
+/// The tenant's connection to an integration under a key.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/connections/{integration}/{key}", tag = "connections",
+    operation_id = "get_connection_by_key",
+    params(
+        ("tenant" = String, Path, description = "tenant id"),
+        ("integration" = String, Path, description = "integration name or id"),
+        ("key" = String, Path, description = "the connection key (`default` unless chosen)"),
+    ),
+    responses(
+        (status = 200, body = ConnectionView),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "`invalid_input`: not a tenant id or key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn show_by_key(
+    State(state): State<AppState>,
+    Path(path): Path<KeyPath>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let connection = path.resolve(&state).await?;
+    Ok(Json(view(&state, &connection).await?))
+}
+
+/// A valid access token of the tenant's connection under a key.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/connections/{integration}/{key}/token", tag = "tokens",
+    operation_id = "get_token_by_key",
+    params(
+        ("tenant" = String, Path, description = "tenant id"),
+        ("integration" = String, Path, description = "integration name or id"),
+        ("key" = String, Path, description = "the connection key (`default` unless chosen)"),
+    ),
+    responses(
+        (status = 200, description = "valid for at least the minimum validity", body = TokenAnswer),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "`needs_reauth` or `disabled`", body = ErrorBody),
+        (status = 422, description = "`invalid_input`: not a tenant id or key", body = ErrorBody),
+        (status = 502, description = "`provider_unavailable` (`Retry-After`)", body = ErrorBody),
+        (status = 503, description = "`store_unavailable` (`Retry-After`)", body = ErrorBody),
+        (status = 504, description = "`timeout`: no answer within the token wait; retry (`Retry-After`)", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn token_by_key(
+    State(state): State<AppState>,
+    Path(path): Path<KeyPath>,
+) -> Result<Response, ApiError> {
+    let connection = path.resolve(&state).await?;
+    let token = state.tokenvisor.tokens().access_token(connection.id).await?;
+    Ok(token_response(&token))
 }
 
 /// One connection.

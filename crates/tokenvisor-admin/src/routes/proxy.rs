@@ -1,4 +1,5 @@
-//! `ANY /v1/connections/{id}/proxy/{*path}`: an API call through tokenvisor. The request
+//! `ANY /v1/connections/{id}/proxy/{*path}` (and the same under
+//! `/v1/tenants/{tenant}/connections/{integration}/{key}`): an API call through tokenvisor. The request
 //! goes to the connection's API base (Zoho `api_domain`, the Jira gateway with the cloud
 //! id, an integration's `api_base_url`) with the connection's token in the profile's
 //! scheme; a dead-token answer (401; Atlassian also 403/404) is reported and the call
@@ -8,6 +9,7 @@
 
 use crate::AppState;
 use crate::error::ApiError;
+use crate::routes::connections::KeyPath;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderName, Method, StatusCode, Uri, header};
@@ -63,6 +65,60 @@ pub(crate) async fn forward(
     let id: ConnectionId = id
         .parse()
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the connection id is not a UUID"))?;
+    proxy(&state, id, path, method, uri, headers, body).await
+}
+
+/// Forwards the request to the API of the tenant's connection under a key (see the
+/// module documentation).
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/connections/{integration}/{key}/proxy/{path}", tag = "connections",
+    operation_id = "proxy_request_by_key",
+    security(("bearer" = [])),
+    params(
+        ("tenant" = String, Path, description = "tenant id"),
+        ("integration" = String, Path, description = "integration name or id"),
+        ("key" = String, Path, description = "the connection key (`default` unless chosen)"),
+        ("path" = String, Path, description = "The path below the connection's API base; any method"),
+    ),
+    request_body(content = Vec<u8>, description = "Forwarded as is (at most 10 MiB)", content_type = "application/octet-stream"),
+    responses(
+        (status = 200, description = "The API's answer, streamed (any status the API gives)"),
+        (status = 400, description = "`invalid_path`", body = crate::error::ErrorBody),
+        (status = 404, description = "`not_found`", body = crate::error::ErrorBody),
+        (status = 409, description = "`needs_reauth`, `disabled`", body = crate::error::ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = crate::error::ErrorBody),
+        (status = 422, description = "`no_api_base`, `invalid_input` (not a tenant id or key)", body = crate::error::ErrorBody),
+        (status = 502, description = "`upstream_unreachable`", body = crate::error::ErrorBody),
+    )
+)]
+pub(crate) async fn forward_by_key(
+    State(state): State<AppState>,
+    Path((tenant, integration, key, path)): Path<(String, String, String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let connection = KeyPath {
+        tenant,
+        integration,
+        key,
+    }
+    .resolve(&state)
+    .await?;
+    proxy(&state, connection.id, path, method, uri, headers, body).await
+}
+
+/// Sends the call through connection `id` and streams the answer back.
+async fn proxy(
+    state: &AppState,
+    id: ConnectionId,
+    path: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
     let body = axum::body::to_bytes(body, MAX_BODY).await.map_err(|_| {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

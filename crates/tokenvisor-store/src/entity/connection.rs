@@ -10,6 +10,7 @@ pub struct Model {
     pub id: Uuid,
     pub tenant_id: String,
     pub integration_id: Uuid,
+    pub connection_key: String,
     pub access_token: Vec<u8>,
     pub refresh_token: Option<Vec<u8>>,
     pub token_type: String,

@@ -44,6 +44,7 @@ on_both_backends!(
     concurrent_refresh_commits_of_one_connection_commit_exactly_once,
     refresh_commits_keep_the_history_bounded_and_skip_deleted_connections,
     a_failing_refresh_commit_fails_alone_and_the_others_commit,
+    an_integration_is_updated_and_deleted_only_once_no_connection_uses_it,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -84,6 +85,7 @@ fn sample_connection(integration_id: IntegrationId, tenant: &str) -> Connection 
         id: ConnectionId::new(),
         tenant_id: TenantId::parse(tenant).expect("valid tenant"),
         integration_id,
+        connection_key: tokenvisor_core::ConnectionKey::default(),
         access_token: SecretString::new(format!("access-{}", Uuid::new_v4())),
         refresh_token: Some(SecretString::new(format!("refresh-{}", Uuid::new_v4()))),
         token_type: "Bearer".to_owned(),
@@ -271,6 +273,73 @@ async fn integrations_and_connections_round_trip(db: TestDb) {
             );
         }
     }
+    store.close().await.expect("close");
+}
+
+async fn an_integration_is_updated_and_deleted_only_once_no_connection_uses_it(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("zoho");
+    store.insert_integration(&integration).await.expect("insert");
+    store
+        .insert_integration(&sample_integration("jira"))
+        .await
+        .expect("insert");
+
+    let mut changed = integration.clone();
+    changed.client_secret = SecretString::new("rotated-secret");
+    changed.scopes = vec!["write".to_owned()];
+    changed.updated_at = integration.updated_at + chrono::Duration::seconds(1);
+    assert!(store.update_integration(&changed).await.expect("update"));
+    let stored = store
+        .get_integration(integration.id)
+        .await
+        .expect("read")
+        .expect("there");
+    assert_eq!(stored.client_secret.expose(), "rotated-secret");
+    assert_eq!(stored.scopes, ["write"]);
+    assert_eq!(stored.updated_at, changed.updated_at);
+    assert_eq!(stored.created_at, integration.created_at);
+    let mut renamed = changed.clone();
+    renamed.name = "jira".to_owned();
+    let error = store.update_integration(&renamed).await.expect_err("name taken");
+    assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+    let mut unknown = changed.clone();
+    unknown.id = IntegrationId::new();
+    unknown.name = "other".to_owned();
+    assert!(!store.update_integration(&unknown).await.expect("update"));
+
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("insert");
+    let sandbox = Connection {
+        id: ConnectionId::new(),
+        connection_key: tokenvisor_core::ConnectionKey::parse("sandbox").expect("valid"),
+        ..sample_connection(integration.id, "acme")
+    };
+    store.insert_connection(&sandbox).await.expect("another key");
+    let twin = sample_connection(integration.id, "acme");
+    let error = store.insert_connection(&twin).await.expect_err("same tenant and key");
+    assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+    let of_integration = ConnectionFilter {
+        integration_id: Some(integration.id),
+        ..ConnectionFilter::default()
+    };
+    assert_eq!(store.count_connections(&of_integration).await.expect("count"), 2);
+    let sandboxes = ConnectionFilter {
+        connection_key: Some(tokenvisor_core::ConnectionKey::parse("sandbox").expect("valid")),
+        ..ConnectionFilter::default()
+    };
+    let listed = store.list_connections(&sandboxes).await.expect("list");
+    assert_eq!(listed.iter().map(|c| c.id).collect::<Vec<_>>(), [sandbox.id]);
+
+    let error = store.delete_integration(integration.id).await.expect_err("in use");
+    assert!(matches!(error, StoreError::Conflict(_)), "{error}");
+    assert!(store.get_integration(integration.id).await.expect("read").is_some());
+    for id in [connection.id, sandbox.id] {
+        assert!(store.delete_connection(id).await.expect("delete"));
+    }
+    assert!(store.delete_integration(integration.id).await.expect("delete"));
+    assert!(store.get_integration(integration.id).await.expect("read").is_none());
+    assert!(!store.delete_integration(integration.id).await.expect("delete"));
     store.close().await.expect("close");
 }
 

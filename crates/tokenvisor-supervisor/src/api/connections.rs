@@ -6,10 +6,11 @@ use crate::connection::{ConnectionMsg, LifecycleOp};
 use crate::error::{AdminError, TokenError};
 use chrono::{DateTime, Utc};
 use tokenvisor_core::{
-    Connection, ConnectionFilter, ConnectionId, ConnectionStatus, EventKind, IntegrationId, RefreshAttempt,
-    SecretString, TenantId, TokenSet, check_token,
+    Connection, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionStatus, EventKind, IntegrationId,
+    RefreshAttempt, SecretString, TenantId, TokenSet, check_token,
 };
 use tokenvisor_provider::ResolvedIntegration;
+use tokenvisor_store::StoreError;
 
 /// A new connection with tokens obtained elsewhere (an import, or a code exchange):
 ///
@@ -29,6 +30,9 @@ pub struct NewConnection {
     pub tenant_id: TenantId,
     /// The integration.
     pub integration_id: IntegrationId,
+    /// The caller's name for this connection of the tenant (`default`): registering the
+    /// same (integration, tenant, key) again updates that connection.
+    pub connection_key: ConnectionKey,
     /// Current access token.
     pub access_token: SecretString,
     /// Refresh token, if any.
@@ -51,6 +55,7 @@ impl NewConnection {
         Self {
             tenant_id,
             integration_id,
+            connection_key: ConnectionKey::default(),
             access_token: access_token.into(),
             refresh_token: None,
             token_type: None,
@@ -58,6 +63,13 @@ impl NewConnection {
             expires_at: None,
             metadata: serde_json::Map::new(),
         }
+    }
+
+    /// The caller's name for this connection of the tenant (default `default`); a tenant
+    /// can hold one connection per integration and key.
+    pub fn connection_key(mut self, connection_key: ConnectionKey) -> Self {
+        self.connection_key = connection_key;
+        self
     }
 
     /// The refresh token.
@@ -97,6 +109,16 @@ impl NewConnection {
     }
 }
 
+/// What [`Connections::connect`] did.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The connection as committed.
+    pub connection: Connection,
+    /// Whether it was created (`false`: the tenant already had a connection under this
+    /// key, whose tokens were replaced).
+    pub created: bool,
+}
+
 /// The connections of a [`Tokenvisor`]: `tokenvisor.connections().deactivate(id)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Connections<'a> {
@@ -108,9 +130,24 @@ impl<'a> Connections<'a> {
         Self { tokenvisor }
     }
 
-    /// Registers a connection, commits it, and starts supervising it.
+    /// Registers a connection, commits it, and starts supervising it; when the tenant
+    /// already has a connection to the integration under this key, replaces its tokens
+    /// instead (see [`Connections::connect`]).
     pub async fn register(self, new: NewConnection) -> Result<Connection, AdminError> {
+        self.connect(new).await.map(|registered| registered.connection)
+    }
+
+    /// Registers a connection, or updates the one the tenant already has under this
+    /// (integration, key): its tokens are replaced through its owner (like a
+    /// re-authorization: active again, `refresh_failures` kept), and `created` is false.
+    pub async fn connect(self, new: NewConnection) -> Result<Registered, AdminError> {
         check_tokens(&new.access_token, new.refresh_token.as_ref().filter(|t| !t.is_empty()))?;
+        if let Some(existing) = self
+            .find_by_key(new.integration_id, &new.tenant_id, &new.connection_key)
+            .await?
+        {
+            return self.update_registered(existing.id, new).await;
+        }
         let integration = self
             .tokenvisor
             .shared
@@ -128,12 +165,13 @@ impl<'a> Connections<'a> {
             tokenvisor_core::next_refresh_at(issued_at, expires_at, &[], now, &runtime.policy, rand::random::<f64>());
         let connection = Connection {
             id: ConnectionId::new(),
-            tenant_id: new.tenant_id,
+            tenant_id: new.tenant_id.clone(),
             integration_id: integration.id,
-            access_token: new.access_token,
-            refresh_token: new.refresh_token.filter(|t| !t.is_empty()),
-            token_type: new.token_type.unwrap_or_else(|| "Bearer".into()),
-            scope: new.scope,
+            connection_key: new.connection_key.clone(),
+            access_token: new.access_token.clone(),
+            refresh_token: new.refresh_token.clone().filter(|t| !t.is_empty()),
+            token_type: new.token_type.clone().unwrap_or_else(|| "Bearer".into()),
+            scope: new.scope.clone(),
             issued_at,
             expires_at,
             next_refresh_at: Some(next_refresh),
@@ -143,19 +181,110 @@ impl<'a> Connections<'a> {
             refresh_failures: 0,
             consecutive_failures: 0,
             last_error: None,
-            metadata: new.metadata,
+            metadata: new.metadata.clone(),
             version: 1,
             created_at: now,
             updated_at: now,
         };
-        self.tokenvisor.shared.store.insert_connection(&connection).await?;
+        match self.tokenvisor.shared.store.insert_connection(&connection).await {
+            Ok(()) => {}
+            // Registered meanwhile by another caller: update that one.
+            Err(StoreError::Conflict(what)) => {
+                return match self
+                    .find_by_key(new.integration_id, &new.tenant_id, &new.connection_key)
+                    .await?
+                {
+                    Some(existing) => self.update_registered(existing.id, new).await,
+                    None => Err(AdminError::Conflict(what)),
+                };
+            }
+            Err(error) => return Err(error.into()),
+        }
         if self.tokenvisor.shared.serves(connection.id) {
             self.tokenvisor.spawn(connection.clone()).await?;
         } else {
             self.tokenvisor.announce(connection.id).await;
         }
         self.tokenvisor.emit(&connection, EventKind::Connected);
-        Ok(connection)
+        Ok(Registered {
+            connection,
+            created: true,
+        })
+    }
+
+    /// Replaces the tokens of an existing connection with those of a new registration.
+    async fn update_registered(self, id: ConnectionId, new: NewConnection) -> Result<Registered, AdminError> {
+        let integration = self
+            .tokenvisor
+            .shared
+            .store
+            .get_integration(new.integration_id)
+            .await?
+            .ok_or(AdminError::NotFound("integration"))?;
+        let resolved = ResolvedIntegration::resolve(&integration, &self.tokenvisor.shared.config.allow_insecure_hosts)?;
+        let now = self.tokenvisor.shared.clock.now();
+        let expires_in = match new.expires_at {
+            Some(expires_at) => (expires_at - now).to_std().unwrap_or_default(),
+            None => resolved.profile.default_lifetime,
+        };
+        let tokens = TokenSet {
+            access_token: new.access_token,
+            refresh_token: new.refresh_token.filter(|t| !t.is_empty()),
+            token_type: new.token_type,
+            scope: new.scope,
+            expires_in,
+            metadata: serde_json::Map::new(),
+        };
+        let connection = self.replace_tokens(id, tokens, new.metadata).await?;
+        Ok(Registered {
+            connection,
+            created: false,
+        })
+    }
+
+    /// The tenant's connection to the integration under `key`, or
+    /// [`TokenError::NotFound`].
+    pub async fn by_key(
+        self,
+        integration_id: IntegrationId,
+        tenant_id: &TenantId,
+        key: &ConnectionKey,
+    ) -> Result<Connection, TokenError> {
+        self.find_by_key(integration_id, tenant_id, key)
+            .await?
+            .ok_or(TokenError::NotFound)
+    }
+
+    async fn find_by_key(
+        self,
+        integration_id: IntegrationId,
+        tenant_id: &TenantId,
+        key: &ConnectionKey,
+    ) -> Result<Option<Connection>, StoreError> {
+        let filter = ConnectionFilter {
+            tenant_id: Some(tenant_id.clone()),
+            integration_id: Some(integration_id),
+            connection_key: Some(key.clone()),
+            limit: Some(1),
+            ..ConnectionFilter::default()
+        };
+        Ok(self
+            .tokenvisor
+            .shared
+            .store
+            .list_connections(&filter)
+            .await?
+            .into_iter()
+            .next())
+    }
+
+    /// Every connection of a tenant (to any integration), ordered by id.
+    pub async fn of_tenant(self, tenant_id: &TenantId) -> Result<Vec<Connection>, TokenError> {
+        self.list(&ConnectionFilter {
+            tenant_id: Some(tenant_id.clone()),
+            ..ConnectionFilter::default()
+        })
+        .await
     }
 
     /// The stored connection (tokens inside are [`SecretString`]s), or

@@ -1,8 +1,8 @@
 //! Integrations (OAuth app registrations).
 
 use super::Tokenvisor;
-use crate::error::AdminError;
-use tokenvisor_core::{Integration, IntegrationId, SecretString};
+use crate::error::{AdminError, TokenError};
+use tokenvisor_core::{ConnectionFilter, Integration, IntegrationId, SecretString};
 use tokenvisor_provider::ResolvedIntegration;
 use tokenvisor_provider::endpoint::IntegrationSettings;
 
@@ -152,6 +152,79 @@ impl NewIntegration {
     }
 }
 
+/// A change to an integration: each field set replaces the stored one, the others stay.
+/// A rotated `client_secret` is used by the next refresh of every connection (on every
+/// replica), without a restart.
+///
+/// ```
+/// use tokenvisor_supervisor::IntegrationUpdate;
+/// let rotate = IntegrationUpdate::default().client_secret("new-secret");
+/// assert!(rotate.client_id.is_none());
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct IntegrationUpdate {
+    /// A new OAuth client id.
+    pub client_id: Option<String>,
+    /// A new OAuth client secret.
+    pub client_secret: Option<SecretString>,
+    /// New scopes (replacing all of them).
+    pub scopes: Option<Vec<String>>,
+    /// A new redirect URI.
+    pub redirect_uri: Option<String>,
+    /// New profile overrides (replacing all of them; see [`IntegrationSettings`]).
+    pub settings: Option<serde_json::Value>,
+}
+
+impl IntegrationUpdate {
+    /// Rotates the client secret.
+    pub fn client_secret(mut self, client_secret: impl Into<SecretString>) -> Self {
+        self.client_secret = Some(client_secret.into());
+        self
+    }
+
+    /// Changes the client id.
+    pub fn client_id(mut self, client_id: impl Into<String>) -> Self {
+        self.client_id = Some(client_id.into());
+        self
+    }
+
+    /// Replaces the scopes.
+    pub fn scopes<S: Into<String>>(mut self, scopes: impl IntoIterator<Item = S>) -> Self {
+        self.scopes = Some(scopes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Changes the redirect URI.
+    pub fn redirect_uri(mut self, redirect_uri: impl Into<String>) -> Self {
+        self.redirect_uri = Some(redirect_uri.into());
+        self
+    }
+
+    /// Replaces the typed settings.
+    pub fn settings(mut self, settings: IntegrationSettings) -> Self {
+        self.settings =
+            Some(serde_json::to_value(settings).unwrap_or_else(|_| serde_json::Value::Object(serde_json::Map::new())));
+        self
+    }
+}
+
+/// Checks the fields every integration must have right (registration and updates).
+fn check_fields(client_id: &str, client_secret: &SecretString) -> Result<(), AdminError> {
+    if client_id.is_empty() || client_id.len() > 512 {
+        return Err(AdminError::Invalid {
+            field: "client_id",
+            reason: "must be 1 to 512 characters".into(),
+        });
+    }
+    if client_secret.is_empty() {
+        return Err(AdminError::Invalid {
+            field: "client_secret",
+            reason: "must not be empty".into(),
+        });
+    }
+    Ok(())
+}
+
 /// The integrations of a [`Tokenvisor`]: `tokenvisor.integrations().register(new)`.
 #[derive(Debug, Clone, Copy)]
 pub struct Integrations<'a> {
@@ -171,18 +244,7 @@ impl<'a> Integrations<'a> {
                 reason: "must be 1 to 128 characters".into(),
             });
         }
-        if new.client_id.is_empty() || new.client_id.len() > 512 {
-            return Err(AdminError::Invalid {
-                field: "client_id",
-                reason: "must be 1 to 512 characters".into(),
-            });
-        }
-        if new.client_secret.is_empty() {
-            return Err(AdminError::Invalid {
-                field: "client_secret",
-                reason: "must not be empty".into(),
-            });
-        }
+        check_fields(&new.client_id, &new.client_secret)?;
         let now = self.tokenvisor.shared.clock.now();
         let integration = Integration {
             id: IntegrationId::new(),
@@ -203,6 +265,110 @@ impl<'a> Integrations<'a> {
         ResolvedIntegration::resolve(&integration, &self.tokenvisor.shared.config.allow_insecure_hosts)?;
         self.tokenvisor.shared.store.insert_integration(&integration).await?;
         Ok(integration)
+    }
+
+    /// The stored integration (its secret inside a [`SecretString`]).
+    pub async fn get(self, id: IntegrationId) -> Result<Integration, AdminError> {
+        self.tokenvisor
+            .shared
+            .store
+            .get_integration(id)
+            .await?
+            .ok_or(AdminError::NotFound("integration"))
+    }
+
+    /// Every integration, by name.
+    pub async fn list(self) -> Result<Vec<Integration>, AdminError> {
+        Ok(self.tokenvisor.shared.store.list_integrations().await?)
+    }
+
+    /// Changes an integration (checked like a registration) and makes every connection
+    /// use it from its next refresh on: this process's owners at once, the other
+    /// replicas' when the change notification reaches them (or at their periodic
+    /// reconcile, within 30 s, should it be lost).
+    pub async fn update(self, id: IntegrationId, update: IntegrationUpdate) -> Result<Integration, AdminError> {
+        let shared = &self.tokenvisor.shared;
+        let mut integration = self.get(id).await?;
+        if let Some(client_id) = update.client_id {
+            integration.client_id = client_id;
+        }
+        if let Some(client_secret) = update.client_secret {
+            integration.client_secret = client_secret;
+        }
+        if let Some(scopes) = update.scopes {
+            integration.scopes = scopes;
+        }
+        if let Some(redirect_uri) = update.redirect_uri {
+            integration.redirect_uri = Some(redirect_uri);
+        }
+        if let Some(settings) = update.settings {
+            integration.settings = settings;
+        }
+        check_fields(&integration.client_id, &integration.client_secret)?;
+        ResolvedIntegration::resolve(&integration, &shared.config.allow_insecure_hosts)?;
+        // Strictly newer than the cached version, whatever the clocks say.
+        integration.updated_at = shared
+            .clock
+            .now()
+            .max(integration.updated_at + chrono::Duration::milliseconds(1));
+        if !shared.store.update_integration(&integration).await? {
+            return Err(AdminError::NotFound("integration"));
+        }
+        shared.replace_integration(&integration);
+        self.announce(id).await;
+        Ok(integration)
+    }
+
+    /// Deletes an integration. While connections use it this is refused with
+    /// [`AdminError::InUse`], unless `cascade`: then each of its connections is removed
+    /// first through its owner (revoked at the provider, like
+    /// [`Connections::remove`](crate::Connections::remove)).
+    pub async fn remove(self, id: IntegrationId, cascade: bool) -> Result<(), AdminError> {
+        let shared = &self.tokenvisor.shared;
+        self.get(id).await?;
+        let of_integration = ConnectionFilter {
+            integration_id: Some(id),
+            ..ConnectionFilter::default()
+        };
+        // A connection registered meanwhile makes the delete fail: look again (a few times).
+        for _ in 0..3 {
+            let connections = shared.store.count_connections(&of_integration).await?;
+            if connections > 0 && !cascade {
+                return Err(AdminError::InUse { connections });
+            }
+            if cascade {
+                for connection in shared.store.list_connections(&of_integration).await? {
+                    match self.tokenvisor.connections().remove(connection.id).await {
+                        Ok(()) | Err(TokenError::NotFound) => {}
+                        Err(error) => return Err(error.into()),
+                    }
+                }
+            }
+            match shared.store.delete_integration(id).await {
+                Ok(true) => {
+                    shared.forget_integration(id);
+                    self.announce(id).await;
+                    return Ok(());
+                }
+                Ok(false) => return Err(AdminError::NotFound("integration")),
+                Err(tokenvisor_store::StoreError::Conflict(_)) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        let connections = shared.store.count_connections(&of_integration).await?;
+        Err(AdminError::InUse { connections })
+    }
+
+    /// Tells the other replicas that the integration changed (LISTEN/NOTIFY; their
+    /// periodic reconcile reads it should the notification be lost).
+    async fn announce(self, id: IntegrationId) {
+        if let Some(store) = self.tokenvisor.shared.store.partitions()
+            && let Err(error) = store
+                .notify(crate::cluster::INTEGRATIONS_CHANNEL, &id.to_string())
+                .await
+        {
+            tracing::warn!(integration.id = %id, error = %error, "failed to announce an integration change; the replicas' reconcile finds it");
+        }
     }
 }
 

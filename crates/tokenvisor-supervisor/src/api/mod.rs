@@ -7,8 +7,8 @@ mod integrations;
 mod routing;
 mod tokens;
 
-pub use connections::{Connections, NewConnection};
-pub use integrations::{Integrations, NewIntegration};
+pub use connections::{Connections, NewConnection, Registered};
+pub use integrations::{IntegrationUpdate, Integrations, NewIntegration};
 pub use tokens::Tokens;
 
 use crate::config::TokenvisorConfig;
@@ -262,7 +262,7 @@ impl Tokenvisor {
         Connections::new(self)
     }
 
-    /// Integrations: register.
+    /// Integrations: register, read, update (rotate a secret), remove.
     pub fn integrations(&self) -> Integrations<'_> {
         Integrations::new(self)
     }

@@ -8,7 +8,7 @@
 
 use super::assignment::share_of;
 use super::ownership::{Directory, Held, Ownership};
-use super::{CONNECTIONS_CHANNEL, REPLICAS_CHANNEL};
+use super::{CONNECTIONS_CHANNEL, INTEGRATIONS_CHANNEL, REPLICAS_CHANNEL};
 use crate::connection::ConnectionMsg;
 use crate::shared::SharedRef;
 use crate::supervisor::SupervisorMsg;
@@ -385,6 +385,9 @@ impl Tick<'_> {
             .map(|(p, _)| p)
             .filter(|p| self.ownership.serves(*p))
             .collect();
+        if let Err(error) = self.shared.reload_integrations().await {
+            tracing::warn!(error = %error, "reading the integrations again failed");
+        }
         match self.store.supervised_changed_since(&served, since).await {
             Ok(ids) => {
                 for id in ids {
@@ -501,7 +504,10 @@ async fn listen(shared: SharedRef, supervisor: ActorRef<SupervisorMsg>, wake: Ar
     };
     let mut attempt = 0u32;
     while !stop.is_cancelled() {
-        let mut stream = match store.listen(&[CONNECTIONS_CHANNEL, REPLICAS_CHANNEL]).await {
+        let mut stream = match store
+            .listen(&[CONNECTIONS_CHANNEL, REPLICAS_CHANNEL, INTEGRATIONS_CHANNEL])
+            .await
+        {
             Ok(stream) => stream,
             Err(error) => {
                 attempt += 1;
@@ -513,6 +519,7 @@ async fn listen(shared: SharedRef, supervisor: ActorRef<SupervisorMsg>, wake: Ar
         attempt = 0;
         // Whatever was sent while not listening: look again.
         wake.notify_one();
+        reload_integrations(&shared);
         while let Some(received) = tokio::select! {
             _ = stop.cancelled() => None,
             next = stream.next() => next,
@@ -523,6 +530,16 @@ async fn listen(shared: SharedRef, supervisor: ActorRef<SupervisorMsg>, wake: Ar
                         let _ = supervisor.cast(SupervisorMsg::Notified(id));
                     }
                 }
+                Ok(notification) if notification.channel == INTEGRATIONS_CHANNEL => {
+                    if let Ok(id) = notification.payload.parse::<tokenvisor_core::IntegrationId>() {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = shared.reload_integration(id).await {
+                                tracing::warn!(integration.id = %id, error = %error, "reading a changed integration failed; the reconcile reads it");
+                            }
+                        });
+                    }
+                }
                 Ok(_) => wake.notify_one(),
                 Err(error) => {
                     tracing::warn!(error = %error, "cluster notifications interrupted");
@@ -531,4 +548,15 @@ async fn listen(shared: SharedRef, supervisor: ActorRef<SupervisorMsg>, wake: Ar
             }
         }
     }
+}
+
+/// Reads every integration again in the background (changes announced while this
+/// replica was not listening).
+fn reload_integrations(shared: &SharedRef) {
+    let shared = shared.clone();
+    tokio::spawn(async move {
+        if let Err(error) = shared.reload_integrations().await {
+            tracing::warn!(error = %error, "reading the integrations again failed");
+        }
+    });
 }

@@ -17,7 +17,9 @@
 //!   row when its token is valid long enough, and otherwise forwarded to the owner
 //!   (`forward`): its advertised admin URL, with the same bearer token;
 //! - a registration on a non-owner is announced with LISTEN/NOTIFY, and every 30 s each
-//!   replica reconciles the connections written in its partitions.
+//!   replica reconciles the connections written in its partitions;
+//! - a changed or deleted integration is announced the same way
+//!   (`tokenvisor_integrations`), and every 30 s each replica reads the integrations again.
 //!
 //! Without a [`ClusterConfig`] (SQLite, or `TOKENVISOR_CLUSTER=off`) none of this runs:
 //! one process owns everything, and writes carry no fence.
@@ -37,6 +39,10 @@ use tokenvisor_core::SecretString;
 /// Notifications of connections registered on a replica that does not own them
 /// (payload: the connection id).
 pub(crate) const CONNECTIONS_CHANNEL: &str = "tokenvisor_connections";
+/// Notifications of integrations changed or deleted on a replica (payload: the
+/// integration id): every replica reads it again, so the next refresh of each of its
+/// connections uses the new version.
+pub(crate) const INTEGRATIONS_CHANNEL: &str = "tokenvisor_integrations";
 /// Notifications of replicas joining, leaving or releasing partitions.
 pub(crate) const REPLICAS_CHANNEL: &str = "tokenvisor_replicas";
 

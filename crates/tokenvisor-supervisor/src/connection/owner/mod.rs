@@ -113,6 +113,16 @@ impl Owner {
         }
     }
 
+    /// Uses the integration's current version (a rotated secret, new settings) from the
+    /// next refresh on: the cache holds the newest one this process knows.
+    fn follow_integration(&mut self) {
+        if let Some(current) = self.shared.cached_integration(self.conn.integration_id)
+            && !Arc::ptr_eq(&current, &self.integration)
+        {
+            self.integration = current;
+        }
+    }
+
     /// Takes over: the phase follows the stored row (and tokens a previous owner kept).
     pub(super) fn begin(&mut self, myself: &ActorRef<ConnectionMsg>) {
         self.phase = if !self.conn.is_active || !self.conn.status.is_supervised() {
@@ -127,6 +137,7 @@ impl Owner {
     }
 
     pub(super) async fn handle(&mut self, myself: &ActorRef<ConnectionMsg>, message: ConnectionMsg) {
+        self.follow_integration();
         match message {
             ConnectionMsg::AccessToken(reply, caller) => {
                 self.on_access_token(myself, reply, caller, RefreshReason::OnDemand)
