@@ -21,7 +21,7 @@ use tokenvisor_store::StoreError;
 /// let tenant = TenantId::parse("acme").expect("valid tenant id");
 /// let new = NewConnection::new(tenant, integration_id, "access-token")
 ///     .refresh_token("refresh-token")
-///     .expires_in(chrono::Duration::hours(1));
+///     .expires_in(std::time::Duration::from_secs(3600));
 /// assert!(new.expires_at.is_some());
 /// ```
 #[derive(Debug, Clone)]
