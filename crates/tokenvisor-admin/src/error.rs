@@ -39,6 +39,7 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "invalid_query",
         "400: a query parameter is invalid; the message names it",
     ),
+    ("invalid_cursor", "400: the cursor is not one this API returned"),
     ("bad_request", "400: the request could not be read"),
     ("conflict", "409: it exists already"),
     (

@@ -101,6 +101,30 @@ impl CommonErrors {
     }
 }
 
+impl CommonErrors {
+    /// The proxy passes the API's answer back whatever its status, so every status it
+    /// documents may also carry the API's own body, of any content type and shape.
+    fn passed_through(operation: &mut utoipa::openapi::path::Operation) {
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType};
+        use utoipa::openapi::{ContentBuilder, RefOr};
+        for response in operation.responses.responses.values_mut() {
+            if let RefOr::T(response) = response {
+                response.content.entry("*/*".to_owned()).or_insert_with(|| {
+                    ContentBuilder::new()
+                        .schema(Some(RefOr::T(Schema::Object(
+                            ObjectBuilder::new().schema_type(SchemaType::AnyValue).build(),
+                        ))))
+                        .build()
+                });
+                if !response.description.contains("the API's own answer") {
+                    response.description =
+                        format!("{}; or the API's own answer with this status", response.description);
+                }
+            }
+        }
+    }
+}
+
 impl Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::ParameterIn;
@@ -144,6 +168,9 @@ impl Modify for CommonErrors {
                     Self::add(operation, "504", &["timeout"]);
                 }
                 Self::add(operation, "500", &["internal"]);
+                if operation.operation_id.as_deref() == Some("proxy_request") {
+                    Self::passed_through(operation);
+                }
             }
         }
     }
