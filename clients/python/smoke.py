@@ -9,7 +9,10 @@ openapi-python-client wrote the `tokenvisor_client` package).
 
 import json
 import os
+import queue
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 
@@ -26,17 +29,20 @@ from tokenvisor_client.api.connections import (  # noqa: E402
 )
 from tokenvisor_client.api.integrations import create_integration  # noqa: E402
 from tokenvisor_client.api.tokens import get_token  # noqa: E402
+from tokenvisor_client.api.webhooks import create_webhook_endpoint  # noqa: E402
 from tokenvisor_client.models import (  # noqa: E402
     ConnectionView,
     CreateAuthorization,
     CreateConnection,
     CreateIntegration,
     CreateIntegrationSettingsType0,
+    CreateWebhookEndpoint,
     ErrorBody,
     HistoryView,
     TokenAnswer,
 )
 from tokenvisor_client.types import File  # noqa: E402
+from standardwebhooks import Webhook, WebhookVerificationError  # noqa: E402
 
 fake = json.loads(os.environ["FAKE_PROVIDER"])
 client = AuthenticatedClient(base_url=os.environ["TOKENVISOR_URL"], token=os.environ["TOKENVISOR_ADMIN_TOKEN"])
@@ -51,7 +57,35 @@ def step(name: str, ok: bool, detail: object = "") -> None:
     print(f"python smoke: ok {name}")
 
 
+# A webhook receiver: every delivery (raw body and headers) lands in `deliveries`.
+deliveries: queue.Queue = queue.Queue()
+
+
+class Receiver(BaseHTTPRequestHandler):
+    def do_POST(self) -> None:  # noqa: N802
+        body = self.rfile.read(int(self.headers.get("content-length", "0")))
+        deliveries.put((body, {key.lower(): value for key, value in self.headers.items()}))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+receiver = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+threading.Thread(target=receiver.serve_forever, daemon=True).start()
+
 with client as client:
+    # A webhook endpoint for connection events; its secret is shown once.
+    answer = create_webhook_endpoint.sync_detailed(
+        client=client,
+        body=CreateWebhookEndpoint(
+            url=f"http://127.0.0.1:{receiver.server_address[1]}/hook", event_types=["refreshed"]
+        ),
+    )
+    step("register webhook endpoint", answer.status_code == 201, answer.content)
+    webhook_secret = answer.parsed.secret
+
     # Register an integration: the generic profile, the fake's endpoints, an API base.
     answer = create_integration.sync_detailed(
         client=client,
@@ -144,6 +178,25 @@ with client as client:
         any(item.reason == "forced" and item.outcome == "success" for item in history.items),
         history.items,
     )
+
+    # The webhook for the forced refresh arrives signed: the Standard Webhooks library
+    # verifies it with the endpoint's secret, and refuses a tampered body.
+    try:
+        body, headers = deliveries.get(timeout=30)
+    except queue.Empty:
+        body, headers = b"", {}
+    step("webhook delivered", body != b"", "no delivery within 30 s")
+    try:
+        event = Webhook(webhook_secret).verify(body, headers)
+    except WebhookVerificationError as error:
+        event = {"error": str(error)}
+    step("webhook verified", event.get("type") == "refreshed", event)
+    try:
+        Webhook(webhook_secret).verify(body.replace(b"refreshed", b"refr3shed"), headers)
+        tampered = "accepted"
+    except WebhookVerificationError:
+        tampered = "refused"
+    step("tampered webhook refused", tampered == "refused", tampered)
 
     # An unknown connection is a typed 404.
     answer = get_token.sync_detailed("00000000-0000-0000-0000-000000000000", client=client)
