@@ -39,6 +39,15 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "invalid_query",
         "400: a query parameter is invalid; the message names it",
     ),
+    ("invalid_cursor", "400: the cursor is not one this API returned"),
+    (
+        "configured_endpoint",
+        "409: the webhook endpoint comes from the configuration; change it there",
+    ),
+    (
+        "webhooks_unavailable",
+        "501: webhook delivery is not running in this process",
+    ),
     ("bad_request", "400: the request could not be read"),
     ("invalid_cursor", "400: the cursor is not one this API returned"),
     (

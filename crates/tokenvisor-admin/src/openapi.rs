@@ -108,6 +108,30 @@ impl CommonErrors {
     }
 }
 
+impl CommonErrors {
+    /// The proxy passes the API's answer back whatever its status, so every status it
+    /// documents may also carry the API's own body, of any content type and shape.
+    fn passed_through(operation: &mut utoipa::openapi::path::Operation) {
+        use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType};
+        use utoipa::openapi::{ContentBuilder, RefOr};
+        for response in operation.responses.responses.values_mut() {
+            if let RefOr::T(response) = response {
+                response.content.entry("*/*".to_owned()).or_insert_with(|| {
+                    ContentBuilder::new()
+                        .schema(Some(RefOr::T(Schema::Object(
+                            ObjectBuilder::new().schema_type(SchemaType::AnyValue).build(),
+                        ))))
+                        .build()
+                });
+                if !response.description.contains("the API's own answer") {
+                    response.description =
+                        format!("{}; or the API's own answer with this status", response.description);
+                }
+            }
+        }
+    }
+}
+
 impl Modify for CommonErrors {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::ParameterIn;
@@ -151,6 +175,9 @@ impl Modify for CommonErrors {
                     Self::add(operation, "504", &["timeout"]);
                 }
                 Self::add(operation, "500", &["internal"]);
+                if operation.operation_id.as_deref() == Some("proxy_request") {
+                    Self::passed_through(operation);
+                }
             }
         }
     }
@@ -236,6 +263,55 @@ mod tests {
         ] {
             assert!(values.contains(&expected), "{expected} in {values:?}");
         }
+    }
+
+    #[test]
+    fn the_document_states_the_rules_the_api_enforces() {
+        let document = serde_json::to_value(ApiDoc::openapi()).expect("serializes");
+        let schemas = &document["components"]["schemas"];
+        for schema in ["CreateConnection", "CreateAuthorization"] {
+            let tenant = &schemas[schema]["properties"]["tenant_id"];
+            assert_eq!(tenant["pattern"], "^[A-Za-z0-9._:@-]{1,128}$", "{schema}");
+            assert_eq!(tenant["maxLength"], 128, "{schema}");
+        }
+        assert_eq!(schemas["CreateIntegration"]["properties"]["name"]["maxLength"], 128);
+        // An integration registered without settings shows `null`.
+        let settings = &schemas["IntegrationView"]["properties"]["settings"];
+        assert!(settings.to_string().contains("null"), "{settings}");
+        let parameter = |path: &str, name: &str| {
+            document["paths"][path]["get"]["parameters"]
+                .as_array()
+                .expect("parameters")
+                .iter()
+                .find(|p| p["name"] == name)
+                .cloned()
+                .unwrap_or_else(|| panic!("{path} {name}"))
+        };
+        assert_eq!(parameter("/v1/connections", "limit")["schema"]["minimum"], 1);
+        assert_eq!(
+            parameter("/v1/connections/{id}/history", "limit")["schema"]["minimum"],
+            1
+        );
+        assert_eq!(parameter("/v1/webhooks/dead-letters", "limit")["schema"]["minimum"], 1);
+        assert_eq!(parameter("/oauth/callback", "state")["schema"]["minLength"], 1);
+        let status = parameter("/v1/connections", "status").to_string();
+        for value in ["active", "degraded", "needs_reauth", "disabled"] {
+            assert!(
+                status.contains(value) || schemas["StatusView"].to_string().contains(value),
+                "{value}"
+            );
+        }
+        // The proxy forwards any bytes and passes back the API's answers of any type.
+        let proxy = &document["paths"]["/v1/connections/{id}/proxy/{path}"]["post"];
+        let body = &proxy["requestBody"]["content"]["application/octet-stream"]["schema"];
+        let body = match body["$ref"].as_str() {
+            Some(reference) => &schemas[reference.trim_start_matches("#/components/schemas/")],
+            None => body,
+        };
+        assert_eq!(body["format"], "binary", "{body}");
+        assert!(proxy["responses"]["400"]["content"].get("*/*").is_some());
+        let list = &document["paths"]["/v1/connections"]["get"]["responses"];
+        assert!(list.get("404").is_some() && list.get("422").is_some());
     }
 
     #[test]

@@ -12,7 +12,8 @@ use uuid::Uuid;
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateIntegration {
-    /// Unique name (1 to 128 characters).
+    /// Unique name (1 to 128 characters, not only spaces).
+    #[schema(min_length = 1, max_length = 128, example = "acme-crm")]
     pub name: String,
     /// Provider profile: `generic`, `zoho`, `zoho-desk`, `manageengine-sdp`, `atlassian`, `jira`.
     pub provider: String,
@@ -34,7 +35,7 @@ pub struct CreateIntegration {
     /// Revocation endpoint override.
     pub revoke_url: Option<String>,
     /// Profile overrides (`client_auth`, `body_format`, `extra_params`, ...).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<HashMap<String, serde_json::Value>>, example = json!({"api_base_url": "https://api.example.com"}))]
     pub settings: Option<serde_json::Value>,
 }
 
@@ -61,8 +62,8 @@ pub struct IntegrationView {
     pub authorize_url: Option<String>,
     /// Revocation endpoint override.
     pub revoke_url: Option<String>,
-    /// Profile overrides.
-    #[schema(value_type = Object)]
+    /// Profile overrides; `null` when none were given.
+    #[schema(value_type = Option<HashMap<String, serde_json::Value>>)]
     pub settings: serde_json::Value,
     /// Creation time.
     pub created_at: DateTime<Utc>,
@@ -131,6 +132,12 @@ pub struct IntegrationList {
 #[serde(deny_unknown_fields)]
 pub struct CreateConnection {
     /// The tenant (1 to 128 characters from `A-Z a-z 0-9 . _ : @ -`).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._:@-]{1,128}$",
+        example = "acme-42"
+    )]
     pub tenant_id: String,
     /// The integration's name or id.
     pub integration: String,
@@ -151,7 +158,7 @@ pub struct CreateConnection {
     /// Granted scope.
     pub scope: Option<String>,
     /// Provider metadata (`api_domain`, `accounts_server`, `org_id`, `cloud_id`...).
-    #[schema(value_type = Option<Object>)]
+    #[schema(value_type = Option<HashMap<String, serde_json::Value>>)]
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
@@ -226,7 +233,7 @@ pub struct ConnectionView {
     /// At most the first 8 characters of the access token.
     pub token_preview: String,
     /// Provider metadata.
-    #[schema(value_type = Object)]
+    #[schema(value_type = HashMap<String, serde_json::Value>)]
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// Creation time.
     pub created_at: DateTime<Utc>,
@@ -278,15 +285,18 @@ pub struct ConnectionList {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ConnectionQuery {
-    /// Only this tenant.
+    /// Only this tenant (1 to 128 characters from `A-Z a-z 0-9 . _ : @ -`).
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
     pub tenant_id: Option<String>,
     /// Only this status (`active`, `degraded`, `needs_reauth`, `disabled`).
+    #[param(value_type = Option<StatusView>)]
     pub status: Option<String>,
     /// Only this integration (name or id).
     pub integration: Option<String>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
     /// Page size (1 to 500, default 100).
+    #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u64>,
 }
 
@@ -327,7 +337,13 @@ pub struct RejectedToken {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAuthorization {
-    /// The tenant.
+    /// The tenant (1 to 128 characters from `A-Z a-z 0-9 . _ : @ -`).
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._:@-]{1,128}$",
+        example = "acme-42"
+    )]
     pub tenant_id: String,
     /// The integration's name or id.
     pub integration: String,

@@ -57,7 +57,7 @@ pub(crate) async fn create(
     get, path = "/oauth/callback", tag = "authorizations",
     operation_id = "authorization_callback",
     params(
-        ("state" = String, Query, description = "the state sent to the provider"),
+        ("state" = String, Query, min_length = 1, description = "the state sent to the provider (not empty)"),
         ("code" = Option<String>, Query, description = "the authorization code"),
         ("error" = Option<String>, Query, description = "the provider's error (e.g. access_denied)"),
     ),

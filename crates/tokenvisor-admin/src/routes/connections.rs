@@ -117,7 +117,9 @@ pub(crate) async fn create(
     params(ConnectionQuery),
     responses(
         (status = 200, body = ConnectionList),
-        (status = 400, description = "invalid filter or cursor", body = ErrorBody),
+        (status = 400, description = "invalid filter (`invalid_query`) or cursor (`invalid_cursor`)", body = ErrorBody),
+        (status = 404, description = "`not_found`: unknown integration filter", body = ErrorBody),
+        (status = 422, description = "`invalid_input`: the integration filter is not a name or id", body = ErrorBody),
     ),
     security(("bearer" = []))
 )]
@@ -502,6 +504,7 @@ pub(crate) struct HistoryView {
 #[into_params(parameter_in = Query)]
 pub(crate) struct HistoryQuery {
     /// 1 to 50 (the history keeps the newest 50); default 50.
+    #[param(minimum = 1, maximum = 50)]
     limit: Option<u64>,
 }
 

@@ -34,6 +34,21 @@ const DROPPED: [HeaderName; 10] = [
     header::PROXY_AUTHORIZATION,
 ];
 
+/// A request or answer body forwarded as is: any bytes (the document's schema for them).
+pub(crate) struct RawBody;
+
+impl utoipa::PartialSchema for RawBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, SchemaFormat, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::Binary)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for RawBody {}
+
 /// Forwards the request to the connection's API (see the module documentation).
 #[utoipa::path(
     post, path = "/v1/connections/{id}/proxy/{path}", tag = "connections",
@@ -43,7 +58,7 @@ const DROPPED: [HeaderName; 10] = [
         ("id" = String, Path, description = "The connection id"),
         ("path" = String, Path, description = "The path below the connection's API base; any method"),
     ),
-    request_body(content = Vec<u8>, description = "Forwarded as is (at most 10 MiB)", content_type = "application/octet-stream"),
+    request_body(content = RawBody, description = "Forwarded as is (at most 10 MiB); any content type", content_type = "application/octet-stream"),
     responses(
         (status = 200, description = "The API's answer, streamed (any status the API gives)"),
         (status = 400, description = "`invalid_path`", body = crate::error::ErrorBody),

@@ -233,6 +233,7 @@ pub(crate) struct DeadLetterQuery {
     /// Only this endpoint's.
     pub endpoint: Option<String>,
     /// At most this many (default 100, at most 1000).
+    #[param(minimum = 1, maximum = 1000)]
     pub limit: Option<u64>,
 }
 
