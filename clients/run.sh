@@ -65,12 +65,6 @@ mkdir "$work/data"
     for name in $(env | sed -n 's/^\(TOKENVISOR_[A-Z_]*\)=.*/\1/p'); do unset "$name"; done
     export RUST_LOG=info NO_COLOR=1 TOKENVISOR_ADMIN_ADDR=127.0.0.1:0 \
         TOKENVISOR_ADMIN_TOKEN=$admin_token TOKENVISOR_ALLOW_INSECURE_ENDPOINTS=127.0.0.1
-    # The binary starts webhook delivery only when a configured endpoint exists (endpoints
-    # added through the API alone are stored but never delivered to): one configured
-    # endpoint, the fake (which answers 404), so the smoke's API endpoint is delivered to.
-    TOKENVISOR_WEBHOOK_URLS=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["base_url"] + "/webhook-sink")' "$FAKE_PROVIDER")
-    TOKENVISOR_WEBHOOK_SECRET=whsec_$(head -c 32 /dev/urandom | base64 | tr -d '\n')
-    export TOKENVISOR_WEBHOOK_URLS TOKENVISOR_WEBHOOK_SECRET
     exec "$binary" serve
 ) 2>"$work/tokenvisor.log" &
 pids+=($!)

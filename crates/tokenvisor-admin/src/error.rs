@@ -49,7 +49,6 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "501: webhook delivery is not running in this process",
     ),
     ("bad_request", "400: the request could not be read"),
-    ("invalid_cursor", "400: the cursor is not one this API returned"),
     (
         "integration_in_use",
         "409: the integration still has connections; delete them or ask to cascade",
@@ -123,11 +122,6 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "404: this instance does not share the work with replicas",
     ),
     ("metrics_disabled", "404: metrics are not exported on this instance"),
-    (
-        "configured_endpoint",
-        "409: the webhook endpoint comes from the configuration; change it there",
-    ),
-    ("webhooks_unavailable", "501: webhook endpoints need a SQL store"),
     (
         "internal",
         "500: a bug or an unexpected failure; details are in the logs",
