@@ -26,7 +26,7 @@ pub struct ClientArgs {
         default_value = "http://127.0.0.1:7070"
     )]
     pub admin_url: String,
-    /// Bearer token of the admin API [default: the config file's, else <data dir>/admin.token].
+    /// Bearer token of the admin API (default: the config file's, else `<data dir>/admin.token`).
     #[arg(long, global = true, env = "TOKENVISOR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
     /// Read the admin token from this file (`-`: standard input).
