@@ -30,8 +30,9 @@ use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::sqlx::sqlite::SqliteJournalMode;
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectOptions, ConnectionTrait as _, Database, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    Order, PaginatorTrait as _, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait, Value,
+    ColumnTrait, ConnectOptions, ConnectionTrait as _, Database, DatabaseConnection, DatabaseTransaction, DbBackend,
+    DbErr, EntityTrait, Order, PaginatorTrait as _, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    SqliteTransactionMode, Statement, TransactionOptions, TransactionTrait, Value,
 };
 use sea_orm_migration::MigratorTrait;
 use std::fmt;
@@ -292,7 +293,7 @@ impl SqlStore {
     pub async fn insert_connections(&self, connections: &[Connection]) -> Result<(), StoreError> {
         // SQLite allows 32,766 bound parameters per statement; a row binds 22.
         const BATCH: usize = 1000;
-        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let txn = begin_write(&self.db).await?;
         for chunk in connections.chunks(BATCH) {
             let rows = chunk
                 .iter()
@@ -642,7 +643,7 @@ impl SqlStore {
             return self.refused(connection.id, expected_version, fence).await;
         }
         let update = self.cas_update(connection, expected_version, fence)?;
-        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let txn = begin_write(&self.db).await?;
         let result = update.exec(&txn).await.map_err(db_error("writing a connection"))?;
         if result.rows_affected != 1 {
             txn.rollback().await.map_err(db_error("rolling back"))?;
@@ -921,6 +922,20 @@ fn statement(backend: DbBackend, postgres: &str, values: Vec<Value>) -> Statemen
 
 /// Maps a database error to [`StoreError::Database`] with what was being done. The
 /// driver's message names the failure, never the bound values.
+/// Starts a transaction that will write. On SQLite it takes the write lock at `BEGIN
+/// IMMEDIATE`, waiting up to the busy timeout: a deferred transaction that reads first and
+/// then writes fails at once with "database is locked" when another writer committed in
+/// between (its snapshot is stale; the busy timeout does not apply), so a delete that counts
+/// before it deletes failed under concurrent refreshes. PostgreSQL ignores the mode.
+async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, StoreError> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    })
+    .await
+    .map_err(db_error("starting a transaction"))
+}
+
 fn db_error(doing: &'static str) -> impl Fn(DbErr) -> StoreError {
     move |error| StoreError::Database(format!("{doing}: {error}"))
 }
@@ -1000,7 +1015,7 @@ impl Store for SqlStore {
     #[tracing::instrument(skip_all, fields(integration_id = %id))]
     async fn delete_integration(&self, id: IntegrationId) -> Result<bool, StoreError> {
         let in_use = || StoreError::Conflict(format!("integration {id} still has connections"));
-        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let txn = begin_write(&self.db).await?;
         let connections = connection::Entity::find()
             .filter(connection::Column::IntegrationId.eq(id.0))
             .count(&txn)
@@ -1129,7 +1144,7 @@ impl Store for SqlStore {
 
     #[tracing::instrument(skip_all, fields(connection_id = %id))]
     async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError> {
-        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let txn = begin_write(&self.db).await?;
         refresh_attempt::Entity::delete_many()
             .filter(refresh_attempt::Column::ConnectionId.eq(id.0))
             .exec(&txn)
@@ -1160,7 +1175,7 @@ impl Store for SqlStore {
 
     #[tracing::instrument(skip_all, fields(connection_id = %attempt.connection_id))]
     async fn record_attempt(&self, attempt: &RefreshAttempt) -> Result<(), StoreError> {
-        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let txn = begin_write(&self.db).await?;
         insert_attempt(&txn, attempt, true).await?;
         txn.commit().await.map_err(db_error("committing a refresh attempt"))
     }
@@ -1226,7 +1241,7 @@ impl Store for SqlStore {
     }
 
     async fn take_authorization(&self, state_hash: &str) -> Result<Option<PendingAuthorization>, StoreError> {
-        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let txn = begin_write(&self.db).await?;
         let Some(row) = authorization_state::Entity::find_by_id(state_hash.to_owned())
             .one(&txn)
             .await

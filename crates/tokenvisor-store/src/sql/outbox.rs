@@ -6,10 +6,10 @@
 //! or their endpoint is deleted. Event payloads carry ids and codes only (no secret), so
 //! they are stored as they are.
 
-use super::{db_error, statement};
+use super::{begin_write, db_error, statement};
 use crate::{Keyring, StoreError};
 use chrono::{DateTime, Utc};
-use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbBackend, TransactionTrait as _, Value};
+use sea_orm::{ConnectionTrait as _, DatabaseConnection, DbBackend, Value};
 use tokenvisor_core::SecretString;
 
 /// A message waiting for one endpoint.
@@ -300,7 +300,7 @@ impl WebhookOutbox {
 
     /// Deletes an endpoint with its queued messages and its dead letters. Whether it existed.
     pub async fn delete_endpoint(&self, id: &str) -> Result<bool, StoreError> {
-        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let txn = begin_write(&self.db).await?;
         let backend = self.backend();
         for sql in [
             "DELETE FROM tokenvisor_webhook_outbox WHERE endpoint = $1",
@@ -523,7 +523,7 @@ impl WebhookOutbox {
         );
         let delete = format!("DELETE FROM tokenvisor_webhook_outbox WHERE {}", condition(1));
         let backend = self.backend();
-        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let txn = begin_write(&self.db).await?;
         let mut insert_values = vec![Value::from(Utc::now()), Value::from(reason.as_str())];
         insert_values.extend(values.iter().cloned());
         txn.execute_raw(statement(backend, &insert, insert_values))
@@ -631,7 +631,7 @@ impl WebhookOutbox {
     ) -> Result<Vec<String>, StoreError> {
         let backend = self.backend();
         let known = "endpoint_id IN (SELECT id FROM tokenvisor_webhook_endpoints)";
-        let txn = self.db.begin().await.map_err(db_error("starting a transaction"))?;
+        let txn = begin_write(&self.db).await?;
         let select = format!(
             "SELECT endpoint_id FROM tokenvisor_webhook_dead_letters WHERE {} AND {known} ORDER BY created_at, id",
             condition(1)

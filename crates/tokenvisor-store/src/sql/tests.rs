@@ -1118,3 +1118,73 @@ fn sqlite_statements_use_positional_placeholders_in_order() {
     );
     assert_eq!(statement.sql, "SELECT ?, ? WHERE x < ?");
 }
+
+/// Transactions that read before they write (deleting an integration counts its
+/// connections first; taking an authorization reads it first) while other writers commit
+/// all the time, as connection actors do: each one waits its turn instead of failing. On
+/// SQLite a deferred transaction whose snapshot went stale when it wanted to write failed
+/// at once with "database is locked", whatever the busy timeout: a cascade delete answered
+/// 503 `store_unavailable`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_then_write_transactions_wait_for_concurrent_writers_on_sqlite() {
+    let db = TestDb::sqlite();
+    let store = std::sync::Arc::new(open_store(&db, Keyring::new(key(1), vec![])).await);
+    let busy = sample_integration("busy");
+    store.insert_integration(&busy).await.expect("integration");
+    let connection = sample_connection(busy.id, "acme");
+    store.insert_connection(&connection).await.expect("connection");
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..2)
+        .map(|_| {
+            let store = store.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut n = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    store
+                        .record_attempt(&sample_attempt(connection.id, n))
+                        .await
+                        .expect("a concurrent writer commits");
+                }
+                n
+            })
+        })
+        .collect();
+
+    let mut failures = Vec::new();
+    for n in 0..150 {
+        let integration = sample_integration(&format!("short-lived-{n}"));
+        store.insert_integration(&integration).await.expect("insert");
+        let pending = tokenvisor_core::PendingAuthorization {
+            state_hash: format!("{n:064}"),
+            tenant_id: TenantId::parse("acme").expect("tenant"),
+            integration_id: busy.id,
+            connection_id: None,
+            redirect_uri: "https://app.example/callback".into(),
+            code_verifier: None,
+            created_at: now(),
+            expires_at: now() + chrono::Duration::minutes(10),
+        };
+        store.insert_authorization(&pending).await.expect("insert");
+        if let Err(error) = store.delete_integration(integration.id).await {
+            failures.push(format!("delete_integration: {error}"));
+        }
+        if let Err(error) = store.take_authorization(&pending.state_hash).await {
+            failures.push(format!("take_authorization: {error}"));
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut concurrent = 0;
+    for writer in writers {
+        concurrent += writer.await.expect("writer");
+    }
+    assert!(concurrent > 10, "the writers ran alongside ({concurrent} commits)");
+    assert!(
+        failures.is_empty(),
+        "{} failures, first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+}
