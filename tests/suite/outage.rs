@@ -43,11 +43,11 @@ fn through_proxy(database: &TestDatabase, port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_with_a_kill_during_it_loses_no_rotated_refresh_token() {
     const CONNECTIONS: usize = 20;
-    // 20-second tokens: refreshed about 15 s after they were issued, so every connection
+    // 10-second tokens: refreshed about 7.5 s after they were issued, so every connection
     // is due for a refresh during the outage, and its token expires during it.
-    const LIFETIME: Duration = Duration::from_secs(20);
-    const OUTAGE: Duration = Duration::from_secs(60);
-    const KILL_AFTER: Duration = Duration::from_secs(50);
+    const LIFETIME: Duration = Duration::from_secs(10);
+    const OUTAGE: Duration = Duration::from_secs(30);
+    const KILL_AFTER: Duration = Duration::from_secs(25);
 
     let database = TestDatabase::create(Backend::Postgres).await;
     let proxy = TcpProxy::start(server_of(&database).await).await;

@@ -81,8 +81,11 @@ async fn every_connection_of_every_page_is_supervised(database: TestDatabase) {
 
 async fn a_row_that_does_not_decrypt_fails_start_up_and_leaves_no_actor_running(database: TestDatabase) {
     let (harness, store) = integration(&database).await;
-    // Tokens living 12 s: refreshed about 9 s from now by any actor still running.
-    let lifetime = chrono::Duration::seconds(12);
+    // Tokens living 20 s: refreshed 15 s after their insertion by any actor still running
+    // (a start-up that takes longer than that on a loaded machine would let its actors
+    // refresh before it fails).
+    let lifetime = chrono::Duration::seconds(20);
+    let inserted_at = tokio::time::Instant::now();
     let ids = insert(&store, harness.integration.id, 12_000, lifetime).await;
     let corrupted = *ids.last().expect("inserted");
     let update = Query::update()
@@ -102,8 +105,14 @@ async fn a_row_that_does_not_decrypt_fails_start_up_and_leaves_no_actor_running(
         "the error names the row: {error}"
     );
 
+    assert_eq!(
+        harness.fake.token_requests(),
+        0,
+        "start-up failed before any token was due (it took {:?})",
+        inserted_at.elapsed()
+    );
     // Past the refresh time of every token: no actor of the failed start-up refreshed.
-    tokio::time::sleep(Duration::from_secs(11)).await;
+    tokio::time::sleep_until(inserted_at + Duration::from_secs(17)).await;
     assert_eq!(
         harness.fake.token_requests(),
         0,
