@@ -105,6 +105,13 @@ impl Store for FaultyStore {
     async fn list_attempts(&self, id: ConnectionId, limit: u64) -> Result<Vec<RefreshAttempt>, StoreError> {
         self.inner.list_attempts(id, limit).await
     }
+
+    async fn attempts_per_minute(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<tokenvisor_store::MinuteCount>, StoreError> {
+        self.inner.attempts_per_minute(since).await
+    }
     async fn insert_authorization(&self, authorization: &PendingAuthorization) -> Result<(), StoreError> {
         self.inner.insert_authorization(authorization).await
     }

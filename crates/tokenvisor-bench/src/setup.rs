@@ -261,6 +261,13 @@ impl Store for CountingStore {
         self.query();
         self.inner.list_attempts(id, limit).await
     }
+    async fn attempts_per_minute(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<tokenvisor_store::MinuteCount>, StoreError> {
+        self.query();
+        self.inner.attempts_per_minute(since).await
+    }
     async fn insert_authorization(&self, authorization: &PendingAuthorization) -> Result<(), StoreError> {
         self.query();
         self.inner.insert_authorization(authorization).await

@@ -53,6 +53,19 @@ pub async fn migrate(db: &sea_orm::DatabaseConnection) -> Result<(), StoreError>
 /// every 16 refreshes, so up to 15 more can be stored; listings never return more).
 pub const ATTEMPT_HISTORY_LIMIT: u64 = 50;
 
+/// How many refresh attempts with one outcome started in one minute
+/// ([`Store::attempts_per_minute`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MinuteCount {
+    /// The start of the minute.
+    pub minute: chrono::DateTime<chrono::Utc>,
+    /// The attempts' outcome.
+    pub outcome: tokenvisor_core::RefreshOutcomeKind,
+    /// How many.
+    pub count: u64,
+}
+
 /// Storage errors. Messages never contain a secret.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -226,6 +239,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn record_attempt(&self, attempt: &RefreshAttempt) -> Result<(), StoreError>;
     /// The newest `limit` attempts, newest first.
     async fn list_attempts(&self, id: ConnectionId, limit: u64) -> Result<Vec<RefreshAttempt>, StoreError>;
+    /// How many refresh attempts of all connections started in each minute since `since`,
+    /// by outcome, oldest minute first (counted by the database, nothing loaded).
+    async fn attempts_per_minute(&self, since: chrono::DateTime<chrono::Utc>) -> Result<Vec<MinuteCount>, StoreError>;
 
     /// Records an authorization in progress (and forgets expired ones).
     async fn insert_authorization(&self, authorization: &PendingAuthorization) -> Result<(), StoreError>;

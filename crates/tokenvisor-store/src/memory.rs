@@ -232,6 +232,31 @@ impl Store for MemoryStore {
             .unwrap_or_default())
     }
 
+    async fn attempts_per_minute(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::MinuteCount>, StoreError> {
+        use chrono::{DurationRound as _, TimeDelta};
+        let inner = self.lock();
+        let mut counts = std::collections::BTreeMap::new();
+        for attempt in inner.attempts.values().flatten() {
+            if attempt.started_at >= since {
+                let minute = attempt
+                    .started_at
+                    .duration_trunc(TimeDelta::minutes(1))
+                    .unwrap_or(attempt.started_at);
+                counts
+                    .entry((minute, attempt.outcome.as_str()))
+                    .or_insert((attempt.outcome, 0))
+                    .1 += 1;
+            }
+        }
+        Ok(counts
+            .into_iter()
+            .map(|((minute, _), (outcome, count))| crate::MinuteCount { minute, outcome, count })
+            .collect())
+    }
+
     async fn insert_authorization(&self, authorization: &PendingAuthorization) -> Result<(), StoreError> {
         let mut inner = self.lock();
         let now = authorization.created_at;

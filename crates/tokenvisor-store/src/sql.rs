@@ -1203,6 +1203,43 @@ impl Store for SqlStore {
             .collect()
     }
 
+    async fn attempts_per_minute(
+        &self,
+        since: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::MinuteCount>, StoreError> {
+        let backend = self.db.get_database_backend();
+        let minute = match backend {
+            DbBackend::Postgres => {
+                "to_char(date_trunc('minute', started_at AT TIME ZONE 'UTC'), 'YYYY-MM-DD\"T\"HH24:MI:00\"Z\"')"
+            }
+            _ => "strftime('%Y-%m-%dT%H:%M:00Z', started_at)",
+        };
+        let sql = format!(
+            "SELECT {minute} AS minute, outcome, COUNT(*) AS n FROM tokenvisor_refresh_attempts \
+             WHERE started_at >= $1 GROUP BY 1, 2 ORDER BY 1, 2"
+        );
+        let rows = self
+            .db
+            .query_all_raw(statement(backend, &sql, vec![Value::from(since)]))
+            .await
+            .map_err(db_error("counting refresh attempts"))?;
+        let read = db_error("reading refresh attempt counts");
+        rows.iter()
+            .map(|row| {
+                let minute: String = row.try_get("", "minute").map_err(&read)?;
+                let outcome: String = row.try_get("", "outcome").map_err(&read)?;
+                let count: i64 = row.try_get("", "n").map_err(&read)?;
+                Ok(crate::MinuteCount {
+                    minute: chrono::DateTime::parse_from_rfc3339(&minute)
+                        .map_err(|error| StoreError::Database(format!("a stored minute {minute:?}: {error}")))?
+                        .with_timezone(&chrono::Utc),
+                    outcome: parse_stored(&outcome, "outcome")?,
+                    count: u64::try_from(count).unwrap_or(0),
+                })
+            })
+            .collect()
+    }
+
     async fn insert_authorization(&self, authorization: &PendingAuthorization) -> Result<(), StoreError> {
         let aad = authorization_aad(&authorization.state_hash);
         let code_verifier = match &authorization.code_verifier {

@@ -45,6 +45,7 @@ on_both_backends!(
     refresh_commits_keep_the_history_bounded_and_skip_deleted_connections,
     a_failing_refresh_commit_fails_alone_and_the_others_commit,
     an_integration_is_updated_and_deleted_only_once_no_connection_uses_it,
+    attempts_are_counted_per_minute_and_outcome_since_a_time,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -1187,4 +1188,43 @@ async fn read_then_write_transactions_wait_for_concurrent_writers_on_sqlite() {
         failures.len(),
         failures.first()
     );
+}
+
+async fn attempts_are_counted_per_minute_and_outcome_since_a_time(db: TestDb) {
+    use chrono::{DurationRound as _, TimeDelta};
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("counted");
+    store.insert_integration(&integration).await.expect("integration");
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("connection");
+    let minute = now().duration_trunc(TimeDelta::minutes(1)).expect("truncates") - TimeDelta::minutes(10);
+    // Minute -12 (before `since`), three successes and one rate limit in minute 0, one
+    // success in minute +2.
+    let at = |offset_secs: i64, sequence: i64| RefreshAttempt {
+        started_at: minute + TimeDelta::seconds(offset_secs),
+        ..sample_attempt(connection.id, sequence)
+    };
+    for attempt in [at(-720, 0), at(1, 0), at(20, 2), at(59, 4), at(30, 1), at(125, 6)] {
+        store.record_attempt(&attempt).await.expect("record");
+    }
+    let counts = store.attempts_per_minute(minute).await.expect("counts");
+    let seen: Vec<_> = counts
+        .iter()
+        .map(|c| ((c.minute - minute).num_minutes(), c.outcome, c.count))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (0, RefreshOutcomeKind::RateLimited, 1),
+            (0, RefreshOutcomeKind::Success, 3),
+            (2, RefreshOutcomeKind::Success, 1),
+        ]
+    );
+    let memory = crate::MemoryStore::new();
+    memory.insert_integration(&integration).await.expect("integration");
+    memory.insert_connection(&connection).await.expect("connection");
+    for attempt in [at(-720, 0), at(1, 0), at(20, 2), at(59, 4), at(30, 1), at(125, 6)] {
+        memory.record_attempt(&attempt).await.expect("record");
+    }
+    assert_eq!(memory.attempts_per_minute(minute).await.expect("counts"), counts);
 }
