@@ -9,6 +9,7 @@ mod binary;
 mod cli;
 mod cluster;
 mod commit_order;
+mod dashboard;
 mod escalation;
 mod interleavings;
 mod isolation;

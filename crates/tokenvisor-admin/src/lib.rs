@@ -11,6 +11,8 @@
 //! - [`error::ApiError`]: every error answer, mapped to a status in one place.
 //! - [`views`]: request and answer bodies; views never carry a secret.
 //! - [`openapi`]: the OpenAPI 3.1 document generated from the handlers' types.
+//! - `ui`: the operator's dashboard under `/ui` (server-rendered pages, sign-in with the
+//!   admin token, a session cookie, CSRF tokens on every action).
 //! - [`webhooks`]: Standard Webhooks delivery of the event stream to the endpoints
 //!   stored in the database (event filters, attempt and age limits, an outbox cap, a
 //!   dead-letter list), off the refresh path.
@@ -24,6 +26,7 @@ mod extract;
 mod journal;
 pub mod openapi;
 mod routes;
+mod ui;
 pub mod views;
 pub mod webhooks;
 
@@ -169,6 +172,8 @@ pub(crate) struct AppState {
     pub(crate) options: Arc<AdminOptions>,
     /// `None` with [`AdminAuth::External`].
     pub(crate) admin_token_digest: Option<Arc<[u8; 32]>>,
+    /// The dashboard's signed-in operators.
+    pub(crate) sessions: Arc<ui::session::Sessions>,
 }
 
 /// The admin application, complete: [`router_parts`] merged, with a JSON `404` for
@@ -193,6 +198,7 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
     };
     let state = AppState {
         admin_token_digest,
+        sessions: Arc::default(),
         journal: journal::Journal::start(tokenvisor.subscribe(), options.shutdown.clone()),
         tokenvisor,
         options: Arc::new(options),
@@ -280,6 +286,10 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
     };
     let mut api = Router::new().nest("/v1", v1);
     let mut public = Router::new().route("/oauth/callback", get(routes::authorizations::callback));
+    if state.admin_token_digest.is_some() {
+        // The dashboard signs its operators in with the admin token (its own sessions).
+        public = public.merge(ui::routes());
+    }
     if state.options.health_routes {
         api = api.route("/openapi.json", get(openapi::serve));
         public = public

@@ -176,6 +176,18 @@ pub enum StatusView {
     Disabled,
 }
 
+impl StatusView {
+    /// The snake_case name (`needs_reauth`), as serialized.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Degraded => "degraded",
+            Self::NeedsReauth => "needs_reauth",
+            Self::Disabled => "disabled",
+        }
+    }
+}
+
 impl From<ConnectionStatus> for StatusView {
     fn from(status: ConnectionStatus) -> Self {
         match status {

@@ -1,0 +1,80 @@
+// tokenvisor dashboard: relative times, confirmations, copy buttons and the live status of
+// a connection page. No inline script anywhere (the content security policy forbids it).
+"use strict";
+
+function relative(at) {
+  const seconds = Math.round((at - Date.now()) / 1000);
+  const magnitude = Math.abs(seconds);
+  let amount;
+  if (magnitude < 60) amount = magnitude + " s";
+  else if (magnitude < 3600) amount = Math.floor(magnitude / 60) + " min";
+  else if (magnitude < 172800) amount = Math.floor(magnitude / 3600) + " h";
+  else amount = Math.floor(magnitude / 86400) + " d";
+  return seconds >= 0 ? "in " + amount : amount + " ago";
+}
+
+function refreshTimes(root) {
+  for (const time of root.querySelectorAll("time[data-relative]")) {
+    const at = Date.parse(time.getAttribute("datetime"));
+    if (!Number.isNaN(at)) time.textContent = relative(at);
+  }
+}
+
+function timeElement(iso) {
+  if (!iso) return document.createTextNode("—");
+  const time = document.createElement("time");
+  time.setAttribute("datetime", iso);
+  time.setAttribute("title", iso);
+  time.setAttribute("data-relative", "");
+  time.textContent = relative(Date.parse(iso));
+  return time;
+}
+
+function badge(status) {
+  const span = document.createElement("span");
+  span.className = "badge " + status;
+  span.textContent = status.replace("_", " ");
+  return span;
+}
+
+// Polls the connection's status and updates the page without reloading it.
+function followStatus(list) {
+  const url = list.getAttribute("data-live-status");
+  let last = null;
+  const tick = async () => {
+    try {
+      const response = await fetch(url, { credentials: "same-origin", headers: { accept: "application/json" } });
+      if (response.ok) {
+        const state = await response.json();
+        const key = JSON.stringify(state);
+        if (key !== last) {
+          last = key;
+          document.getElementById("status").replaceChildren(badge(state.status));
+          document.getElementById("expires").replaceChildren(timeElement(state.expires_at));
+          document.getElementById("next-refresh").replaceChildren(timeElement(state.next_refresh_at));
+        }
+      }
+    } catch (_) { /* the next tick tries again */ }
+  };
+  setInterval(tick, 2000);
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  refreshTimes(document);
+  setInterval(() => refreshTimes(document), 1000);
+  for (const form of document.querySelectorAll("form[data-confirm]")) {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
+    });
+  }
+  for (const button of document.querySelectorAll("button[data-copy]")) {
+    button.addEventListener("click", async () => {
+      const input = document.getElementById(button.getAttribute("data-copy"));
+      input.select();
+      try { await navigator.clipboard.writeText(input.value); button.textContent = "Copied"; }
+      catch (_) { document.execCommand("copy"); button.textContent = "Copied"; }
+    });
+  }
+  const live = document.querySelector("[data-live-status]");
+  if (live) followStatus(live);
+});

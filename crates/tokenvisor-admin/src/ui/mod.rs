@@ -1,0 +1,429 @@
+//! `/ui`: the operator's dashboard, server-rendered from the same state as `/v1`.
+//!
+//! - `GET /ui/sign-in`, `POST /ui/sign-in`, `POST /ui/sign-out`: the operator signs in
+//!   with the admin token; a session cookie follows ([`session`]).
+//! - `GET /ui`: connections by status per integration, refreshes per minute by outcome
+//!   over the last three hours (counted by the database from the refresh history).
+//! - `GET /ui/connections`: filtered by tenant, integration and status, one page at a
+//!   time through the store's keyset pagination (never all rows).
+//! - `GET /ui/connections/{id}`: state, token preview, refresh history, and actions
+//!   (`POST .../{refresh|deactivate|activate|delete|reauthorize}`, each with the session's
+//!   CSRF token); `GET .../status` feeds the page's live status.
+//! - `GET /ui/integrations`: the OAuth apps (never their secrets) and their health.
+//!
+//! Pages are maud templates (escaped by construction), the stylesheet and script are
+//! compiled into the binary, nothing is fetched from elsewhere, and a strict content
+//! security policy forbids inline and foreign scripts.
+
+mod pages;
+pub(crate) mod session;
+
+use crate::AppState;
+use crate::error::ApiError;
+use crate::views::ConnectionView;
+use axum::Router;
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use chrono::Utc;
+use pages::{Chrome, IntegrationCounts, Notice, STATUSES};
+use serde::Deserialize;
+use session::Operator;
+use tokenvisor_core::{ConnectionFilter, ConnectionId, TenantId};
+use tokenvisor_supervisor::AuthorizationRequest;
+
+/// Rows per page of the connections table.
+const PAGE: u64 = 50;
+/// How far back the overview's plot goes.
+const PLOT_HOURS: i64 = 3;
+
+/// The dashboard's routes (relative to the base path).
+pub(crate) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/ui", get(overview))
+        .route("/ui/sign-in", get(sign_in_form).post(sign_in))
+        .route("/ui/sign-out", post(sign_out))
+        .route("/ui/connections", get(connections))
+        .route("/ui/connections/{id}", get(connection))
+        .route("/ui/connections/{id}/status", get(status))
+        .route("/ui/connections/{id}/{action}", post(act))
+        .route("/ui/integrations", get(integrations))
+        .route(
+            "/ui/assets/app.css",
+            get(|| async { asset("text/css; charset=utf-8", pages::CSS) }),
+        )
+        .route(
+            "/ui/assets/app.js",
+            get(|| async { asset("text/javascript; charset=utf-8", pages::JS) }),
+        )
+        .layer(axum::middleware::map_response(secure_headers))
+}
+
+/// Headers on every dashboard answer: no caching of pages with tenant data, no framing,
+/// no script or style from anywhere but here.
+async fn secure_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !headers.contains_key(header::CACHE_CONTROL) {
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    response
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "public, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn chrome<'a>(state: &'a AppState, operator: &'a Operator) -> Chrome<'a> {
+    Chrome {
+        base: &state.options.base_path,
+        csrf: Some(&operator.csrf),
+    }
+}
+
+/// An error of the API as a page with the same status.
+fn failure(state: &AppState, operator: &Operator, error: ApiError) -> Response {
+    let page = pages::message(
+        &chrome(state, operator),
+        "Something went wrong",
+        &format!("{} ({})", error.message(), error.code()),
+    );
+    (error.status(), Html(page.into_string())).into_response()
+}
+
+async fn sign_in_form(State(state): State<AppState>) -> Response {
+    Html(pages::sign_in(&state.options.base_path, None).into_string()).into_response()
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    #[serde(default)]
+    token: String,
+}
+
+/// Checks the admin token (constant time) and starts a session.
+async fn sign_in(State(state): State<AppState>, Form(form): Form<SignIn>) -> Response {
+    let base = &state.options.base_path;
+    let valid = !form.token.is_empty()
+        && state
+            .admin_token_digest
+            .as_deref()
+            .is_some_and(|digest| crate::auth::token_matches(digest, form.token.trim().as_bytes()));
+    if !valid {
+        tracing::warn!("dashboard sign-in refused");
+        return (
+            StatusCode::UNAUTHORIZED,
+            Html(pages::sign_in(base, Some("That is not the admin token.")).into_string()),
+        )
+            .into_response();
+    }
+    let (id, _csrf) = state.sessions.create();
+    tracing::info!("dashboard sign-in");
+    (
+        [(header::SET_COOKIE, session::set_cookie(&state, Some(&id)))],
+        Redirect::to(&format!("{base}/ui")),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct ActionForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn sign_out(State(state): State<AppState>, operator: Operator, Form(form): Form<ActionForm>) -> Response {
+    if !operator.csrf_matches(&form.csrf) {
+        return forbidden(&state, &operator);
+    }
+    state.sessions.end(&operator.session);
+    (
+        [(header::SET_COOKIE, session::set_cookie(&state, None))],
+        Redirect::to(&format!("{}/ui/sign-in", state.options.base_path)),
+    )
+        .into_response()
+}
+
+fn forbidden(state: &AppState, operator: &Operator) -> Response {
+    let page = pages::message(
+        &chrome(state, operator),
+        "Refused",
+        "This form is stale or did not come from this dashboard. Reload the page and try again.",
+    );
+    (StatusCode::FORBIDDEN, Html(page.into_string())).into_response()
+}
+
+/// Each integration with the count of its connections in each status.
+async fn integration_counts(state: &AppState) -> Result<Vec<IntegrationCounts>, ApiError> {
+    let store = state.tokenvisor.store();
+    let mut rows = Vec::new();
+    for integration in store.list_integrations().await? {
+        let mut counts = [0; 4];
+        for (count, status) in counts.iter_mut().zip(STATUSES) {
+            *count = store
+                .count_connections(&ConnectionFilter {
+                    integration_id: Some(integration.id),
+                    status: Some(status),
+                    ..ConnectionFilter::default()
+                })
+                .await?;
+        }
+        rows.push(IntegrationCounts {
+            name: integration.name,
+            provider: integration.provider,
+            client_id: integration.client_id,
+            scopes: integration.scopes,
+            counts,
+        });
+    }
+    Ok(rows)
+}
+
+async fn overview(State(state): State<AppState>, operator: Operator) -> Response {
+    let now = Utc::now();
+    let since = now - chrono::Duration::hours(PLOT_HOURS);
+    let counted = async {
+        let rows = integration_counts(&state).await?;
+        let minutes = state.tokenvisor.store().attempts_per_minute(since).await?;
+        Ok::<_, ApiError>((rows, minutes))
+    };
+    match counted.await {
+        Ok((rows, minutes)) => {
+            Html(pages::overview(&chrome(&state, &operator), &rows, &minutes, since, now).into_string()).into_response()
+        }
+        Err(error) => failure(&state, &operator, error),
+    }
+}
+
+async fn integrations(State(state): State<AppState>, operator: Operator) -> Response {
+    match integration_counts(&state).await {
+        Ok(rows) => Html(pages::integrations(&chrome(&state, &operator), &rows).into_string()).into_response(),
+        Err(error) => failure(&state, &operator, error),
+    }
+}
+
+#[derive(Deserialize)]
+struct TableQuery {
+    #[serde(default)]
+    tenant: String,
+    #[serde(default)]
+    integration: String,
+    #[serde(default)]
+    status: String,
+    #[serde(default)]
+    after: Option<uuid::Uuid>,
+}
+
+async fn connections(State(state): State<AppState>, operator: Operator, Query(query): Query<TableQuery>) -> Response {
+    let listed = async {
+        let store = state.tokenvisor.store();
+        let integrations = store.list_integrations().await?;
+        let mut filter = ConnectionFilter {
+            after: query.after.map(ConnectionId),
+            limit: Some(PAGE + 1),
+            ..ConnectionFilter::default()
+        };
+        let tenant = query.tenant.trim();
+        if !tenant.is_empty() {
+            filter.tenant_id = Some(TenantId::parse(tenant).map_err(|error| ApiError::invalid("tenant", error))?);
+        }
+        if !query.integration.is_empty() {
+            let integration = integrations
+                .iter()
+                .find(|i| i.name == query.integration)
+                .ok_or_else(|| ApiError::not_found("integration"))?;
+            filter.integration_id = Some(integration.id);
+        }
+        if !query.status.is_empty() {
+            filter.status = Some(
+                STATUSES
+                    .into_iter()
+                    .find(|s| s.as_str() == query.status)
+                    .ok_or_else(|| ApiError::invalid("status", "unknown status"))?,
+            );
+        }
+        let mut rows = store.list_connections(&filter).await?;
+        let more = rows.len() as u64 > PAGE;
+        rows.truncate(PAGE as usize);
+        let views: Vec<ConnectionView> = rows
+            .iter()
+            .map(|row| ConnectionView::of(row, integrations.iter().find(|i| i.id == row.integration_id)))
+            .collect();
+        let next = more.then(|| rows.last().map(|last| last.id)).flatten().map(|last| {
+            format!(
+                "{}/ui/connections?tenant={}&integration={}&status={}&after={last}",
+                state.options.base_path,
+                pages::urlencode(tenant),
+                pages::urlencode(&query.integration),
+                pages::urlencode(&query.status),
+            )
+        });
+        Ok::<_, ApiError>((integrations.into_iter().map(|i| i.name).collect(), views, next))
+    };
+    match listed.await {
+        Ok((names, views, next)) => {
+            let filters = pages::TableFilters {
+                tenant: query.tenant.trim(),
+                integration: &query.integration,
+                status: &query.status,
+                integrations: names,
+            };
+            Html(pages::connections(&chrome(&state, &operator), &filters, &views, next).into_string()).into_response()
+        }
+        Err(error) => failure(&state, &operator, error),
+    }
+}
+
+fn parse_id(id: &str) -> Result<ConnectionId, ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(ConnectionId)
+        .map_err(|_| ApiError::not_found("connection"))
+}
+
+async fn view_of(state: &AppState, id: ConnectionId) -> Result<ConnectionView, ApiError> {
+    let connection = state.tokenvisor.connections().get(id).await?;
+    let integration = state
+        .tokenvisor
+        .store()
+        .get_integration(connection.integration_id)
+        .await?;
+    Ok(ConnectionView::of(&connection, integration.as_ref()))
+}
+
+async fn render_connection(
+    state: &AppState,
+    operator: &Operator,
+    id: ConnectionId,
+    notice: Option<Notice>,
+) -> Response {
+    let loaded = async {
+        let view = view_of(state, id).await?;
+        let history = state.tokenvisor.connections().history(id, 50).await?;
+        Ok::<_, ApiError>((view, history))
+    };
+    match loaded.await {
+        Ok((view, history)) => {
+            Html(pages::connection(&chrome(state, operator), &view, &history, notice).into_string()).into_response()
+        }
+        Err(error) => failure(state, operator, error),
+    }
+}
+
+async fn connection(State(state): State<AppState>, operator: Operator, Path(id): Path<String>) -> Response {
+    match parse_id(&id) {
+        Ok(id) => render_connection(&state, &operator, id, None).await,
+        Err(error) => failure(&state, &operator, error),
+    }
+}
+
+/// The live part of a connection page, as JSON.
+async fn status(State(state): State<AppState>, _operator: Operator, Path(id): Path<String>) -> Response {
+    let view = match parse_id(&id) {
+        Ok(id) => view_of(&state, id).await,
+        Err(error) => Err(error),
+    };
+    match view {
+        Ok(view) => axum::Json(serde_json::json!({
+            "status": view.status.as_str(),
+            "expires_at": view.expires_at,
+            "next_refresh_at": view.next_refresh_at,
+        }))
+        .into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// An action of the connection page, checked against the session's CSRF token.
+async fn act(
+    State(state): State<AppState>,
+    operator: Operator,
+    Path((id, action)): Path<(String, String)>,
+    Form(form): Form<ActionForm>,
+) -> Response {
+    if !operator.csrf_matches(&form.csrf) {
+        return forbidden(&state, &operator);
+    }
+    let id = match parse_id(&id) {
+        Ok(id) => id,
+        Err(error) => return failure(&state, &operator, error),
+    };
+    let connections = state.tokenvisor.connections();
+    let notice = match action.as_str() {
+        "refresh" => state
+            .tokenvisor
+            .tokens()
+            .force_refresh(id)
+            .await
+            .map(|_| Notice::Done("Refreshed.".into()))
+            .map_err(ApiError::from),
+        "deactivate" => connections
+            .deactivate(id)
+            .await
+            .map(|_| Notice::Done("Deactivated: no refreshes, no tokens handed out.".into()))
+            .map_err(ApiError::from),
+        "activate" => connections
+            .activate(id)
+            .await
+            .map(|_| Notice::Done("Activated.".into()))
+            .map_err(ApiError::from),
+        "delete" => {
+            return match connections.remove(id).await {
+                Ok(()) => {
+                    tracing::info!(connection.id = %id, "connection deleted from the dashboard");
+                    Redirect::to(&format!("{}/ui/connections", state.options.base_path)).into_response()
+                }
+                Err(error) => failure(&state, &operator, error.into()),
+            };
+        }
+        "reauthorize" => reauthorize(&state, id).await,
+        _ => Err(ApiError::not_found("action")),
+    };
+    tracing::info!(connection.id = %id, action = %action, ok = notice.is_ok(), "dashboard action");
+    match notice {
+        Ok(notice) => render_connection(&state, &operator, id, Some(notice)).await,
+        Err(error) => failure(&state, &operator, error),
+    }
+}
+
+/// Starts a re-authorization of the connection: the link to send to the tenant.
+async fn reauthorize(state: &AppState, id: ConnectionId) -> Result<Notice, ApiError> {
+    let connection = state.tokenvisor.connections().get(id).await?;
+    let integration = state
+        .tokenvisor
+        .store()
+        .get_integration(connection.integration_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("integration"))?;
+    let redirect_uri = integration.redirect_uri.is_none().then(|| state.options.callback_url());
+    let start = state
+        .tokenvisor
+        .authorizations()
+        .begin(AuthorizationRequest {
+            tenant_id: connection.tenant_id.clone(),
+            integration_id: integration.id,
+            connection_id: Some(id),
+            redirect_uri,
+        })
+        .await?;
+    Ok(Notice::Link {
+        url: start.authorize_url,
+        expires_at: start.expires_at,
+    })
+}

@@ -1,0 +1,256 @@
+//! The operator's dashboard (`/ui`) of the real binary over HTTP, as a browser uses it:
+//! sign-in with the admin token, the session cookie, CSRF tokens on every action,
+//! filters, the connection page's actions and re-authorization, sign-out; no page holds
+//! a secret.
+
+use reqwest::header;
+use std::path::Path;
+use std::time::Duration;
+use tokenvisor_testkit::Dialect;
+use tokenvisor_tests::fake;
+use tokenvisor_tests::service::{ADMIN_TOKEN, Service};
+
+fn binary() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_tokenvisor"))
+}
+
+/// A browser's view of the dashboard: its session cookie, if any.
+struct Browser<'a> {
+    service: &'a Service,
+    cookie: Option<String>,
+}
+
+struct Page {
+    status: u16,
+    location: Option<String>,
+    set_cookie: Option<String>,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Browser<'_> {
+    async fn send(&self, request: reqwest::RequestBuilder) -> Page {
+        let request = match &self.cookie {
+            Some(cookie) => request.header(header::COOKIE, cookie),
+            None => request,
+        };
+        let response = request.send().await.expect("request");
+        let headers = response.headers().clone();
+        Page {
+            status: response.status().as_u16(),
+            location: headers.get(header::LOCATION).map(|v| v.to_str().unwrap().to_owned()),
+            set_cookie: headers.get(header::SET_COOKIE).map(|v| v.to_str().unwrap().to_owned()),
+            body: response.text().await.expect("body"),
+            headers,
+        }
+    }
+
+    async fn get(&self, path: &str) -> Page {
+        self.send(self.service.http.get(format!("{}{path}", self.service.base)))
+            .await
+    }
+
+    async fn post(&self, path: &str, form: &[(&str, &str)]) -> Page {
+        self.send(
+            self.service
+                .http
+                .post(format!("{}{path}", self.service.base))
+                .form(form),
+        )
+        .await
+    }
+}
+
+/// The value of the hidden `csrf` field of a page.
+fn csrf_of(page: &str) -> String {
+    let marker = "name=\"csrf\" value=\"";
+    let start = page.find(marker).expect("a form with a CSRF token") + marker.len();
+    page[start..][..page[start..].find('"').unwrap()].to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let mut ids = Vec::new();
+    for tenant in ["acme", "globex", "initech"] {
+        ids.push(
+            service.connect(&fake, "crm", tenant).await["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    // globex's grant is revoked; its next refresh escalates it to needs_reauth.
+    fake.revoke_family("globex");
+    let refreshed = service.post_empty(&format!("/v1/connections/{}/refresh", ids[1])).await;
+    assert_eq!(refreshed.code(), "needs_reauth", "{refreshed:?}");
+    // acme refreshes fine: the plot has a success.
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{}/refresh", ids[0]))
+            .await
+            .status,
+        200
+    );
+
+    let mut browser = Browser {
+        service: &service,
+        cookie: None,
+    };
+    // Not signed in: every page sends to the sign-in form.
+    let page = browser.get("/ui").await;
+    assert_eq!((page.status, page.location.as_deref()), (303, Some("/ui/sign-in")));
+    let form = browser.get("/ui/sign-in").await;
+    assert_eq!(form.status, 200);
+    assert!(form.body.contains("type=\"password\""), "{}", form.body);
+    assert!(
+        form.headers[header::CONTENT_SECURITY_POLICY]
+            .to_str()
+            .unwrap()
+            .contains("script-src 'self'"),
+        "{:?}",
+        form.headers
+    );
+    let wrong = browser.post("/ui/sign-in", &[("token", "not-the-token")]).await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.set_cookie.is_none());
+
+    let signed_in = browser.post("/ui/sign-in", &[("token", ADMIN_TOKEN)]).await;
+    assert_eq!((signed_in.status, signed_in.location.as_deref()), (303, Some("/ui")));
+    let set_cookie = signed_in.set_cookie.expect("a session cookie");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
+        assert!(set_cookie.contains(attribute), "{set_cookie}");
+    }
+    let session = set_cookie.split(';').next().unwrap().to_owned();
+    browser.cookie = Some(session.clone());
+
+    // The overview: counts per status, the refresh plot.
+    let overview = browser.get("/ui").await;
+    assert_eq!(overview.status, 200, "{}", overview.body);
+    assert!(overview.body.contains("crm"));
+    assert!(
+        overview
+            .body
+            .contains("/ui/connections?integration=crm&amp;status=needs_reauth\">1</a>"),
+        "{}",
+        overview.body
+    );
+    assert!(overview.body.contains("success: 1"), "{}", overview.body);
+    assert!(overview.body.contains("<rect"), "{}", overview.body);
+
+    // Filtering finds the broken tenant alone.
+    let broken = browser.get("/ui/connections?status=needs_reauth").await;
+    assert_eq!(broken.status, 200);
+    assert!(
+        broken.body.contains(&format!("/ui/connections/{}", ids[1])),
+        "{}",
+        broken.body
+    );
+    for other in [&ids[0], &ids[2]] {
+        assert!(!broken.body.contains(other.as_str()), "{}", broken.body);
+    }
+    let by_tenant = browser.get("/ui/connections?tenant=initech").await;
+    assert!(by_tenant.body.contains(ids[2].as_str()) && !by_tenant.body.contains(ids[0].as_str()));
+    let bad = browser.get("/ui/connections?tenant=has%20space").await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+
+    // The connection page: status, history, the token preview only.
+    let path = format!("/ui/connections/{}", ids[1]);
+    let page = browser.get(&path).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("needs reauth"), "{}", page.body);
+    assert!(page.body.contains("invalid_grant"), "{}", page.body);
+    let csrf = csrf_of(&page.body);
+
+    // An action without (or with another) CSRF token is refused and changes nothing.
+    for token in ["", "forged"] {
+        let refused = browser
+            .post(&format!("/ui/connections/{}/deactivate", ids[0]), &[("csrf", token)])
+            .await;
+        assert_eq!(refused.status, 403, "{}", refused.body);
+    }
+    assert_eq!(
+        service.get(&format!("/v1/connections/{}", ids[0])).await.body["status"],
+        "active"
+    );
+
+    // Deactivate and activate acme.
+    let deactivated = browser
+        .post(&format!("/ui/connections/{}/deactivate", ids[0]), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(deactivated.status, 200, "{}", deactivated.body);
+    assert!(deactivated.body.contains("Deactivated"));
+    assert_eq!(
+        service.get(&format!("/v1/connections/{}", ids[0])).await.body["status"],
+        "disabled"
+    );
+    let activated = browser
+        .post(&format!("/ui/connections/{}/activate", ids[0]), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(activated.status, 200, "{}", activated.body);
+    assert_eq!(
+        service.get(&format!("/v1/connections/{}", ids[0])).await.body["status"],
+        "active"
+    );
+
+    // Re-authorize globex: the link, consent at the fake, the status turns active.
+    let started = browser.post(&format!("{path}/reauthorize"), &[("csrf", &csrf)]).await;
+    assert_eq!(started.status, 200, "{}", started.body);
+    let marker = "id=\"authorize-link\" type=\"text\" readonly value=\"";
+    let start = started.body.find(marker).expect("the link") + marker.len();
+    let link = started.body[start..][..started.body[start..].find('"').unwrap()].replace("&amp;", "&");
+    let redirect = service.http.get(&link).send().await.unwrap();
+    assert!(redirect.status().is_redirection(), "{}", redirect.status());
+    let callback = redirect.headers()["location"].to_str().unwrap().to_owned();
+    assert_eq!(service.http.get(&callback).send().await.unwrap().status(), 200);
+    let status = browser.get(&format!("{path}/status")).await;
+    assert_eq!(status.status, 200);
+    let live: serde_json::Value = serde_json::from_str(&status.body).unwrap();
+    assert_eq!(live["status"], "active", "{live}");
+
+    // The integrations page never shows the client secret.
+    let integrations = browser.get("/ui/integrations").await;
+    assert_eq!(integrations.status, 200);
+    assert!(integrations.body.contains(fake.client_id()));
+
+    // No page holds a token or a secret.
+    let mut pages = String::new();
+    for path in ["/ui", "/ui/connections", "/ui/integrations"] {
+        pages.push_str(&browser.get(path).await.body);
+    }
+    for id in &ids {
+        pages.push_str(&browser.get(&format!("/ui/connections/{id}")).await.body);
+    }
+    let mut secrets = vec![fake.client_secret().to_owned(), ADMIN_TOKEN.to_owned()];
+    for (tenant, id) in ["acme", "globex", "initech"].into_iter().zip(&ids) {
+        secrets.extend(fake.current_refresh_token(tenant));
+        let token = service.get(&format!("/v1/connections/{id}/token")).await;
+        assert_eq!(token.status, 200, "{token:?}");
+        secrets.push(token.body["access_token"].as_str().unwrap().to_owned());
+    }
+    for secret in &secrets {
+        assert!(!pages.contains(secret.as_str()), "a secret is on a page");
+    }
+
+    // Delete initech, then sign out: the old cookie no longer works.
+    let deleted = browser
+        .post(&format!("/ui/connections/{}/delete", ids[2]), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(
+        (deleted.status, deleted.location.as_deref()),
+        (303, Some("/ui/connections"))
+    );
+    assert_eq!(service.get(&format!("/v1/connections/{}", ids[2])).await.status, 404);
+    let out = browser.post("/ui/sign-out", &[("csrf", &csrf)]).await;
+    assert_eq!((out.status, out.location.as_deref()), (303, Some("/ui/sign-in")));
+    let after = browser.get("/ui").await;
+    assert_eq!((after.status, after.location.as_deref()), (303, Some("/ui/sign-in")));
+    let replayed = browser
+        .post(&format!("/ui/connections/{}/deactivate", ids[0]), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(replayed.status, 303, "a signed-out session acts no more");
+    tokio::time::sleep(Duration::from_millis(10)).await;
+}
