@@ -352,6 +352,7 @@ async fn full_cycle_leaks_no_secret(format: LogFormat) {
             tenant_id: connection.tenant_id.clone(),
             integration_id: harness.integration.id,
             connection_id: Some(connection.id),
+            connection_key: None,
             redirect_uri: None,
         })
         .await

@@ -214,11 +214,31 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
         )
         .route(
             "/tenants/{tenant}/connections/{integration}/{key}",
-            get(routes::connections::show_by_key),
+            get(routes::connections::show_by_key).delete(routes::connections::delete_by_key),
         )
         .route(
             "/tenants/{tenant}/connections/{integration}/{key}/token",
             get(routes::connections::token_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/token/rejected",
+            post(routes::connections::token_rejected_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/refresh",
+            post(routes::connections::refresh_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/deactivate",
+            post(routes::connections::deactivate_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/activate",
+            post(routes::connections::activate_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/history",
+            get(routes::connections::history_by_key),
         )
         .route(
             "/tenants/{tenant}/connections/{integration}/{key}/proxy/{*path}",

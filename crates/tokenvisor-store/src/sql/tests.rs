@@ -858,6 +858,7 @@ async fn an_authorization_state_is_usable_once_and_its_verifier_is_encrypted(db:
         tenant_id: TenantId::parse("acme").expect("tenant"),
         integration_id: integration.id,
         connection_id: Some(ConnectionId::new()),
+        connection_key: Some(ConnectionKey::parse("sandbox").expect("key")),
         redirect_uri: "https://app.example/callback".into(),
         code_verifier: Some(SecretString::new("verifier-secret-value-0123456789-0123456789-abc")),
         created_at: now(),
@@ -882,6 +883,7 @@ async fn an_authorization_state_is_usable_once_and_its_verifier_is_encrypted(db:
         .expect("present");
     assert_eq!(taken.code_verifier, pending.code_verifier);
     assert_eq!(taken.connection_id, pending.connection_id);
+    assert_eq!(taken.connection_key, pending.connection_key);
     assert_eq!(taken.tenant_id, pending.tenant_id);
     assert!(
         store
