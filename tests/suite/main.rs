@@ -12,6 +12,7 @@ mod commit_order;
 mod escalation;
 mod interleavings;
 mod isolation;
+mod keyed;
 mod lifecycle;
 mod outage;
 mod outbox;
