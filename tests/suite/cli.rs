@@ -733,28 +733,57 @@ async fn integrations_are_shown_changed_and_deleted_and_connections_addressed_by
 
     // By tenant, integration and key: a refresh authenticates with the rotated secret.
     let refreshes = fake.refreshes();
-    let refreshed = admin(&service, &["connections", "refresh", "--tenant", "acme", "--integration", "crm"])
-        .output()
-        .unwrap();
+    let refreshed = admin(
+        &service,
+        &["connections", "refresh", "--tenant", "acme", "--integration", "crm"],
+    )
+    .output()
+    .unwrap();
     assert!(refreshed.status.success(), "{}", stderr(&refreshed));
     assert_eq!(fake.refreshes(), refreshes + 1);
     assert_eq!(fake.client_authentication_failures(), 0, "the old secret was presented");
     let token = admin(
         &service,
-        &["token", "get", "--tenant", "acme", "--integration", "crm", "--key", "sandbox"],
+        &[
+            "token",
+            "get",
+            "--tenant",
+            "acme",
+            "--integration",
+            "crm",
+            "--key",
+            "sandbox",
+        ],
     )
     .output()
     .unwrap();
     assert_eq!(stdout(&token).trim(), sandbox.access_token, "{}", stderr(&token));
     let history = json(&ok(
         &service,
-        &["connections", "history", "--json", "--tenant", "acme", "--integration", "crm"],
+        &[
+            "connections",
+            "history",
+            "--json",
+            "--tenant",
+            "acme",
+            "--integration",
+            "crm",
+        ],
     ));
     assert_eq!(history["items"].as_array().unwrap().len(), 1, "{history}");
     assert_eq!(history["items"][0]["reason"], "forced");
     let missing = admin(
         &service,
-        &["connections", "show", "--tenant", "acme", "--integration", "crm", "--key", "prod"],
+        &[
+            "connections",
+            "show",
+            "--tenant",
+            "acme",
+            "--integration",
+            "crm",
+            "--key",
+            "prod",
+        ],
     )
     .output()
     .unwrap();
@@ -765,10 +794,16 @@ async fn integrations_are_shown_changed_and_deleted_and_connections_addressed_by
     let table = stdout(&ok(&service, &["tenants", "connections", "acme"]));
     let lines: Vec<&str> = table.lines().collect();
     let key_column = lines[0].find("KEY").expect("a KEY column");
-    let mut keys: Vec<&str> = lines[1..3].iter().map(|row| row[key_column..].split(' ').next().unwrap()).collect();
+    let mut keys: Vec<&str> = lines[1..3]
+        .iter()
+        .map(|row| row[key_column..].split(' ').next().unwrap())
+        .collect();
     keys.sort_unstable();
     assert_eq!(keys, ["default", "sandbox"], "{table}");
-    assert!(!table.contains("globex") && table.contains("2 connection(s)"), "{table}");
+    assert!(
+        !table.contains("globex") && table.contains("2 connection(s)"),
+        "{table}"
+    );
     let listed = json(&ok(&service, &["tenants", "connections", "acme", "--json"]));
     assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
 

@@ -173,7 +173,10 @@ async fn an_authorization_under_a_key_creates_that_connection_then_updates_it() 
     let default_whoami = service
         .get("/v1/tenants/acme/connections/crm/default/proxy/whoami")
         .await;
-    assert_eq!(default_whoami.body["family"], "acme", "the default connection is untouched");
+    assert_eq!(
+        default_whoami.body["family"], "acme",
+        "the default connection is untouched"
+    );
 
     // Again under `sandbox`: the same connection, with the new grant's tokens.
     fake.set_authorizing_user("acme-sandbox-2", "us");

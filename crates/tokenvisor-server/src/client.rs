@@ -793,11 +793,7 @@ impl AdminClient {
         status: Option<String>,
         integration: Option<String>,
     ) -> anyhow::Result<()> {
-        let filters = [
-            ("tenant_id", tenant),
-            ("status", status),
-            ("integration", integration),
-        ];
+        let filters = [("tenant_id", tenant), ("status", status), ("integration", integration)];
         let items = self.all_pages("/v1/connections", &filters).await?;
         self.print_connections(items)
     }
@@ -1252,7 +1248,7 @@ mod tests {
     #[test]
     fn names_in_paths_are_encoded_and_cannot_leave_their_segment() {
         assert_eq!(
-            api_path(&["v1", "tenants", "acme:eu", "connections", "zoho crm/x", "default"]).unwrap(),
+            api_path(&["v1", "tenants", "acme:eu", "connections", "zoho crm/x", "default"]).expect("a valid path"),
             "/v1/tenants/acme:eu/connections/zoho%20crm%2Fx/default"
         );
         assert!(api_path(&["v1", "integrations", ".."]).is_err());
