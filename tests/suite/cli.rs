@@ -645,3 +645,175 @@ async fn events_resume_after_the_stream_breaks_without_duplicates_and_take_filte
     let logged: Vec<String> = err_lines.try_iter().collect();
     assert!(logged.iter().any(|l| l.contains("reconnecting")), "{logged:?}");
 }
+
+/// An admin CLI command against `service` that must succeed.
+fn ok(service: &Service, args: &[&str]) -> Output {
+    let output = admin(service, args).output().unwrap();
+    assert!(output.status.success(), "{args:?} failed: {}", stderr(&output));
+    output
+}
+
+/// Runs `cmd` with `input` on its standard input.
+fn with_stdin(cmd: &mut Command, input: &str) -> Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    writeln!(child.stdin.take().unwrap(), "{input}").unwrap();
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integrations_are_shown_changed_and_deleted_and_connections_addressed_by_key() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    service.connect(&fake, "crm", "acme").await;
+    let sandbox = fake.issue_grant("acme-sandbox");
+    let added = admin(
+        &service,
+        &[
+            "connections",
+            "add",
+            "--tenant",
+            "acme",
+            "--integration",
+            "crm",
+            "--key",
+            "sandbox",
+            "--access-token",
+            &sandbox.access_token,
+            "--refresh-token",
+            &sandbox.refresh_token,
+            "--expires-in",
+            "1h",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(added.status.success(), "{}", stderr(&added));
+    assert!(stdout(&added).contains("sandbox"), "{}", stdout(&added));
+
+    // Show: by name, never the secret.
+    let shown = admin(&service, &["integrations", "show", "crm"]).output().unwrap();
+    assert!(shown.status.success(), "{}", stderr(&shown));
+    assert!(stdout(&shown).contains(fake.client_id()), "{}", stdout(&shown));
+    assert!(!stdout(&shown).contains(fake.client_secret()));
+
+    // Update: the secret rotated from stdin (never printed), the scopes replaced.
+    let rotated = fake.rotate_client_secret();
+    let updated = with_stdin(
+        &mut admin(
+            &service,
+            &[
+                "integrations",
+                "update",
+                "crm",
+                "--client-secret-file",
+                "-",
+                "--scope",
+                "read",
+                "--scope",
+                "write",
+            ],
+        ),
+        &rotated,
+    );
+    assert!(updated.status.success(), "{}", stderr(&updated));
+    assert!(stdout(&updated).contains("read write"), "{}", stdout(&updated));
+    assert!(!stdout(&updated).contains(&rotated) && !stderr(&updated).contains(&rotated));
+    let shown = json(&ok(&service, &["integrations", "show", "crm", "--json"]));
+    assert_eq!(shown["scopes"], serde_json::json!(["read", "write"]));
+    let nothing = admin(&service, &["integrations", "update", "crm"]).output().unwrap();
+    assert_eq!(nothing.status.code(), Some(2), "{}", stderr(&nothing));
+
+    // By tenant, integration and key: a refresh authenticates with the rotated secret.
+    let refreshes = fake.refreshes();
+    let refreshed = admin(
+        &service,
+        &["connections", "refresh", "--tenant", "acme", "--integration", "crm"],
+    )
+    .output()
+    .unwrap();
+    assert!(refreshed.status.success(), "{}", stderr(&refreshed));
+    assert_eq!(fake.refreshes(), refreshes + 1);
+    assert_eq!(fake.client_authentication_failures(), 0, "the old secret was presented");
+    let token = admin(
+        &service,
+        &[
+            "token",
+            "get",
+            "--tenant",
+            "acme",
+            "--integration",
+            "crm",
+            "--key",
+            "sandbox",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(stdout(&token).trim(), sandbox.access_token, "{}", stderr(&token));
+    let history = json(&ok(
+        &service,
+        &[
+            "connections",
+            "history",
+            "--json",
+            "--tenant",
+            "acme",
+            "--integration",
+            "crm",
+        ],
+    ));
+    assert_eq!(history["items"].as_array().unwrap().len(), 1, "{history}");
+    assert_eq!(history["items"][0]["reason"], "forced");
+    let missing = admin(
+        &service,
+        &[
+            "connections",
+            "show",
+            "--tenant",
+            "acme",
+            "--integration",
+            "crm",
+            "--key",
+            "prod",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert_eq!(missing.status.code(), Some(3), "{}", stderr(&missing));
+
+    // A tenant's connections: both keys, in a table and in JSON.
+    service.connect(&fake, "crm", "globex").await;
+    let table = stdout(&ok(&service, &["tenants", "connections", "acme"]));
+    let lines: Vec<&str> = table.lines().collect();
+    let key_column = lines[0].find("KEY").expect("a KEY column");
+    let mut keys: Vec<&str> = lines[1..3]
+        .iter()
+        .map(|row| row[key_column..].split(' ').next().unwrap())
+        .collect();
+    keys.sort_unstable();
+    assert_eq!(keys, ["default", "sandbox"], "{table}");
+    assert!(
+        !table.contains("globex") && table.contains("2 connection(s)"),
+        "{table}"
+    );
+    let listed = json(&ok(&service, &["tenants", "connections", "acme", "--json"]));
+    assert_eq!(listed["items"].as_array().unwrap().len(), 2, "{listed}");
+
+    // Delete: refused while connections use it (conflict), then with --cascade.
+    let refused = admin(&service, &["integrations", "delete", "crm"]).output().unwrap();
+    assert_eq!(refused.status.code(), Some(8), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("integration_in_use"), "{}", stderr(&refused));
+    ok(&service, &["integrations", "delete", "crm", "--cascade"]);
+    let gone = admin(&service, &["integrations", "show", "crm"]).output().unwrap();
+    assert_eq!(gone.status.code(), Some(3), "{}", stderr(&gone));
+    let listed = json(&ok(&service, &["tenants", "connections", "acme", "--json"]));
+    assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
+}

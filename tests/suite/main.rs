@@ -13,6 +13,7 @@ mod dashboard;
 mod escalation;
 mod interleavings;
 mod isolation;
+mod keyed;
 mod lifecycle;
 mod outage;
 mod outbox;

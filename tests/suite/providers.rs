@@ -85,6 +85,7 @@ async fn a_zoho_eu_connection_refreshes_at_the_eu_accounts_server_and_hands_out_
             tenant_id: TenantId::parse("acme-eu").unwrap(),
             integration_id: harness.integration.id,
             connection_id: None,
+            connection_key: None,
             redirect_uri: None,
         })
         .await
@@ -292,6 +293,7 @@ async fn a_jira_connection_refreshed_for_thirty_days_never_reuses_a_token_and_st
             tenant_id: TenantId::parse("jira-tenant").unwrap(),
             integration_id: harness.integration.id,
             connection_id: None,
+            connection_key: None,
             redirect_uri: None,
         })
         .await

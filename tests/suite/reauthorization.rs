@@ -25,6 +25,7 @@ fn reauthorize(harness: &Harness, connection: &tokenvisor_core::Connection) -> A
         tenant_id: connection.tenant_id.clone(),
         integration_id: harness.integration.id,
         connection_id: Some(connection.id),
+        connection_key: None,
         redirect_uri: None,
     }
 }
@@ -235,6 +236,7 @@ async fn a_new_tenant_connects_through_the_flow() {
             tenant_id: TenantId::parse("newcomer").unwrap(),
             integration_id: harness.integration.id,
             connection_id: None,
+            connection_key: None,
             redirect_uri: None,
         })
         .await
@@ -271,6 +273,7 @@ async fn a_connection_of_another_tenant_cannot_be_reauthorized() {
             tenant_id: TenantId::parse("intruder").unwrap(),
             integration_id: harness.integration.id,
             connection_id: Some(connection.id),
+            connection_key: None,
             redirect_uri: None,
         })
         .await

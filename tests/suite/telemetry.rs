@@ -352,6 +352,7 @@ async fn full_cycle_leaks_no_secret(format: LogFormat) {
             tenant_id: connection.tenant_id.clone(),
             integration_id: harness.integration.id,
             connection_id: Some(connection.id),
+            connection_key: None,
             redirect_uri: None,
         })
         .await
@@ -474,6 +475,19 @@ async fn the_binary_exports_refresh_spans_and_metrics_over_otlp_http() {
         .await
         .expect("token request");
     assert_eq!(answer.status(), 200);
+    // The same token by tenant, integration and key: the route template names none of them.
+    let keyed_trace_id = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let answer = reqwest::Client::new()
+        .get(format!(
+            "http://{admin_addr}/v1/tenants/exported/connections/{}/default/token",
+            harness.integration.id
+        ))
+        .bearer_auth("admin-token-for-the-otlp-test")
+        .header("traceparent", format!("00-{keyed_trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .expect("token request by key");
+    assert_eq!(answer.status(), 200);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while harness.fake.refreshes_for("exported") < 2 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -491,6 +505,15 @@ async fn the_binary_exports_refresh_spans_and_metrics_over_otlp_http() {
         .expect("the admin request's server span continues the caller's trace");
     assert_eq!(server_span.kind, 2, "a server span");
     assert_eq!(server_span.name, "GET /v1/connections/{id}/token");
+    let keyed_span = spans
+        .iter()
+        .filter(|span| span.trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>() == keyed_trace_id)
+        .find(|span| span.name.starts_with("GET "))
+        .expect("the request by key has its server span");
+    assert_eq!(
+        keyed_span.name, "GET /v1/tenants/{tenant}/connections/{integration}/{key}/token",
+        "no tenant id, integration or key in the route"
+    );
     // Every refresh the provider granted has its span, flushed at shutdown (on a loaded
     // machine a refresh may also fail transiently and be retried: a span of its own that
     // the provider's grant count does not include).

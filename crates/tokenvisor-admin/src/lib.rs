@@ -220,11 +220,31 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
         )
         .route(
             "/tenants/{tenant}/connections/{integration}/{key}",
-            get(routes::connections::show_by_key),
+            get(routes::connections::show_by_key).delete(routes::connections::delete_by_key),
         )
         .route(
             "/tenants/{tenant}/connections/{integration}/{key}/token",
             get(routes::connections::token_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/token/rejected",
+            post(routes::connections::token_rejected_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/refresh",
+            post(routes::connections::refresh_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/deactivate",
+            post(routes::connections::deactivate_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/activate",
+            post(routes::connections::activate_by_key),
+        )
+        .route(
+            "/tenants/{tenant}/connections/{integration}/{key}/history",
+            get(routes::connections::history_by_key),
         )
         .route(
             "/tenants/{tenant}/connections/{integration}/{key}/proxy/{*path}",
@@ -323,11 +343,16 @@ fn finish(inner: Router<AppState>, base_path: &str, state: &AppState) -> Router 
 }
 
 /// Every request runs inside a server span that continues an incoming W3C
-/// `traceparent`, so a backend's trace shows its token fetch inside it. The route has
-/// ids replaced by `{id}`; the query string is never recorded.
+/// `traceparent`, so a backend's trace shows its token fetch inside it. The route is the
+/// router's template (`/v1/tenants/{tenant}/connections/{integration}/{key}`: no tenant
+/// id, name, key or proxied path), or for a path no route matches, the path with ids
+/// replaced by `{id}`; the query string is never recorded.
 async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
     use tracing::Instrument as _;
-    let route = route_template(request.uri().path());
+    let route = match request.extensions().get::<axum::extract::MatchedPath>() {
+        Some(matched) => matched.as_str().to_owned(),
+        None => route_template(request.uri().path()),
+    };
     let span = tokenvisor_telemetry::http_server_span(request.method().as_str(), &route, request.headers());
     let response = next.run(request).instrument(span.clone()).await;
     tokenvisor_telemetry::record_http_status(&span, response.status().as_u16());

@@ -34,6 +34,12 @@ use utoipa::{Modify, OpenApi};
         routes::connections::list_of_tenant,
         routes::connections::show_by_key,
         routes::connections::token_by_key,
+        routes::connections::token_rejected_by_key,
+        routes::connections::refresh_by_key,
+        routes::connections::deactivate_by_key,
+        routes::connections::activate_by_key,
+        routes::connections::delete_by_key,
+        routes::connections::history_by_key,
         routes::proxy::forward_by_key,
         routes::authorizations::create,
         routes::authorizations::callback,
@@ -175,7 +181,10 @@ impl Modify for CommonErrors {
                     Self::add(operation, "504", &["timeout"]);
                 }
                 Self::add(operation, "500", &["internal"]);
-                if operation.operation_id.as_deref() == Some("proxy_request") {
+                if matches!(
+                    operation.operation_id.as_deref(),
+                    Some("proxy_request" | "proxy_request_by_key")
+                ) {
                     Self::passed_through(operation);
                 }
             }
@@ -339,6 +348,15 @@ mod tests {
             "/v1/connections/{id}/refresh",
             "/v1/connections/{id}/deactivate",
             "/v1/connections/{id}/activate",
+            "/v1/tenants/{tenant}/connections",
+            "/v1/tenants/{tenant}/connections/{integration}/{key}",
+            "/v1/tenants/{tenant}/connections/{integration}/{key}/token",
+            "/v1/tenants/{tenant}/connections/{integration}/{key}/token/rejected",
+            "/v1/tenants/{tenant}/connections/{integration}/{key}/refresh",
+            "/v1/tenants/{tenant}/connections/{integration}/{key}/deactivate",
+            "/v1/tenants/{tenant}/connections/{integration}/{key}/activate",
+            "/v1/tenants/{tenant}/connections/{integration}/{key}/history",
+            "/v1/tenants/{tenant}/connections/{integration}/{key}/proxy/{path}",
             "/v1/authorizations",
             "/oauth/callback",
             "/v1/events",

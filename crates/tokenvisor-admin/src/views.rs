@@ -361,6 +361,17 @@ pub struct CreateAuthorization {
     pub integration: String,
     /// The connection to re-authorize.
     pub connection_id: Option<Uuid>,
+    /// The key to connect under (default `default`; same rules as `tenant_id`). The
+    /// completed authorization creates the tenant's connection under this key, or replaces
+    /// the tokens of the one it already has under it. With `connection_id`, it must be that
+    /// connection's key.
+    #[schema(
+        min_length = 1,
+        max_length = 128,
+        pattern = "^[A-Za-z0-9._:@-]{1,128}$",
+        example = "sandbox"
+    )]
+    pub connection_key: Option<String>,
 }
 
 /// Where to send the tenant.

@@ -145,6 +145,13 @@ pub struct WebhookConfig {
 }
 
 impl WebhookConfig {
+    /// Default of [`WebhookConfig::max_attempts`].
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = 10;
+    /// Default of [`WebhookConfig::max_age`]: 24 h.
+    pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
+    /// Default of [`WebhookConfig::outbox_cap`].
+    pub const DEFAULT_OUTBOX_CAP: u64 = 10_000;
+
     /// Defaults: 10 s per attempt, retries from 500 ms doubling up to 30 s, dead letter
     /// after 10 failed attempts or 24 h, 10,000 messages per endpoint, endpoint changes
     /// seen within 1 s.
@@ -155,9 +162,9 @@ impl WebhookConfig {
             request_timeout: Duration::from_secs(10),
             retry_base: Duration::from_millis(500),
             retry_cap: Duration::from_secs(30),
-            max_attempts: 10,
-            max_age: Duration::from_secs(24 * 3600),
-            outbox_cap: 10_000,
+            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            max_age: Self::DEFAULT_MAX_AGE,
+            outbox_cap: Self::DEFAULT_OUTBOX_CAP,
             endpoint_poll: Duration::from_secs(1),
         }
     }

@@ -464,6 +464,8 @@ pub struct PendingAuthorization {
     pub integration_id: IntegrationId,
     /// The connection being re-authorized, if any.
     pub connection_id: Option<ConnectionId>,
+    /// The key the completed authorization connects under (`None`: the default key).
+    pub connection_key: Option<ConnectionKey>,
     /// The redirect URI used (the code exchange must repeat it).
     pub redirect_uri: String,
     /// The PKCE verifier, when PKCE is used.

@@ -89,6 +89,98 @@ pub enum IntegrationsCommand {
     },
     /// List integrations.
     List,
+    /// Show one integration (never its secret).
+    Show {
+        /// Integration name or id.
+        integration: String,
+    },
+    /// Change an integration: rotate its client secret, scopes, redirect URI, settings
+    /// (the next refresh of every connection uses the change, no restart).
+    Update {
+        /// Integration name or id.
+        integration: String,
+        /// A new OAuth client id.
+        #[arg(long)]
+        client_id: Option<String>,
+        /// Rotate the client secret: read the new one from this file (`-`: standard
+        /// input). It is never printed.
+        #[arg(long, value_name = "PATH")]
+        client_secret_file: Option<PathBuf>,
+        /// The scopes, replacing all of them (repeat for several).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        /// A new redirect URI.
+        #[arg(long)]
+        redirect_uri: Option<String>,
+        /// New profile overrides as a JSON object, replacing all of them.
+        #[arg(long)]
+        settings: Option<String>,
+    },
+    /// Delete an integration; refused while connections use it unless `--cascade`.
+    Delete {
+        /// Integration name or id.
+        integration: String,
+        /// Delete its connections first (each revoked at the provider).
+        #[arg(long)]
+        cascade: bool,
+    },
+}
+
+/// `tokenvisor tenants ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum TenantsCommand {
+    /// List a tenant's connections (to every integration, under every key).
+    Connections {
+        /// The tenant.
+        tenant: String,
+    },
+}
+
+/// Which connection: its id, or the tenant, the integration and the key.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = true)]
+pub struct ConnectionRef {
+    /// Connection id (or address it with `--tenant` and `--integration`).
+    #[arg(conflicts_with_all = ["tenant", "integration", "key"])]
+    id: Option<String>,
+    /// The tenant (with `--integration`, instead of an id).
+    #[arg(long, requires = "integration")]
+    tenant: Option<String>,
+    /// The integration, name or id (with `--tenant`).
+    #[arg(long, requires = "tenant")]
+    integration: Option<String>,
+    /// The connection key (with `--tenant`) [default: default].
+    #[arg(long, requires = "tenant")]
+    key: Option<String>,
+}
+
+impl ConnectionRef {
+    /// The admin API path of the connection, then `suffix` (`/token`, `/refresh`...).
+    fn path(&self, suffix: &str) -> anyhow::Result<String> {
+        match (&self.id, &self.tenant, &self.integration) {
+            (Some(id), None, None) => connection_path(id, suffix),
+            (None, Some(tenant), Some(integration)) => {
+                let key = self.key.as_deref().unwrap_or("default");
+                Ok(format!(
+                    "{}{suffix}",
+                    api_path(&["v1", "tenants", tenant, "connections", integration, key])?
+                ))
+            }
+            _ => Err(Exit::Usage.msg("give a connection id, or --tenant and --integration (and --key)")),
+        }
+    }
+
+    /// How to name it in a message.
+    fn describe(&self) -> String {
+        match (&self.id, &self.tenant, &self.integration) {
+            (Some(id), _, _) => id.clone(),
+            (None, Some(tenant), Some(integration)) => format!(
+                "{integration}/{} of tenant {tenant}",
+                self.key.as_deref().unwrap_or("default")
+            ),
+            _ => "-".into(),
+        }
+    }
 }
 
 /// `tokenvisor connections ...`
@@ -102,6 +194,10 @@ pub enum ConnectionsCommand {
         /// The integration (name or id).
         #[arg(long)]
         integration: String,
+        /// The caller's name for this connection of the tenant [default: default];
+        /// registering the same (tenant, integration, key) again replaces its tokens.
+        #[arg(long)]
+        key: Option<String>,
         /// Current access token (or set TOKENVISOR_ACCESS_TOKEN, or use --access-token-file).
         #[arg(long, env = "TOKENVISOR_ACCESS_TOKEN", hide_env_values = true)]
         access_token: Option<String>,
@@ -134,40 +230,24 @@ pub enum ConnectionsCommand {
         integration: Option<String>,
     },
     /// Show one connection.
-    Show {
-        /// Connection id.
-        id: String,
-    },
+    Show(ConnectionRef),
     /// Refresh now.
-    Refresh {
-        /// Connection id.
-        id: String,
-    },
+    Refresh(ConnectionRef),
     /// Disable: no refreshes, token requests are refused.
-    Deactivate {
-        /// Connection id.
-        id: String,
-    },
+    Deactivate(ConnectionRef),
     /// Enable again.
-    Activate {
-        /// Connection id.
-        id: String,
-    },
+    Activate(ConnectionRef),
     /// Delete (revokes the grant at the provider, best effort).
-    Delete {
-        /// Connection id.
-        id: String,
-    },
+    Delete(ConnectionRef),
+    /// The refresh attempts, newest first (at most 50).
+    History(ConnectionRef),
 }
 
 /// `tokenvisor token ...`
 #[derive(Debug, clap::Subcommand)]
 pub enum TokenCommand {
     /// Print a valid access token (human output: the token alone on stdout).
-    Get {
-        /// Connection id.
-        id: String,
-    },
+    Get(ConnectionRef),
 }
 
 /// `tokenvisor webhooks ...`
@@ -238,6 +318,10 @@ pub struct AuthorizeArgs {
     /// The connection to re-authorize.
     #[arg(long)]
     connection: Option<String>,
+    /// The key to connect under [default: default]: the completed authorization creates
+    /// the tenant's connection under it, or replaces the tokens of the one already there.
+    #[arg(long)]
+    key: Option<String>,
 }
 
 /// `tokenvisor events`: the API's filters.
@@ -385,22 +469,8 @@ impl AdminClient {
                 )
                 .await?
             }
-            WebhooksCommand::Disable { id } => self
-                .call(
-                    Method::PATCH,
-                    &format!("/v1/webhooks/endpoints/{}", id_path(&id, "")?),
-                    Some(json!({ "enabled": false })),
-                )
-                .await?
-                .unwrap_or(Value::Null),
-            WebhooksCommand::Enable { id } => self
-                .call(
-                    Method::PATCH,
-                    &format!("/v1/webhooks/endpoints/{}", id_path(&id, "")?),
-                    Some(json!({ "enabled": true })),
-                )
-                .await?
-                .unwrap_or(Value::Null),
+            WebhooksCommand::Disable { id } => self.set_endpoint_enabled(&id_path(&id, "")?, false).await?,
+            WebhooksCommand::Enable { id } => self.set_endpoint_enabled(&id_path(&id, "")?, true).await?,
             WebhooksCommand::RotateSecret { id, grace } => {
                 let body = match grace {
                     Some(grace) => {
@@ -478,6 +548,18 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `PATCH` of a webhook endpoint's `enabled` (`webhooks disable|enable`).
+    async fn set_endpoint_enabled(&self, id: &str, enabled: bool) -> anyhow::Result<Value> {
+        Ok(self
+            .call(
+                Method::PATCH,
+                &format!("/v1/webhooks/endpoints/{id}"),
+                Some(json!({ "enabled": enabled })),
+            )
+            .await?
+            .unwrap_or(Value::Null))
+    }
+
     /// `integrations ...`
     pub async fn integrations(mut self, command: IntegrationsCommand) -> anyhow::Result<()> {
         match command {
@@ -542,8 +624,105 @@ impl AdminClient {
                 print_table(&table);
                 println!("{} integration(s)", items.len());
             }
+            IntegrationsCommand::Show { integration } => {
+                let view = self.get(&api_path(&["v1", "integrations", &integration])?).await?;
+                self.print_integration(&view);
+            }
+            IntegrationsCommand::Update {
+                integration,
+                client_id,
+                client_secret_file,
+                scopes,
+                redirect_uri,
+                settings,
+            } => {
+                let mut change = serde_json::Map::new();
+                if let Some(client_id) = client_id {
+                    change.insert("client_id".into(), client_id.into());
+                }
+                let rotated = client_secret_file.is_some();
+                if let Some(path) = client_secret_file {
+                    let secret = self.stdin.secret(&path, "--client-secret-file")?;
+                    change.insert("client_secret".into(), secret.into());
+                }
+                if !scopes.is_empty() {
+                    change.insert("scopes".into(), scopes.into());
+                }
+                if let Some(redirect_uri) = redirect_uri {
+                    change.insert("redirect_uri".into(), redirect_uri.into());
+                }
+                if settings.is_some() {
+                    change.insert("settings".into(), parse_object("--settings", settings.as_deref())?);
+                }
+                if change.is_empty() {
+                    return Err(Exit::Usage.msg(
+                        "nothing to change: give --client-secret-file, --client-id, --scope, --redirect-uri or --settings",
+                    ));
+                }
+                let view = self
+                    .call(
+                        Method::PATCH,
+                        &api_path(&["v1", "integrations", &integration])?,
+                        Some(Value::Object(change)),
+                    )
+                    .await?
+                    .unwrap_or(Value::Null);
+                self.print_integration(&view);
+                if rotated && !self.json {
+                    eprintln!("client secret rotated: the next refresh of every connection uses it");
+                }
+            }
+            IntegrationsCommand::Delete { integration, cascade } => {
+                let mut path = api_path(&["v1", "integrations", &integration])?;
+                if cascade {
+                    path.push_str("?cascade=true");
+                }
+                self.call(Method::DELETE, &path, None).await?;
+                if self.json {
+                    self.print_json(&json!({ "deleted": integration }));
+                } else {
+                    println!("integration {integration} deleted");
+                }
+            }
         }
         Ok(())
+    }
+
+    fn print_integration(&self, view: &Value) {
+        if self.json {
+            self.print_json(view);
+            return;
+        }
+        let scopes = view["scopes"]
+            .as_array()
+            .map(|scopes| scopes.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(" "))
+            .filter(|scopes| !scopes.is_empty())
+            .unwrap_or_else(|| "-".to_owned());
+        let rows = [
+            ("id", text(&view["id"])),
+            ("name", text(&view["name"])),
+            ("provider", text(&view["provider"])),
+            ("client id", text(&view["client_id"])),
+            ("scopes", scopes),
+            ("redirect uri", text(&view["redirect_uri"])),
+            ("data centre", text(&view["data_center"])),
+            ("token url", text(&view["token_url"])),
+            ("authorize url", text(&view["authorize_url"])),
+            ("revoke url", text(&view["revoke_url"])),
+            ("settings", text(&view["settings"])),
+            ("updated", text(&view["updated_at"])),
+        ];
+        for (key, value) in rows {
+            println!("{key:<13} {value}");
+        }
+    }
+
+    /// `tenants ...`
+    pub async fn tenants(&self, command: TenantsCommand) -> anyhow::Result<()> {
+        let TenantsCommand::Connections { tenant } = command;
+        let path = api_path(&["v1", "tenants", &tenant, "connections"])?;
+        let items = self.all_pages(&path, &[]).await?;
+        self.print_connections(items)
     }
 
     /// `connections ...`
@@ -552,6 +731,7 @@ impl AdminClient {
             ConnectionsCommand::Add {
                 tenant,
                 integration,
+                key,
                 access_token,
                 access_token_file,
                 refresh_token,
@@ -573,8 +753,8 @@ impl AdminClient {
                 self.post(
                     "/v1/connections",
                     Some(json!({
-                        "tenant_id": tenant, "integration": integration, "access_token": access_token,
-                        "refresh_token": refresh_token, "expires_in": expires_in, "metadata": metadata,
+                        "tenant_id": tenant, "integration": integration, "connection_key": key,
+                        "access_token": access_token, "refresh_token": refresh_token, "expires_in": expires_in, "metadata": metadata,
                     })),
                 )
                 .await?
@@ -584,19 +764,20 @@ impl AdminClient {
                 status,
                 integration,
             } => return self.list_connections(tenant, status, integration).await,
-            ConnectionsCommand::Show { id } => self.get(&connection_path(&id, "")?).await?,
-            ConnectionsCommand::Refresh { id } => self.post(&connection_path(&id, "/refresh")?, None).await?,
-            ConnectionsCommand::Deactivate { id } => self.post(&connection_path(&id, "/deactivate")?, None).await?,
-            ConnectionsCommand::Activate { id } => self.post(&connection_path(&id, "/activate")?, None).await?,
-            ConnectionsCommand::Delete { id } => {
-                self.call(Method::DELETE, &connection_path(&id, "")?, None).await?;
+            ConnectionsCommand::Show(target) => self.get(&target.path("")?).await?,
+            ConnectionsCommand::Refresh(target) => self.post(&target.path("/refresh")?, None).await?,
+            ConnectionsCommand::Deactivate(target) => self.post(&target.path("/deactivate")?, None).await?,
+            ConnectionsCommand::Activate(target) => self.post(&target.path("/activate")?, None).await?,
+            ConnectionsCommand::Delete(target) => {
+                self.call(Method::DELETE, &target.path("")?, None).await?;
                 if self.json {
-                    self.print_json(&json!({ "deleted": id }));
+                    self.print_json(&json!({ "deleted": target.describe() }));
                 } else {
-                    println!("connection {id} deleted");
+                    println!("connection {} deleted", target.describe());
                 }
                 return Ok(());
             }
+            ConnectionsCommand::History(target) => return self.history(&target).await,
         };
         if self.json {
             self.print_json(&view);
@@ -612,35 +793,40 @@ impl AdminClient {
         status: Option<String>,
         integration: Option<String>,
     ) -> anyhow::Result<()> {
+        let filters = [("tenant_id", tenant), ("status", status), ("integration", integration)];
+        let items = self.all_pages("/v1/connections", &filters).await?;
+        self.print_connections(items)
+    }
+
+    /// Every item of a paged list at `path` (relative to the admin URL) with `filters`,
+    /// following `next_cursor`.
+    async fn all_pages(&self, path: &str, filters: &[(&str, Option<String>)]) -> anyhow::Result<Vec<Value>> {
         let mut items = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let mut url = url::Url::parse(&format!("{}/v1/connections", self.base)).context("admin URL")?;
-            {
-                let mut query = url.query_pairs_mut();
-                for (key, value) in [
-                    ("tenant_id", &tenant),
-                    ("status", &status),
-                    ("integration", &integration),
-                    ("cursor", &cursor),
-                ] {
-                    if let Some(value) = value {
-                        query.append_pair(key, value);
-                    }
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            for (key, value) in filters.iter().chain([("cursor", cursor.clone())].iter()) {
+                if let Some(value) = value {
+                    query.append_pair(key, value);
                 }
             }
-            let path = format!(
-                "{}{}",
-                url.path(),
-                url.query().map(|q| format!("?{q}")).unwrap_or_default()
-            );
-            let page = self.get(&path).await?;
+            let query = query.finish();
+            let page = if query.is_empty() {
+                self.get(path).await?
+            } else {
+                self.get(&format!("{path}?{query}")).await?
+            };
             items.extend(page["items"].as_array().cloned().unwrap_or_default());
             match page["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_owned()),
                 None => break,
             }
         }
+        Ok(items)
+    }
+
+    /// Connection views as a table (or `{"items": [...]}` with `--json`).
+    fn print_connections(&self, items: Vec<Value>) -> anyhow::Result<()> {
         if self.json {
             self.print_json(&json!({ "items": items }));
             return Ok(());
@@ -650,17 +836,19 @@ impl AdminClient {
             "ID",
             "TENANT",
             "INTEGRATION",
+            "KEY",
             "STATUS",
             "EXPIRES IN",
             "FAILURES",
             "LAST ERROR",
         ]);
-        align_right(&mut table, &[4, 5]);
+        align_right(&mut table, &[5, 6]);
         for item in &items {
             table.add_row(vec![
                 text(&item["id"]),
                 text(&item["tenant_id"]),
                 text(&item["integration"]),
+                text(&item["connection_key"]),
                 text(&item["status"]),
                 expires_in(&item["expires_at"], now),
                 item["refresh_failures"].as_i64().unwrap_or(0).to_string(),
@@ -672,10 +860,35 @@ impl AdminClient {
         Ok(())
     }
 
+    /// `connections history`.
+    async fn history(&self, target: &ConnectionRef) -> anyhow::Result<()> {
+        let history = self.get(&target.path("/history")?).await?;
+        if self.json {
+            self.print_json(&history);
+            return Ok(());
+        }
+        let mut table = new_table(&["STARTED", "REASON", "OUTCOME", "ERROR", "HTTP", "DURATION"]);
+        align_right(&mut table, &[4, 5]);
+        let items = history["items"].as_array().cloned().unwrap_or_default();
+        for attempt in &items {
+            table.add_row(vec![
+                text(&attempt["started_at"]),
+                text(&attempt["reason"]),
+                text(&attempt["outcome"]),
+                text(&attempt["error_code"]),
+                text(&attempt["http_status"]),
+                format!("{} ms", attempt["duration_ms"].as_i64().unwrap_or(0)),
+            ]);
+        }
+        print_table(&table);
+        println!("{} attempt(s)", items.len());
+        Ok(())
+    }
+
     /// `token get`.
     pub async fn token(&self, command: TokenCommand) -> anyhow::Result<()> {
-        let TokenCommand::Get { id } = command;
-        let answer = self.get(&connection_path(&id, "/token")?).await?;
+        let TokenCommand::Get(target) = command;
+        let answer = self.get(&target.path("/token")?).await?;
         if self.json {
             self.print_json(&answer);
         } else {
@@ -696,6 +909,7 @@ impl AdminClient {
                 "/v1/authorizations",
                 Some(json!({
                     "tenant_id": args.tenant, "integration": args.integration, "connection_id": args.connection,
+                    "connection_key": args.key,
                 })),
             )
             .await?;
@@ -938,6 +1152,7 @@ fn print_connection(view: &Value) {
     let rows = [
         ("id", text(&view["id"])),
         ("tenant", text(&view["tenant_id"])),
+        ("key", text(&view["connection_key"])),
         (
             "integration",
             format!("{} ({})", text(&view["integration"]), text(&view["provider"])),
@@ -954,6 +1169,26 @@ fn print_connection(view: &Value) {
     for (key, value) in rows {
         println!("{key:<13} {value}");
     }
+}
+
+/// `/segment/segment/...` with each segment percent-encoded (names and tenant ids go into
+/// the path as they are; `.` and `..` would change the path, so they are refused).
+fn api_path(segments: &[&str]) -> anyhow::Result<String> {
+    let mut path = String::new();
+    for segment in segments {
+        if segment.is_empty() || *segment == "." || *segment == ".." {
+            return Err(Exit::Usage.msg(format_args!("{segment:?} cannot be part of a path")));
+        }
+        path.push('/');
+        for byte in segment.bytes() {
+            if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~' | b':' | b'@') {
+                path.push(byte as char);
+            } else {
+                path.push_str(&format!("%{byte:02X}"));
+            }
+        }
+    }
+    Ok(path)
 }
 
 fn connection_path(id: &str, suffix: &str) -> anyhow::Result<String> {
@@ -1009,6 +1244,16 @@ fn last_error(value: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_in_paths_are_encoded_and_cannot_leave_their_segment() {
+        assert_eq!(
+            api_path(&["v1", "tenants", "acme:eu", "connections", "zoho crm/x", "default"]).expect("a valid path"),
+            "/v1/tenants/acme:eu/connections/zoho%20crm%2Fx/default"
+        );
+        assert!(api_path(&["v1", "integrations", ".."]).is_err());
+        assert!(api_path(&["v1", "integrations", ""]).is_err());
+    }
 
     #[test]
     fn connection_ids_are_checked_before_any_request() {

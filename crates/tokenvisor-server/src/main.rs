@@ -48,6 +48,14 @@ enum Command {
         #[command(subcommand)]
         command: client::ConnectionsCommand,
     },
+    /// Tenants of a running service: their connections (admin API).
+    #[command(after_help = exit::HELP)]
+    Tenants {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: client::TenantsCommand,
+    },
     /// Access tokens of a running service (admin API).
     #[command(after_help = exit::HELP)]
     Token {
@@ -125,6 +133,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::Integrations { client, command } => AdminClient::new(&client)?.integrations(command).await,
         Command::Connections { client, command } => AdminClient::new(&client)?.connections(command).await,
+        Command::Tenants { client, command } => AdminClient::new(&client)?.tenants(command).await,
         Command::Token { client, command } => AdminClient::new(&client)?.token(command).await,
         Command::Webhooks { client, command } => AdminClient::new(&client)?.webhooks(command).await,
         Command::Authorize { client, args } => AdminClient::new(&client)?.authorize(args).await,

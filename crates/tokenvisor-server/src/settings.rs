@@ -131,7 +131,7 @@ pub struct ServeArgs {
     pub webhook_outbox_cap: Option<String>,
 }
 
-/// Limits of webhook delivery (the defaults are [`WebhookConfig::new`]'s).
+/// Limits of webhook delivery (the defaults are [`WebhookConfig`]'s `DEFAULT_*` constants).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WebhookLimits {
     /// Attempts before a message goes to dead letter.
@@ -144,11 +144,10 @@ pub struct WebhookLimits {
 
 impl Default for WebhookLimits {
     fn default() -> Self {
-        let defaults = WebhookConfig::new(Vec::new(), WebhookSecret::random());
         Self {
-            max_attempts: defaults.max_attempts,
-            max_age: defaults.max_age,
-            outbox_cap: defaults.outbox_cap,
+            max_attempts: WebhookConfig::DEFAULT_MAX_ATTEMPTS,
+            max_age: WebhookConfig::DEFAULT_MAX_AGE,
+            outbox_cap: WebhookConfig::DEFAULT_OUTBOX_CAP,
         }
     }
 }

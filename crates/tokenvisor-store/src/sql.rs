@@ -1256,6 +1256,7 @@ impl Store for SqlStore {
             tenant_id: Set(authorization.tenant_id.as_str().to_owned()),
             integration_id: Set(authorization.integration_id.0),
             connection_id: Set(authorization.connection_id.map(|id| id.0)),
+            connection_key: Set(authorization.connection_key.as_ref().map(|key| key.as_str().to_owned())),
             redirect_uri: Set(authorization.redirect_uri.clone()),
             code_verifier: Set(code_verifier),
             created_at: Set(authorization.created_at),
@@ -1302,11 +1303,18 @@ impl Store for SqlStore {
         };
         let tenant_id = TenantId::parse(row.tenant_id)
             .map_err(|_| StoreError::Corrupt("authorization_states:tenant_id is not a valid tenant id".into()))?;
+        let connection_key = match row.connection_key {
+            Some(key) => Some(ConnectionKey::parse(key).map_err(|_| {
+                StoreError::Corrupt("authorization_states:connection_key is not a valid connection key".into())
+            })?),
+            None => None,
+        };
         Ok(Some(PendingAuthorization {
             state_hash: row.state_hash,
             tenant_id,
             integration_id: IntegrationId(row.integration_id),
             connection_id: row.connection_id.map(ConnectionId),
+            connection_key,
             redirect_uri: row.redirect_uri,
             code_verifier,
             created_at: row.created_at,

@@ -69,7 +69,7 @@ const OUR_TABLES: [&str; 12] = [
 ];
 
 /// Our migrations, all of them (the old layout's and those written since).
-const OUR_VERSIONS: [&str; 8] = [
+const OUR_VERSIONS: [&str; 9] = [
     "m20250101_000001_initial",
     "m20251122_000002_authorizations",
     "m20261122_000003_refresh_leases",
@@ -77,6 +77,7 @@ const OUR_VERSIONS: [&str; 8] = [
     "m20261202_000005_partitions",
     "m20261202_000006_connection_keys",
     "m20261202_000007_webhook_endpoints",
+    "m20261202_000008_authorization_keys",
     "m20261202_000010_attempt_times",
 ];
 
@@ -361,6 +362,8 @@ async fn old_layout_with_data(db: &DatabaseConnection, keyring: &Keyring) -> Leg
         tenant_id: TenantId::parse("acme").expect("valid tenant"),
         integration_id: integration.id,
         connection_id: Some(connection.id),
+        // The old layout has no key column: the default key.
+        connection_key: None,
         redirect_uri: "https://app.example/callback".to_owned(),
         code_verifier: Some(SecretString::new("pkce-verifier-1")),
         created_at: now(),
@@ -540,6 +543,7 @@ async fn a_database_of_the_old_layout_is_upgraded_in_place_and_nothing_is_lost(d
         Some("pkce-verifier-1")
     );
     assert_eq!(authorization.connection_id, data.authorization.connection_id);
+    assert_eq!(authorization.connection_key, None);
     // (The pool is the host's: the store is dropped, not closed.)
     drop(store);
 

@@ -13,7 +13,9 @@ use crate::api::{NewConnection, Tokenvisor};
 use crate::error::{AdminError, TokenError};
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
-use tokenvisor_core::{Connection, ConnectionId, IntegrationId, PendingAuthorization, SecretString, TenantId};
+use tokenvisor_core::{
+    Connection, ConnectionId, ConnectionKey, IntegrationId, PendingAuthorization, SecretString, TenantId,
+};
 use tokenvisor_provider::authorize::{Pkce, authorize_url, random_state};
 use tokenvisor_provider::endpoint::ACCOUNTS_SERVER_KEY;
 use tokenvisor_provider::{EndpointError, ResolvedIntegration};
@@ -31,6 +33,10 @@ pub struct AuthorizationRequest {
     pub integration_id: IntegrationId,
     /// The connection to re-authorize (it must belong to the tenant and integration).
     pub connection_id: Option<ConnectionId>,
+    /// The key to connect under (`None`: the default key, or the key of the connection
+    /// being re-authorized). The completed authorization creates the tenant's connection
+    /// under this key, or updates the one it already has there.
+    pub connection_key: Option<ConnectionKey>,
     /// Redirect URI (default: the integration's).
     pub redirect_uri: Option<String>,
 }
@@ -168,6 +174,15 @@ impl<'a> Authorizations<'a> {
                     "the connection belongs to another tenant or integration".into(),
                 ));
             }
+            if request
+                .connection_key
+                .as_ref()
+                .is_some_and(|key| *key != connection.connection_key)
+            {
+                return Err(AuthorizationError::Invalid(
+                    "the connection has another connection_key".into(),
+                ));
+            }
         }
         let redirect_uri = request
             .redirect_uri
@@ -195,6 +210,7 @@ impl<'a> Authorizations<'a> {
                 tenant_id: request.tenant_id,
                 integration_id: integration.id,
                 connection_id: request.connection_id,
+                connection_key: request.connection_key,
                 redirect_uri,
                 code_verifier: pkce.map(|p| p.verifier),
                 created_at: now,
@@ -207,8 +223,10 @@ impl<'a> Authorizations<'a> {
         })
     }
 
-    /// Finishes an authorization from the provider's redirect: creates the connection, or
-    /// brings the re-authorized one back to `active` (its `refresh_failures` kept).
+    /// Finishes an authorization from the provider's redirect: creates the connection under
+    /// the authorization's key, or replaces the tokens of the one the tenant already has
+    /// under that key (like a re-authorization), or brings the re-authorized one back to
+    /// `active` (its `refresh_failures` kept).
     pub async fn complete(self, callback: AuthorizationCallback) -> Result<Connection, AuthorizationError> {
         let shared = self.tokenvisor.shared();
         if callback.state.is_empty() || callback.state.len() > 512 {
@@ -297,7 +315,7 @@ impl<'a> Authorizations<'a> {
                     .register(NewConnection {
                         tenant_id: pending.tenant_id,
                         integration_id: pending.integration_id,
-                        connection_key: tokenvisor_core::ConnectionKey::default(),
+                        connection_key: pending.connection_key.unwrap_or_default(),
                         access_token: tokens.access_token,
                         refresh_token: tokens.refresh_token,
                         token_type: tokens.token_type,

@@ -11,10 +11,12 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use std::collections::HashMap;
-use tokenvisor_core::{ConnectionId, SecretString, TenantId};
+use tokenvisor_core::{ConnectionId, ConnectionKey, SecretString, TenantId};
 use tokenvisor_supervisor::{AuthorizationCallback, AuthorizationRequest};
 
-/// Starts connecting (or re-authorizing) a tenant: the URL to send the tenant to.
+/// Starts connecting (or re-authorizing) a tenant: the URL to send the tenant to. The
+/// completed authorization creates the tenant's connection under `connection_key`
+/// (`default`), or replaces the tokens of the one it already has under that key.
 #[utoipa::path(
     post, path = "/v1/authorizations", tag = "authorizations",
     operation_id = "create_authorization",
@@ -31,6 +33,10 @@ pub(crate) async fn create(
     ApiJson(body): ApiJson<CreateAuthorization>,
 ) -> Result<(StatusCode, Json<AuthorizationView>), ApiError> {
     let tenant_id = TenantId::parse(body.tenant_id).map_err(|error| ApiError::invalid("tenant_id", error))?;
+    let connection_key = match body.connection_key {
+        Some(key) => Some(ConnectionKey::parse(key).map_err(|error| ApiError::invalid("connection_key", error))?),
+        None => None,
+    };
     let integration = find_integration(state.tokenvisor.store().as_ref(), &body.integration).await?;
     let redirect_uri = integration.redirect_uri.is_none().then(|| state.options.callback_url());
     let start = state
@@ -40,6 +46,7 @@ pub(crate) async fn create(
             tenant_id,
             integration_id: integration.id,
             connection_id: body.connection_id.map(ConnectionId),
+            connection_key,
             redirect_uri,
         })
         .await?;

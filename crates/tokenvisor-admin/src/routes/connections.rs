@@ -1,6 +1,9 @@
 //! `/v1/connections`: register, list, show, hand out tokens, refresh, (de)activate, delete;
 //! `/v1/tenants/{tenant}/connections`: a tenant's connections, and one addressed by
-//! integration and the caller's key instead of its id.
+//! integration and the caller's key instead of its id
+//! (`/v1/tenants/{tenant}/connections/{integration}/{key}`, with every action the id
+//! routes have). A by-key handler resolves its path with [`KeyPath::resolve`] and shares
+//! the rest with its by-id twin.
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
@@ -355,6 +358,41 @@ pub(crate) async fn token_rejected(
     ConnectionPath(id): ConnectionPath,
     ApiJson(body): ApiJson<RejectedToken>,
 ) -> Result<Response, ApiError> {
+    reject_token(&state, id, body).await
+}
+
+/// The API rejected this token (HTTP 401) of the tenant's connection under a key: the
+/// current valid token, refreshed if needed.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/connections/{integration}/{key}/token/rejected", tag = "tokens",
+    operation_id = "report_rejected_token_by_key",
+    params(
+        ("tenant" = String, Path, description = "tenant id"),
+        ("integration" = String, Path, description = "integration name or id"),
+        ("key" = String, Path, description = "the connection key (`default` unless chosen)"),
+    ),
+    request_body = RejectedToken,
+    responses(
+        (status = 200, body = TokenAnswer),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 422, description = "`invalid_input`: not a tenant id or key, or an invalid token", body = ErrorBody),
+        (status = 502, description = "`provider_unavailable`", body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+        (status = 504, description = "`timeout`: no answer within the token wait; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn token_rejected_by_key(
+    State(state): State<AppState>,
+    Path(path): Path<KeyPath>,
+    ApiJson(body): ApiJson<RejectedToken>,
+) -> Result<Response, ApiError> {
+    let connection = path.resolve(&state).await?;
+    reject_token(&state, connection.id, body).await
+}
+
+async fn reject_token(state: &AppState, id: ConnectionId, body: RejectedToken) -> Result<Response, ApiError> {
     if body.access_token.is_empty() || body.access_token.len() > MAX_TOKEN_LENGTH {
         return Err(ApiError::invalid("access_token", "must be 1 to 16384 characters"));
     }
@@ -385,9 +423,41 @@ pub(crate) async fn refresh(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
 ) -> Result<Json<ConnectionView>, ApiError> {
+    refresh_now(&state, id).await.map(Json)
+}
+
+/// Refreshes the tenant's connection under a key now (within the provider's spacing limit).
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/connections/{integration}/{key}/refresh", tag = "connections",
+    operation_id = "refresh_connection_by_key",
+    params(
+        ("tenant" = String, Path, description = "tenant id"),
+        ("integration" = String, Path, description = "integration name or id"),
+        ("key" = String, Path, description = "the connection key (`default` unless chosen)"),
+    ),
+    responses(
+        (status = 200, description = "the connection after the refresh", body = ConnectionView),
+        (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+        (status = 422, description = "`invalid_input`: not a tenant id or key", body = ErrorBody),
+        (status = 502, body = ErrorBody),
+        (status = 503, description = "`store_unavailable`", body = ErrorBody),
+        (status = 504, description = "`timeout`: no answer within the operation timeout; retry", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn refresh_by_key(
+    State(state): State<AppState>,
+    Path(path): Path<KeyPath>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let connection = path.resolve(&state).await?;
+    refresh_now(&state, connection.id).await.map(Json)
+}
+
+async fn refresh_now(state: &AppState, id: ConnectionId) -> Result<ConnectionView, ApiError> {
     state.tokenvisor.tokens().force_refresh(id).await?;
     let connection = state.tokenvisor.connections().get(id).await?;
-    Ok(Json(view(&state, &connection).await?))
+    view(state, &connection).await
 }
 
 /// Disables the connection: no refreshes, token requests answer 409 `disabled`.
@@ -402,9 +472,32 @@ pub(crate) async fn deactivate(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let connection = state.tokenvisor.connections().deactivate(id).await?;
-    tracing::info!(connection.id = %id, "connection deactivated");
-    Ok(Json(view(&state, &connection).await?))
+    set_active(&state, id, false).await.map(Json)
+}
+
+/// Disables the tenant's connection under a key: no refreshes, token requests answer 409
+/// `disabled`.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/connections/{integration}/{key}/deactivate", tag = "connections",
+    operation_id = "deactivate_connection_by_key",
+    params(
+        ("tenant" = String, Path, description = "tenant id"),
+        ("integration" = String, Path, description = "integration name or id"),
+        ("key" = String, Path, description = "the connection key (`default` unless chosen)"),
+    ),
+    responses(
+        (status = 200, body = ConnectionView),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "`invalid_input`: not a tenant id or key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn deactivate_by_key(
+    State(state): State<AppState>,
+    Path(path): Path<KeyPath>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let connection = path.resolve(&state).await?;
+    set_active(&state, connection.id, false).await.map(Json)
 }
 
 /// Enables a disabled (or `needs_reauth`) connection again.
@@ -419,9 +512,46 @@ pub(crate) async fn activate(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let connection = state.tokenvisor.connections().activate(id).await?;
-    tracing::info!(connection.id = %id, "connection activated");
-    Ok(Json(view(&state, &connection).await?))
+    set_active(&state, id, true).await.map(Json)
+}
+
+/// Enables the tenant's disabled (or `needs_reauth`) connection under a key again.
+#[utoipa::path(
+    post, path = "/v1/tenants/{tenant}/connections/{integration}/{key}/activate", tag = "connections",
+    operation_id = "activate_connection_by_key",
+    params(
+        ("tenant" = String, Path, description = "tenant id"),
+        ("integration" = String, Path, description = "integration name or id"),
+        ("key" = String, Path, description = "the connection key (`default` unless chosen)"),
+    ),
+    responses(
+        (status = 200, body = ConnectionView),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "`invalid_input`: not a tenant id or key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn activate_by_key(
+    State(state): State<AppState>,
+    Path(path): Path<KeyPath>,
+) -> Result<Json<ConnectionView>, ApiError> {
+    let connection = path.resolve(&state).await?;
+    set_active(&state, connection.id, true).await.map(Json)
+}
+
+/// Activates or deactivates connection `id`.
+async fn set_active(state: &AppState, id: ConnectionId, active: bool) -> Result<ConnectionView, ApiError> {
+    let connections = state.tokenvisor.connections();
+    let connection = if active {
+        let connection = connections.activate(id).await?;
+        tracing::info!(connection.id = %id, "connection activated");
+        connection
+    } else {
+        let connection = connections.deactivate(id).await?;
+        tracing::info!(connection.id = %id, "connection deactivated");
+        connection
+    };
+    view(state, &connection).await
 }
 
 /// Deletes the connection (its grant is revoked at the provider, best effort).
@@ -436,6 +566,35 @@ pub(crate) async fn delete(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
 ) -> Result<StatusCode, ApiError> {
+    remove(&state, id).await
+}
+
+/// Deletes the tenant's connection under a key (its grant is revoked at the provider, best
+/// effort).
+#[utoipa::path(
+    delete, path = "/v1/tenants/{tenant}/connections/{integration}/{key}", tag = "connections",
+    operation_id = "delete_connection_by_key",
+    params(
+        ("tenant" = String, Path, description = "tenant id"),
+        ("integration" = String, Path, description = "integration name or id"),
+        ("key" = String, Path, description = "the connection key (`default` unless chosen)"),
+    ),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "`invalid_input`: not a tenant id or key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn delete_by_key(
+    State(state): State<AppState>,
+    Path(path): Path<KeyPath>,
+) -> Result<StatusCode, ApiError> {
+    let connection = path.resolve(&state).await?;
+    remove(&state, connection.id).await
+}
+
+async fn remove(state: &AppState, id: ConnectionId) -> Result<StatusCode, ApiError> {
     state.tokenvisor.connections().remove(id).await?;
     tracing::info!(connection.id = %id, "connection deleted");
     Ok(StatusCode::NO_CONTENT)
@@ -525,18 +684,60 @@ pub(crate) async fn history(
     ConnectionPath(id): ConnectionPath,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryView>, ApiError> {
-    let limit = query.limit.unwrap_or(tokenvisor_store::ATTEMPT_HISTORY_LIMIT);
-    if !(1..=tokenvisor_store::ATTEMPT_HISTORY_LIMIT).contains(&limit) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_query",
-            "limit must be between 1 and 50",
-        ));
-    }
+    let limit = query.limit()?;
     // A connection that does not exist is a 404, not an empty history.
     state.tokenvisor.connections().get(id).await?;
+    attempts(&state, id, limit).await.map(Json)
+}
+
+/// The refresh history of the tenant's connection under a key (the newest 50 attempts at
+/// most), newest first.
+#[utoipa::path(
+    get, path = "/v1/tenants/{tenant}/connections/{integration}/{key}/history", tag = "connections",
+    operation_id = "get_connection_history_by_key",
+    params(
+        ("tenant" = String, Path, description = "tenant id"),
+        ("integration" = String, Path, description = "integration name or id"),
+        ("key" = String, Path, description = "the connection key (`default` unless chosen)"),
+        HistoryQuery,
+    ),
+    responses(
+        (status = 200, body = HistoryView),
+        (status = 400, description = "`invalid_query`", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 422, description = "`invalid_input`: not a tenant id or key", body = ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+pub(crate) async fn history_by_key(
+    State(state): State<AppState>,
+    Path(path): Path<KeyPath>,
+    ApiQuery(query): ApiQuery<HistoryQuery>,
+) -> Result<Json<HistoryView>, ApiError> {
+    let limit = query.limit()?;
+    let connection = path.resolve(&state).await?;
+    attempts(&state, connection.id, limit).await.map(Json)
+}
+
+impl HistoryQuery {
+    /// The limit asked for (default 50); 400 `invalid_query` outside 1 to 50.
+    fn limit(&self) -> Result<u64, ApiError> {
+        let limit = self.limit.unwrap_or(tokenvisor_store::ATTEMPT_HISTORY_LIMIT);
+        if !(1..=tokenvisor_store::ATTEMPT_HISTORY_LIMIT).contains(&limit) {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "limit must be between 1 and 50",
+            ));
+        }
+        Ok(limit)
+    }
+}
+
+/// The newest `limit` refresh attempts of connection `id`.
+async fn attempts(state: &AppState, id: ConnectionId, limit: u64) -> Result<HistoryView, ApiError> {
     let attempts = state.tokenvisor.connections().history(id, limit).await?;
-    Ok(Json(HistoryView {
+    Ok(HistoryView {
         items: attempts
             .into_iter()
             .map(|attempt| AttemptView {
@@ -548,5 +749,5 @@ pub(crate) async fn history(
                 duration_ms: attempt.duration_ms,
             })
             .collect(),
-    }))
+    })
 }

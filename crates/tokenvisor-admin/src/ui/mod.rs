@@ -419,6 +419,7 @@ async fn reauthorize(state: &AppState, id: ConnectionId) -> Result<Notice, ApiEr
             tenant_id: connection.tenant_id.clone(),
             integration_id: integration.id,
             connection_id: Some(id),
+            connection_key: Some(connection.connection_key.clone()),
             redirect_uri,
         })
         .await?;

@@ -11,6 +11,7 @@ pub struct Model {
     pub tenant_id: String,
     pub integration_id: Uuid,
     pub connection_id: Option<Uuid>,
+    pub connection_key: Option<String>,
     pub redirect_uri: String,
     pub code_verifier: Option<Vec<u8>>,
     pub created_at: DateTimeUtc,

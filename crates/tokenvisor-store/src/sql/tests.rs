@@ -859,6 +859,7 @@ async fn an_authorization_state_is_usable_once_and_its_verifier_is_encrypted(db:
         tenant_id: TenantId::parse("acme").expect("tenant"),
         integration_id: integration.id,
         connection_id: Some(ConnectionId::new()),
+        connection_key: Some(ConnectionKey::parse("sandbox").expect("key")),
         redirect_uri: "https://app.example/callback".into(),
         code_verifier: Some(SecretString::new("verifier-secret-value-0123456789-0123456789-abc")),
         created_at: now(),
@@ -883,6 +884,7 @@ async fn an_authorization_state_is_usable_once_and_its_verifier_is_encrypted(db:
         .expect("present");
     assert_eq!(taken.code_verifier, pending.code_verifier);
     assert_eq!(taken.connection_id, pending.connection_id);
+    assert_eq!(taken.connection_key, pending.connection_key);
     assert_eq!(taken.tenant_id, pending.tenant_id);
     assert!(
         store
@@ -1163,6 +1165,7 @@ async fn read_then_write_transactions_wait_for_concurrent_writers_on_sqlite() {
             tenant_id: TenantId::parse("acme").expect("tenant"),
             integration_id: busy.id,
             connection_id: None,
+            connection_key: None,
             redirect_uri: "https://app.example/callback".into(),
             code_verifier: None,
             created_at: now(),
