@@ -30,6 +30,8 @@
 //!   per integration and tenant (one connection per tenant and key).
 //! - `m20261202_000007_webhook_endpoints`: `tokenvisor_webhook_endpoints`,
 //!   `tokenvisor_webhook_dead_letters` and the outbox's retry columns.
+//! - `m20261202_000009_api_keys`: `tokenvisor_api_keys` (scoped API keys, stored as
+//!   hashes) and `tokenvisor_audit_events` (the append-only audit trail).
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -46,6 +48,7 @@ mod m20261122_000004_webhook_outbox;
 mod m20261202_000005_partitions;
 mod m20261202_000006_connection_keys;
 mod m20261202_000007_webhook_endpoints;
+mod m20261202_000009_api_keys;
 
 pub use legacy::has_legacy_layout;
 pub use m20261202_000006_connection_keys::DEFAULT_CONNECTION_KEY;
@@ -95,6 +98,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261202_000005_partitions::Migration),
             Box::new(m20261202_000006_connection_keys::Migration),
             Box::new(m20261202_000007_webhook_endpoints::Migration),
+            Box::new(m20261202_000009_api_keys::Migration),
         ]
     }
 

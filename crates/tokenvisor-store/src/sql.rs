@@ -107,6 +107,7 @@ pub(super) fn now_ms(backend: DbBackend) -> &'static str {
         _ => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
     }
 }
+mod access;
 mod lease;
 mod outbox;
 #[cfg(feature = "postgres")]
@@ -114,6 +115,7 @@ mod partitions;
 
 #[cfg(feature = "postgres")]
 use group_commit::{GroupCommitter, PreparedCommit};
+pub use access::{AccessStore, ApiKeyRecord, AuditEvent, AuditFilter};
 pub use outbox::{
     DeadLetter, DeadLetterReason, EndpointSource, OutboxMessage, ReplayOutcome, WebhookEndpoint, WebhookOutbox,
 };
@@ -280,6 +282,11 @@ impl SqlStore {
     /// The webhook outbox in this store's database.
     pub fn webhook_outbox(&self) -> WebhookOutbox {
         WebhookOutbox::new(self.db.clone(), self.keyring.clone())
+    }
+
+    /// The API key and audit tables in this store's database.
+    pub fn access_store(&self) -> AccessStore {
+        AccessStore::new(self.db.clone())
     }
 
     /// The keyring this store encrypts with.
@@ -1120,6 +1127,10 @@ impl Store for SqlStore {
 
     fn webhooks(&self) -> Option<WebhookOutbox> {
         Some(self.webhook_outbox())
+    }
+
+    fn access(&self) -> Option<AccessStore> {
+        Some(self.access_store())
     }
 
     #[cfg(feature = "postgres")]

@@ -69,7 +69,7 @@ const OUR_TABLES: [&str; 12] = [
 ];
 
 /// Our migrations, all of them (the old layout's and those written since).
-const OUR_VERSIONS: [&str; 7] = [
+const OUR_VERSIONS: [&str; 8] = [
     "m20250101_000001_initial",
     "m20251122_000002_authorizations",
     "m20261122_000003_refresh_leases",
@@ -77,6 +77,7 @@ const OUR_VERSIONS: [&str; 7] = [
     "m20261202_000005_partitions",
     "m20261202_000006_connection_keys",
     "m20261202_000007_webhook_endpoints",
+    "m20261202_000009_api_keys",
 ];
 
 fn keyring() -> Keyring {

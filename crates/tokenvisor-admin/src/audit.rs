@@ -1,0 +1,227 @@
+//! The audit trail: every token handed out, every call proxied and every change made
+//! through `/v1` (who: the key id; what: the route and the connection, tenant or other
+//! target; when; from where; the trace id), appended to `tokenvisor_audit_events`.
+//!
+//! Off the request path: [`AuditLog::record_request`] puts the event on a bounded channel
+//! and returns at once; one writer task takes up to [`AuditOptions::batch_rows`] events
+//! (or what arrived within [`AuditOptions::flush_interval`]) and writes them in one
+//! statement. A full channel (the database slower than the requests for a while)
+//! drops the event: the request is never held back for its audit. Each drop counts in
+//! `tokenvisor_audit_dropped_total` and is logged as a warning (at most one line a second).
+//! The writer also deletes events older than [`AuditOptions::retention`], hourly.
+//! Events hold ids, routes, statuses and addresses, never a secret.
+
+use crate::auth::{Need, Principal};
+use axum::http::{Method, StatusCode};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokenvisor_store::sql::{AccessStore, AuditEvent};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How the audit trail is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditOptions {
+    /// Events waiting for the writer at most; more are dropped (and counted).
+    pub capacity: usize,
+    /// Events per write at most.
+    pub batch_rows: usize,
+    /// How long the writer gathers events before it writes what it has.
+    pub flush_interval: Duration,
+    /// How long events are kept (`None`: forever).
+    pub retention: Option<Duration>,
+}
+
+impl Default for AuditOptions {
+    /// 65,536 waiting events, 500 per write, written within 200 ms, kept 90 days.
+    fn default() -> Self {
+        Self {
+            capacity: 65_536,
+            batch_rows: 500,
+            flush_interval: Duration::from_millis(200),
+            retention: Some(Duration::from_secs(90 * 24 * 3600)),
+        }
+    }
+}
+
+/// What a handler adds to its answer's extensions for the audit trail: the resources it
+/// acted on that the path does not name.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AuditSubject {
+    /// The connection.
+    pub(crate) connection_id: Option<String>,
+    /// Its tenant.
+    pub(crate) tenant_id: Option<String>,
+    /// Anything else (`api_key:<id>`, `integration:<name>`).
+    pub(crate) target: Option<String>,
+}
+
+impl AuditSubject {
+    /// The connection and its tenant.
+    pub(crate) fn connection(connection: &tokenvisor_core::Connection) -> Self {
+        Self {
+            connection_id: Some(connection.id.to_string()),
+            tenant_id: Some(connection.tenant_id.to_string()),
+            target: None,
+        }
+    }
+}
+
+/// One request as the guard saw it.
+pub(crate) struct Recorded<'a> {
+    pub(crate) principal: &'a Principal,
+    pub(crate) method: &'a Method,
+    /// The route template (`/v1/connections/{id}/token`).
+    pub(crate) route: &'a str,
+    /// The path as requested.
+    pub(crate) path: &'a str,
+    pub(crate) status: StatusCode,
+    pub(crate) caller: Option<IpAddr>,
+    pub(crate) trace_id: Option<String>,
+    pub(crate) subject: Option<&'a AuditSubject>,
+}
+
+/// The audit trail's front: hands events to the writer task.
+#[derive(Debug)]
+pub(crate) struct AuditLog {
+    sender: Option<mpsc::Sender<AuditEvent>>,
+    dropped: AtomicU64,
+    last_warning: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl AuditLog {
+    /// Starts the writer on `access` (none: nothing is recorded).
+    pub(crate) fn start(access: Option<AccessStore>, options: AuditOptions, shutdown: CancellationToken) -> Arc<Self> {
+        let sender = access.map(|access| {
+            let (sender, receiver) = mpsc::channel(options.capacity.max(1));
+            tokio::spawn(write(access, receiver, options, shutdown));
+            sender
+        });
+        Arc::new(Self {
+            sender,
+            dropped: AtomicU64::new(0),
+            last_warning: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Records a request if it is one the trail keeps: a token read or proxied call (any
+    /// outcome but a refusal before the handler), or a successful change.
+    pub(crate) fn record_request(&self, recorded: Recorded<'_>, need: Need) {
+        let action = match need {
+            Need::Tokens if recorded.route.contains("/proxy/") => "proxy",
+            Need::Tokens if recorded.status.is_success() => "token_read",
+            Need::Tokens => return,
+            _ if *recorded.method == Method::GET => return,
+            _ if recorded.status.is_success() => "change",
+            _ => return,
+        };
+        let mut event = AuditEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: chrono::Utc::now(),
+            action: action.to_owned(),
+            request: format!("{} {}", recorded.method, recorded.route),
+            status: recorded.status.as_u16(),
+            key_id: recorded.principal.key_id.clone(),
+            connection_id: None,
+            tenant_id: None,
+            target: None,
+            caller_address: recorded.caller.map(|ip| ip.to_string()),
+            trace_id: recorded.trace_id,
+        };
+        // What the path names: `{id}` of a connection, `{tenant}`, anything else.
+        for (template, value) in recorded.route.split('/').zip(recorded.path.split('/')) {
+            match template {
+                "{id}" if recorded.route.contains("/connections/") => event.connection_id = Some(value.to_owned()),
+                "{tenant}" => event.tenant_id = Some(value.to_owned()),
+                "{integration}" => event.target = Some(format!("integration:{value}")),
+                "{id}" => {
+                    let kind = recorded.route.split('/').nth(2).unwrap_or("resource");
+                    event.target = Some(format!("{kind}:{value}"));
+                }
+                _ => {}
+            }
+        }
+        if let Some(subject) = recorded.subject {
+            event.connection_id = subject.connection_id.clone().or(event.connection_id);
+            event.tenant_id = subject.tenant_id.clone().or(event.tenant_id);
+            event.target = subject.target.clone().or(event.target);
+        }
+        self.push(event);
+    }
+
+    fn push(&self, event: AuditEvent) {
+        let Some(sender) = &self.sender else { return };
+        if sender.try_send(event).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            tokenvisor_supervisor::metrics::record_audit_dropped(1);
+            let now = std::time::Instant::now();
+            if let Ok(mut last) = self.last_warning.lock()
+                && last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
+            {
+                *last = Some(now);
+                tracing::warn!(dropped_total = dropped, "audit trail behind: events dropped (the database is slower than the requests)");
+            }
+        }
+    }
+}
+
+/// The writer task: batches, writes, trims; on shutdown writes what is queued.
+async fn write(
+    access: AccessStore,
+    mut receiver: mpsc::Receiver<AuditEvent>,
+    options: AuditOptions,
+    shutdown: CancellationToken,
+) {
+    let batch_rows = options.batch_rows.max(1);
+    let mut batch = Vec::with_capacity(batch_rows);
+    let mut next_trim = tokio::time::Instant::now();
+    loop {
+        let first = tokio::select! {
+            event = receiver.recv() => event,
+            () = shutdown.cancelled() => None,
+        };
+        let Some(first) = first else { break };
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + options.flush_interval;
+        while batch.len() < batch_rows {
+            match tokio::time::timeout_at(deadline, receiver.recv()).await {
+                Ok(Some(event)) => batch.push(event),
+                Ok(None) | Err(_) => break,
+            }
+        }
+        flush(&access, &mut batch).await;
+        if let Some(retention) = options.retention
+            && tokio::time::Instant::now() >= next_trim
+        {
+            next_trim = tokio::time::Instant::now() + Duration::from_secs(3600);
+            let cutoff = chrono::Utc::now() - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::MAX);
+            match access.delete_audit_events_before(cutoff).await {
+                Ok(0) => {}
+                Ok(deleted) => tracing::info!(deleted, "audit events past their retention deleted"),
+                Err(error) => tracing::warn!(error = %error, "failed to trim the audit trail"),
+            }
+        }
+    }
+    // Shutting down: what is queued still goes in.
+    receiver.close();
+    while let Ok(event) = receiver.try_recv() {
+        batch.push(event);
+        if batch.len() >= batch_rows {
+            flush(&access, &mut batch).await;
+        }
+    }
+    flush(&access, &mut batch).await;
+}
+
+async fn flush(access: &AccessStore, batch: &mut Vec<AuditEvent>) {
+    if batch.is_empty() {
+        return;
+    }
+    if let Err(error) = access.insert_audit_events(batch).await {
+        tokenvisor_supervisor::metrics::record_audit_dropped(batch.len() as u64);
+        tracing::warn!(error = %error, dropped = batch.len(), "failed to write audit events");
+    }
+    batch.clear();
+}
