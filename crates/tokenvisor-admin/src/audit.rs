@@ -106,11 +106,14 @@ impl AuditLog {
         })
     }
 
-    /// Records a request if it is one the trail keeps: a token read or proxied call (any
-    /// outcome but a refusal before the handler), or a successful change.
+    /// Records a request if it is one the trail keeps: a token handed out, a call proxied
+    /// (whatever the API answered), or a successful change. Refusals are not recorded
+    /// (they are counted: `tokenvisor_auth_failures_total`).
     pub(crate) fn record_request(&self, recorded: Recorded<'_>, need: Need) {
         let action = match need {
-            Need::Tokens if recorded.route.contains("/proxy/") => "proxy",
+            // A proxied call, whatever the API answered (the handler marks it once the
+            // connection is resolved and allowed).
+            Need::Tokens if recorded.route.contains("/proxy/") && recorded.subject.is_some() => "proxy",
             Need::Tokens if recorded.status.is_success() => "token_read",
             Need::Tokens => return,
             _ if *recorded.method == Method::GET => return,
@@ -130,16 +133,21 @@ impl AuditLog {
             caller_address: recorded.caller.map(|ip| ip.to_string()),
             trace_id: recorded.trace_id,
         };
-        // What the path names: `{id}` of a connection, `{tenant}`, anything else.
-        for (template, value) in recorded.route.split('/').zip(recorded.path.split('/')) {
+        // What the path names: `{id}` of a connection, `{tenant}`, anything else. Below a
+        // nested router the path lacks the prefix the route has (`/v1`, a base path): line
+        // them up at the route's first segment after `/v1/`.
+        let route = recorded.route.split_once("/v1/").map_or(recorded.route, |(_, rest)| rest);
+        let resource = route.split('/').next().unwrap_or_default();
+        let mut segments: Vec<&str> = recorded.path.split('/').filter(|s| !s.is_empty()).collect();
+        if let Some(start) = segments.iter().position(|segment| *segment == resource) {
+            segments.drain(..start);
+        }
+        for (template, value) in route.split('/').zip(segments) {
             match template {
-                "{id}" if recorded.route.contains("/connections/") => event.connection_id = Some(value.to_owned()),
+                "{id}" if resource == "connections" => event.connection_id = Some(value.to_owned()),
                 "{tenant}" => event.tenant_id = Some(value.to_owned()),
                 "{integration}" => event.target = Some(format!("integration:{value}")),
-                "{id}" => {
-                    let kind = recorded.route.split('/').nth(2).unwrap_or("resource");
-                    event.target = Some(format!("{kind}:{value}"));
-                }
+                "{id}" => event.target = Some(format!("{resource}:{value}")),
                 _ => {}
             }
         }

@@ -84,7 +84,12 @@ pub(crate) async fn forward(
         .parse()
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the connection id is not a UUID"))?;
     authorize_connection(&state, &principal, id).await?;
-    proxy(&state, id, path, method, uri, headers, body).await
+    let mut response = proxy(&state, id, path, method, uri, headers, body).await?;
+    response.extensions_mut().insert(crate::audit::AuditSubject {
+        connection_id: Some(id.to_string()),
+        ..crate::audit::AuditSubject::default()
+    });
+    Ok(response)
 }
 
 /// Forwards the request to the API of the tenant's connection under a key (see the
