@@ -53,7 +53,9 @@ on_both_backends!(
 );
 
 /// Our tables after the upgrade (and on a fresh database), with the bookkeeping table.
-const OUR_TABLES: [&str; 12] = [
+const OUR_TABLES: [&str; 14] = [
+    "tokenvisor_api_keys",
+    "tokenvisor_audit_events",
     "tokenvisor_authorization_states",
     "tokenvisor_connections",
     "tokenvisor_integrations",
