@@ -45,6 +45,7 @@ on_both_backends!(
     refresh_commits_keep_the_history_bounded_and_skip_deleted_connections,
     a_failing_refresh_commit_fails_alone_and_the_others_commit,
     an_integration_is_updated_and_deleted_only_once_no_connection_uses_it,
+    api_keys_and_the_audit_trail_round_trip,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -1117,4 +1118,91 @@ fn sqlite_statements_use_positional_placeholders_in_order() {
         ],
     );
     assert_eq!(statement.sql, "SELECT ?, ? WHERE x < ?");
+}
+
+async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let access = store.access_store();
+    let record = ApiKeyRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: "reader".into(),
+        prefix: "0a1b2c3d4e5f".into(),
+        secret_hash: "ab".repeat(32),
+        scopes: vec!["tokens:read".into()],
+        tenants: vec!["acme".into()],
+        integrations: vec![],
+        created_at: now(),
+        expires_at: Some(now() + chrono::Duration::days(1)),
+        revoked_at: None,
+    };
+    access.insert_api_key(&record).await.expect("insert");
+    let duplicate = ApiKeyRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        ..record.clone()
+    };
+    assert!(matches!(
+        access.insert_api_key(&duplicate).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(access.find_api_key_by_prefix("0a1b2c3d4e5f").await.unwrap(), Some(record.clone()));
+    assert_eq!(access.find_api_key_by_prefix("ffffffffffff").await.unwrap(), None);
+    let revoked_at = now();
+    assert!(access.revoke_api_key(&record.id, revoked_at).await.unwrap());
+    assert!(access.revoke_api_key(&record.id, revoked_at + chrono::Duration::hours(1)).await.unwrap());
+    assert!(!access.revoke_api_key("no-such-key", revoked_at).await.unwrap());
+    let listed = access.list_api_keys().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].revoked_at, Some(revoked_at), "the first revocation stays");
+
+    // Events naming a connection get its tenant when they have none.
+    let integration = sample_integration("crm");
+    store.insert_integration(&integration).await.unwrap();
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.unwrap();
+    let event = |n: usize, connection_id: Option<String>, at: DateTime<Utc>| AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        at,
+        action: "token_read".into(),
+        request: "GET /v1/connections/{id}/token".into(),
+        status: 200,
+        key_id: if n % 2 == 0 { record.id.clone() } else { "admin".into() },
+        connection_id,
+        tenant_id: None,
+        target: None,
+        caller_address: Some("127.0.0.1".into()),
+        trace_id: None,
+    };
+    let old = event(0, None, now() - chrono::Duration::days(100));
+    let mut events = vec![old];
+    for n in 0..1200 {
+        events.push(event(n, Some(connection.id.to_string()), now()));
+    }
+    access.insert_audit_events(&events).await.expect("a batch above one statement's rows");
+    let mine = access
+        .list_audit_events(&AuditFilter {
+            key_id: Some(record.id.clone()),
+            tenant_id: Some("acme".into()),
+            connection_id: Some(connection.id.to_string()),
+            limit: 10_000,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(mine.len(), 600);
+    assert!(mine.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let page = access
+        .list_audit_events(&AuditFilter {
+            before: Some(mine[9].id.clone()),
+            key_id: Some(record.id.clone()),
+            limit: 5,
+            ..AuditFilter::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.iter().map(|e| &e.id).collect::<Vec<_>>(), mine[10..15].iter().map(|e| &e.id).collect::<Vec<_>>());
+    let deleted = access
+        .delete_audit_events_before(now() - chrono::Duration::days(90))
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
 }
