@@ -355,11 +355,20 @@ mod tests {
             "/v1/webhooks/endpoints/{id}/replay-dead-letters",
             "/v1/webhooks/dead-letters",
             "/v1/webhooks/dead-letters/{id}/replay",
+            "/v1/api-keys",
+            "/v1/api-keys/{id}",
+            "/v1/audit",
             "/healthz",
             "/readyz",
         ] {
             assert!(document["paths"].get(path).is_some(), "{path} missing");
         }
+        let key = &document["components"]["schemas"]["ApiKeyView"]["properties"];
+        assert!(key.get("prefix").is_some());
+        assert!(key.get("key").is_none(), "listed keys carry no key");
+        let token = &document["paths"]["/v1/connections/{id}/token"]["get"]["responses"];
+        assert!(token["403"]["description"].as_str().unwrap_or_default().contains("forbidden"));
+        assert!(token["429"]["description"].as_str().unwrap_or_default().contains("too_many_attempts"));
         let view = &document["components"]["schemas"]["ConnectionView"]["properties"];
         assert!(view.get("token_preview").is_some());
         assert!(view.get("access_token").is_none());
