@@ -63,7 +63,11 @@ async fn create_key(service: &Service, body: serde_json::Value) -> (String, Stri
 }
 
 /// The audit events matching `query`, once `done` holds (the trail is written in batches).
-async fn audit_until(service: &Service, query: &str, done: impl Fn(&[serde_json::Value]) -> bool) -> Vec<serde_json::Value> {
+async fn audit_until(
+    service: &Service,
+    query: &str,
+    done: impl Fn(&[serde_json::Value]) -> bool,
+) -> Vec<serde_json::Value> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let list = service.get(&format!("/v1/audit?{query}")).await;
@@ -132,9 +136,15 @@ async fn a_scoped_key_reaches_only_what_its_scopes_and_tenants_allow_and_every_r
     let unknown = uuid::Uuid::new_v4();
     for (method, path) in [
         (Method::GET, format!("/v1/connections/{b}/token")),
-        (Method::GET, "/v1/tenants/tenant-b/connections/crm/default/token".to_owned()),
+        (
+            Method::GET,
+            "/v1/tenants/tenant-b/connections/crm/default/token".to_owned(),
+        ),
         (Method::GET, format!("/v1/connections/{unknown}/token")),
-        (Method::GET, "/v1/tenants/tenant-a/connections/no-such-crm/default/token".to_owned()),
+        (
+            Method::GET,
+            "/v1/tenants/tenant-a/connections/no-such-crm/default/token".to_owned(),
+        ),
         (Method::GET, format!("/v1/connections/{b}/proxy/v1/me")),
         (Method::POST, "/v1/integrations".to_owned()),
         (Method::DELETE, "/v1/integrations/crm".to_owned()),
@@ -144,7 +154,11 @@ async fn a_scoped_key_reaches_only_what_its_scopes_and_tenants_allow_and_every_r
         (Method::GET, "/v1/audit".to_owned()),
     ] {
         let refused = call(&service, &reader, method.clone(), &path, Some(json!({}))).await;
-        assert_eq!((refused.status, refused.code()), (403, "forbidden"), "{method} {path}: {refused:?}");
+        assert_eq!(
+            (refused.status, refused.code()),
+            (403, "forbidden"),
+            "{method} {path}: {refused:?}"
+        );
     }
 
     // operate: manages, never reads a token.
@@ -153,7 +167,14 @@ async fn a_scoped_key_reaches_only_what_its_scopes_and_tenants_allow_and_every_r
     assert_eq!(listed.status, 200, "{listed:?}");
     assert_eq!(listed.body["items"].as_array().unwrap().len(), 2);
     for action in ["deactivate", "activate"] {
-        let changed = call(&service, &operator, Method::POST, &format!("/v1/connections/{b}/{action}"), None).await;
+        let changed = call(
+            &service,
+            &operator,
+            Method::POST,
+            &format!("/v1/connections/{b}/{action}"),
+            None,
+        )
+        .await;
         assert_eq!(changed.status, 200, "{action}: {changed:?}");
     }
     for path in [
@@ -163,7 +184,11 @@ async fn a_scoped_key_reaches_only_what_its_scopes_and_tenants_allow_and_every_r
         "/v1/api-keys".to_owned(),
     ] {
         let refused = call(&service, &operator, Method::GET, &path, None).await;
-        assert_eq!((refused.status, refused.code()), (403, "forbidden"), "{path}: {refused:?}");
+        assert_eq!(
+            (refused.status, refused.code()),
+            (403, "forbidden"),
+            "{path}: {refused:?}"
+        );
     }
     // operate for tenant A: sees A only, cannot change integrations.
     let (operator_a, _) = create_key(
@@ -187,9 +212,20 @@ async fn a_scoped_key_reaches_only_what_its_scopes_and_tenants_allow_and_every_r
         (Method::PATCH, "/v1/integrations/crm".to_owned()),
     ] {
         let refused = call(&service, &operator_a, method.clone(), &path, Some(json!({}))).await;
-        assert_eq!((refused.status, refused.code()), (403, "forbidden"), "{method} {path}: {refused:?}");
+        assert_eq!(
+            (refused.status, refused.code()),
+            (403, "forbidden"),
+            "{method} {path}: {refused:?}"
+        );
     }
-    let shown = call(&service, &operator_a, Method::GET, &format!("/v1/connections/{a}"), None).await;
+    let shown = call(
+        &service,
+        &operator_a,
+        Method::GET,
+        &format!("/v1/connections/{a}"),
+        None,
+    )
+    .await;
     assert_eq!(shown.status, 200, "{shown:?}");
 
     // The keys are never shown again.
@@ -225,16 +261,25 @@ async fn a_scoped_key_reaches_only_what_its_scopes_and_tenants_allow_and_every_r
         .filter(|e| e["request"].as_str().unwrap().ends_with("activate"))
         .collect();
     assert_eq!(changes.len(), 2, "{by_connection:?}");
-    assert!(changes.iter().all(|e| e["key_id"] == operator_id.as_str() && e["tenant_id"] == "tenant-b"));
     assert!(
-        by_connection.iter().all(|e| e["action"] != "token_read" && e["action"] != "proxy"),
+        changes
+            .iter()
+            .all(|e| e["key_id"] == operator_id.as_str() && e["tenant_id"] == "tenant-b")
+    );
+    assert!(
+        by_connection
+            .iter()
+            .all(|e| e["action"] != "token_read" && e["action"] != "proxy"),
         "a refused read was audited as one: {by_connection:?}"
     );
     let created = audit_until(&service, "key=admin", |items| {
         items.iter().any(|e| e["request"] == "POST /v1/api-keys")
     })
     .await;
-    assert!(created.iter().any(|e| e["request"] == "POST /v1/connections"), "{created:?}");
+    assert!(
+        created.iter().any(|e| e["request"] == "POST /v1/connections"),
+        "{created:?}"
+    );
 
     // No secret in the trail's answers nor anywhere in the database.
     let trail = service.get("/v1/audit?limit=1000").await.body.to_string();
@@ -289,7 +334,15 @@ async fn revoked_and_expired_keys_are_refused_at_once_and_the_cli_manages_keys()
         &cli(
             &service,
             &[
-                "api-keys", "create", "--name", "ci", "--scopes", "tokens:read", "--integrations", "crm", "--json",
+                "api-keys",
+                "create",
+                "--name",
+                "ci",
+                "--scopes",
+                "tokens:read",
+                "--integrations",
+                "crm",
+                "--json",
             ],
         )
         .stdout,
@@ -300,7 +353,10 @@ async fn revoked_and_expired_keys_are_refused_at_once_and_the_cli_manages_keys()
     assert_eq!(call(&service, &key, Method::GET, &token_path, None).await.status, 200);
 
     let table = String::from_utf8(cli(&service, &["api-keys", "list"]).stdout).unwrap();
-    assert!(table.contains(&key_id) && table.contains("tokens:read") && table.contains("active"), "{table}");
+    assert!(
+        table.contains(&key_id) && table.contains("tokens:read") && table.contains("active"),
+        "{table}"
+    );
     assert!(!table.contains(&key), "{table}");
     let listed = String::from_utf8(cli(&service, &["api-keys", "list", "--json"]).stdout).unwrap();
     assert!(!listed.contains(&key), "{listed}");
@@ -325,8 +381,12 @@ async fn revoked_and_expired_keys_are_refused_at_once_and_the_cli_manages_keys()
         json!({"name": "short", "scopes": ["tokens:read"], "expires_at": expires_at}),
     )
     .await;
-    assert_eq!(call(&service, &expiring, Method::GET, &token_path, None).await.status, 200);
-    tokio::time::sleep((expires_at - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(100)).await;
+    assert_eq!(
+        call(&service, &expiring, Method::GET, &token_path, None).await.status,
+        200
+    );
+    tokio::time::sleep((expires_at - chrono::Utc::now()).to_std().unwrap_or_default() + Duration::from_millis(100))
+        .await;
     let refused = call(&service, &expiring, Method::GET, &token_path, None).await;
     assert_eq!((refused.status, refused.code()), (401, "unauthorized"), "{refused:?}");
 

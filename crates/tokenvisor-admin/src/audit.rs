@@ -136,7 +136,10 @@ impl AuditLog {
         // What the path names: `{id}` of a connection, `{tenant}`, anything else. Below a
         // nested router the path lacks the prefix the route has (`/v1`, a base path): line
         // them up at the route's first segment after `/v1/`.
-        let route = recorded.route.split_once("/v1/").map_or(recorded.route, |(_, rest)| rest);
+        let route = recorded
+            .route
+            .split_once("/v1/")
+            .map_or(recorded.route, |(_, rest)| rest);
         let resource = route.split('/').next().unwrap_or_default();
         let mut segments: Vec<&str> = recorded.path.split('/').filter(|s| !s.is_empty()).collect();
         if let Some(start) = segments.iter().position(|segment| *segment == resource) {
@@ -169,7 +172,10 @@ impl AuditLog {
                 && last.is_none_or(|at| now.duration_since(at) >= Duration::from_secs(1))
             {
                 *last = Some(now);
-                tracing::warn!(dropped_total = dropped, "audit trail behind: events dropped (the database is slower than the requests)");
+                tracing::warn!(
+                    dropped_total = dropped,
+                    "audit trail behind: events dropped (the database is slower than the requests)"
+                );
             }
         }
     }

@@ -83,7 +83,10 @@ impl Scope {
     ];
 
     pub(crate) fn parse(name: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(known, _)| *known == name).map(|(_, scope)| *scope)
+        Self::ALL
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|(_, scope)| *scope)
     }
 }
 
@@ -359,7 +362,10 @@ pub(crate) async fn guard(State(state): State<AppState>, mut request: Request, n
         let token = bearer(&request);
         let mut who = Vec::with_capacity(2);
         if let Some(token) = token {
-            who.push(format!("ip:{}", ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())));
+            who.push(format!(
+                "ip:{}",
+                ip.map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+            ));
             if let Some(prefix) = key_prefix(token) {
                 who.push(format!("key:{prefix}"));
             }
@@ -502,7 +508,10 @@ mod tests {
         assert!(operate.satisfies(route_need(&Method::DELETE, "/v1/connections/{id}")));
         assert!(!operate.satisfies(route_need(&post, "/v1/integrations")), "restricted");
         assert!(!operate.satisfies(route_need(&get, "/v1/api-keys")));
-        assert!(!operate.satisfies(route_need(&get, "/v1/some-new-route")), "admin by default");
+        assert!(
+            !operate.satisfies(route_need(&get, "/v1/some-new-route")),
+            "admin by default"
+        );
         assert!(Principal::admin("admin").satisfies(route_need(&get, "/v1/api-keys")));
     }
 
@@ -515,7 +524,10 @@ mod tests {
             assert!(throttle.fail(&who).is_none());
         }
         let wait = throttle.fail(&who).expect("the fourth failure is over the allowance");
-        assert!(wait > Duration::from_secs(10) && wait <= Duration::from_secs(20), "{wait:?}");
+        assert!(
+            wait > Duration::from_secs(10) && wait <= Duration::from_secs(20),
+            "{wait:?}"
+        );
         assert!(throttle.refused_for(&who).is_some());
         assert!(throttle.refused_for(&["ip:10.0.0.2".to_owned()]).is_none());
         assert!(Throttle::new(0).fail(&who).is_none(), "0 is no limit");

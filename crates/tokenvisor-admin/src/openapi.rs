@@ -367,8 +367,18 @@ mod tests {
         assert!(key.get("prefix").is_some());
         assert!(key.get("key").is_none(), "listed keys carry no key");
         let token = &document["paths"]["/v1/connections/{id}/token"]["get"]["responses"];
-        assert!(token["403"]["description"].as_str().unwrap_or_default().contains("forbidden"));
-        assert!(token["429"]["description"].as_str().unwrap_or_default().contains("too_many_attempts"));
+        assert!(
+            token["403"]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("forbidden")
+        );
+        assert!(
+            token["429"]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("too_many_attempts")
+        );
         let view = &document["components"]["schemas"]["ConnectionView"]["properties"];
         assert!(view.get("token_preview").is_some());
         assert!(view.get("access_token").is_none());

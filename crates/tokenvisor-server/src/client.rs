@@ -540,9 +540,8 @@ impl AdminClient {
             } => {
                 let expires_at = match expires_in {
                     Some(text) => {
-                        let duration = tokenvisor_supervisor::parse_duration(&text).map_err(|error| {
-                            Exit::Usage.msg(format_args!("invalid --expires-in: {error}"))
-                        })?;
+                        let duration = tokenvisor_supervisor::parse_duration(&text)
+                            .map_err(|error| Exit::Usage.msg(format_args!("invalid --expires-in: {error}")))?;
                         Some(Utc::now() + duration)
                     }
                     None => None,
@@ -558,7 +557,11 @@ impl AdminClient {
                 if self.json {
                     self.print_json(&created);
                 } else {
-                    println!("api key {} created (id {})", text(&created["name"]), text(&created["id"]));
+                    println!(
+                        "api key {} created (id {})",
+                        text(&created["name"]),
+                        text(&created["id"])
+                    );
                     println!("{}", text(&created["key"]));
                     eprintln!("the key is shown this once: store it now");
                 }
@@ -577,7 +580,16 @@ impl AdminClient {
                         .filter(|joined| !joined.is_empty())
                         .unwrap_or_else(|| "*".to_owned())
                 };
-                let mut table = new_table(&["ID", "NAME", "PREFIX", "SCOPES", "TENANTS", "INTEGRATIONS", "STATUS", "EXPIRES"]);
+                let mut table = new_table(&[
+                    "ID",
+                    "NAME",
+                    "PREFIX",
+                    "SCOPES",
+                    "TENANTS",
+                    "INTEGRATIONS",
+                    "STATUS",
+                    "EXPIRES",
+                ]);
                 for key in list["items"].as_array().into_iter().flatten() {
                     table.add_row(vec![
                         text(&key["id"]),
@@ -636,7 +648,16 @@ impl AdminClient {
             self.print_json(&list);
             return Ok(());
         }
-        let mut table = new_table(&["AT", "ACTION", "REQUEST", "STATUS", "KEY", "CONNECTION", "TENANT", "CALLER"]);
+        let mut table = new_table(&[
+            "AT",
+            "ACTION",
+            "REQUEST",
+            "STATUS",
+            "KEY",
+            "CONNECTION",
+            "TENANT",
+            "CALLER",
+        ]);
         for event in list["items"].as_array().into_iter().flatten() {
             table.add_row(vec![
                 text(&event["at"]),

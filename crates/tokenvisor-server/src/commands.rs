@@ -141,9 +141,12 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
     let server = tokio::spawn(async move {
         // The peer address reaches the admin API: failed authentications are limited per
         // client address, and the audit trail names it.
-        axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-            .with_graceful_shutdown(async move { signal.cancelled().await })
-            .await
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { signal.cancelled().await })
+        .await
     });
 
     signals.wait().await;

@@ -548,7 +548,9 @@ impl Config {
                 .parse::<u32>()
                 .ok()
                 .filter(|n| *n <= 1_000_000)
-                .ok_or_else(|| anyhow::anyhow!("invalid {name}: {text:?} must be a number from 0 (no limit) to 1000000"))?,
+                .ok_or_else(|| {
+                    anyhow::anyhow!("invalid {name}: {text:?} must be a number from 0 (no limit) to 1000000")
+                })?,
             None => 30,
         };
         let audit_retention = match layers.pick(raw.audit_retention, "audit_retention", "TOKENVISOR_AUDIT_RETENTION") {

@@ -113,9 +113,9 @@ mod outbox;
 #[cfg(feature = "postgres")]
 mod partitions;
 
+pub use access::{AccessStore, ApiKeyRecord, AuditEvent, AuditFilter};
 #[cfg(feature = "postgres")]
 use group_commit::{GroupCommitter, PreparedCommit};
-pub use access::{AccessStore, ApiKeyRecord, AuditEvent, AuditFilter};
 pub use outbox::{
     DeadLetter, DeadLetterReason, EndpointSource, OutboxMessage, ReplayOutcome, WebhookEndpoint, WebhookOutbox,
 };

@@ -77,8 +77,8 @@ pub(crate) async fn create(
     }
     let mut scopes = Vec::new();
     for scope in &body.scopes {
-        let parsed =
-            Scope::parse(scope).ok_or_else(|| ApiError::invalid("scopes", "each must be admin, operate or tokens:read"))?;
+        let parsed = Scope::parse(scope)
+            .ok_or_else(|| ApiError::invalid("scopes", "each must be admin, operate or tokens:read"))?;
         if !scopes.contains(scope) {
             scopes.push(scope.clone());
         }

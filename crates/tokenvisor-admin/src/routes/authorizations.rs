@@ -3,9 +3,9 @@
 
 use crate::AppState;
 use crate::auth::{Principal, hide_absence};
-use crate::extract::authorize_connection;
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
+use crate::extract::authorize_connection;
 use crate::routes::find_integration;
 use crate::views::{AuthorizationView, CreateAuthorization};
 use axum::Json;

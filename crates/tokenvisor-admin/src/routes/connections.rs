@@ -119,9 +119,7 @@ pub(crate) async fn create(
         StatusCode::OK
     };
     let mut response = (status, Json(ConnectionView::of(&connection, Some(&integration)))).into_response();
-    response
-        .extensions_mut()
-        .insert(AuditSubject::connection(&connection));
+    response.extensions_mut().insert(AuditSubject::connection(&connection));
     Ok(response)
 }
 
@@ -183,7 +181,9 @@ pub(crate) async fn list(
         integration_id,
         ..ConnectionFilter::default()
     };
-    page(&state, &principal, filter, query.cursor, query.limit).await.map(Json)
+    page(&state, &principal, filter, query.cursor, query.limit)
+        .await
+        .map(Json)
 }
 
 /// One page of the connections matching `filter`, after `cursor`; of those, the ones
@@ -254,7 +254,9 @@ pub(crate) async fn list_of_tenant(
         tenant_id: Some(tenant_id),
         ..ConnectionFilter::default()
     };
-    page(&state, &principal, filter, query.cursor, query.limit).await.map(Json)
+    page(&state, &principal, filter, query.cursor, query.limit)
+        .await
+        .map(Json)
 }
 
 /// `/v1/tenants/{tenant}/connections/{integration}/{key}`: a connection addressed by its
@@ -345,9 +347,7 @@ pub(crate) async fn token_by_key(
     let connection = path.resolve(&state, &principal).await?;
     let token = state.tokenvisor.tokens().access_token(connection.id).await?;
     let mut response = token_response(&token);
-    response
-        .extensions_mut()
-        .insert(AuditSubject::connection(&connection));
+    response.extensions_mut().insert(AuditSubject::connection(&connection));
     Ok(response)
 }
 

@@ -109,7 +109,8 @@ impl AccessStore {
 
     /// Stores a new key. A prefix or id already there is [`StoreError::Conflict`].
     pub async fn insert_api_key(&self, key: &ApiKeyRecord) -> Result<(), StoreError> {
-        let sql = format!("INSERT INTO tokenvisor_api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)");
+        let sql =
+            format!("INSERT INTO tokenvisor_api_keys ({KEY_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)");
         let values = vec![
             Value::from(key.id.clone()),
             Value::from(key.name.clone()),

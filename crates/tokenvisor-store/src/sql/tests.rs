@@ -1144,11 +1144,19 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
         access.insert_api_key(&duplicate).await,
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(access.find_api_key_by_prefix("0a1b2c3d4e5f").await.unwrap(), Some(record.clone()));
+    assert_eq!(
+        access.find_api_key_by_prefix("0a1b2c3d4e5f").await.unwrap(),
+        Some(record.clone())
+    );
     assert_eq!(access.find_api_key_by_prefix("ffffffffffff").await.unwrap(), None);
     let revoked_at = now();
     assert!(access.revoke_api_key(&record.id, revoked_at).await.unwrap());
-    assert!(access.revoke_api_key(&record.id, revoked_at + chrono::Duration::hours(1)).await.unwrap());
+    assert!(
+        access
+            .revoke_api_key(&record.id, revoked_at + chrono::Duration::hours(1))
+            .await
+            .unwrap()
+    );
     assert!(!access.revoke_api_key("no-such-key", revoked_at).await.unwrap());
     let listed = access.list_api_keys().await.unwrap();
     assert_eq!(listed.len(), 1);
@@ -1177,7 +1185,10 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
     for n in 0..1200 {
         events.push(event(n, Some(connection.id.to_string()), now()));
     }
-    access.insert_audit_events(&events).await.expect("a batch above one statement's rows");
+    access
+        .insert_audit_events(&events)
+        .await
+        .expect("a batch above one statement's rows");
     let mine = access
         .list_audit_events(&AuditFilter {
             key_id: Some(record.id.clone()),
@@ -1199,7 +1210,10 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
         })
         .await
         .unwrap();
-    assert_eq!(page.iter().map(|e| &e.id).collect::<Vec<_>>(), mine[10..15].iter().map(|e| &e.id).collect::<Vec<_>>());
+    assert_eq!(
+        page.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        mine[10..15].iter().map(|e| &e.id).collect::<Vec<_>>()
+    );
     let deleted = access
         .delete_audit_events_before(now() - chrono::Duration::days(90))
         .await
