@@ -110,6 +110,10 @@ impl AuditLog {
     /// (whatever the API answered), or a successful change. Refusals are not recorded
     /// (they are counted: `tokenvisor_auth_failures_total`).
     pub(crate) fn record_request(&self, recorded: Recorded<'_>, need: Need) {
+        if recorded.route.ends_with("/cluster/forward") {
+            // Replica-to-replica forwarding: the replica that took the request audits it.
+            return;
+        }
         let action = match need {
             // A proxied call, whatever the API answered (the handler marks it once the
             // connection is resolved and allowed).

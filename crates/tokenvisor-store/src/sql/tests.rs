@@ -1145,35 +1145,47 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(
-        access.find_api_key_by_prefix("0a1b2c3d4e5f").await.unwrap(),
+        access.find_api_key_by_prefix("0a1b2c3d4e5f").await.expect("store call"),
         Some(record.clone())
     );
-    assert_eq!(access.find_api_key_by_prefix("ffffffffffff").await.unwrap(), None);
+    assert_eq!(
+        access.find_api_key_by_prefix("ffffffffffff").await.expect("store call"),
+        None
+    );
     let revoked_at = now();
-    assert!(access.revoke_api_key(&record.id, revoked_at).await.unwrap());
+    assert!(access.revoke_api_key(&record.id, revoked_at).await.expect("store call"));
     assert!(
         access
             .revoke_api_key(&record.id, revoked_at + chrono::Duration::hours(1))
             .await
-            .unwrap()
+            .expect("store call")
     );
-    assert!(!access.revoke_api_key("no-such-key", revoked_at).await.unwrap());
-    let listed = access.list_api_keys().await.unwrap();
+    assert!(
+        !access
+            .revoke_api_key("no-such-key", revoked_at)
+            .await
+            .expect("store call")
+    );
+    let listed = access.list_api_keys().await.expect("store call");
     assert_eq!(listed.len(), 1);
     assert_eq!(listed[0].revoked_at, Some(revoked_at), "the first revocation stays");
 
     // Events naming a connection get its tenant when they have none.
     let integration = sample_integration("crm");
-    store.insert_integration(&integration).await.unwrap();
+    store.insert_integration(&integration).await.expect("store call");
     let connection = sample_connection(integration.id, "acme");
-    store.insert_connection(&connection).await.unwrap();
+    store.insert_connection(&connection).await.expect("store call");
     let event = |n: usize, connection_id: Option<String>, at: DateTime<Utc>| AuditEvent {
         id: uuid::Uuid::now_v7().to_string(),
         at,
         action: "token_read".into(),
         request: "GET /v1/connections/{id}/token".into(),
         status: 200,
-        key_id: if n % 2 == 0 { record.id.clone() } else { "admin".into() },
+        key_id: if n.is_multiple_of(2) {
+            record.id.clone()
+        } else {
+            "admin".into()
+        },
         connection_id,
         tenant_id: None,
         target: None,
@@ -1198,7 +1210,7 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
             ..AuditFilter::default()
         })
         .await
-        .unwrap();
+        .expect("store call");
     assert_eq!(mine.len(), 600);
     assert!(mine.windows(2).all(|w| w[0].id > w[1].id), "newest first");
     let page = access
@@ -1209,7 +1221,7 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
             ..AuditFilter::default()
         })
         .await
-        .unwrap();
+        .expect("store call");
     assert_eq!(
         page.iter().map(|e| &e.id).collect::<Vec<_>>(),
         mine[10..15].iter().map(|e| &e.id).collect::<Vec<_>>()
@@ -1217,6 +1229,6 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
     let deleted = access
         .delete_audit_events_before(now() - chrono::Duration::days(90))
         .await
-        .unwrap();
+        .expect("store call");
     assert_eq!(deleted, 1);
 }
