@@ -2,7 +2,7 @@
 //! through `/v1` (who: the key id; what: the route and the connection, tenant or other
 //! target; when; from where; the trace id), appended to `tokenvisor_audit_events`.
 //!
-//! Off the request path: [`AuditLog::record_request`] puts the event on a bounded channel
+//! Off the request path: `AuditLog::record_request` puts the event on a bounded channel
 //! and returns at once; one writer task takes up to [`AuditOptions::batch_rows`] events
 //! (or what arrived within [`AuditOptions::flush_interval`]) and writes them in one
 //! statement. A full channel (the database slower than the requests for a while)
