@@ -1232,3 +1232,59 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
         .expect("store call");
     assert_eq!(deleted, 1);
 }
+
+/// The audit writer's capacity: 100,000 events in batches of 500 (what the admin API's
+/// writer sends), each naming a connection whose tenant is looked up per batch. Run with
+/// `cargo test --release -p tokenvisor-store --lib audit_write_rate -- --ignored --nocapture`;
+/// figures in BENCHMARKS.md.
+async fn audit_write_rate(db: TestDb, backend: &str) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("crm");
+    store.insert_integration(&integration).await.expect("integration");
+    let mut connections = Vec::new();
+    for n in 0..100 {
+        let connection = sample_connection(integration.id, &format!("tenant-{n}"));
+        store.insert_connection(&connection).await.expect("connection");
+        connections.push(connection.id.to_string());
+    }
+    let access = store.access_store();
+    let total = 100_000;
+    let started = std::time::Instant::now();
+    for batch in 0..total / 500 {
+        let events: Vec<AuditEvent> = (0..500)
+            .map(|n| AuditEvent {
+                id: uuid::Uuid::now_v7().to_string(),
+                at: Utc::now(),
+                action: "token_read".into(),
+                request: "GET /v1/connections/{id}/token".into(),
+                status: 200,
+                key_id: "01a2378e-37ea-7745-9d22-a65ecf7f95af".into(),
+                connection_id: Some(connections[(batch + n) % connections.len()].clone()),
+                tenant_id: None,
+                target: None,
+                caller_address: Some("10.0.0.7".into()),
+                trace_id: Some("3931d1a24ecd91978faab91a3a748f36".into()),
+            })
+            .collect();
+        access.insert_audit_events(&events).await.expect("batch");
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "audit_write_rate {backend}: {total} events in {:.2} s = {:.0} events/s ({:.1} ms per 500-row batch)",
+        elapsed.as_secs_f64(),
+        f64::from(total as u32) / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1000.0 / f64::from((total / 500) as u32)
+    );
+}
+
+#[tokio::test]
+#[ignore = "a measurement (BENCHMARKS.md), not a check"]
+async fn audit_write_rate_sqlite() {
+    audit_write_rate(TestDb::sqlite(), "sqlite").await;
+}
+
+#[tokio::test]
+#[ignore = "a measurement (BENCHMARKS.md), not a check"]
+async fn audit_write_rate_postgres() {
+    audit_write_rate(TestDb::postgres().await, "postgres").await;
+}
