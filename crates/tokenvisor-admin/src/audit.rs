@@ -167,6 +167,20 @@ impl AuditLog {
     }
 
     fn push(&self, event: AuditEvent) {
+        // Also a tracing event (exported with the logs), off unless asked for:
+        // `RUST_LOG=info,tokenvisor::audit=debug`.
+        tracing::debug!(
+            target: "tokenvisor::audit",
+            action = %event.action,
+            request = %event.request,
+            status = event.status,
+            key_id = %event.key_id,
+            connection_id = event.connection_id.as_deref(),
+            tenant_id = event.tenant_id.as_deref(),
+            audit_target = event.target.as_deref(),
+            caller_address = event.caller_address.as_deref(),
+            "audit"
+        );
         let Some(sender) = &self.sender else { return };
         if sender.try_send(event).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
@@ -242,4 +256,82 @@ async fn flush(access: &AccessStore, batch: &mut Vec<AuditEvent>) {
         tracing::warn!(error = %error, dropped = batch.len(), "failed to write audit events");
     }
     batch.clear();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event() -> AuditEvent {
+        AuditEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: chrono::Utc::now(),
+            action: "token_read".into(),
+            request: "GET /v1/connections/{id}/token".into(),
+            status: 200,
+            key_id: "admin".into(),
+            connection_id: None,
+            tenant_id: None,
+            target: None,
+            caller_address: None,
+            trace_id: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_instead_of_waiting() {
+        let (sender, mut receiver) = mpsc::channel(2);
+        let log = AuditLog {
+            sender: Some(sender),
+            dropped: AtomicU64::new(0),
+            last_warning: std::sync::Mutex::new(None),
+        };
+        for _ in 0..5 {
+            log.push(event());
+        }
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 3);
+        assert!(receiver.try_recv().is_ok() && receiver.try_recv().is_ok());
+        log.push(event());
+        assert_eq!(log.dropped.load(Ordering::Relaxed), 3, "room again");
+    }
+
+    #[test]
+    fn the_path_is_read_below_a_nested_router_and_a_base_path() {
+        let (sender, mut receiver) = mpsc::channel(8);
+        let log = AuditLog {
+            sender: Some(sender),
+            dropped: AtomicU64::new(0),
+            last_warning: std::sync::Mutex::new(None),
+        };
+        let principal = Principal::admin("admin");
+        for (route, path) in [
+            ("/v1/connections/{id}/token", "/connections/c1/token"),
+            ("/tokenvisor/v1/connections/{id}/token", "/v1/connections/c1/token"),
+            (
+                "/v1/tenants/{tenant}/connections/{integration}/{key}/token",
+                "/tenants/t1/connections/crm/default/token",
+            ),
+        ] {
+            log.record_request(
+                Recorded {
+                    principal: &principal,
+                    method: &Method::GET,
+                    route,
+                    path,
+                    status: StatusCode::OK,
+                    caller: None,
+                    trace_id: None,
+                    subject: None,
+                },
+                Need::Tokens,
+            );
+        }
+        let first = receiver.try_recv().expect("recorded");
+        assert_eq!(first.connection_id.as_deref(), Some("c1"));
+        let second = receiver.try_recv().expect("recorded");
+        assert_eq!(second.connection_id.as_deref(), Some("c1"));
+        let third = receiver.try_recv().expect("recorded");
+        assert_eq!(third.tenant_id.as_deref(), Some("t1"));
+        assert_eq!(third.target.as_deref(), Some("integration:crm"));
+    }
 }
