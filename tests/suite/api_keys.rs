@@ -367,6 +367,36 @@ async fn revoked_and_expired_keys_are_refused_at_once_and_the_cli_manages_keys()
     let audit_table = String::from_utf8(cli(&service, &["audit", "list", "--connection", &id]).stdout).unwrap();
     assert!(audit_table.contains("GET /v1/connections/{id}/token"), "{audit_table}");
 
+    // Restricted to `crm`: another integration's connection of the same tenant is out.
+    service.add_integration(&fake, "desk").await;
+    let desk = service.connect(&fake, "desk", "acme").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for path in [
+        format!("/v1/connections/{desk}/token"),
+        "/v1/tenants/acme/connections/desk/default/token".to_owned(),
+    ] {
+        let refused = call(&service, &key, Method::GET, &path, None).await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (403, "forbidden"),
+            "{path}: {refused:?}"
+        );
+    }
+    assert_eq!(
+        call(
+            &service,
+            &key,
+            Method::GET,
+            "/v1/tenants/acme/connections/crm/default/token",
+            None
+        )
+        .await
+        .status,
+        200
+    );
+
     // Revoked: the very next request is refused.
     cli(&service, &["api-keys", "revoke", &key_id]);
     let refused = call(&service, &key, Method::GET, &token_path, None).await;

@@ -515,6 +515,40 @@ mod tests {
         assert!(Principal::admin("admin").satisfies(route_need(&get, "/v1/api-keys")));
     }
 
+    /// Every documented `/v1` operation has the need its tag says: the table and the
+    /// document cannot drift apart (a new route lands in `admin` unless listed).
+    #[test]
+    fn every_documented_route_needs_what_its_tag_says() {
+        use utoipa::OpenApi as _;
+        let document = serde_json::to_value(crate::openapi::ApiDoc::openapi()).expect("serializes");
+        let mut checked = 0;
+        for (path, item) in document["paths"].as_object().expect("paths") {
+            if !path.starts_with("/v1/") {
+                continue;
+            }
+            // Routed as `{*path}`, documented as `{path}`.
+            let route = path.replace("{path}", "{*path}");
+            for (method, operation) in item.as_object().expect("operations") {
+                let Ok(method) = method.to_uppercase().parse::<Method>() else {
+                    continue;
+                };
+                let tag = operation["tags"][0].as_str().unwrap_or_default();
+                let id = operation["operationId"].as_str().unwrap_or_default();
+                let expected = match tag {
+                    _ if id.starts_with("proxy_request") => Need::Tokens,
+                    "tokens" => Need::Tokens,
+                    "integrations" if method == Method::GET => Need::Operate,
+                    "integrations" => Need::OperateEverywhere,
+                    "connections" | "authorizations" => Need::Operate,
+                    _ => Need::Admin,
+                };
+                assert_eq!(route_need(&method, &route), expected, "{method} {route} ({tag})");
+                checked += 1;
+            }
+        }
+        assert!(checked > 30, "{checked}");
+    }
+
     #[test]
     fn failures_past_the_allowance_are_refused_until_it_refills() {
         let throttle = Throttle::new(3);
