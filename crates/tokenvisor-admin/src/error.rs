@@ -202,7 +202,7 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "a valid admin bearer token is required",
+            "a valid admin token or API key is required (bearer)",
         )
     }
 
