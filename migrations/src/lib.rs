@@ -32,6 +32,8 @@
 //!   `tokenvisor_webhook_dead_letters` and the outbox's retry columns.
 //! - `m20261202_000008_authorization_keys`: `tokenvisor_authorization_states.connection_key`
 //!   (the key a completed authorization connects under).
+//! - `m20261202_000009_api_keys`: `tokenvisor_api_keys` (scoped API keys, stored as
+//!   hashes) and `tokenvisor_audit_events` (the append-only audit trail).
 //! - `m20261202_000010_attempt_times`: an index on `tokenvisor_refresh_attempts.started_at`
 //!   (recent refreshes counted per minute).
 
@@ -51,6 +53,7 @@ mod m20261202_000005_partitions;
 mod m20261202_000006_connection_keys;
 mod m20261202_000007_webhook_endpoints;
 mod m20261202_000008_authorization_keys;
+mod m20261202_000009_api_keys;
 mod m20261202_000010_attempt_times;
 
 pub use legacy::has_legacy_layout;
@@ -102,6 +105,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261202_000006_connection_keys::Migration),
             Box::new(m20261202_000007_webhook_endpoints::Migration),
             Box::new(m20261202_000008_authorization_keys::Migration),
+            Box::new(m20261202_000009_api_keys::Migration),
             Box::new(m20261202_000010_attempt_times::Migration),
         ]
     }

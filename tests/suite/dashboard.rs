@@ -118,7 +118,34 @@ async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
     assert_eq!(wrong.status, 401);
     assert!(wrong.set_cookie.is_none());
 
-    let signed_in = browser.post("/ui/sign-in", &[("token", ADMIN_TOKEN)]).await;
+    // API keys: one that only reads tokens may not use the dashboard; the admin token and
+    // an unrestricted operate key may.
+    let key = |name: &str, scopes: serde_json::Value, tenants: serde_json::Value| {
+        let service = &service;
+        let body = serde_json::json!({"name": name, "scopes": scopes, "tenants": tenants});
+        async move {
+            let created = service.post("/v1/api-keys", body).await;
+            assert_eq!(created.status, 201, "{created:?}");
+            (
+                created.body["key"].as_str().unwrap().to_owned(),
+                created.body["id"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (reader, _) = key(
+        "reader",
+        serde_json::json!(["tokens:read"]),
+        serde_json::json!(["acme"]),
+    )
+    .await;
+    let (operator_key, operator_id) = key("operator", serde_json::json!(["operate"]), serde_json::Value::Null).await;
+    let refused = browser.post("/ui/sign-in", &[("token", &reader)]).await;
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(refused.set_cookie.is_none());
+    let admin = browser.post("/ui/sign-in", &[("token", ADMIN_TOKEN)]).await;
+    assert_eq!(admin.status, 303);
+
+    let signed_in = browser.post("/ui/sign-in", &[("token", &operator_key)]).await;
     assert_eq!((signed_in.status, signed_in.location.as_deref()), (303, Some("/ui")));
     let set_cookie = signed_in.set_cookie.expect("a session cookie");
     for attribute in ["HttpOnly", "SameSite=Strict", "Path=/ui"] {
@@ -196,6 +223,38 @@ async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
         "active"
     );
 
+    // The actions are in the audit trail under the key that signed in (written in
+    // batches: wait for them).
+    let wanted: Vec<String> = ["deactivate", "activate"]
+        .iter()
+        .map(|action| format!("POST /ui/connections/{{id}}/{action}"))
+        .collect();
+    let mut audited = serde_json::Value::Null;
+    for _ in 0..50 {
+        audited = service.get(&format!("/v1/audit?connection={}", ids[0])).await.body;
+        let requests: Vec<&str> = audited["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|event| event["key_id"] == operator_id.as_str())
+            .filter_map(|event| event["request"].as_str())
+            .collect();
+        if wanted.iter().all(|request| requests.contains(&request.as_str())) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for request in &wanted {
+        assert!(
+            audited["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|event| event["key_id"] == operator_id.as_str() && event["request"] == request.as_str()),
+            "{request} in {audited}"
+        );
+    }
+
     // Re-authorize globex: the link, consent at the fake, the status turns active.
     let started = browser.post(&format!("{path}/reauthorize"), &[("csrf", &csrf)]).await;
     assert_eq!(started.status, 200, "{}", started.body);
@@ -224,7 +283,12 @@ async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
     for id in &ids {
         pages.push_str(&browser.get(&format!("/ui/connections/{id}")).await.body);
     }
-    let mut secrets = vec![fake.client_secret().to_owned(), ADMIN_TOKEN.to_owned()];
+    let mut secrets = vec![
+        fake.client_secret().to_owned(),
+        ADMIN_TOKEN.to_owned(),
+        reader.clone(),
+        operator_key.clone(),
+    ];
     for (tenant, id) in ["acme", "globex", "initech"].into_iter().zip(&ids) {
         secrets.extend(fake.current_refresh_token(tenant));
         let token = service.get(&format!("/v1/connections/{id}/token")).await;

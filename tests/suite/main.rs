@@ -5,6 +5,7 @@
 mod admin_api;
 mod admin_e2e;
 mod admin_restart;
+mod api_keys;
 mod binary;
 mod cli;
 mod cluster;

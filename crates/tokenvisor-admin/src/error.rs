@@ -21,7 +21,19 @@ pub struct ErrorBody {
 pub const ERROR_CODES: &[(&str, &str)] = &[
     (
         "unauthorized",
-        "401: no valid admin bearer token; send `Authorization: Bearer <token>`",
+        "401: no valid admin token or API key (or it is revoked or expired); send `Authorization: Bearer <token>`",
+    ),
+    (
+        "forbidden",
+        "403: the API key's scopes or tenant/integration restrictions do not cover this (it says nothing about whether the resource exists)",
+    ),
+    (
+        "too_many_attempts",
+        "429: too many failed authentications from this address or key prefix; retry after `Retry-After`",
+    ),
+    (
+        "access_unavailable",
+        "501: this store keeps no API keys or audit trail (the in-memory store)",
     ),
     (
         "not_found",
@@ -190,8 +202,29 @@ impl ApiError {
         Self::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
-            "a valid admin bearer token is required",
+            "a valid admin token or API key is required (bearer)",
         )
+    }
+
+    /// 403 `forbidden`: the key may not do this (or see whether it exists).
+    pub fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this API key's scopes or restrictions do not allow this",
+        )
+    }
+
+    /// 429 `too_many_attempts` with `Retry-After: seconds`.
+    pub fn too_many_attempts(seconds: u64) -> Self {
+        Self {
+            retry_after: Some(seconds),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_attempts",
+                "too many failed authentications; retry later",
+            )
+        }
     }
 
     /// 500 `internal`: `detail` is logged, the caller sees a generic message.

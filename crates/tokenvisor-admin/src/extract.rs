@@ -1,6 +1,8 @@
 //! Extractors whose rejections are [`ApiError`]s, so malformed input gets the same error
 //! body as everything else.
 
+use crate::AppState;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
@@ -78,19 +80,53 @@ where
     }
 }
 
-/// The `{id}` of a connection route.
+/// The `{id}` of a connection route, checked against the caller's restrictions: a key
+/// restricted to some tenants or integrations gets `403 forbidden` for a connection
+/// outside them and for one that does not exist alike (unrestricted keys pass without a
+/// lookup).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionPath(pub ConnectionId);
 
-impl<S: Send + Sync> FromRequestParts<S> for ConnectionPath {
+impl FromRequestParts<AppState> for ConnectionPath {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let axum::extract::Path(raw) = axum::extract::Path::<String>::from_request_parts(parts, state)
             .await
             .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "missing connection id"))?;
-        raw.parse::<ConnectionId>()
-            .map(Self)
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the connection id is not a UUID"))
+        let id = raw
+            .parse::<ConnectionId>()
+            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the connection id is not a UUID"))?;
+        let principal = Principal::from_request_parts(parts, state).await?;
+        authorize_connection(state, &principal, id).await?;
+        Ok(Self(id))
+    }
+}
+
+/// `403 forbidden` unless `principal` may act on connection `id` (see [`ConnectionPath`]).
+pub(crate) async fn authorize_connection(
+    state: &AppState,
+    principal: &Principal,
+    id: ConnectionId,
+) -> Result<(), ApiError> {
+    if !principal.is_restricted() {
+        return Ok(());
+    }
+    match state.tokenvisor.store().get_connection(id).await? {
+        Some(connection) => principal.check_connection(&connection),
+        None => Err(ApiError::forbidden()),
+    }
+}
+
+/// The caller, as the guard authenticated it.
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<Principal>()
+            .cloned()
+            .ok_or_else(ApiError::forbidden)
     }
 }

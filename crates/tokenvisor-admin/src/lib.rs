@@ -1,7 +1,8 @@
 //! The standalone admin channel: what `tokenvisor serve` exposes next to the supervisor.
 //!
-//! - [`router`]: the axum application — `/v1` (bearer-token auth, constant-time
-//!   comparison), `/oauth/callback`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+//! - [`router`]: the axum application — `/v1` (the admin token or a scoped API key,
+//!   compared in constant time; every route's scope checked in one place, `auth`;
+//!   failed authentications throttled; token reads and changes audited, [`audit`]), `/oauth/callback`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
 //!   That is `tokenvisor serve`; an embedder mounts the same routes as a component
 //!   under a prefix ([`AdminOptions::base_path`]), behind its own authentication
 //!   ([`AdminAuth::External`] and [`router_parts`]), without the health and metrics
@@ -20,6 +21,7 @@
 //! The library takes values (a [`Tokenvisor`], an [`AdminOptions`]); only the binary
 //! reads files and environment variables.
 
+pub mod audit;
 mod auth;
 pub mod error;
 mod extract;
@@ -40,6 +42,7 @@ use tokenvisor_core::SecretString;
 use tokenvisor_supervisor::Tokenvisor;
 use tokio_util::sync::CancellationToken;
 
+pub use audit::AuditOptions;
 pub use error::ApiError;
 pub use webhooks::{WebhookConfig, WebhookDispatcher, WebhookSecret};
 
@@ -89,6 +92,11 @@ pub struct AdminOptions {
     pub request_timeout: Duration,
     /// Cancelled when the service shuts down: event streams end.
     pub shutdown: CancellationToken,
+    /// Failed authentications a client address (or an API key prefix) may make per
+    /// minute before it is answered `429` for a while; 0: no limit.
+    pub auth_failures_per_minute: u32,
+    /// How the audit trail is written.
+    pub audit: AuditOptions,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -101,13 +109,16 @@ impl std::fmt::Debug for AdminOptions {
             .field("metrics", &self.metrics.is_some())
             .field("body_limit", &self.body_limit)
             .field("request_timeout", &self.request_timeout)
+            .field("auth_failures_per_minute", &self.auth_failures_per_minute)
+            .field("audit", &self.audit)
             .finish_non_exhaustive()
     }
 }
 
 impl AdminOptions {
-    /// What `tokenvisor serve` runs: bearer-token auth, mounted at the root, health
-    /// routes on; 64 KiB bodies, 30 s requests, no metrics.
+    /// What `tokenvisor serve` runs: bearer-token auth (the admin token and the API keys
+    /// of the store), mounted at the root, health routes on; 64 KiB bodies, 30 s requests,
+    /// no metrics, 30 failed authentications a minute per address, the default audit trail.
     pub fn new(admin_token: SecretString, public_url: impl Into<String>) -> Self {
         Self {
             auth: AdminAuth::Bearer(admin_token),
@@ -118,6 +129,8 @@ impl AdminOptions {
             body_limit: 64 * 1024,
             request_timeout: Duration::from_secs(30),
             shutdown: CancellationToken::new(),
+            auth_failures_per_minute: 30,
+            audit: AuditOptions::default(),
         }
     }
 
@@ -174,6 +187,10 @@ pub(crate) struct AppState {
     pub(crate) admin_token_digest: Option<Arc<[u8; 32]>>,
     /// The dashboard's signed-in operators.
     pub(crate) sessions: Arc<ui::session::Sessions>,
+    /// Failed authentications per address and key prefix.
+    pub(crate) throttle: Arc<auth::Throttle>,
+    /// The audit trail's writer.
+    pub(crate) audit: Arc<audit::AuditLog>,
 }
 
 /// The admin application, complete: [`router_parts`] merged, with a JSON `404` for
@@ -199,6 +216,8 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
     let state = AppState {
         admin_token_digest,
         sessions: Arc::default(),
+        throttle: auth::throttle(options.auth_failures_per_minute),
+        audit: audit::AuditLog::start(tokenvisor.store().access(), options.audit, options.shutdown.clone()),
         journal: journal::Journal::start(tokenvisor.subscribe(), options.shutdown.clone()),
         tokenvisor,
         options: Arc::new(options),
@@ -294,16 +313,14 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
             "/webhooks/dead-letters/{id}/replay",
             post(routes::webhooks::replay_dead_letter),
         )
+        .route("/api-keys", post(routes::api_keys::create).get(routes::api_keys::list))
+        .route("/api-keys/{id}", axum::routing::delete(routes::api_keys::revoke))
+        .route("/audit", get(routes::api_keys::audit))
         .route("/cluster", get(routes::cluster::status))
         .route("/cluster/forward", post(routes::cluster::forward))
         .fallback(not_found);
-    let v1 = match state.admin_token_digest {
-        Some(_) => v1.layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            auth::require_bearer,
-        )),
-        None => v1,
-    };
+    // Every route: throttle, authenticate, check the route's scope, audit (see `auth`).
+    let v1 = v1.layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard));
     let mut api = Router::new().nest("/v1", v1);
     let mut public = Router::new().route("/oauth/callback", get(routes::authorizations::callback));
     if state.admin_token_digest.is_some() {

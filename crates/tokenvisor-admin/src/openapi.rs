@@ -11,7 +11,8 @@ use utoipa::{Modify, OpenApi};
     info(
         title = "tokenvisor admin API",
         description = "Integrations, connections and their tokens. Every /v1 route requires \
-                       `Authorization: Bearer <admin token>`. Errors are \
+                       `Authorization: Bearer <admin token or API key>`; an API key's scopes \
+                       and restrictions are checked on every route (403 `forbidden`). Errors are \
                        `{\"error\": {\"code\": \"snake_case\", \"message\": \"...\"}}`."
     ),
     paths(
@@ -54,6 +55,10 @@ use utoipa::{Modify, OpenApi};
         routes::webhooks::replay_dead_letter,
         routes::cluster::status,
         routes::cluster::forward,
+        routes::api_keys::create,
+        routes::api_keys::list,
+        routes::api_keys::revoke,
+        routes::api_keys::audit,
         routes::health::healthz,
         routes::health::readyz,
         routes::health::metrics,
@@ -74,8 +79,8 @@ impl Modify for BearerAuth {
     }
 }
 
-/// The errors any operation of a kind can answer, added to each operation's own: 401
-/// where the bearer token is required, 400 `invalid_id` for a path id, the JSON body's
+/// The errors any operation of a kind can answer, added to each operation's own: 401,
+/// 403 `forbidden` and 429 `too_many_attempts` where a bearer token is required, 400 `invalid_id` for a path id, the JSON body's
 /// rejections, 400 `invalid_query` for query parameters, 503/504 for the database or an
 /// owner being unavailable, 500 for the unexpected.
 struct CommonErrors;
@@ -163,6 +168,8 @@ impl Modify for CommonErrors {
                     .is_some_and(|body| body.content.contains_key("application/json"));
                 if secured {
                     Self::add(operation, "401", &["unauthorized"]);
+                    Self::add(operation, "403", &["forbidden"]);
+                    Self::add(operation, "429", &["too_many_attempts"]);
                 }
                 if has_id {
                     Self::add(operation, "400", &["invalid_id"]);
@@ -366,11 +373,30 @@ mod tests {
             "/v1/webhooks/endpoints/{id}/replay-dead-letters",
             "/v1/webhooks/dead-letters",
             "/v1/webhooks/dead-letters/{id}/replay",
+            "/v1/api-keys",
+            "/v1/api-keys/{id}",
+            "/v1/audit",
             "/healthz",
             "/readyz",
         ] {
             assert!(document["paths"].get(path).is_some(), "{path} missing");
         }
+        let key = &document["components"]["schemas"]["ApiKeyView"]["properties"];
+        assert!(key.get("prefix").is_some());
+        assert!(key.get("key").is_none(), "listed keys carry no key");
+        let token = &document["paths"]["/v1/connections/{id}/token"]["get"]["responses"];
+        assert!(
+            token["403"]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("forbidden")
+        );
+        assert!(
+            token["429"]["description"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("too_many_attempts")
+        );
         let view = &document["components"]["schemas"]["ConnectionView"]["properties"];
         assert!(view.get("token_preview").is_some());
         assert!(view.get("access_token").is_none());

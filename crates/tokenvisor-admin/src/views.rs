@@ -392,3 +392,121 @@ pub struct HealthView {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub supervised: Option<usize>,
 }
+
+/// `POST /v1/api-keys`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateApiKey {
+    /// What it is for (1 to 128 characters).
+    #[schema(min_length = 1, max_length = 128, example = "billing-service")]
+    pub name: String,
+    /// At least one of `admin` (everything), `operate` (manage connections and
+    /// integrations; no token reads, no proxy), `tokens:read` (the token and proxy
+    /// endpoints only).
+    #[schema(min_items = 1, example = json!(["tokens:read"]))]
+    pub scopes: Vec<String>,
+    /// Only these tenants (default: every tenant). Not with `admin`.
+    pub tenants: Option<Vec<String>>,
+    /// Only these integrations, by name or id (stored as ids: a renamed integration
+    /// stays covered). Not with `admin`.
+    pub integrations: Option<Vec<String>>,
+    /// When it stops working (default: never).
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// An API key, without the key (only its visible prefix).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyView {
+    /// Id.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// The visible part of the key: `tvk_<prefix>_...`.
+    pub prefix: String,
+    /// Scopes.
+    pub scopes: Vec<String>,
+    /// The tenants it is restricted to (empty: every tenant).
+    pub tenants: Vec<String>,
+    /// The integration ids it is restricted to (empty: every integration).
+    pub integrations: Vec<Uuid>,
+    /// `active`, `revoked` or `expired`.
+    pub status: String,
+    /// When it was created.
+    pub created_at: DateTime<Utc>,
+    /// When it stops working.
+    pub expires_at: Option<DateTime<Utc>>,
+    /// When it was revoked.
+    pub revoked_at: Option<DateTime<Utc>>,
+}
+
+/// The answer to `POST /v1/api-keys`: the only time the key is shown.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedApiKey {
+    /// The key (`tvk_<prefix>_<secret>`): send it as `Authorization: Bearer <key>`.
+    /// Shown once; only its SHA-256 is stored.
+    pub key: String,
+    /// The key's description.
+    #[serde(flatten)]
+    pub api_key: ApiKeyView,
+}
+
+/// `GET /v1/api-keys`.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ApiKeyList {
+    /// Every key, oldest first (revoked and expired ones included).
+    pub items: Vec<ApiKeyView>,
+}
+
+/// Filters of `GET /v1/audit`.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditQuery {
+    /// Only this connection's events (its id).
+    pub connection: Option<String>,
+    /// Only this tenant's events.
+    pub tenant: Option<String>,
+    /// Only this API key's events (its id, or `admin` for the admin token).
+    pub key: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// Page size (1 to 1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u64>,
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditEventView {
+    /// Id (ordered by time).
+    pub id: String,
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `token_read`, `proxy` or `change`.
+    pub action: String,
+    /// Method and route (`GET /v1/connections/{id}/token`).
+    pub request: String,
+    /// The HTTP status answered.
+    pub status: u16,
+    /// The API key's id, `admin` (the configured admin token) or `external`.
+    pub key_id: String,
+    /// The connection, if any.
+    pub connection_id: Option<String>,
+    /// The tenant, if known.
+    pub tenant_id: Option<String>,
+    /// What else was acted on (`integration:<name>`, `api-keys:<id>`...).
+    pub target: Option<String>,
+    /// The caller's address.
+    pub caller_address: Option<String>,
+    /// The W3C trace id, if the request had one.
+    pub trace_id: Option<String>,
+}
+
+/// `GET /v1/audit`: newest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct AuditList {
+    /// The events.
+    pub items: Vec<AuditEventView>,
+    /// Pass as `cursor` to get older events; null on the last page.
+    pub next_cursor: Option<String>,
+}

@@ -306,6 +306,56 @@ pub enum WebhooksCommand {
     },
 }
 
+/// `tokenvisor api-keys ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum ApiKeysCommand {
+    /// Create an API key; prints the key once (only its hash is stored).
+    Create {
+        /// What it is for.
+        #[arg(long)]
+        name: String,
+        /// Scopes (comma-separated): admin, operate, tokens:read.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+        /// Only these tenants (comma-separated; default: every tenant).
+        #[arg(long, value_delimiter = ',')]
+        tenants: Vec<String>,
+        /// Only these integrations, by name or id (comma-separated; default: every one).
+        #[arg(long, value_delimiter = ',')]
+        integrations: Vec<String>,
+        /// When it stops working: a duration from now (`30d`, `12h`).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List the API keys (their prefixes, never the keys).
+    List,
+    /// Revoke an API key: refused from its next request on.
+    Revoke {
+        /// The key's id.
+        id: String,
+    },
+}
+
+/// `tokenvisor audit ...`
+#[derive(Debug, clap::Subcommand)]
+pub enum AuditCommand {
+    /// List audit events, newest first.
+    List {
+        /// Only this connection's (id).
+        #[arg(long)]
+        connection: Option<String>,
+        /// Only this tenant's.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only this API key's (id, or `admin`).
+        #[arg(long)]
+        key: Option<String>,
+        /// At most this many (1 to 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+}
+
 /// `tokenvisor authorize`.
 #[derive(Debug, clap::Args)]
 pub struct AuthorizeArgs {
@@ -558,6 +608,152 @@ impl AdminClient {
             )
             .await?
             .unwrap_or(Value::Null))
+    }
+
+    /// `api-keys ...`
+    pub async fn api_keys(&self, command: ApiKeysCommand) -> anyhow::Result<()> {
+        match command {
+            ApiKeysCommand::Create {
+                name,
+                scopes,
+                tenants,
+                integrations,
+                expires_in,
+            } => {
+                let expires_at = match expires_in {
+                    Some(text) => {
+                        let duration = tokenvisor_supervisor::parse_duration(&text)
+                            .map_err(|error| Exit::Usage.msg(format_args!("invalid --expires-in: {error}")))?;
+                        Some(Utc::now() + duration)
+                    }
+                    None => None,
+                };
+                let mut body = json!({ "name": name, "scopes": scopes, "expires_at": expires_at });
+                if !tenants.is_empty() {
+                    body["tenants"] = json!(tenants);
+                }
+                if !integrations.is_empty() {
+                    body["integrations"] = json!(integrations);
+                }
+                let created = self.post("/v1/api-keys", Some(body)).await?;
+                if self.json {
+                    self.print_json(&created);
+                } else {
+                    println!(
+                        "api key {} created (id {})",
+                        text(&created["name"]),
+                        text(&created["id"])
+                    );
+                    println!("{}", text(&created["key"]));
+                    eprintln!("the key is shown this once: store it now");
+                }
+                Ok(())
+            }
+            ApiKeysCommand::List => {
+                let list = self.get("/v1/api-keys").await?;
+                if self.json {
+                    self.print_json(&list);
+                    return Ok(());
+                }
+                let joined = |value: &Value| {
+                    value
+                        .as_array()
+                        .map(|items| items.iter().filter_map(Value::as_str).collect::<Vec<_>>().join(","))
+                        .filter(|joined| !joined.is_empty())
+                        .unwrap_or_else(|| "*".to_owned())
+                };
+                let mut table = new_table(&[
+                    "ID",
+                    "NAME",
+                    "PREFIX",
+                    "SCOPES",
+                    "TENANTS",
+                    "INTEGRATIONS",
+                    "STATUS",
+                    "EXPIRES",
+                ]);
+                for key in list["items"].as_array().into_iter().flatten() {
+                    table.add_row(vec![
+                        text(&key["id"]),
+                        text(&key["name"]),
+                        format!("tvk_{}_…", text(&key["prefix"])),
+                        joined(&key["scopes"]),
+                        joined(&key["tenants"]),
+                        joined(&key["integrations"]),
+                        text(&key["status"]),
+                        text(&key["expires_at"]),
+                    ]);
+                }
+                print_table(&table);
+                Ok(())
+            }
+            ApiKeysCommand::Revoke { id } => {
+                if id.is_empty() || !id.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                    return Err(Exit::Usage.msg(format_args!("{id:?} is not an api key id")));
+                }
+                self.call(Method::DELETE, &format!("/v1/api-keys/{id}"), None).await?;
+                if self.json {
+                    self.print_json(&json!({ "revoked": id }));
+                } else {
+                    println!("api key {id} revoked");
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `audit ...`
+    pub async fn audit(&self, command: AuditCommand) -> anyhow::Result<()> {
+        let AuditCommand::List {
+            connection,
+            tenant,
+            key,
+            limit,
+        } = command;
+        let mut url = url::Url::parse(&format!("{}/v1/audit", self.base)).context("admin URL")?;
+        {
+            let mut query = url.query_pairs_mut();
+            for (name, value) in [("connection", &connection), ("tenant", &tenant), ("key", &key)] {
+                if let Some(value) = value {
+                    query.append_pair(name, value);
+                }
+            }
+            query.append_pair("limit", &limit.to_string());
+        }
+        let path = format!(
+            "{}{}",
+            url.path(),
+            url.query().map(|q| format!("?{q}")).unwrap_or_default()
+        );
+        let list = self.get(&path).await?;
+        if self.json {
+            self.print_json(&list);
+            return Ok(());
+        }
+        let mut table = new_table(&[
+            "AT",
+            "ACTION",
+            "REQUEST",
+            "STATUS",
+            "KEY",
+            "CONNECTION",
+            "TENANT",
+            "CALLER",
+        ]);
+        for event in list["items"].as_array().into_iter().flatten() {
+            table.add_row(vec![
+                text(&event["at"]),
+                text(&event["action"]),
+                text(&event["request"]),
+                event["status"].as_u64().unwrap_or_default().to_string(),
+                text(&event["key_id"]),
+                text(&event["connection_id"]),
+                text(&event["tenant_id"]),
+                text(&event["caller_address"]),
+            ]);
+        }
+        print_table(&table);
+        Ok(())
     }
 
     /// `integrations ...`

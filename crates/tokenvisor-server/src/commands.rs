@@ -128,15 +128,25 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
     let options = AdminOptions {
         metrics: telemetry.prometheus(),
         shutdown: shutdown.clone(),
+        auth_failures_per_minute: config.auth_failures_per_minute,
+        audit: tokenvisor_admin::AuditOptions {
+            retention: Some(config.audit_retention),
+            ..tokenvisor_admin::AuditOptions::default()
+        },
         ..AdminOptions::new(admin_token, public_url.clone())
     };
     let app = tokenvisor_admin::router(tokenvisor.clone(), options);
     tracing::info!(addr = %local_addr, public_url = %public_url, "admin API listening");
     let signal = shutdown.clone();
     let server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move { signal.cancelled().await })
-            .await
+        // The peer address reaches the admin API: failed authentications are limited per
+        // client address, and the audit trail names it.
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { signal.cancelled().await })
+        .await
     });
 
     signals.wait().await;

@@ -11,7 +11,7 @@ Exit codes:
   3  not found (connection, integration; `status` without a database)
   4  needs re-authorization: send the tenant through `tokenvisor authorize`
   5  unavailable, retry later: the service is unreachable or busy, the database or provider is down
-  6  unauthorized: wrong or missing admin token
+  6  unauthorized: wrong or missing admin token or API key, or the key may not do this
   7  disabled: the connection is deactivated (`tokenvisor connections activate`)
   8  conflict: it already exists";
 
@@ -43,7 +43,8 @@ impl Exit {
             "not_found" => Exit::NotFound,
             "needs_reauth" => Exit::NeedsReauth,
             "disabled" => Exit::Disabled,
-            "unauthorized" => Exit::Unauthorized,
+            "unauthorized" | "forbidden" => Exit::Unauthorized,
+            "too_many_attempts" => Exit::Unavailable,
             "conflict" => Exit::Conflict,
             "store_unavailable"
             | "provider_unavailable"

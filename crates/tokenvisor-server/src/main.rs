@@ -72,6 +72,22 @@ enum Command {
         #[command(subcommand)]
         command: client::WebhooksCommand,
     },
+    /// API keys of a running service: scoped keys, shown once, revoked at once (admin API).
+    #[command(after_help = exit::HELP)]
+    ApiKeys {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: client::ApiKeysCommand,
+    },
+    /// The audit trail of a running service: token reads and changes (admin API).
+    #[command(after_help = exit::HELP)]
+    Audit {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        command: client::AuditCommand,
+    },
     /// Start connecting (or re-authorizing) a tenant: prints the URL to send them to.
     #[command(after_help = exit::HELP)]
     Authorize {
@@ -136,6 +152,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Tenants { client, command } => AdminClient::new(&client)?.tenants(command).await,
         Command::Token { client, command } => AdminClient::new(&client)?.token(command).await,
         Command::Webhooks { client, command } => AdminClient::new(&client)?.webhooks(command).await,
+        Command::ApiKeys { client, command } => AdminClient::new(&client)?.api_keys(command).await,
+        Command::Audit { client, command } => AdminClient::new(&client)?.audit(command).await,
         Command::Authorize { client, args } => AdminClient::new(&client)?.authorize(args).await,
         Command::Events { client, args } => AdminClient::new(&client)?.events(args).await,
         Command::Completions { shell } => {

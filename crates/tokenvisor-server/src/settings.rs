@@ -57,6 +57,13 @@ pub struct ServeArgs {
     /// Read the admin token from this file (a mounted secret, say) instead.
     #[arg(long, env = "TOKENVISOR_ADMIN_TOKEN_FILE", value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
+    /// Failed authentications a client address (or an API key prefix) may make per
+    /// minute before it is answered 429 for a while; 0: no limit [default: 30].
+    #[arg(long, env = "TOKENVISOR_AUTH_FAILURES_PER_MINUTE")]
+    pub auth_failures_per_minute: Option<String>,
+    /// How long the audit trail keeps its events [default: 90d].
+    #[arg(long, env = "TOKENVISOR_AUDIT_RETENTION")]
+    pub audit_retention: Option<String>,
     /// Public base URL of this service (the OAuth callback is `{public_url}/oauth/callback`)
     /// [default: http://ADMIN_ADDR].
     #[arg(long, env = "TOKENVISOR_PUBLIC_URL")]
@@ -195,6 +202,8 @@ struct Raw {
     encryption_key: Option<Text>,
     admin_addr: Option<Text>,
     admin_token: Option<Text>,
+    auth_failures_per_minute: Option<Text>,
+    audit_retention: Option<Text>,
     public_url: Option<Text>,
     refresh_lead: Option<Text>,
     min_validity: Option<Text>,
@@ -334,6 +343,8 @@ impl ServeArgs {
             &[
                 ("admin_addr", self.admin_addr.clone()),
                 ("admin_token", admin_token),
+                ("auth_failures_per_minute", self.auth_failures_per_minute.clone()),
+                ("audit_retention", self.audit_retention.clone()),
                 ("public_url", self.public_url.clone()),
                 ("refresh_lead", self.refresh_lead.clone()),
                 ("min_validity", self.min_validity.clone()),
@@ -437,6 +448,10 @@ pub struct Config {
     pub webhook_limits: WebhookLimits,
     /// How this process shares the work with other replicas on PostgreSQL.
     pub cluster: ClusterSettings,
+    /// `TOKENVISOR_AUTH_FAILURES_PER_MINUTE` (0: no limit).
+    pub auth_failures_per_minute: u32,
+    /// `TOKENVISOR_AUDIT_RETENTION`.
+    pub audit_retention: std::time::Duration,
 }
 
 /// `TOKENVISOR_CLUSTER`, `TOKENVISOR_ADVERTISE_URL`, `TOKENVISOR_PARTITION_LEASE`,
@@ -521,6 +536,29 @@ impl Config {
         let admin_token = match layers.pick(raw.admin_token, "admin_token", "TOKENVISOR_ADMIN_TOKEN") {
             Some((token, name)) => Some(admin_token(&token, &name)?),
             None => None,
+        };
+        let auth_failures_per_minute = match layers.pick(
+            raw.auth_failures_per_minute,
+            "auth_failures_per_minute",
+            "TOKENVISOR_AUTH_FAILURES_PER_MINUTE",
+        ) {
+            Some((text, name)) => text
+                .trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|n| *n <= 1_000_000)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("invalid {name}: {text:?} must be a number from 0 (no limit) to 1000000")
+                })?,
+            None => 30,
+        };
+        let audit_retention = match layers.pick(raw.audit_retention, "audit_retention", "TOKENVISOR_AUDIT_RETENTION") {
+            Some((value, name)) => tokenvisor_supervisor::parse_duration(&value)
+                .ok()
+                .and_then(|age| age.to_std().ok())
+                .filter(|age| !age.is_zero())
+                .ok_or_else(|| anyhow::anyhow!("invalid {name}: {value:?} must be a positive duration like 90d"))?,
+            None => std::time::Duration::from_secs(90 * 24 * 3600),
         };
         let public_url = match layers.pick(raw.public_url, "public_url", "TOKENVISOR_PUBLIC_URL") {
             Some((url, name)) => Some(http_url(&url, &name)?),
@@ -670,6 +708,8 @@ impl Config {
             webhooks,
             webhook_limits,
             cluster,
+            auth_failures_per_minute,
+            audit_retention,
         })
     }
 }

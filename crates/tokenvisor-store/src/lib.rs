@@ -231,6 +231,12 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn webhooks(&self) -> Option<sql::WebhookOutbox> {
         None
     }
+    /// The API keys and the audit trail in this store's database (SQLite, PostgreSQL);
+    /// `None` when the store keeps none (the in-memory store: only the configured admin
+    /// token authenticates, nothing is audited).
+    fn access(&self) -> Option<sql::AccessStore> {
+        None
+    }
     /// Deletes a connection and its history. Whether it existed.
     async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError>;
 

@@ -108,11 +108,13 @@ pub(super) fn now_ms(backend: DbBackend) -> &'static str {
         _ => "CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER)",
     }
 }
+mod access;
 mod lease;
 mod outbox;
 #[cfg(feature = "postgres")]
 mod partitions;
 
+pub use access::{AccessStore, ApiKeyRecord, AuditEvent, AuditFilter};
 #[cfg(feature = "postgres")]
 use group_commit::{GroupCommitter, PreparedCommit};
 pub use outbox::{
@@ -281,6 +283,11 @@ impl SqlStore {
     /// The webhook outbox in this store's database.
     pub fn webhook_outbox(&self) -> WebhookOutbox {
         WebhookOutbox::new(self.db.clone(), self.keyring.clone())
+    }
+
+    /// The API key and audit tables in this store's database.
+    pub fn access_store(&self) -> AccessStore {
+        AccessStore::new(self.db.clone())
     }
 
     /// The keyring this store encrypts with.
@@ -1135,6 +1142,10 @@ impl Store for SqlStore {
 
     fn webhooks(&self) -> Option<WebhookOutbox> {
         Some(self.webhook_outbox())
+    }
+
+    fn access(&self) -> Option<AccessStore> {
+        Some(self.access_store())
     }
 
     #[cfg(feature = "postgres")]

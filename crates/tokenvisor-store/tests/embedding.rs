@@ -53,7 +53,9 @@ on_both_backends!(
 );
 
 /// Our tables after the upgrade (and on a fresh database), with the bookkeeping table.
-const OUR_TABLES: [&str; 12] = [
+const OUR_TABLES: [&str; 14] = [
+    "tokenvisor_api_keys",
+    "tokenvisor_audit_events",
     "tokenvisor_authorization_states",
     "tokenvisor_connections",
     "tokenvisor_integrations",
@@ -69,7 +71,7 @@ const OUR_TABLES: [&str; 12] = [
 ];
 
 /// Our migrations, all of them (the old layout's and those written since).
-const OUR_VERSIONS: [&str; 9] = [
+const OUR_VERSIONS: [&str; 10] = [
     "m20250101_000001_initial",
     "m20251122_000002_authorizations",
     "m20261122_000003_refresh_leases",
@@ -78,6 +80,7 @@ const OUR_VERSIONS: [&str; 9] = [
     "m20261202_000006_connection_keys",
     "m20261202_000007_webhook_endpoints",
     "m20261202_000008_authorization_keys",
+    "m20261202_000009_api_keys",
     "m20261202_000010_attempt_times",
 ];
 

@@ -17,6 +17,9 @@
 //! | `tokenvisor.escalations` | counter | `provider`, `error.code` |
 //! | `tokenvisor.provider.throttled` | counter | `provider`, `source` (`provider`: it answered 429 or its throttling error; `spacing`: tokenvisor held a refresh back to respect the provider's limits) |
 //! | `tokenvisor.events.delivered`, `tokenvisor.events.failed` | counters | `sink`, `event` (recorded by the admin channel with [`record_event_delivery`]) |
+//! | `tokenvisor.auth.failures` | counter | `reason` (`unknown`, `revoked`, `expired`): admin API credentials refused ([`record_auth_failure`]) |
+//! | `tokenvisor.auth.throttled` | counter | none: admin API requests refused 429 after too many failures ([`record_auth_throttled`]) |
+//! | `tokenvisor.audit.dropped` | counter | none: audit events not written ([`record_audit_dropped`]) |
 //!
 //! Prometheus names replace dots with underscores and add unit and `_total` suffixes
 //! (`tokenvisor_refreshes_total`, `tokenvisor_refresh_duration_seconds_bucket`...).
@@ -263,6 +266,46 @@ pub fn record_event_delivery(sink: &str, event: &str, delivered: bool) {
     } else {
         failed_counter.add(1, &attributes);
     }
+}
+
+/// Counts one refused credential of the admin API (`tokenvisor.auth.failures`;
+/// `reason`: `unknown`, `revoked`, `expired`). Records into the global meter provider's
+/// `tokenvisor` meter.
+pub fn record_auth_failure(reason: &str) {
+    static COUNTER: OnceLock<Counter<u64>> = OnceLock::new();
+    let counter = COUNTER.get_or_init(|| {
+        opentelemetry::global::meter(METER_NAME)
+            .u64_counter("tokenvisor.auth.failures")
+            .with_description("Admin API requests whose credentials were refused")
+            .build()
+    });
+    counter.add(1, &[KeyValue::new("reason", reason.to_owned())]);
+}
+
+/// Counts one admin API request refused with 429 because its client address or key
+/// prefix failed to authenticate too often (`tokenvisor.auth.throttled`).
+pub fn record_auth_throttled() {
+    static COUNTER: OnceLock<Counter<u64>> = OnceLock::new();
+    let counter = COUNTER.get_or_init(|| {
+        opentelemetry::global::meter(METER_NAME)
+            .u64_counter("tokenvisor.auth.throttled")
+            .with_description("Admin API requests refused after too many failed authentications")
+            .build()
+    });
+    counter.add(1, &[]);
+}
+
+/// Counts audit events that were not written (`tokenvisor.audit.dropped`): the writer's
+/// queue was full, or the database refused the batch.
+pub fn record_audit_dropped(count: u64) {
+    static COUNTER: OnceLock<Counter<u64>> = OnceLock::new();
+    let counter = COUNTER.get_or_init(|| {
+        opentelemetry::global::meter(METER_NAME)
+            .u64_counter("tokenvisor.audit.dropped")
+            .with_description("Audit events dropped (queue full or write failed)")
+            .build()
+    });
+    counter.add(count, &[]);
 }
 
 /// Counts messages moved to a webhook endpoint's dead-letter list

@@ -2,8 +2,10 @@
 //! is where the provider sends the tenant back.
 
 use crate::AppState;
+use crate::auth::{Principal, hide_absence};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::ApiJson;
+use crate::extract::authorize_connection;
 use crate::routes::find_integration;
 use crate::views::{AuthorizationView, CreateAuthorization};
 use axum::Json;
@@ -30,6 +32,7 @@ use tokenvisor_supervisor::{AuthorizationCallback, AuthorizationRequest};
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     ApiJson(body): ApiJson<CreateAuthorization>,
 ) -> Result<(StatusCode, Json<AuthorizationView>), ApiError> {
     let tenant_id = TenantId::parse(body.tenant_id).map_err(|error| ApiError::invalid("tenant_id", error))?;
@@ -37,7 +40,18 @@ pub(crate) async fn create(
         Some(key) => Some(ConnectionKey::parse(key).map_err(|error| ApiError::invalid("connection_key", error))?),
         None => None,
     };
-    let integration = find_integration(state.tokenvisor.store().as_ref(), &body.integration).await?;
+    if !principal.allows_tenant(tenant_id.as_str()) {
+        return Err(ApiError::forbidden());
+    }
+    let integration = find_integration(state.tokenvisor.store().as_ref(), &body.integration)
+        .await
+        .map_err(|error| hide_absence(&principal, error))?;
+    if !principal.allows_integration(integration.id) {
+        return Err(ApiError::forbidden());
+    }
+    if let Some(id) = body.connection_id {
+        authorize_connection(&state, &principal, ConnectionId(id)).await?;
+    }
     let redirect_uri = integration.redirect_uri.is_none().then(|| state.options.callback_url());
     let start = state
         .tokenvisor

@@ -6,6 +6,8 @@
 //! the rest with its by-id twin.
 
 use crate::AppState;
+use crate::audit::AuditSubject;
+use crate::auth::{Principal, hide_absence};
 use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, ConnectionPath};
 use crate::routes::find_integration;
@@ -45,9 +47,13 @@ const MAX_PAGE: u64 = 500;
 )]
 pub(crate) async fn create(
     State(state): State<AppState>,
+    principal: Principal,
     ApiJson(body): ApiJson<CreateConnection>,
-) -> Result<(StatusCode, Json<ConnectionView>), ApiError> {
+) -> Result<Response, ApiError> {
     let tenant_id = TenantId::parse(body.tenant_id).map_err(|error| ApiError::invalid("tenant_id", error))?;
+    if !principal.allows_tenant(tenant_id.as_str()) {
+        return Err(ApiError::forbidden());
+    }
     let connection_key = match body.connection_key {
         Some(key) => ConnectionKey::parse(key).map_err(|error| ApiError::invalid("connection_key", error))?,
         None => ConnectionKey::default(),
@@ -87,7 +93,12 @@ pub(crate) async fn create(
     if body.token_type.as_ref().is_some_and(|t| t.is_empty() || t.len() > 64) {
         return Err(ApiError::invalid("token_type", "must be 1 to 64 characters"));
     }
-    let integration = find_integration(state.tokenvisor.store().as_ref(), &body.integration).await?;
+    let integration = find_integration(state.tokenvisor.store().as_ref(), &body.integration)
+        .await
+        .map_err(|error| hide_absence(&principal, error))?;
+    if !principal.allows_integration(integration.id) {
+        return Err(ApiError::forbidden());
+    }
     let registered = state
         .tokenvisor
         .connections()
@@ -110,7 +121,9 @@ pub(crate) async fn create(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(ConnectionView::of(&connection, Some(&integration)))))
+    let mut response = (status, Json(ConnectionView::of(&connection, Some(&integration)))).into_response();
+    response.extensions_mut().insert(AuditSubject::connection(&connection));
+    Ok(response)
 }
 
 /// Connections matching the filters, ordered by id, a page at a time.
@@ -128,6 +141,7 @@ pub(crate) async fn create(
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
+    principal: Principal,
     ApiQuery(query): ApiQuery<ConnectionQuery>,
 ) -> Result<Json<ConnectionList>, ApiError> {
     let store = state.tokenvisor.store();
@@ -146,8 +160,23 @@ pub(crate) async fn list(
         None => None,
     };
     let integration_id = match query.integration {
-        Some(integration) => Some(find_integration(store.as_ref(), &integration).await?.id),
+        Some(integration) => Some(
+            find_integration(store.as_ref(), &integration)
+                .await
+                .map_err(|error| hide_absence(&principal, error))?
+                .id,
+        ),
         None => None,
+    };
+    // A restricted key names only what it may see; a key of one tenant lists that one.
+    if tenant_id.as_ref().is_some_and(|t| !principal.allows_tenant(t.as_str()))
+        || integration_id.is_some_and(|i| !principal.allows_integration(i))
+    {
+        return Err(ApiError::forbidden());
+    }
+    let tenant_id = match (tenant_id, principal.single_tenant()) {
+        (None, Some(only)) => TenantId::parse(only.to_owned()).ok(),
+        (tenant_id, _) => tenant_id,
     };
     let filter = ConnectionFilter {
         tenant_id,
@@ -155,12 +184,17 @@ pub(crate) async fn list(
         integration_id,
         ..ConnectionFilter::default()
     };
-    page(&state, filter, query.cursor, query.limit).await.map(Json)
+    page(&state, &principal, filter, query.cursor, query.limit)
+        .await
+        .map(Json)
 }
 
-/// One page of the connections matching `filter`, after `cursor`.
+/// One page of the connections matching `filter`, after `cursor`; of those, the ones
+/// `principal` may see (a restricted key's page can hold fewer than `limit`: follow
+/// `next_cursor`).
 async fn page(
     state: &AppState,
+    principal: &Principal,
     mut filter: ConnectionFilter,
     cursor: Option<String>,
     limit: Option<u64>,
@@ -190,6 +224,7 @@ async fn page(
     Ok(ConnectionList {
         items: connections
             .iter()
+            .filter(|c| principal.allows(c))
             .map(|c| ConnectionView::of(c, integrations.get(&c.integration_id)))
             .collect(),
         next_cursor,
@@ -210,15 +245,21 @@ async fn page(
 )]
 pub(crate) async fn list_of_tenant(
     State(state): State<AppState>,
+    principal: Principal,
     Path(tenant): Path<String>,
     ApiQuery(query): ApiQuery<PageQuery>,
 ) -> Result<Json<ConnectionList>, ApiError> {
     let tenant_id = TenantId::parse(tenant).map_err(|error| ApiError::invalid("tenant_id", error))?;
+    if !principal.allows_tenant(tenant_id.as_str()) {
+        return Err(ApiError::forbidden());
+    }
     let filter = ConnectionFilter {
         tenant_id: Some(tenant_id),
         ..ConnectionFilter::default()
     };
-    page(&state, filter, query.cursor, query.limit).await.map(Json)
+    page(&state, &principal, filter, query.cursor, query.limit)
+        .await
+        .map(Json)
 }
 
 /// `/v1/tenants/{tenant}/connections/{integration}/{key}`: a connection addressed by its
@@ -231,16 +272,28 @@ pub(crate) struct KeyPath {
 }
 
 impl KeyPath {
-    /// The connection it names; 404 when there is none.
-    pub(crate) async fn resolve(self, state: &AppState) -> Result<Connection, ApiError> {
+    /// The connection it names; 404 when there is none, `403 forbidden` instead for a
+    /// key restricted to other tenants or integrations.
+    pub(crate) async fn resolve(self, state: &AppState, principal: &Principal) -> Result<Connection, ApiError> {
         let tenant_id = TenantId::parse(self.tenant).map_err(|error| ApiError::invalid("tenant_id", error))?;
         let key = ConnectionKey::parse(self.key).map_err(|error| ApiError::invalid("connection_key", error))?;
-        let integration = find_integration(state.tokenvisor.store().as_ref(), &self.integration).await?;
-        Ok(state
+        if !principal.allows_tenant(tenant_id.as_str()) {
+            return Err(ApiError::forbidden());
+        }
+        let integration = find_integration(state.tokenvisor.store().as_ref(), &self.integration)
+            .await
+            .map_err(|error| hide_absence(principal, error))?;
+        if !principal.allows_integration(integration.id) {
+            return Err(ApiError::forbidden());
+        }
+        let connection = state
             .tokenvisor
             .connections()
             .by_key(integration.id, &tenant_id, &key)
-            .await?)
+            .await
+            .map_err(|error| hide_absence(principal, error.into()))?;
+        principal.check_connection(&connection)?;
+        Ok(connection)
     }
 }
 
@@ -262,9 +315,10 @@ impl KeyPath {
 )]
 pub(crate) async fn show_by_key(
     State(state): State<AppState>,
+    principal: Principal,
     Path(path): Path<KeyPath>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let connection = path.resolve(&state).await?;
+    let connection = path.resolve(&state, &principal).await?;
     Ok(Json(view(&state, &connection).await?))
 }
 
@@ -290,11 +344,14 @@ pub(crate) async fn show_by_key(
 )]
 pub(crate) async fn token_by_key(
     State(state): State<AppState>,
+    principal: Principal,
     Path(path): Path<KeyPath>,
 ) -> Result<Response, ApiError> {
-    let connection = path.resolve(&state).await?;
+    let connection = path.resolve(&state, &principal).await?;
     let token = state.tokenvisor.tokens().access_token(connection.id).await?;
-    Ok(token_response(&token))
+    let mut response = token_response(&token);
+    response.extensions_mut().insert(AuditSubject::connection(&connection));
+    Ok(response)
 }
 
 /// One connection.
@@ -385,10 +442,11 @@ pub(crate) async fn token_rejected(
 )]
 pub(crate) async fn token_rejected_by_key(
     State(state): State<AppState>,
+    principal: Principal,
     Path(path): Path<KeyPath>,
     ApiJson(body): ApiJson<RejectedToken>,
 ) -> Result<Response, ApiError> {
-    let connection = path.resolve(&state).await?;
+    let connection = path.resolve(&state, &principal).await?;
     reject_token(&state, connection.id, body).await
 }
 
@@ -448,9 +506,10 @@ pub(crate) async fn refresh(
 )]
 pub(crate) async fn refresh_by_key(
     State(state): State<AppState>,
+    principal: Principal,
     Path(path): Path<KeyPath>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let connection = path.resolve(&state).await?;
+    let connection = path.resolve(&state, &principal).await?;
     refresh_now(&state, connection.id).await.map(Json)
 }
 
@@ -494,9 +553,10 @@ pub(crate) async fn deactivate(
 )]
 pub(crate) async fn deactivate_by_key(
     State(state): State<AppState>,
+    principal: Principal,
     Path(path): Path<KeyPath>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let connection = path.resolve(&state).await?;
+    let connection = path.resolve(&state, &principal).await?;
     set_active(&state, connection.id, false).await.map(Json)
 }
 
@@ -533,9 +593,10 @@ pub(crate) async fn activate(
 )]
 pub(crate) async fn activate_by_key(
     State(state): State<AppState>,
+    principal: Principal,
     Path(path): Path<KeyPath>,
 ) -> Result<Json<ConnectionView>, ApiError> {
-    let connection = path.resolve(&state).await?;
+    let connection = path.resolve(&state, &principal).await?;
     set_active(&state, connection.id, true).await.map(Json)
 }
 
@@ -588,9 +649,10 @@ pub(crate) async fn delete(
 )]
 pub(crate) async fn delete_by_key(
     State(state): State<AppState>,
+    principal: Principal,
     Path(path): Path<KeyPath>,
 ) -> Result<StatusCode, ApiError> {
-    let connection = path.resolve(&state).await?;
+    let connection = path.resolve(&state, &principal).await?;
     remove(&state, connection.id).await
 }
 
@@ -711,11 +773,12 @@ pub(crate) async fn history(
 )]
 pub(crate) async fn history_by_key(
     State(state): State<AppState>,
+    principal: Principal,
     Path(path): Path<KeyPath>,
     ApiQuery(query): ApiQuery<HistoryQuery>,
 ) -> Result<Json<HistoryView>, ApiError> {
     let limit = query.limit()?;
-    let connection = path.resolve(&state).await?;
+    let connection = path.resolve(&state, &principal).await?;
     attempts(&state, connection.id, limit).await.map(Json)
 }
 

@@ -1,5 +1,6 @@
 //! The handlers, one module per resource.
 
+pub(crate) mod api_keys;
 pub(crate) mod authorizations;
 pub(crate) mod cluster;
 pub(crate) mod connections;

@@ -8,7 +8,9 @@
 //! API base; redirects are passed back, not followed.
 
 use crate::AppState;
+use crate::auth::Principal;
 use crate::error::ApiError;
+use crate::extract::authorize_connection;
 use crate::routes::connections::KeyPath;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -71,6 +73,7 @@ impl utoipa::ToSchema for RawBody {}
 )]
 pub(crate) async fn forward(
     State(state): State<AppState>,
+    principal: Principal,
     Path((id, path)): Path<(String, String)>,
     method: Method,
     uri: Uri,
@@ -80,7 +83,13 @@ pub(crate) async fn forward(
     let id: ConnectionId = id
         .parse()
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", "the connection id is not a UUID"))?;
-    proxy(&state, id, path, method, uri, headers, body).await
+    authorize_connection(&state, &principal, id).await?;
+    let mut response = proxy(&state, id, path, method, uri, headers, body).await?;
+    response.extensions_mut().insert(crate::audit::AuditSubject {
+        connection_id: Some(id.to_string()),
+        ..crate::audit::AuditSubject::default()
+    });
+    Ok(response)
 }
 
 /// Forwards the request to the API of the tenant's connection under a key (see the
@@ -108,6 +117,7 @@ pub(crate) async fn forward(
 )]
 pub(crate) async fn forward_by_key(
     State(state): State<AppState>,
+    principal: Principal,
     Path((tenant, integration, key, path)): Path<(String, String, String, String)>,
     method: Method,
     uri: Uri,
@@ -119,9 +129,13 @@ pub(crate) async fn forward_by_key(
         integration,
         key,
     }
-    .resolve(&state)
+    .resolve(&state, &principal)
     .await?;
-    proxy(&state, connection.id, path, method, uri, headers, body).await
+    let mut response = proxy(&state, connection.id, path, method, uri, headers, body).await?;
+    response
+        .extensions_mut()
+        .insert(crate::audit::AuditSubject::connection(&connection));
+    Ok(response)
 }
 
 /// Sends the call through connection `id` and streams the answer back.

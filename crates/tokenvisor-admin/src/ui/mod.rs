@@ -118,27 +118,76 @@ struct SignIn {
     token: String,
 }
 
-/// Checks the admin token (constant time) and starts a session.
-async fn sign_in(State(state): State<AppState>, Form(form): Form<SignIn>) -> Response {
-    let base = &state.options.base_path;
-    let valid = !form.token.is_empty()
-        && state
-            .admin_token_digest
-            .as_deref()
-            .is_some_and(|digest| crate::auth::token_matches(digest, form.token.trim().as_bytes()));
-    if !valid {
-        tracing::warn!("dashboard sign-in refused");
-        return (
-            StatusCode::UNAUTHORIZED,
-            Html(pages::sign_in(base, Some("That is not the admin token.")).into_string()),
-        )
-            .into_response();
+/// Signs an operator in with the admin token or an API key that may manage every
+/// connection (`admin`, or `operate` without tenant or integration restrictions); failed
+/// attempts count against the client address like those of `/v1`.
+async fn sign_in(State(state): State<AppState>, request: axum::extract::Request) -> Response {
+    use axum::extract::FromRequest as _;
+    let base = state.options.base_path.clone();
+    let refuse = |status: StatusCode, message: &str| {
+        (status, Html(pages::sign_in(&base, Some(message)).into_string())).into_response()
+    };
+    let who = [format!(
+        "ip:{}",
+        crate::auth::client_ip(&request).map_or_else(|| "unknown".to_owned(), |ip| ip.to_string())
+    )];
+    if let Some(wait) = state.throttle.refused_for(&who) {
+        return too_many(&base, wait);
     }
-    let (id, _csrf) = state.sessions.create();
-    tracing::info!("dashboard sign-in");
+    let Ok(Form(form)) = Form::<SignIn>::from_request(request, &state).await else {
+        return refuse(StatusCode::BAD_REQUEST, "The form could not be read.");
+    };
+    let token = form.token.trim();
+    let outcome = if token.is_empty() {
+        Ok(Err(crate::auth::Refusal::Unknown))
+    } else {
+        crate::auth::authenticate(&state, token).await
+    };
+    let principal = match outcome {
+        Ok(Ok(principal)) => principal,
+        Ok(Err(_)) => {
+            tokenvisor_supervisor::metrics::record_auth_failure("unknown");
+            tracing::warn!("dashboard sign-in refused");
+            if let Some(wait) = state.throttle.fail(&who) {
+                return too_many(&base, wait);
+            }
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "That is neither the admin token nor a valid API key.",
+            );
+        }
+        Err(error) => return refuse(error.status(), error.message()),
+    };
+    if !principal.satisfies(crate::auth::Need::OperateEverywhere) {
+        tracing::warn!(key.id = %principal.key_id, "dashboard sign-in refused: the key may not manage every connection");
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "This API key may not use the dashboard: it needs the admin scope, or operate without tenant or integration restrictions.",
+        );
+    }
+    let (id, _csrf) = state.sessions.create(&principal.key_id);
+    tracing::info!(key.id = %principal.key_id, "dashboard sign-in");
     (
         [(header::SET_COOKIE, session::set_cookie(&state, Some(&id)))],
         Redirect::to(&format!("{base}/ui")),
+    )
+        .into_response()
+}
+
+/// 429 with `Retry-After`, as a page.
+fn too_many(base: &str, wait: std::time::Duration) -> Response {
+    tokenvisor_supervisor::metrics::record_auth_throttled();
+    let seconds = wait.as_secs().max(1);
+    (
+        StatusCode::TOO_MANY_REQUESTS,
+        [(header::RETRY_AFTER, seconds.to_string())],
+        Html(
+            pages::sign_in(
+                base,
+                Some(&format!("Too many failed sign-ins; try again in {seconds} s.")),
+            )
+            .into_string(),
+        ),
     )
         .into_response()
 }
@@ -387,6 +436,7 @@ async fn act(
             return match connections.remove(id).await {
                 Ok(()) => {
                     tracing::info!(connection.id = %id, "connection deleted from the dashboard");
+                    audit(&state, &operator, "delete", id).await;
                     Redirect::to(&format!("{}/ui/connections", state.options.base_path)).into_response()
                 }
                 Err(error) => failure(&state, &operator, error.into()),
@@ -396,10 +446,34 @@ async fn act(
         _ => Err(ApiError::not_found("action")),
     };
     tracing::info!(connection.id = %id, action = %action, ok = notice.is_ok(), "dashboard action");
+    if notice.is_ok() {
+        audit(&state, &operator, &action, id).await;
+    }
     match notice {
         Ok(notice) => render_connection(&state, &operator, id, Some(notice)).await,
         Err(error) => failure(&state, &operator, error),
     }
+}
+
+/// Records a dashboard action in the audit trail (who signed in, what, which connection).
+async fn audit(state: &AppState, operator: &Operator, action: &str, id: ConnectionId) {
+    let tenant = match state.tokenvisor.store().get_connection(id).await {
+        Ok(Some(connection)) => Some(connection.tenant_id.to_string()),
+        _ => None,
+    };
+    state.audit.record(tokenvisor_store::sql::AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        at: Utc::now(),
+        action: "change".to_owned(),
+        request: format!("POST /ui/connections/{{id}}/{action}"),
+        status: 200,
+        key_id: operator.key_id.clone(),
+        connection_id: Some(id.to_string()),
+        tenant_id: tenant,
+        target: None,
+        caller_address: operator.address.map(|ip| ip.to_string()),
+        trace_id: tokenvisor_telemetry::current_trace_ids().map(|(trace, _)| trace),
+    });
 }
 
 /// Starts a re-authorization of the connection: the link to send to the tenant.

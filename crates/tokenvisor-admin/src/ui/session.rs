@@ -27,6 +27,8 @@ const MAX_SESSIONS: usize = 1_000;
 
 struct Session {
     csrf: String,
+    /// Who signed in: the API key's id, or `admin` for the admin token.
+    key_id: String,
     created: Instant,
 }
 
@@ -37,8 +39,9 @@ pub(crate) struct Sessions {
 }
 
 impl Sessions {
-    /// A new session: the cookie value (given to the browser only) and its CSRF token.
-    pub(crate) fn create(&self) -> (String, String) {
+    /// A new session of `key_id`: the cookie value (given to the browser only) and its
+    /// CSRF token.
+    pub(crate) fn create(&self, key_id: &str) -> (String, String) {
         let id = random_token();
         let csrf = random_token();
         let mut sessions = self.lock();
@@ -52,19 +55,20 @@ impl Sessions {
             crate::auth::digest(id.as_bytes()),
             Session {
                 csrf: csrf.clone(),
+                key_id: key_id.to_owned(),
                 created: Instant::now(),
             },
         );
         (id, csrf)
     }
 
-    /// The CSRF token of a live session.
-    fn csrf_of(&self, id: &str) -> Option<String> {
+    /// The CSRF token and the signed-in key of a live session.
+    fn find(&self, id: &str) -> Option<(String, String)> {
         let sessions = self.lock();
         sessions
             .get(&crate::auth::digest(id.as_bytes()))
             .filter(|session| session.created.elapsed() < LIFETIME)
-            .map(|session| session.csrf.clone())
+            .map(|session| (session.csrf.clone(), session.key_id.clone()))
     }
 
     /// Forgets a session (sign-out).
@@ -120,6 +124,10 @@ pub(crate) struct Operator {
     pub(crate) session: String,
     /// The CSRF token every action form of this session carries.
     pub(crate) csrf: String,
+    /// Who signed in (for the audit trail).
+    pub(crate) key_id: String,
+    /// The client's address, when the server recorded it.
+    pub(crate) address: Option<std::net::IpAddr>,
 }
 
 impl Operator {
@@ -134,10 +142,15 @@ impl FromRequestParts<AppState> for Operator {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let session = cookie(&parts.headers, COOKIE).filter(|id| !id.is_empty());
-        match session.and_then(|id| state.sessions.csrf_of(id).map(|csrf| (id, csrf))) {
-            Some((id, csrf)) => Ok(Self {
+        match session.and_then(|id| state.sessions.find(id).map(|found| (id, found))) {
+            Some((id, (csrf, key_id))) => Ok(Self {
                 session: id.to_owned(),
                 csrf,
+                key_id,
+                address: parts
+                    .extensions
+                    .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+                    .map(|info| info.0.ip()),
             }),
             None => Err(Redirect::to(&format!("{}/ui/sign-in", state.options.base_path)).into_response()),
         }
@@ -151,11 +164,11 @@ mod tests {
     #[test]
     fn a_session_is_found_by_its_cookie_until_it_ends() {
         let sessions = Sessions::default();
-        let (id, csrf) = sessions.create();
-        assert_eq!(sessions.csrf_of(&id), Some(csrf.clone()));
-        assert_eq!(sessions.csrf_of("another"), None);
+        let (id, csrf) = sessions.create("admin");
+        assert_eq!(sessions.find(&id), Some((csrf.clone(), "admin".to_owned())));
+        assert_eq!(sessions.find("another"), None);
         sessions.end(&id);
-        assert_eq!(sessions.csrf_of(&id), None);
+        assert_eq!(sessions.find(&id), None);
         assert_ne!(id, csrf);
     }
 

@@ -46,6 +46,7 @@ on_both_backends!(
     a_failing_refresh_commit_fails_alone_and_the_others_commit,
     an_integration_is_updated_and_deleted_only_once_no_connection_uses_it,
     attempts_are_counted_per_minute_and_outcome_since_a_time,
+    api_keys_and_the_audit_trail_round_trip,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -1230,4 +1231,173 @@ async fn attempts_are_counted_per_minute_and_outcome_since_a_time(db: TestDb) {
         memory.record_attempt(&attempt).await.expect("record");
     }
     assert_eq!(memory.attempts_per_minute(minute).await.expect("counts"), counts);
+}
+
+async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let access = store.access_store();
+    let record = ApiKeyRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        name: "reader".into(),
+        prefix: "0a1b2c3d4e5f".into(),
+        secret_hash: "ab".repeat(32),
+        scopes: vec!["tokens:read".into()],
+        tenants: vec!["acme".into()],
+        integrations: vec![],
+        created_at: now(),
+        expires_at: Some(now() + chrono::Duration::days(1)),
+        revoked_at: None,
+    };
+    access.insert_api_key(&record).await.expect("insert");
+    let duplicate = ApiKeyRecord {
+        id: uuid::Uuid::now_v7().to_string(),
+        ..record.clone()
+    };
+    assert!(matches!(
+        access.insert_api_key(&duplicate).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        access.find_api_key_by_prefix("0a1b2c3d4e5f").await.expect("store call"),
+        Some(record.clone())
+    );
+    assert_eq!(
+        access.find_api_key_by_prefix("ffffffffffff").await.expect("store call"),
+        None
+    );
+    let revoked_at = now();
+    assert!(access.revoke_api_key(&record.id, revoked_at).await.expect("store call"));
+    assert!(
+        access
+            .revoke_api_key(&record.id, revoked_at + chrono::Duration::hours(1))
+            .await
+            .expect("store call")
+    );
+    assert!(
+        !access
+            .revoke_api_key("no-such-key", revoked_at)
+            .await
+            .expect("store call")
+    );
+    let listed = access.list_api_keys().await.expect("store call");
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].revoked_at, Some(revoked_at), "the first revocation stays");
+
+    // Events naming a connection get its tenant when they have none.
+    let integration = sample_integration("crm");
+    store.insert_integration(&integration).await.expect("store call");
+    let connection = sample_connection(integration.id, "acme");
+    store.insert_connection(&connection).await.expect("store call");
+    let event = |n: usize, connection_id: Option<String>, at: DateTime<Utc>| AuditEvent {
+        id: uuid::Uuid::now_v7().to_string(),
+        at,
+        action: "token_read".into(),
+        request: "GET /v1/connections/{id}/token".into(),
+        status: 200,
+        key_id: if n.is_multiple_of(2) {
+            record.id.clone()
+        } else {
+            "admin".into()
+        },
+        connection_id,
+        tenant_id: None,
+        target: None,
+        caller_address: Some("127.0.0.1".into()),
+        trace_id: None,
+    };
+    let old = event(0, None, now() - chrono::Duration::days(100));
+    let mut events = vec![old];
+    for n in 0..1200 {
+        events.push(event(n, Some(connection.id.to_string()), now()));
+    }
+    access
+        .insert_audit_events(&events)
+        .await
+        .expect("a batch above one statement's rows");
+    let mine = access
+        .list_audit_events(&AuditFilter {
+            key_id: Some(record.id.clone()),
+            tenant_id: Some("acme".into()),
+            connection_id: Some(connection.id.to_string()),
+            limit: 10_000,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("store call");
+    assert_eq!(mine.len(), 600);
+    assert!(mine.windows(2).all(|w| w[0].id > w[1].id), "newest first");
+    let page = access
+        .list_audit_events(&AuditFilter {
+            before: Some(mine[9].id.clone()),
+            key_id: Some(record.id.clone()),
+            limit: 5,
+            ..AuditFilter::default()
+        })
+        .await
+        .expect("store call");
+    assert_eq!(
+        page.iter().map(|e| &e.id).collect::<Vec<_>>(),
+        mine[10..15].iter().map(|e| &e.id).collect::<Vec<_>>()
+    );
+    let deleted = access
+        .delete_audit_events_before(now() - chrono::Duration::days(90))
+        .await
+        .expect("store call");
+    assert_eq!(deleted, 1);
+}
+
+/// The audit writer's capacity: 100,000 events in batches of 500 (what the admin API's
+/// writer sends), each naming a connection whose tenant is looked up per batch. Run with
+/// `cargo test --release -p tokenvisor-store --lib audit_write_rate -- --ignored --nocapture`;
+/// figures in BENCHMARKS.md.
+async fn audit_write_rate(db: TestDb, backend: &str) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let integration = sample_integration("crm");
+    store.insert_integration(&integration).await.expect("integration");
+    let mut connections = Vec::new();
+    for n in 0..100 {
+        let connection = sample_connection(integration.id, &format!("tenant-{n}"));
+        store.insert_connection(&connection).await.expect("connection");
+        connections.push(connection.id.to_string());
+    }
+    let access = store.access_store();
+    let total = 100_000;
+    let started = std::time::Instant::now();
+    for batch in 0..total / 500 {
+        let events: Vec<AuditEvent> = (0..500)
+            .map(|n| AuditEvent {
+                id: uuid::Uuid::now_v7().to_string(),
+                at: Utc::now(),
+                action: "token_read".into(),
+                request: "GET /v1/connections/{id}/token".into(),
+                status: 200,
+                key_id: "01a2378e-37ea-7745-9d22-a65ecf7f95af".into(),
+                connection_id: Some(connections[(batch + n) % connections.len()].clone()),
+                tenant_id: None,
+                target: None,
+                caller_address: Some("10.0.0.7".into()),
+                trace_id: Some("3931d1a24ecd91978faab91a3a748f36".into()),
+            })
+            .collect();
+        access.insert_audit_events(&events).await.expect("batch");
+    }
+    let elapsed = started.elapsed();
+    println!(
+        "audit_write_rate {backend}: {total} events in {:.2} s = {:.0} events/s ({:.1} ms per 500-row batch)",
+        elapsed.as_secs_f64(),
+        f64::from(total as u32) / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64() * 1000.0 / f64::from((total / 500) as u32)
+    );
+}
+
+#[tokio::test]
+#[ignore = "a measurement (BENCHMARKS.md), not a check"]
+async fn audit_write_rate_sqlite() {
+    audit_write_rate(TestDb::sqlite(), "sqlite").await;
+}
+
+#[tokio::test]
+#[ignore = "a measurement (BENCHMARKS.md), not a check"]
+async fn audit_write_rate_postgres() {
+    audit_write_rate(TestDb::postgres().await, "postgres").await;
 }
