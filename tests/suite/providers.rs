@@ -132,6 +132,7 @@ async fn a_zoho_eu_connection_refreshes_at_the_eu_accounts_server_and_hands_out_
 #[tokio::test(start_paused = true)]
 async fn a_zoho_connection_with_rejected_tokens_reported_in_a_loop_for_thirty_days_never_exceeds_ten_refreshes_per_ten_minutes()
  {
+    let _heavy = tokenvisor_tests::heavy().await;
     let fake = fake(Dialect::Zoho, 3600).await;
     let integration = zoho_integration(&fake, "zoho");
     let harness = Harness::start_with(Arc::new(MemoryStore::new()), fake, paused_config(), integration).await;

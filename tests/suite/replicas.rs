@@ -225,6 +225,7 @@ async fn answered_everywhere(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_split_three_thousand_connections_and_refresh_each_before_it_expires() {
+    let _heavy = tokenvisor_tests::heavy().await;
     let lifetime = Duration::from_secs(40);
     let fake = fake(Dialect::Rotating { grace: Duration::ZERO }, lifetime.as_secs()).await;
     let replicas = Replicas::start(3).await;

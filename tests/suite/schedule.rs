@@ -10,6 +10,7 @@ use tokenvisor_tests::{Harness, fake, many_events, paused_config, settle, sleep_
 
 #[tokio::test(start_paused = true)]
 async fn a_thousand_connections_over_a_simulated_day_are_all_refreshed_before_expiry_and_no_more_often_than_planned() {
+    let _heavy = tokenvisor_tests::heavy().await;
     let mut harness = Harness::start(
         Arc::new(MemoryStore::new()),
         fake(Dialect::NonRotating, 3600).await,

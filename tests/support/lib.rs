@@ -62,6 +62,15 @@ pub fn many_events(config: TokenvisorConfig) -> TokenvisorConfig {
     }
 }
 
+/// Taken by the tests that keep the CPU busy for a minute (three replicas with thousands
+/// of connections, simulated days of refreshes): they run one at a time, beside the
+/// lighter tests (the suite runs four tests at a time, `.cargo/config.toml`), so two of
+/// them never compete for the machine's cores and let tokens expire.
+pub async fn heavy() -> tokio::sync::MutexGuard<'static, ()> {
+    static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    HEAVY.lock().await
+}
+
 /// A fake provider with this dialect and token lifetime.
 pub async fn fake(dialect: Dialect, expires_in: u64) -> FakeProvider {
     FakeProvider::start(FakeConfig {
