@@ -245,9 +245,9 @@ def main() -> int:
         focused = driver.switch_to.active_element
         check(focused.tag_name == "button" and focused.text == "Sign in", f"Tab from the field went to {focused.text!r}")
         outline = driver.execute_script("return getComputedStyle(document.activeElement).outlineStyle;")
-        check(outline not in ("none", ""), f"the focused button shows no focus outline ({outline!r})")
         keys.send_keys(Keys.ENTER).perform()
         wait(driver, ec.url_to_be(f"{BASE}/ui"), "the overview after signing in")
+        check(outline not in ("none", ""), f"the focused button showed no focus outline ({outline!r})")
 
     def overview() -> None:
         wait(driver, ec.title_contains("Overview"), "the overview")
@@ -302,9 +302,6 @@ def main() -> int:
         wait(driver, lambda d: badge_text(d) == "active", "the badge to turn active", timeout=15)
         check(driver.execute_script("return window.__notReloaded === true;"), "the page was reloaded")
         check(connection_status(broken_id) == "active", "the API does not say active")
-        # The actions are those of the status the page was rendered with: open it afresh.
-        driver.get(f"{BASE}/ui/connections/{broken_id}")
-        wait(driver, lambda d: d.find_elements(By.XPATH, "//button[normalize-space()='Deactivate']"), "Deactivate")
 
     def confirm_action(label: str, accept: bool) -> None:
         driver.find_element(By.XPATH, f"//button[normalize-space()='{label}']").click()
@@ -316,10 +313,18 @@ def main() -> int:
             alert.dismiss()
 
     def dismissed_deactivation_changes_nothing() -> None:
+        # The actions are those of the status the page was rendered with: open it afresh.
+        driver.get(f"{BASE}/ui/connections/{broken_id}")
+        wait(driver, lambda d: d.find_elements(By.XPATH, "//button[normalize-space()='Deactivate']"), "Deactivate")
         before = driver.current_url
-        driver.execute_script("window.__notReloaded = true;")
+        # Records each submit event after the page's own handler saw it (bubbling to window).
+        driver.execute_script(
+            "window.__submits = [];"
+            "window.addEventListener('submit', (event) => window.__submits.push(event.defaultPrevented));"
+        )
         confirm_action("Deactivate", accept=False)
-        check(driver.execute_script("return window.__notReloaded === true;"), "the form was submitted")
+        submits = driver.execute_script("return window.__submits;")
+        check(submits == [True], f"submit events (prevented?): {submits}")
         check(driver.current_url == before, f"moved to {driver.current_url}")
         check(connection_status(broken_id) == "active", "dismissing changed the connection")
 
