@@ -285,8 +285,29 @@ def main() -> int:
         url = link.get_attribute("value")
         check(url.startswith(FAKE["authorize_url"]), f"link {url!r}")
         state["link"] = url
+        copy = driver.find_element(By.XPATH, "//button[normalize-space()='Copy']")
+        copy.click()
+        wait(driver, lambda d: copy.text == "Copied", "the copy button to say Copied")
         axe(driver, "connection with the re-authorization link")
         shot(driver, "connection-reauthorize")
+
+    def keyboard_reaches_every_control() -> None:
+        # Tab visits every link, field and button in the page's order (from wherever focus
+        # is: the sequence wraps around at the end of the page).
+        controls = driver.execute_script(
+            "return [...document.querySelectorAll('a[href], button, input:not([type=hidden]), select')];"
+        )
+        keys = webdriver.ActionChains(driver)
+        seen = []
+        for _ in range(2 * len(controls) + 3):
+            keys.send_keys(Keys.TAB).perform()
+            focused = driver.switch_to.active_element
+            if focused in controls:
+                seen.append(controls.index(focused))
+        missing = [c.text or c.get_attribute("aria-label") or c.tag_name for i, c in enumerate(controls) if i not in seen]
+        check(not missing, f"not reachable with Tab: {missing}")
+        start = seen.index(0)
+        check(seen[start : start + len(controls)] == list(range(len(controls))), f"Tab order {seen}")
 
     def consent_turns_the_badge_active_without_reload() -> None:
         page = driver.current_window_handle
@@ -300,6 +321,8 @@ def main() -> int:
         driver.close()
         driver.switch_to.window(page)
         wait(driver, lambda d: badge_text(d) == "active", "the badge to turn active", timeout=15)
+        live = driver.find_element(By.ID, "status").get_attribute("aria-live")
+        check(live == "polite", f"the status is not announced to screen readers (aria-live={live!r})")
         check(driver.execute_script("return window.__notReloaded === true;"), "the page was reloaded")
         check(connection_status(broken_id) == "active", "the API does not say active")
 
@@ -367,6 +390,7 @@ def main() -> int:
         filter_finds_the_broken_tenant,
         open_the_connection,
         start_reauthorization,
+        keyboard_reaches_every_control,
         consent_turns_the_badge_active_without_reload,
         dismissed_deactivation_changes_nothing,
         deactivate_with_confirmation,
