@@ -262,7 +262,15 @@ def main() -> int:
         driver.find_element(By.LINK_TEXT, "Connections").click()
         wait(driver, ec.title_contains("Connections"), "the connections page")
         rows = driver.find_elements(By.CSS_SELECTOR, "#connections tbody tr")
-        check(len(rows) > 1, f"{len(rows)} rows unfiltered")
+        check(len(rows) == 50, f"{len(rows)} rows unfiltered (a page is 50)")
+        check(driver.find_elements(By.CSS_SELECTOR, "a[rel=next]"), "no link to the next page")
+        # By tenant: the exact id finds its one connection.
+        last = sorted(ids)[-1]
+        driver.find_element(By.NAME, "tenant").send_keys(last, Keys.ENTER)
+        wait(driver, ec.url_contains(f"tenant={last}"), "the page filtered by tenant")
+        rows = driver.find_elements(By.CSS_SELECTOR, "#connections tbody tr")
+        check(len(rows) == 1 and last in rows[0].text, f"by tenant: {[r.text for r in rows]}")
+        driver.find_element(By.NAME, "tenant").clear()
         Select(driver.find_element(By.NAME, "status")).select_by_value("needs_reauth")
         driver.find_element(By.CSS_SELECTOR, "form.filters button[type=submit]").click()
         wait(driver, ec.url_contains("status=needs_reauth"), "the filtered page")
