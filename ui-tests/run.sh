@@ -26,7 +26,7 @@ done
 
 # Pinned, tested versions (axe-core's is in ui-tests/package-lock.json).
 SELENIUM=4.51.0
-CONNECTIONS=${UI_TESTS_CONNECTIONS:-1000}
+CONNECTIONS=1000
 
 work=$(mktemp -d)
 pids=()

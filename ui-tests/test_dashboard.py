@@ -204,16 +204,21 @@ def main() -> int:
         if name.endswith(".png"):
             os.remove(os.path.join(SHOTS, name))
     print(f"ui-tests: screenshots in {SHOTS}")
-    started = time.monotonic()
-    ids = create_connections()
-    print(f"ui-tests: {len(ids)} connections registered in {time.monotonic() - started:.1f} s")
-    broken_id = ids[BROKEN]
-    break_tenant(broken_id)
-    # A few successful refreshes for the overview's plot.
-    for tenant in sorted(ids)[:12]:
-        status, body = api("POST", f"/connections/{ids[tenant]}/refresh")
-        check(status == 200, f"refresh {tenant}: {status} {body}")
-    driver = start_browser()
+    try:
+        started = time.monotonic()
+        ids = create_connections()
+        print(f"ui-tests: {len(ids)} connections registered in {time.monotonic() - started:.1f} s")
+        broken_id = ids[BROKEN]
+        break_tenant(broken_id)
+        # A few successful refreshes for the overview's plot.
+        for tenant in sorted(ids)[:12]:
+            status, body = api("POST", f"/connections/{ids[tenant]}/refresh")
+            check(status == 200, f"refresh {tenant}: {status} {body}")
+        driver = start_browser()
+    except Exception:  # noqa: BLE001 - the run still ends with its count
+        print(f"ui-tests: FAILED setup: {traceback.format_exc()}")
+        print("ui-tests: 0 passed, 1 failed")
+        return 1
     state: dict[str, object] = {}
 
     def sign_in_page() -> None:
