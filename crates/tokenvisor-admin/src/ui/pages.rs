@@ -334,7 +334,7 @@ pub(crate) fn connection(
                 None => {},
             }
             dl.facts data-live-status={ (base) "/ui/connections/" (view.id) "/status" } {
-                dt { "Status" } dd #status { (badge(status)) }
+                dt { "Status" } dd #status aria-live="polite" { (badge(status)) }
                 dt { "Tenant" } dd { (view.tenant_id) }
                 dt { "Integration" } dd { (view.integration) " (" (view.provider) ")" }
                 dt { "Key" } dd { (view.connection_key) }
