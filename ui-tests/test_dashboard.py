@@ -336,6 +336,13 @@ def main() -> int:
         wait(driver, lambda d: badge_text(d) == "active", "the badge to turn active", timeout=15)
         live = driver.find_element(By.ID, "status").get_attribute("aria-live")
         check(live == "polite", f"the status is not announced to screen readers (aria-live={live!r})")
+        # The actions follow the new status (Deactivate appears), still without a reload.
+        wait(
+            driver,
+            lambda d: d.find_elements(By.XPATH, "//button[normalize-space()='Deactivate']"),
+            "the actions of an active connection",
+            timeout=10,
+        )
         check(driver.execute_script("return window.__notReloaded === true;"), "the page was reloaded")
         check(connection_status(broken_id) == "active", "the API does not say active")
 

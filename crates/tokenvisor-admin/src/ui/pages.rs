@@ -333,7 +333,7 @@ pub(crate) fn connection(
                 },
                 None => {},
             }
-            dl.facts data-live-status={ (base) "/ui/connections/" (view.id) "/status" } {
+            dl.facts data-live-status={ (base) "/ui/connections/" (view.id) "/status" } data-status=(status) {
                 dt { "Status" } dd #status aria-live="polite" { (badge(status)) }
                 dt { "Tenant" } dd { (view.tenant_id) }
                 dt { "Integration" } dd { (view.integration) " (" (view.provider) ")" }

@@ -37,10 +37,39 @@ function badge(status) {
   return span;
 }
 
+// Asks before submitting the forms that say so.
+function bindConfirmations(root) {
+  for (const form of root.querySelectorAll("form[data-confirm]")) {
+    form.addEventListener("submit", (event) => {
+      if (!window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
+    });
+  }
+}
+
+// Replaces the action buttons with those the server renders for the new status (the
+// page itself is not reloaded).
+async function refreshActions(pageUrl) {
+  const current = document.querySelector("section.actions");
+  if (!current) return;
+  try {
+    const response = await fetch(pageUrl, { credentials: "same-origin" });
+    if (!response.ok) return;
+    const page = new DOMParser().parseFromString(await response.text(), "text/html");
+    const fresh = page.querySelector("section.actions");
+    if (fresh) {
+      const adopted = document.importNode(fresh, true);
+      current.replaceWith(adopted);
+      bindConfirmations(adopted);
+    }
+  } catch (_) { /* the buttons stay as they were */ }
+}
+
 // Polls the connection's status and updates the page without reloading it.
 function followStatus(list) {
   const url = list.getAttribute("data-live-status");
   let last = null;
+  // The status the actions were rendered for.
+  let actionsFor = list.getAttribute("data-status");
   const tick = async () => {
     try {
       const response = await fetch(url, { credentials: "same-origin", headers: { accept: "application/json" } });
@@ -48,7 +77,11 @@ function followStatus(list) {
         const state = await response.json();
         const key = JSON.stringify(state);
         if (key !== last) {
+          const changed = state.status !== actionsFor;
           last = key;
+          actionsFor = state.status;
+          // The connection's page (this one may be the answer to an action's POST).
+          if (changed) refreshActions(url.replace(/\/status$/, ""));
           document.getElementById("status").replaceChildren(badge(state.status));
           document.getElementById("expires").replaceChildren(timeElement(state.expires_at));
           document.getElementById("next-refresh").replaceChildren(timeElement(state.next_refresh_at));
@@ -62,11 +95,7 @@ function followStatus(list) {
 document.addEventListener("DOMContentLoaded", () => {
   refreshTimes(document);
   setInterval(() => refreshTimes(document), 1000);
-  for (const form of document.querySelectorAll("form[data-confirm]")) {
-    form.addEventListener("submit", (event) => {
-      if (!window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
-    });
-  }
+  bindConfirmations(document);
   for (const button of document.querySelectorAll("button[data-copy]")) {
     button.addEventListener("click", async () => {
       const input = document.getElementById(button.getAttribute("data-copy"));
