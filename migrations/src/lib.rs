@@ -36,6 +36,8 @@
 //!   hashes) and `tokenvisor_audit_events` (the append-only audit trail).
 //! - `m20261202_000010_attempt_times`: an index on `tokenvisor_refresh_attempts.started_at`
 //!   (recent refreshes counted per minute).
+//! - `m20261202_000012_return_to`: `tokenvisor_authorization_states.return_to` (where the
+//!   tenant's browser goes after consent).
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -55,6 +57,7 @@ mod m20261202_000007_webhook_endpoints;
 mod m20261202_000008_authorization_keys;
 mod m20261202_000009_api_keys;
 mod m20261202_000010_attempt_times;
+mod m20261202_000012_return_to;
 
 pub use legacy::has_legacy_layout;
 pub use m20261202_000006_connection_keys::DEFAULT_CONNECTION_KEY;
@@ -107,6 +110,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261202_000008_authorization_keys::Migration),
             Box::new(m20261202_000009_api_keys::Migration),
             Box::new(m20261202_000010_attempt_times::Migration),
+            Box::new(m20261202_000012_return_to::Migration),
         ]
     }
 

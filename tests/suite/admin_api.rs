@@ -589,3 +589,118 @@ async fn an_event_stream_client_that_reconnects_with_last_event_id_gets_what_it_
     assert!(seen.contains("event: lagged\ndata: {\"missed\":null}"), "{seen}");
     assert!(seen.contains("event: connected"), "{seen}");
 }
+
+/// An authorization started with a `return_to` on an allowed host sends the tenant's
+/// browser back there with the outcome (connected, or the error when consent was denied);
+/// a `return_to` on another host, or with none allowed, is refused before anything starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_callback_sends_the_tenant_back_to_an_allowed_return_to_with_the_outcome() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(
+        binary(),
+        dir.path(),
+        &[(
+            "TOKENVISOR_RETURN_TO_HOSTS",
+            "app.example.com, other.example.org".to_owned(),
+        )],
+    );
+    service.add_integration(&fake, "crm").await;
+    let start = |tenant: &str, return_to: &str| {
+        service.post(
+            "/v1/authorizations",
+            json!({"tenant_id": tenant, "integration": "crm", "return_to": return_to}),
+        )
+    };
+    for refused in [
+        "https://evil.example.net/done",
+        "https://app.example.com.evil.net/done",
+        "https://user:pw@app.example.com/done",
+        "javascript:alert(1)",
+        "/relative/path",
+    ] {
+        let answer = start("newco", refused).await;
+        assert_eq!(
+            (answer.status, answer.code()),
+            (422, "invalid_input"),
+            "{refused}: {answer:?}"
+        );
+    }
+
+    // Consent given: back to the app with the connection.
+    let started = start("newco", "https://app.example.com/integrations/done?step=3").await;
+    assert_eq!(started.status, 201, "{started:?}");
+    let redirect = service
+        .http
+        .get(started.body["authorize_url"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let callback = redirect.headers()["location"].to_str().unwrap().to_owned();
+    let back = service.http.get(&callback).send().await.unwrap();
+    assert_eq!(back.status().as_u16(), 303);
+    let location = url::Url::parse(back.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(location.host_str(), Some("app.example.com"));
+    assert_eq!(location.path(), "/integrations/done");
+    let query: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert_eq!(query["step"], "3");
+    assert_eq!(query["tokenvisor_outcome"], "connected");
+    assert_eq!(query["tenant_id"], "newco");
+    let connection = service
+        .get(&format!("/v1/connections/{}", query["connection_id"]))
+        .await;
+    assert_eq!(
+        (connection.status, connection.body["status"].as_str()),
+        (200, Some("active"))
+    );
+
+    // Consent denied: back with the error code, nothing connected.
+    let started = start("deniedco", "https://other.example.org/back").await;
+    let authorize = url::Url::parse(started.body["authorize_url"].as_str().unwrap()).unwrap();
+    let state = authorize
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let denied = service
+        .http
+        .get(format!(
+            "{}/oauth/callback?state={state}&error=access_denied",
+            service.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status().as_u16(), 303);
+    let location = url::Url::parse(denied.headers()["location"].to_str().unwrap()).unwrap();
+    assert_eq!(location.host_str(), Some("other.example.org"));
+    let query: std::collections::HashMap<_, _> = location.query_pairs().into_owned().collect();
+    assert_eq!(query["tokenvisor_outcome"], "error");
+    assert_eq!(query["error"], "authorization_denied");
+    let listed = service.get("/v1/connections?tenant_id=deniedco").await;
+    assert_eq!(listed.body["items"], json!([]));
+}
+
+/// Without `TOKENVISOR_RETURN_TO_HOSTS`, any `return_to` is refused with a message that
+/// names the setting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_to_is_refused_when_no_host_is_allowed() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let answer = service
+        .post(
+            "/v1/authorizations",
+            json!({"tenant_id": "newco", "integration": "crm", "return_to": "https://app.example.com/"}),
+        )
+        .await;
+    assert_eq!((answer.status, answer.code()), (422, "invalid_input"), "{answer:?}");
+    assert!(
+        answer.body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("TOKENVISOR_RETURN_TO_HOSTS"),
+        "{answer:?}"
+    );
+}

@@ -87,6 +87,7 @@ async fn a_zoho_eu_connection_refreshes_at_the_eu_accounts_server_and_hands_out_
             connection_id: None,
             connection_key: None,
             redirect_uri: None,
+            return_to: None,
         })
         .await
         .expect("authorization starts");
@@ -296,6 +297,7 @@ async fn a_jira_connection_refreshed_for_thirty_days_never_reuses_a_token_and_st
             connection_id: None,
             connection_key: None,
             redirect_uri: None,
+            return_to: None,
         })
         .await
         .unwrap();

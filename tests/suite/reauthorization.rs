@@ -27,6 +27,7 @@ fn reauthorize(harness: &Harness, connection: &tokenvisor_core::Connection) -> A
         connection_id: Some(connection.id),
         connection_key: None,
         redirect_uri: None,
+        return_to: None,
     }
 }
 
@@ -238,6 +239,7 @@ async fn a_new_tenant_connects_through_the_flow() {
             connection_id: None,
             connection_key: None,
             redirect_uri: None,
+            return_to: None,
         })
         .await
         .unwrap();
@@ -275,6 +277,7 @@ async fn a_connection_of_another_tenant_cannot_be_reauthorized() {
             connection_id: Some(connection.id),
             connection_key: None,
             redirect_uri: None,
+            return_to: None,
         })
         .await
         .expect_err("other tenant");

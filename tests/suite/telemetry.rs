@@ -354,6 +354,7 @@ async fn full_cycle_leaks_no_secret(format: LogFormat) {
             connection_id: Some(connection.id),
             connection_key: None,
             redirect_uri: None,
+            return_to: None,
         })
         .await
         .unwrap();

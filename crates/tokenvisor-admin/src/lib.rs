@@ -97,6 +97,9 @@ pub struct AdminOptions {
     pub auth_failures_per_minute: u32,
     /// How the audit trail is written.
     pub audit: AuditOptions,
+    /// Hosts an authorization's `return_to` may name (exact, lower-case host names); empty:
+    /// none, the callback always ends on its own page.
+    pub return_to_hosts: Vec<String>,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -130,6 +133,7 @@ impl AdminOptions {
             request_timeout: Duration::from_secs(30),
             shutdown: CancellationToken::new(),
             auth_failures_per_minute: 30,
+            return_to_hosts: Vec::new(),
             audit: AuditOptions::default(),
         }
     }

@@ -372,6 +372,12 @@ pub struct CreateAuthorization {
         example = "sandbox"
     )]
     pub connection_key: Option<String>,
+    /// Where the tenant's browser goes after consent (an `https` or `http` URL on a host
+    /// the service allows, `TOKENVISOR_RETURN_TO_HOSTS`; 2048 characters at most), with `tokenvisor_outcome=connected` and the
+    /// `connection_id`, or `tokenvisor_outcome=error` and the `error` code, added to its
+    /// query. Without it the callback ends on its own page.
+    #[schema(example = "https://app.example.com/integrations/done")]
+    pub return_to: Option<String>,
 }
 
 /// Where to send the tenant.

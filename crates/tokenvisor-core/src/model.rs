@@ -468,6 +468,9 @@ pub struct PendingAuthorization {
     pub connection_key: Option<ConnectionKey>,
     /// The redirect URI used (the code exchange must repeat it).
     pub redirect_uri: String,
+    /// Where the tenant's browser goes once the callback is done (with the outcome in
+    /// its query), if the authorization was started with one.
+    pub return_to: Option<String>,
     /// The PKCE verifier, when PKCE is used.
     pub code_verifier: Option<SecretString>,
     /// When the authorization started.

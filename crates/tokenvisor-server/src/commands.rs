@@ -129,6 +129,7 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         metrics: telemetry.prometheus(),
         shutdown: shutdown.clone(),
         auth_failures_per_minute: config.auth_failures_per_minute,
+        return_to_hosts: config.return_to_hosts.clone(),
         audit: tokenvisor_admin::AuditOptions {
             retention: Some(config.audit_retention),
             ..tokenvisor_admin::AuditOptions::default()

@@ -64,6 +64,10 @@ pub struct ServeArgs {
     /// How long the audit trail keeps its events [default: 90d].
     #[arg(long, env = "TOKENVISOR_AUDIT_RETENTION")]
     pub audit_retention: Option<String>,
+    /// Hosts an authorization's `return_to` may name (comma-separated, exact host names):
+    /// after consent the tenant's browser is sent there with the outcome [default: none].
+    #[arg(long, env = "TOKENVISOR_RETURN_TO_HOSTS")]
+    pub return_to_hosts: Option<String>,
     /// Public base URL of this service (the OAuth callback is `{public_url}/oauth/callback`)
     /// [default: http://ADMIN_ADDR].
     #[arg(long, env = "TOKENVISOR_PUBLIC_URL")]
@@ -204,6 +208,7 @@ struct Raw {
     admin_token: Option<Text>,
     auth_failures_per_minute: Option<Text>,
     audit_retention: Option<Text>,
+    return_to_hosts: Option<Text>,
     public_url: Option<Text>,
     refresh_lead: Option<Text>,
     min_validity: Option<Text>,
@@ -345,6 +350,7 @@ impl ServeArgs {
                 ("admin_token", admin_token),
                 ("auth_failures_per_minute", self.auth_failures_per_minute.clone()),
                 ("audit_retention", self.audit_retention.clone()),
+                ("return_to_hosts", self.return_to_hosts.clone()),
                 ("public_url", self.public_url.clone()),
                 ("refresh_lead", self.refresh_lead.clone()),
                 ("min_validity", self.min_validity.clone()),
@@ -452,6 +458,8 @@ pub struct Config {
     pub auth_failures_per_minute: u32,
     /// `TOKENVISOR_AUDIT_RETENTION`.
     pub audit_retention: std::time::Duration,
+    /// `TOKENVISOR_RETURN_TO_HOSTS`.
+    pub return_to_hosts: Vec<String>,
 }
 
 /// `TOKENVISOR_CLUSTER`, `TOKENVISOR_ADVERTISE_URL`, `TOKENVISOR_PARTITION_LEASE`,
@@ -559,6 +567,25 @@ impl Config {
                 .filter(|age| !age.is_zero())
                 .ok_or_else(|| anyhow::anyhow!("invalid {name}: {value:?} must be a positive duration like 90d"))?,
             None => std::time::Duration::from_secs(90 * 24 * 3600),
+        };
+        let return_to_hosts = match layers.pick(raw.return_to_hosts, "return_to_hosts", "TOKENVISOR_RETURN_TO_HOSTS") {
+            Some((value, name)) => {
+                let hosts: Vec<String> = value
+                    .split(',')
+                    .map(|host| host.trim().to_ascii_lowercase())
+                    .filter(|host| !host.is_empty())
+                    .collect();
+                if let Some(bad) = hosts
+                    .iter()
+                    .find(|host| host.contains(['/', ':', '@', ' ', '*']) || url::Host::parse(host).is_err())
+                {
+                    anyhow::bail!(
+                        "invalid {name}: {bad:?} is not a host name (give hosts like app.example.com, comma-separated)"
+                    );
+                }
+                hosts
+            }
+            None => Vec::new(),
         };
         let public_url = match layers.pick(raw.public_url, "public_url", "TOKENVISOR_PUBLIC_URL") {
             Some((url, name)) => Some(http_url(&url, &name)?),
@@ -710,6 +737,7 @@ impl Config {
             cluster,
             auth_failures_per_minute,
             audit_retention,
+            return_to_hosts,
         })
     }
 }

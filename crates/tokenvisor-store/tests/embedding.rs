@@ -71,7 +71,7 @@ const OUR_TABLES: [&str; 14] = [
 ];
 
 /// Our migrations, all of them (the old layout's and those written since).
-const OUR_VERSIONS: [&str; 10] = [
+const OUR_VERSIONS: [&str; 11] = [
     "m20250101_000001_initial",
     "m20251122_000002_authorizations",
     "m20261122_000003_refresh_leases",
@@ -82,6 +82,7 @@ const OUR_VERSIONS: [&str; 10] = [
     "m20261202_000008_authorization_keys",
     "m20261202_000009_api_keys",
     "m20261202_000010_attempt_times",
+    "m20261202_000012_return_to",
 ];
 
 fn keyring() -> Keyring {
@@ -368,6 +369,7 @@ async fn old_layout_with_data(db: &DatabaseConnection, keyring: &Keyring) -> Leg
         // The old layout has no key column: the default key.
         connection_key: None,
         redirect_uri: "https://app.example/callback".to_owned(),
+        return_to: None,
         code_verifier: Some(SecretString::new("pkce-verifier-1")),
         created_at: now(),
         expires_at: now() + chrono::Duration::hours(1),

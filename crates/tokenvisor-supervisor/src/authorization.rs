@@ -39,6 +39,9 @@ pub struct AuthorizationRequest {
     pub connection_key: Option<ConnectionKey>,
     /// Redirect URI (default: the integration's).
     pub redirect_uri: Option<String>,
+    /// Where the tenant's browser goes after the callback, with the outcome (checked by
+    /// the caller: the admin API allows only configured hosts).
+    pub return_to: Option<String>,
 }
 
 /// Where to send the tenant.
@@ -48,6 +51,16 @@ pub struct AuthorizationStart {
     pub authorize_url: String,
     /// When the state stops being accepted.
     pub expires_at: DateTime<Utc>,
+}
+
+/// What a finished authorization did ([`Authorizations::finish`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Completion {
+    /// The connection created or re-authorized, or why not.
+    pub outcome: Result<Connection, AuthorizationError>,
+    /// Where the tenant's browser goes next, if the authorization was started with it.
+    pub return_to: Option<String>,
 }
 
 /// The query of the provider's redirect to the callback.
@@ -212,6 +225,7 @@ impl<'a> Authorizations<'a> {
                 connection_id: request.connection_id,
                 connection_key: request.connection_key,
                 redirect_uri,
+                return_to: request.return_to,
                 code_verifier: pkce.map(|p| p.verifier),
                 created_at: now,
                 expires_at,
@@ -228,15 +242,54 @@ impl<'a> Authorizations<'a> {
     /// under that key (like a re-authorization), or brings the re-authorized one back to
     /// `active` (its `refresh_failures` kept).
     pub async fn complete(self, callback: AuthorizationCallback) -> Result<Connection, AuthorizationError> {
-        let shared = self.tokenvisor.shared();
+        self.finish(callback).await.outcome
+    }
+
+    /// [`complete`](Self::complete), also answering where the tenant's browser goes next:
+    /// the `return_to` the authorization was started with (known once its `state` is, so
+    /// also when the tenant denied consent or the exchange failed).
+    pub async fn finish(self, callback: AuthorizationCallback) -> Completion {
         if callback.state.is_empty() || callback.state.len() > 512 {
-            return Err(AuthorizationError::UnknownState);
+            return Completion {
+                outcome: Err(AuthorizationError::UnknownState),
+                return_to: None,
+            };
         }
-        let pending = shared
+        let pending = match self
+            .tokenvisor
+            .shared()
             .store
             .take_authorization(&state_hash(&callback.state))
-            .await?
-            .ok_or(AuthorizationError::UnknownState)?;
+            .await
+        {
+            Ok(Some(pending)) => pending,
+            Ok(None) => {
+                return Completion {
+                    outcome: Err(AuthorizationError::UnknownState),
+                    return_to: None,
+                };
+            }
+            Err(error) => {
+                return Completion {
+                    outcome: Err(error.into()),
+                    return_to: None,
+                };
+            }
+        };
+        let return_to = pending.return_to.clone();
+        Completion {
+            outcome: self.complete_pending(pending, callback).await,
+            return_to,
+        }
+    }
+
+    /// Finishes a taken authorization.
+    async fn complete_pending(
+        self,
+        pending: PendingAuthorization,
+        callback: AuthorizationCallback,
+    ) -> Result<Connection, AuthorizationError> {
+        let shared = self.tokenvisor.shared();
         if pending.expires_at <= shared.clock.now() {
             return Err(AuthorizationError::ExpiredState);
         }

@@ -90,6 +90,7 @@ pub use api::{
 pub use api_client::{ApiClient, ApiError, ApiRequest, ApiResponse};
 pub use authorization::{
     AuthorizationCallback, AuthorizationError, AuthorizationRequest, AuthorizationStart, Authorizations, CLOUD_ID_KEY,
+    Completion,
 };
 pub use cluster::{Cluster, ClusterConfig, ClusterStatus, ReplicaStatus};
 pub use config::{RestartBudget, TokenvisorConfig};

@@ -40,6 +40,10 @@ pub(crate) async fn create(
         Some(key) => Some(ConnectionKey::parse(key).map_err(|error| ApiError::invalid("connection_key", error))?),
         None => None,
     };
+    let return_to = match body.return_to {
+        Some(url) => Some(allowed_return_to(&state, &url)?),
+        None => None,
+    };
     if !principal.allows_tenant(tenant_id.as_str()) {
         return Err(ApiError::forbidden());
     }
@@ -62,6 +66,7 @@ pub(crate) async fn create(
             connection_id: body.connection_id.map(ConnectionId),
             connection_key,
             redirect_uri,
+            return_to,
         })
         .await?;
     Ok((
@@ -84,6 +89,7 @@ pub(crate) async fn create(
     ),
     responses(
         (status = 200, description = "connected (HTML)", content_type = "text/html"),
+        (status = 303, description = "the authorization was started with a `return_to`: the browser is sent there with `tokenvisor_outcome` (`connected`, with `connection_id` and `tenant_id`, or `error`, with the `error` code)"),
         (status = 400, description = "denied, unknown or expired state (HTML)", content_type = "text/html"),
     )
 )]
@@ -97,21 +103,31 @@ pub(crate) async fn callback(State(state): State<AppState>, Query(query): Query<
         accounts_server: get("accounts-server"),
         location: get("location"),
     };
-    match state.tokenvisor.authorizations().complete(callback).await {
+    let finished = state.tokenvisor.authorizations().finish(callback).await;
+    let outcome = match finished.outcome {
         Ok(connection) => {
             tracing::info!(connection.id = %connection.id, tenant.id = %connection.tenant_id, "authorization completed");
-            page(
-                StatusCode::OK,
-                "Connected",
-                &format!(
-                    "Tenant <b>{}</b> is connected. You can close this window.",
-                    escape(connection.tenant_id.as_str())
-                ),
-            )
+            Ok(connection)
         }
         Err(error) => {
             let api = ApiError::from(error);
             tracing::warn!(code = api.code(), "authorization failed");
+            Err(api)
+        }
+    };
+    if let Some(return_to) = finished.return_to {
+        return return_redirect(&return_to, &outcome);
+    }
+    match outcome {
+        Ok(connection) => page(
+            StatusCode::OK,
+            "Connected",
+            &format!(
+                "Tenant <b>{}</b> is connected. You can close this window.",
+                escape(connection.tenant_id.as_str())
+            ),
+        ),
+        Err(api) => {
             let status = if api.status().is_server_error() {
                 api.status()
             } else {
@@ -131,6 +147,64 @@ pub(crate) async fn callback(State(state): State<AppState>, Query(query): Query<
             )
         }
     }
+}
+
+/// A `return_to` URL the service may send a tenant's browser to: `http(s)`, on one of
+/// the allowed hosts, no credentials in it, not too long.
+fn allowed_return_to(state: &AppState, text: &str) -> Result<String, ApiError> {
+    let refuse = |reason: &str| ApiError::invalid("return_to", reason);
+    if text.len() > 2048 {
+        return Err(refuse("longer than 2048 characters"));
+    }
+    let url = url::Url::parse(text).map_err(|_| refuse("not an absolute URL"))?;
+    if !matches!(url.scheme(), "https" | "http") || !url.username().is_empty() || url.password().is_some() {
+        return Err(refuse("must be an http(s) URL without credentials"));
+    }
+    let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
+    if state.options.return_to_hosts.is_empty() {
+        return Err(refuse(
+            "no host is allowed (set TOKENVISOR_RETURN_TO_HOSTS to the hosts tenants may be sent back to)",
+        ));
+    }
+    if !state.options.return_to_hosts.contains(&host) {
+        return Err(refuse(&format!(
+            "host {host:?} is not one of TOKENVISOR_RETURN_TO_HOSTS"
+        )));
+    }
+    Ok(url.to_string())
+}
+
+/// 303 to `return_to` with the outcome in its query: `tokenvisor_outcome=connected` and
+/// the `connection_id`, or `tokenvisor_outcome=error` and the `error` code.
+fn return_redirect(return_to: &str, outcome: &Result<tokenvisor_core::Connection, ApiError>) -> Response {
+    let Ok(mut url) = url::Url::parse(return_to) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "Not connected",
+            "The return address is not valid.",
+        );
+    };
+    {
+        let mut query = url.query_pairs_mut();
+        match outcome {
+            Ok(connection) => {
+                query
+                    .append_pair("tokenvisor_outcome", "connected")
+                    .append_pair("connection_id", &connection.id.to_string())
+                    .append_pair("tenant_id", connection.tenant_id.as_str());
+            }
+            Err(api) => {
+                query
+                    .append_pair("tokenvisor_outcome", "error")
+                    .append_pair("error", api.code());
+            }
+        }
+    }
+    let mut response = axum::response::Redirect::to(url.as_str()).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {

@@ -495,6 +495,7 @@ async fn reauthorize(state: &AppState, id: ConnectionId) -> Result<Notice, ApiEr
             connection_id: Some(id),
             connection_key: Some(connection.connection_key.clone()),
             redirect_uri,
+            return_to: None,
         })
         .await?;
     Ok(Notice::Link {

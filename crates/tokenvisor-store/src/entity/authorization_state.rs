@@ -13,6 +13,7 @@ pub struct Model {
     pub connection_id: Option<Uuid>,
     pub connection_key: Option<String>,
     pub redirect_uri: String,
+    pub return_to: Option<String>,
     pub code_verifier: Option<Vec<u8>>,
     pub created_at: DateTimeUtc,
     pub expires_at: DateTimeUtc,
