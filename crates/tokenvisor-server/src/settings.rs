@@ -1053,6 +1053,58 @@ mod tests {
     }
 
     #[test]
+    fn the_admin_transport_settings_have_defaults_and_refuse_nonsense() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokenvisor.toml");
+        std::fs::write(
+            &path,
+            "admin_idle_timeout = \"90s\"\nmetrics_addr = \"127.0.0.1:9464\"\n",
+        )
+        .expect("write");
+        let config = with_file(&path).resolve().expect("valid");
+        assert_eq!(config.transport.header_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(config.transport.idle_timeout, std::time::Duration::from_secs(90));
+        assert_eq!(config.transport.max_connections, 1024);
+        assert_eq!(config.metrics_addr.map(|addr| addr.port()), Some(9464));
+
+        let set = ServeArgs {
+            admin_header_timeout: Some("2s".into()),
+            admin_max_connections: Some("5".into()),
+            ..with_file(&path)
+        };
+        let config = set.resolve().expect("valid");
+        assert_eq!(config.transport.header_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(config.transport.max_connections, 5);
+
+        for (bad, variable) in [
+            (
+                ServeArgs {
+                    admin_header_timeout: Some("0s".into()),
+                    ..with_file(&path)
+                },
+                "TOKENVISOR_ADMIN_HEADER_TIMEOUT",
+            ),
+            (
+                ServeArgs {
+                    admin_max_connections: Some("0".into()),
+                    ..with_file(&path)
+                },
+                "TOKENVISOR_ADMIN_MAX_CONNECTIONS",
+            ),
+            (
+                ServeArgs {
+                    metrics_addr: Some("localhost".into()),
+                    ..with_file(&path)
+                },
+                "TOKENVISOR_METRICS_ADDR",
+            ),
+        ] {
+            let message = bad.resolve().expect_err("invalid").to_string();
+            assert!(message.contains(variable), "{message}");
+        }
+    }
+
+    #[test]
     fn every_file_key_keeps_its_type_and_the_layers_stack() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("tokenvisor.toml");
