@@ -362,6 +362,7 @@ async fn views_hide_secrets_the_document_is_openapi_3_1_and_events_stream_as_sse
         service
             .http
             .get(format!("{}/metrics", service.base))
+            .bearer_auth(&service.token)
             .send()
             .await
             .unwrap(),

@@ -505,7 +505,21 @@ async fn failed_authentications_are_throttled_per_address_and_per_key_prefix() {
     }
     assert_eq!(statuses, [401, 401, 401, 401, 401, 429]);
 
-    let metrics = service.metrics().await;
+    // `/metrics` needs the admin token, so it is throttled like `/v1`: scraped from an
+    // address that made no failed attempts.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let scraper = reqwest::Client::builder()
+        .local_address(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)))
+        .build()
+        .unwrap();
+    let response = scraper
+        .get(format!("{}/metrics", service.base))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let metrics = response.text().await.unwrap();
     let failures: f64 = prometheus_samples(&metrics, "tokenvisor_auth_failures_total")
         .iter()
         .map(|(_, v)| v)

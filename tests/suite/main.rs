@@ -31,4 +31,5 @@ mod startup;
 mod storage;
 mod telemetry;
 mod transient;
+mod transport;
 mod webhooks;

@@ -86,6 +86,10 @@ pub struct AdminOptions {
     pub health_routes: bool,
     /// Prometheus metrics, when enabled (`GET /metrics`).
     pub metrics: Option<MetricsRenderer>,
+    /// Whether `/metrics` answers without credentials. Off by default: it needs the admin
+    /// token or an `admin` API key, like `/v1` (for an open scrape endpoint, serve
+    /// [`metrics_router`] on a separate, private address instead).
+    pub metrics_public: bool,
     /// Largest request body accepted.
     pub body_limit: usize,
     /// Longest time a request may take before it is answered `504 timeout`.
@@ -110,6 +114,7 @@ impl std::fmt::Debug for AdminOptions {
             .field("base_path", &self.base_path)
             .field("health_routes", &self.health_routes)
             .field("metrics", &self.metrics.is_some())
+            .field("metrics_public", &self.metrics_public)
             .field("body_limit", &self.body_limit)
             .field("request_timeout", &self.request_timeout)
             .field("auth_failures_per_minute", &self.auth_failures_per_minute)
@@ -129,6 +134,7 @@ impl AdminOptions {
             base_path: String::new(),
             health_routes: true,
             metrics: None,
+            metrics_public: false,
             body_limit: 64 * 1024,
             request_timeout: Duration::from_secs(30),
             shutdown: CancellationToken::new(),
@@ -175,9 +181,11 @@ fn normalize_base_path(base_path: &str) -> String {
 /// `state`). Merge both into the host's router; neither has a fallback.
 #[derive(Debug)]
 pub struct AdminRouter {
-    /// `/v1/...` and, with health routes, `/openapi.json`.
+    /// `/v1/...` and, with health routes, `/openapi.json` and `/metrics` (the latter
+    /// authenticated unless [`AdminOptions::metrics_public`]).
     pub api: Router,
-    /// `/oauth/callback` and, with health routes, `/healthz`, `/readyz`, `/metrics`.
+    /// `/oauth/callback` and, with health routes, `/healthz`, `/readyz` (and `/metrics`
+    /// when [`AdminOptions::metrics_public`]).
     pub public: Router,
 }
 
@@ -335,14 +343,30 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
         api = api.route("/openapi.json", get(openapi::serve));
         public = public
             .route("/healthz", get(routes::health::healthz))
-            .route("/readyz", get(routes::health::readyz))
-            .route("/metrics", get(routes::health::metrics));
+            .route("/readyz", get(routes::health::readyz));
+        // `/openapi.json` stays open: it describes the API and holds no secret.
+        let metrics = Router::new().route("/metrics", get(routes::health::metrics));
+        if state.options.metrics_public {
+            public = public.merge(metrics);
+        } else {
+            // The same guard as `/v1`: the admin token or an `admin` API key.
+            api = api.merge(metrics.layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard)));
+        }
     }
     let base_path = state.options.base_path.clone();
     AdminRouter {
         api: finish(api, &base_path, &state),
         public: finish(public, &base_path, &state),
     }
+}
+
+/// `GET /metrics` alone, without credentials: for a separate listen address that only
+/// the scraper reaches (`TOKENVISOR_METRICS_ADDR` of `tokenvisor serve`).
+pub fn metrics_router(metrics: MetricsRenderer) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || routes::health::render_metrics(Some(metrics.clone()))),
+    )
 }
 
 /// The layers every admin route has (timeout, body limit, server span), the state, and

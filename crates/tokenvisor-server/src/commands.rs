@@ -125,8 +125,21 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
     );
 
     let shutdown = CancellationToken::new();
+    // `/metrics`: open on its own address when one is set, else behind the admin token.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on TOKENVISOR_METRICS_ADDR {addr}"))?,
+        ),
+        None => None,
+    };
     let options = AdminOptions {
-        metrics: telemetry.prometheus(),
+        metrics: if metrics_listener.is_some() {
+            None
+        } else {
+            telemetry.prometheus()
+        },
         shutdown: shutdown.clone(),
         auth_failures_per_minute: config.auth_failures_per_minute,
         return_to_hosts: config.return_to_hosts.clone(),
@@ -137,18 +150,44 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         ..AdminOptions::new(admin_token, public_url.clone())
     };
     let app = tokenvisor_admin::router(tokenvisor.clone(), options);
-    tracing::info!(addr = %local_addr, public_url = %public_url, "admin API listening");
-    let signal = shutdown.clone();
-    let server = tokio::spawn(async move {
-        // The peer address reaches the admin API: failed authentications are limited per
-        // client address, and the audit trail names it.
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { signal.cancelled().await })
-        .await
-    });
+    tracing::info!(
+        addr = %local_addr,
+        public_url = %public_url,
+        header_timeout_ms = config.transport.header_timeout.as_millis() as u64,
+        idle_timeout_ms = config.transport.idle_timeout.as_millis() as u64,
+        max_connections = config.transport.max_connections,
+        "admin API listening"
+    );
+    let metrics_server = match (metrics_listener, telemetry.prometheus()) {
+        (Some(listener), Some(renderer)) => {
+            let addr = listener.local_addr().context("failed to read the metrics address")?;
+            tracing::info!(addr = %addr, "metrics listening (GET /metrics, no credentials)");
+            Some(tokio::spawn(crate::transport::serve(
+                listener,
+                tokenvisor_admin::metrics_router(renderer),
+                config.transport,
+                shutdown.clone(),
+            )))
+        }
+        (Some(_), None) => {
+            tracing::warn!("TOKENVISOR_METRICS_ADDR is set but metrics are disabled in this process");
+            None
+        }
+        (None, _) => {
+            tracing::info!(
+                "GET /metrics needs the admin token or an `admin` API key (set TOKENVISOR_METRICS_ADDR to serve it without credentials on a separate address)"
+            );
+            None
+        }
+    };
+    // The peer address reaches the admin API: failed authentications are limited per
+    // client address, and the audit trail names it.
+    let server = tokio::spawn(crate::transport::serve(
+        listener,
+        app,
+        config.transport,
+        shutdown.clone(),
+    ));
 
     signals.wait().await;
     tracing::info!("shutting down: letting in-flight refreshes commit");
@@ -158,6 +197,9 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         Ok(Ok(Err(error))) => tracing::warn!(error = %error, "admin API stopped with an error"),
         Ok(Err(error)) => tracing::warn!(error = %error, "admin API task failed"),
         Err(_) => tracing::warn!("admin API requests still open after 10 s; stopping anyway"),
+    }
+    if let Some(metrics_server) = metrics_server {
+        let _ = tokio::time::timeout(Duration::from_secs(2), metrics_server).await;
     }
     let report = tokenvisor.shutdown().await;
     if report.uncommitted > 0 {

@@ -7,6 +7,7 @@ mod commands;
 mod exit;
 mod settings;
 mod telemetry;
+mod transport;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use client::{AdminClient, ClientArgs};

@@ -51,6 +51,22 @@ pub struct ServeArgs {
     /// Address of the admin API [default: 127.0.0.1:7070].
     #[arg(long, env = "TOKENVISOR_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
+    /// Longest time a client may take to send a request's headers (from the connection's
+    /// start or the previous response) before the connection is closed [default: 10s].
+    #[arg(long, env = "TOKENVISOR_ADMIN_HEADER_TIMEOUT")]
+    pub admin_header_timeout: Option<String>,
+    /// A connection of the admin API that neither sends nor receives a byte this long
+    /// is closed (after its request, if one is in flight) [default: 60s].
+    #[arg(long, env = "TOKENVISOR_ADMIN_IDLE_TIMEOUT")]
+    pub admin_idle_timeout: Option<String>,
+    /// Most connections the admin API holds at once; further ones wait in the listen
+    /// backlog until one closes [default: 1024].
+    #[arg(long, env = "TOKENVISOR_ADMIN_MAX_CONNECTIONS")]
+    pub admin_max_connections: Option<String>,
+    /// Serve `/metrics` without credentials on this separate address (`127.0.0.1:9464`);
+    /// unset, `/metrics` is on the admin address and needs the admin token or an `admin` API key.
+    #[arg(long, env = "TOKENVISOR_METRICS_ADDR")]
+    pub metrics_addr: Option<String>,
     /// Bearer token of the admin API; default: generated into the data directory.
     #[arg(long, env = "TOKENVISOR_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -205,6 +221,10 @@ struct Raw {
     database_pool: Option<Text>,
     encryption_key: Option<Text>,
     admin_addr: Option<Text>,
+    admin_header_timeout: Option<Text>,
+    admin_idle_timeout: Option<Text>,
+    admin_max_connections: Option<Text>,
+    metrics_addr: Option<Text>,
     admin_token: Option<Text>,
     auth_failures_per_minute: Option<Text>,
     audit_retention: Option<Text>,
@@ -347,6 +367,10 @@ impl ServeArgs {
             &mut overrides,
             &[
                 ("admin_addr", self.admin_addr.clone()),
+                ("admin_header_timeout", self.admin_header_timeout.clone()),
+                ("admin_idle_timeout", self.admin_idle_timeout.clone()),
+                ("admin_max_connections", self.admin_max_connections.clone()),
+                ("metrics_addr", self.metrics_addr.clone()),
                 ("admin_token", admin_token),
                 ("auth_failures_per_minute", self.auth_failures_per_minute.clone()),
                 ("audit_retention", self.audit_retention.clone()),
@@ -441,6 +465,11 @@ pub struct Config {
     pub storage: Storage,
     /// Admin API address.
     pub admin_addr: SocketAddr,
+    /// Timeouts and the connection cap of the admin API (and of the metrics address).
+    pub transport: crate::transport::TransportLimits,
+    /// `TOKENVISOR_METRICS_ADDR`: `/metrics` without credentials there, instead of behind
+    /// the admin token on the admin address.
+    pub metrics_addr: Option<SocketAddr>,
     /// Explicit admin token, if any.
     pub admin_token: Option<SecretString>,
     /// Public base URL (no trailing slash), if set.
@@ -540,6 +569,60 @@ impl Config {
                 .parse::<SocketAddr>()
                 .map_err(|_| anyhow::anyhow!("invalid {name}: {addr:?} is not an address like 127.0.0.1:7070"))?,
             None => SocketAddr::from(([127, 0, 0, 1], 7070)),
+        };
+        let transport_duration = |value: Option<(String, String)>,
+                                  default: u64|
+         -> anyhow::Result<std::time::Duration> {
+            match value {
+                Some((value, name)) => tokenvisor_supervisor::parse_duration(&value)
+                    .ok()
+                    .and_then(|duration| duration.to_std().ok())
+                    .filter(|duration| !duration.is_zero())
+                    .ok_or_else(|| anyhow::anyhow!("invalid {name}: {value:?} must be a positive duration like 10s")),
+                None => Ok(std::time::Duration::from_secs(default)),
+            }
+        };
+        let header_timeout = transport_duration(
+            layers.pick(
+                raw.admin_header_timeout,
+                "admin_header_timeout",
+                "TOKENVISOR_ADMIN_HEADER_TIMEOUT",
+            ),
+            10,
+        )?;
+        let idle_timeout = transport_duration(
+            layers.pick(
+                raw.admin_idle_timeout,
+                "admin_idle_timeout",
+                "TOKENVISOR_ADMIN_IDLE_TIMEOUT",
+            ),
+            60,
+        )?;
+        let max_connections = match layers.pick(
+            raw.admin_max_connections,
+            "admin_max_connections",
+            "TOKENVISOR_ADMIN_MAX_CONNECTIONS",
+        ) {
+            Some((text, name)) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| anyhow::anyhow!("invalid {name}: {text:?} must be a number from 1 to 1000000"))?,
+            None => 1024,
+        };
+        let transport = crate::transport::TransportLimits {
+            header_timeout,
+            idle_timeout,
+            max_connections,
+        };
+        let metrics_addr = match layers.pick(raw.metrics_addr, "metrics_addr", "TOKENVISOR_METRICS_ADDR") {
+            Some((addr, name)) => Some(
+                addr.trim()
+                    .parse::<SocketAddr>()
+                    .map_err(|_| anyhow::anyhow!("invalid {name}: {addr:?} is not an address like 127.0.0.1:9464"))?,
+            ),
+            None => None,
         };
         let admin_token = match layers.pick(raw.admin_token, "admin_token", "TOKENVISOR_ADMIN_TOKEN") {
             Some((token, name)) => Some(admin_token(&token, &name)?),
@@ -729,6 +812,8 @@ impl Config {
         Ok(Config {
             storage,
             admin_addr,
+            transport,
+            metrics_addr,
             admin_token,
             public_url,
             library,
@@ -993,6 +1078,58 @@ mod tests {
         let missing = dir.path().join("missing.toml");
         let message = with_file(&missing).resolve().expect_err("no file").to_string();
         assert!(message.contains("missing.toml"), "{message}");
+    }
+
+    #[test]
+    fn the_admin_transport_settings_have_defaults_and_refuse_nonsense() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokenvisor.toml");
+        std::fs::write(
+            &path,
+            "admin_idle_timeout = \"90s\"\nmetrics_addr = \"127.0.0.1:9464\"\n",
+        )
+        .expect("write");
+        let config = with_file(&path).resolve().expect("valid");
+        assert_eq!(config.transport.header_timeout, std::time::Duration::from_secs(10));
+        assert_eq!(config.transport.idle_timeout, std::time::Duration::from_secs(90));
+        assert_eq!(config.transport.max_connections, 1024);
+        assert_eq!(config.metrics_addr.map(|addr| addr.port()), Some(9464));
+
+        let set = ServeArgs {
+            admin_header_timeout: Some("2s".into()),
+            admin_max_connections: Some("5".into()),
+            ..with_file(&path)
+        };
+        let config = set.resolve().expect("valid");
+        assert_eq!(config.transport.header_timeout, std::time::Duration::from_secs(2));
+        assert_eq!(config.transport.max_connections, 5);
+
+        for (bad, variable) in [
+            (
+                ServeArgs {
+                    admin_header_timeout: Some("0s".into()),
+                    ..with_file(&path)
+                },
+                "TOKENVISOR_ADMIN_HEADER_TIMEOUT",
+            ),
+            (
+                ServeArgs {
+                    admin_max_connections: Some("0".into()),
+                    ..with_file(&path)
+                },
+                "TOKENVISOR_ADMIN_MAX_CONNECTIONS",
+            ),
+            (
+                ServeArgs {
+                    metrics_addr: Some("localhost".into()),
+                    ..with_file(&path)
+                },
+                "TOKENVISOR_METRICS_ADDR",
+            ),
+        ] {
+            let message = bad.resolve().expect_err("invalid").to_string();
+            assert!(message.contains(variable), "{message}");
+        }
     }
 
     #[test]

@@ -55,11 +55,17 @@ fn not_ready(message: &str) -> ApiError {
     operation_id = "metrics",
     responses(
         (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain"),
+        (status = 401, description = "`unauthorized`: no admin token or `admin` API key (unless metrics are public)", body = ErrorBody),
         (status = 404, description = "`metrics_disabled`", body = ErrorBody),
     )
 )]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let Some(render) = state.options.metrics.clone() else {
+    render_metrics(state.options.metrics.clone()).await
+}
+
+/// The exposition of `metrics`, or `404 metrics_disabled`.
+pub(crate) async fn render_metrics(metrics: Option<crate::MetricsRenderer>) -> Result<Response, ApiError> {
+    let Some(render) = metrics else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
             "metrics_disabled",
