@@ -92,7 +92,10 @@ pub async fn pages(size: usize, requests: usize) -> anyhow::Result<Vec<Row>> {
     .collect::<Vec<_>>()
     .await;
     attempts.into_iter().collect::<Result<Vec<()>, _>>()?;
-    eprintln!("dashboard: {size} connections and history in {:.1} s", loading.elapsed().as_secs_f64());
+    eprintln!(
+        "dashboard: {size} connections and history in {:.1} s",
+        loading.elapsed().as_secs_f64()
+    );
 
     let tokenvisor = Tokenvisor::start(store.clone(), setup::config()).await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -121,7 +124,10 @@ pub async fn pages(size: usize, requests: usize) -> anyhow::Result<Vec<Row>> {
     let pages = [
         ("/ui".to_owned(), "overview"),
         ("/ui/connections".to_owned(), "connections"),
-        ("/ui/connections?status=needs_reauth".to_owned(), "connections, status filter"),
+        (
+            "/ui/connections?status=needs_reauth".to_owned(),
+            "connections, status filter",
+        ),
         (format!("/ui/connections?tenant={tenant}"), "connections, tenant filter"),
         (format!("/ui/connections/{sample}"), "a connection"),
         ("/ui/integrations".to_owned(), "integrations"),
