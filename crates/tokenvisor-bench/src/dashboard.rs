@@ -158,6 +158,8 @@ pub async fn pages(size: usize, requests: usize) -> anyhow::Result<Vec<Row>> {
         tokenvisor_admin::AdminOptions::new(SecretString::new(TOKEN), base.clone()),
     );
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Plain HTTP on loopback, but reqwest is built without a default crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()?;
