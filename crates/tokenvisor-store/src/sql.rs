@@ -1104,11 +1104,13 @@ impl Store for SqlStore {
         now: chrono::DateTime<chrono::Utc>,
         horizon: chrono::Duration,
     ) -> Result<crate::ConnectionSummary, StoreError> {
+        // `COUNT(*)`, not `COUNT(id)`: PostgreSQL then counts from the (integration_id,
+        // status) index alone instead of reading the table.
         let grouped: Vec<(Uuid, String, i64)> = connection::Entity::find()
             .select_only()
             .column(connection::Column::IntegrationId)
             .column(connection::Column::Status)
-            .column_as(Expr::col(connection::Column::Id).count(), "n")
+            .column_as(Expr::cust("COUNT(*)"), "n")
             .group_by(connection::Column::IntegrationId)
             .group_by(connection::Column::Status)
             .into_tuple()
@@ -1150,7 +1152,7 @@ impl Store for SqlStore {
         let degraded: Vec<(Option<String>, i64)> = connection::Entity::find()
             .select_only()
             .column(connection::Column::LastErrorCode)
-            .column_as(Expr::col(connection::Column::Id).count(), "n")
+            .column_as(Expr::cust("COUNT(*)"), "n")
             .filter(connection::Column::Status.eq(ConnectionStatus::Degraded.as_str()))
             .group_by(connection::Column::LastErrorCode)
             .into_tuple()
