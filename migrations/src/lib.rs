@@ -36,6 +36,9 @@
 //!   hashes) and `tokenvisor_audit_events` (the append-only audit trail).
 //! - `m20261202_000010_attempt_times`: an index on `tokenvisor_refresh_attempts.started_at`
 //!   (recent refreshes counted per minute).
+//! - `m20261202_000011_dashboard_indexes`: indexes on `tokenvisor_connections`
+//!   (`integration_id, status`), (`expires_at`) and (`status, last_error_code`) for the
+//!   dashboard's overview.
 //! - `m20261202_000012_return_to`: `tokenvisor_authorization_states.return_to` (where the
 //!   tenant's browser goes after consent).
 
@@ -57,6 +60,7 @@ mod m20261202_000007_webhook_endpoints;
 mod m20261202_000008_authorization_keys;
 mod m20261202_000009_api_keys;
 mod m20261202_000010_attempt_times;
+mod m20261202_000011_dashboard_indexes;
 mod m20261202_000012_return_to;
 
 pub use legacy::has_legacy_layout;
@@ -110,6 +114,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261202_000008_authorization_keys::Migration),
             Box::new(m20261202_000009_api_keys::Migration),
             Box::new(m20261202_000010_attempt_times::Migration),
+            Box::new(m20261202_000011_dashboard_indexes::Migration),
             Box::new(m20261202_000012_return_to::Migration),
         ]
     }

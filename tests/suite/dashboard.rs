@@ -96,6 +96,17 @@ async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
         200
     );
 
+    // initech's forced refresh is throttled (429): it is degraded, backing off.
+    fake.fail_next(1, 429, serde_json::json!({"error": "rate_limited"}));
+    let throttled = service.post_empty(&format!("/v1/connections/{}/refresh", ids[2])).await;
+    assert_ne!(throttled.status, 200, "{throttled:?}");
+    let initech = service.get(&format!("/v1/connections/{}", ids[2])).await;
+    assert_eq!(initech.body["status"], "degraded", "{initech:?}");
+    let throttled_code = initech.body["last_error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no last error code: {initech:?}"))
+        .to_owned();
+
     let mut browser = Browser {
         service: &service,
         cookie: None,
@@ -166,6 +177,26 @@ async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
         overview.body
     );
     assert!(overview.body.contains("success: 1"), "{}", overview.body);
+    // The tokens expiring within the hour (acme's and initech's, issued for 3,600 s;
+    // globex needs re-authorization and is not counted), both with a refresh planned
+    // before their expiry; and the throttled connection by its error code.
+    assert!(
+        overview.body.contains("<span class=\"expiring\">2</span>"),
+        "{}",
+        overview.body
+    );
+    assert!(
+        overview.body.contains("<span class=\"planned\">2</span>"),
+        "{}",
+        overview.body
+    );
+    assert!(
+        overview.body.contains(&format!(
+            "<th scope=\"row\"><code>{throttled_code}</code></th><td>1</td>"
+        )),
+        "{}",
+        overview.body
+    );
     assert!(overview.body.contains("<rect"), "{}", overview.body);
 
     // Filtering finds the broken tenant alone.

@@ -66,6 +66,13 @@ impl Store for FaultyStore {
     async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError> {
         self.inner.count_connections(filter).await
     }
+    async fn connection_summary(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        horizon: chrono::Duration,
+    ) -> Result<tokenvisor_store::ConnectionSummary, StoreError> {
+        self.inner.connection_summary(now, horizon).await
+    }
     async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError> {
         self.check()?;
         self.inner.insert_connection(connection).await

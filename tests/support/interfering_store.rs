@@ -59,6 +59,13 @@ impl Store for InterferingStore {
     async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError> {
         self.inner.count_connections(filter).await
     }
+    async fn connection_summary(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        horizon: chrono::Duration,
+    ) -> Result<tokenvisor_store::ConnectionSummary, StoreError> {
+        self.inner.connection_summary(now, horizon).await
+    }
     async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError> {
         self.inner.insert_connection(connection).await
     }

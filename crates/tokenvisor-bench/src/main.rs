@@ -5,6 +5,7 @@
 //! `scripts/bench.sh`). CI runs `--quick` to check that the harness still runs.
 
 mod baseline;
+mod dashboard;
 mod recovery;
 mod replicas;
 mod report;
@@ -28,7 +29,7 @@ struct Cli {
     /// Also try one million connections in the scale scenario.
     #[arg(long)]
     million: bool,
-    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery, replicas).
+    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery, replicas, dashboard).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the table to this markdown file.
@@ -204,6 +205,11 @@ fn main() -> anyhow::Result<()> {
             sizes.per_replica = size;
         }
         rows.extend(runtime.block_on(replicas::replicas(sizes))?);
+        print_progress(&rows);
+    }
+    if wants(&cli, "dashboard") {
+        let (size, requests) = if cli.quick { (1_000, 5) } else { (100_000, 50) };
+        rows.extend(runtime.block_on(dashboard::pages(size, requests))?);
         print_progress(&rows);
     }
     if wants(&cli, "baseline") {

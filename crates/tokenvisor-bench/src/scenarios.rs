@@ -10,7 +10,7 @@ use tokenvisor_store::{MemoryStore, Store};
 use tokenvisor_supervisor::{ProviderLimits, Tokenvisor};
 use tokenvisor_testkit::{Dialect, FakeConfig, FakeProvider};
 
-async fn fake(dialect: Dialect) -> anyhow::Result<FakeProvider> {
+pub(crate) async fn fake(dialect: Dialect) -> anyhow::Result<FakeProvider> {
     Ok(FakeProvider::start(FakeConfig {
         dialect,
         expires_in: 3600,

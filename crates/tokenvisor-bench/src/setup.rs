@@ -194,6 +194,14 @@ impl Store for CountingStore {
         self.query();
         self.inner.count_connections(filter).await
     }
+    async fn connection_summary(
+        &self,
+        now: DateTime<Utc>,
+        horizon: chrono::Duration,
+    ) -> Result<tokenvisor_store::ConnectionSummary, StoreError> {
+        self.query();
+        self.inner.connection_summary(now, horizon).await
+    }
     async fn insert_connection(&self, connection: &Connection) -> Result<(), StoreError> {
         self.query();
         self.inner.insert_connection(connection).await

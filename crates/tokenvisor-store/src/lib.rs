@@ -66,6 +66,36 @@ pub struct MinuteCount {
     pub count: u64,
 }
 
+/// What the dashboard's overview counts of all connections
+/// ([`Store::connection_summary`]), counted by the database.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnectionSummary {
+    /// How many connections each integration has in each status (only the pairs with
+    /// at least one), ordered by integration id, then status.
+    pub by_status: Vec<StatusCount>,
+    /// Active connections (`is_active`) whose access token expires after `now` and no
+    /// later than `now + horizon`.
+    pub expiring: u64,
+    /// Of [`Self::expiring`], those with a refresh planned before their expiry.
+    pub expiring_planned: u64,
+    /// `degraded` connections by the code of their last error (`None`: no error
+    /// recorded), ordered by code.
+    pub degraded_by_error: Vec<(Option<String>, u64)>,
+}
+
+/// How many connections of one integration are in one status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StatusCount {
+    /// The integration.
+    pub integration_id: tokenvisor_core::IntegrationId,
+    /// The status.
+    pub status: tokenvisor_core::ConnectionStatus,
+    /// How many.
+    pub count: u64,
+}
+
 /// Storage errors. Messages never contain a secret.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -162,6 +192,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError>;
     /// How many connections match the filter (`limit` ignored).
     async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError>;
+    /// The overview's counts ([`ConnectionSummary`]) at `now`, tokens expiring within
+    /// `horizon`: a few grouped queries, whatever the number of connections or
+    /// integrations.
+    async fn connection_summary(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        horizon: chrono::Duration,
+    ) -> Result<ConnectionSummary, StoreError>;
     /// Every connection that should have a running actor (`active` or `degraded`,
     /// `is_active`), decrypted as the stream is polled (one query, no order): start-up
     /// spawns the first actors while the rest still arrive.

@@ -145,6 +145,44 @@ impl Store for MemoryStore {
         Ok(self.lock().connections.values().filter(|c| matches(c, filter)).count() as u64)
     }
 
+    async fn connection_summary(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        horizon: chrono::Duration,
+    ) -> Result<crate::ConnectionSummary, StoreError> {
+        let inner = self.lock();
+        let mut by_status = BTreeMap::new();
+        let mut degraded = BTreeMap::new();
+        let mut summary = crate::ConnectionSummary::default();
+        for connection in inner.connections.values() {
+            by_status
+                .entry((connection.integration_id.0, connection.status.as_str()))
+                .or_insert((connection.status, 0))
+                .1 += 1;
+            if connection.status == tokenvisor_core::ConnectionStatus::Degraded {
+                *degraded
+                    .entry(connection.last_error.as_ref().map(|error| error.code.clone()))
+                    .or_insert(0) += 1;
+            }
+            if connection.is_active && connection.expires_at > now && connection.expires_at <= now + horizon {
+                summary.expiring += 1;
+                if connection.next_refresh_at.is_some_and(|at| at < connection.expires_at) {
+                    summary.expiring_planned += 1;
+                }
+            }
+        }
+        summary.by_status = by_status
+            .into_iter()
+            .map(|((integration, _), (status, count))| crate::StatusCount {
+                integration_id: IntegrationId(integration),
+                status,
+                count,
+            })
+            .collect();
+        summary.degraded_by_error = degraded.into_iter().collect();
+        Ok(summary)
+    }
+
     fn load_supervised(&self) -> BoxStream<'_, Result<Connection, StoreError>> {
         let supervised: Vec<Connection> = self
             .lock()

@@ -1099,6 +1099,79 @@ impl Store for SqlStore {
             .map_err(db_error("counting connections"))
     }
 
+    async fn connection_summary(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        horizon: chrono::Duration,
+    ) -> Result<crate::ConnectionSummary, StoreError> {
+        // `COUNT(*)`, not `COUNT(id)`: PostgreSQL then counts from the (integration_id,
+        // status) index alone instead of reading the table.
+        let grouped: Vec<(Uuid, String, i64)> = connection::Entity::find()
+            .select_only()
+            .column(connection::Column::IntegrationId)
+            .column(connection::Column::Status)
+            .column_as(Expr::cust("COUNT(*)"), "n")
+            .group_by(connection::Column::IntegrationId)
+            .group_by(connection::Column::Status)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_error("counting connections by status"))?;
+        let mut by_status = grouped
+            .into_iter()
+            .map(|(integration, status, count)| {
+                Ok(crate::StatusCount {
+                    integration_id: IntegrationId(integration),
+                    status: parse_stored(&status, "status")?,
+                    count: u64::try_from(count).unwrap_or(0),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        // The same order on both backends (collations and NULL ordering differ).
+        by_status.sort_by_key(|count| (count.integration_id.0, count.status.as_str()));
+        let backend = self.db.get_database_backend();
+        let expiring = self
+            .db
+            .query_one_raw(statement(
+                backend,
+                "SELECT COUNT(*) AS n, \
+                 SUM(CASE WHEN next_refresh_at IS NOT NULL AND next_refresh_at < expires_at THEN 1 ELSE 0 END) AS planned \
+                 FROM tokenvisor_connections WHERE is_active = $1 AND expires_at > $2 AND expires_at <= $3",
+                vec![Value::from(true), Value::from(now), Value::from(now + horizon)],
+            ))
+            .await
+            .map_err(db_error("counting expiring tokens"))?;
+        let read = db_error("reading the expiring tokens' counts");
+        let (expiring, planned) = match expiring {
+            Some(row) => (
+                row.try_get::<i64>("", "n").map_err(&read)?,
+                row.try_get::<Option<i64>>("", "planned").map_err(&read)?.unwrap_or(0),
+            ),
+            None => (0, 0),
+        };
+        let degraded: Vec<(Option<String>, i64)> = connection::Entity::find()
+            .select_only()
+            .column(connection::Column::LastErrorCode)
+            .column_as(Expr::cust("COUNT(*)"), "n")
+            .filter(connection::Column::Status.eq(ConnectionStatus::Degraded.as_str()))
+            .group_by(connection::Column::LastErrorCode)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_error("counting degraded connections by error"))?;
+        let mut degraded_by_error: Vec<(Option<String>, u64)> = degraded
+            .into_iter()
+            .map(|(code, count)| (code, u64::try_from(count).unwrap_or(0)))
+            .collect();
+        degraded_by_error.sort();
+        Ok(crate::ConnectionSummary {
+            by_status,
+            expiring: u64::try_from(expiring).unwrap_or(0),
+            expiring_planned: u64::try_from(planned).unwrap_or(0),
+            degraded_by_error,
+        })
+    }
+
     fn load_supervised(&self) -> BoxStream<'_, Result<Connection, StoreError>> {
         self.stream_connections(supervised_connections())
     }

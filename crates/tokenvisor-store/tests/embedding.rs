@@ -71,7 +71,7 @@ const OUR_TABLES: [&str; 14] = [
 ];
 
 /// Our migrations, all of them (the old layout's and those written since).
-const OUR_VERSIONS: [&str; 11] = [
+const OUR_VERSIONS: [&str; 12] = [
     "m20250101_000001_initial",
     "m20251122_000002_authorizations",
     "m20261122_000003_refresh_leases",
@@ -82,6 +82,7 @@ const OUR_VERSIONS: [&str; 11] = [
     "m20261202_000008_authorization_keys",
     "m20261202_000009_api_keys",
     "m20261202_000010_attempt_times",
+    "m20261202_000011_dashboard_indexes",
     "m20261202_000012_return_to",
 ];
 

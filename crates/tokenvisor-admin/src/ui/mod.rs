@@ -2,8 +2,11 @@
 //!
 //! - `GET /ui/sign-in`, `POST /ui/sign-in`, `POST /ui/sign-out`: the operator signs in
 //!   with the admin token; a session cookie follows ([`session`]).
-//! - `GET /ui`: connections by status per integration, refreshes per minute by outcome
-//!   over the last three hours (counted by the database from the refresh history).
+//! - `GET /ui`: connections by status per integration, the tokens expiring within the
+//!   hour against the refreshes planned before their expiry, the degraded connections by
+//!   their last error (rate limited or backing off), refreshes per minute by outcome over
+//!   the last three hours (all counted by the database: a few grouped queries, whatever
+//!   the number of connections).
 //! - `GET /ui/connections`: filtered by tenant, integration and status, one page at a
 //!   time through the store's keyset pagination (never all rows).
 //! - `GET /ui/connections/{id}`: state, token preview, refresh history, and actions
@@ -37,6 +40,8 @@ use tokenvisor_supervisor::AuthorizationRequest;
 const PAGE: u64 = 50;
 /// How far back the overview's plot goes.
 const PLOT_HOURS: i64 = 3;
+/// How far ahead the overview counts expiring tokens.
+const EXPIRY_HOURS: i64 = 1;
 
 /// The dashboard's routes (relative to the base path).
 pub(crate) fn routes() -> Router<AppState> {
@@ -219,50 +224,71 @@ fn forbidden(state: &AppState, operator: &Operator) -> Response {
     (StatusCode::FORBIDDEN, Html(page.into_string())).into_response()
 }
 
-/// Each integration with the count of its connections in each status.
-async fn integration_counts(state: &AppState) -> Result<Vec<IntegrationCounts>, ApiError> {
-    let store = state.tokenvisor.store();
-    let mut rows = Vec::new();
-    for integration in store.list_integrations().await? {
-        let mut counts = [0; 4];
-        for (count, status) in counts.iter_mut().zip(STATUSES) {
-            *count = store
-                .count_connections(&ConnectionFilter {
-                    integration_id: Some(integration.id),
-                    status: Some(status),
-                    ..ConnectionFilter::default()
-                })
-                .await?;
-        }
-        rows.push(IntegrationCounts {
-            name: integration.name,
-            provider: integration.provider,
-            client_id: integration.client_id,
-            scopes: integration.scopes,
-            counts,
-        });
-    }
-    Ok(rows)
+/// Each integration with the count of its connections in each status, from the
+/// store's summary (one grouped query, whatever the number of integrations).
+async fn integration_counts(
+    state: &AppState,
+    summary: &tokenvisor_store::ConnectionSummary,
+) -> Result<Vec<IntegrationCounts>, ApiError> {
+    let integrations = state.tokenvisor.store().list_integrations().await?;
+    Ok(integrations
+        .into_iter()
+        .map(|integration| {
+            let counts = STATUSES.map(|status| {
+                summary
+                    .by_status
+                    .iter()
+                    .find(|count| count.integration_id == integration.id && count.status == status)
+                    .map_or(0, |count| count.count)
+            });
+            IntegrationCounts {
+                name: integration.name,
+                provider: integration.provider,
+                client_id: integration.client_id,
+                scopes: integration.scopes,
+                counts,
+            }
+        })
+        .collect())
 }
 
 async fn overview(State(state): State<AppState>, operator: Operator) -> Response {
     let now = Utc::now();
     let since = now - chrono::Duration::hours(PLOT_HOURS);
     let counted = async {
-        let rows = integration_counts(&state).await?;
-        let minutes = state.tokenvisor.store().attempts_per_minute(since).await?;
-        Ok::<_, ApiError>((rows, minutes))
+        let store = state.tokenvisor.store();
+        let summary = store
+            .connection_summary(now, chrono::Duration::hours(EXPIRY_HOURS))
+            .await?;
+        let rows = integration_counts(&state, &summary).await?;
+        let minutes = store.attempts_per_minute(since).await?;
+        Ok::<_, ApiError>((summary, rows, minutes))
     };
     match counted.await {
-        Ok((rows, minutes)) => {
-            Html(pages::overview(&chrome(&state, &operator), &rows, &minutes, since, now).into_string()).into_response()
+        Ok((summary, rows, minutes)) => {
+            let figures = pages::Figures {
+                rows: &rows,
+                summary: &summary,
+                minutes: &minutes,
+                since,
+                now,
+            };
+            Html(pages::overview(&chrome(&state, &operator), &figures).into_string()).into_response()
         }
         Err(error) => failure(&state, &operator, error),
     }
 }
 
 async fn integrations(State(state): State<AppState>, operator: Operator) -> Response {
-    match integration_counts(&state).await {
+    let counted = async {
+        let summary = state
+            .tokenvisor
+            .store()
+            .connection_summary(Utc::now(), chrono::Duration::hours(EXPIRY_HOURS))
+            .await?;
+        integration_counts(&state, &summary).await
+    };
+    match counted.await {
         Ok(rows) => Html(pages::integrations(&chrome(&state, &operator), &rows).into_string()).into_response(),
         Err(error) => failure(&state, &operator, error),
     }

@@ -5,7 +5,7 @@ use crate::views::ConnectionView;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
 use tokenvisor_core::{ConnectionStatus, RefreshAttempt, RefreshOutcomeKind};
-use tokenvisor_store::MinuteCount;
+use tokenvisor_store::{ConnectionSummary, MinuteCount};
 
 /// Every status, in the order the pages show them.
 pub(crate) const STATUSES: [ConnectionStatus; 4] = [
@@ -145,15 +145,27 @@ pub(crate) fn counts_table(base: &str, rows: &[IntegrationCounts]) -> Markup {
     }
 }
 
-/// The overview: counts per integration and the refreshes per minute by outcome.
-pub(crate) fn overview(
-    chrome: &Chrome<'_>,
-    rows: &[IntegrationCounts],
-    minutes: &[MinuteCount],
-    since: DateTime<Utc>,
-    now: DateTime<Utc>,
-) -> Markup {
+/// What the overview shows.
+pub(crate) struct Figures<'a> {
+    /// Counts per integration and status.
+    pub(crate) rows: &'a [IntegrationCounts],
+    /// Expiring tokens and degraded connections by error.
+    pub(crate) summary: &'a ConnectionSummary,
+    /// Refreshes per minute by outcome since `since`.
+    pub(crate) minutes: &'a [MinuteCount],
+    pub(crate) since: DateTime<Utc>,
+    pub(crate) now: DateTime<Utc>,
+}
+
+/// The overview: counts per integration, tokens expiring within the hour against the
+/// refreshes planned, degraded connections by error, and the refreshes per minute by
+/// outcome.
+pub(crate) fn overview(chrome: &Chrome<'_>, figures: &Figures<'_>) -> Markup {
+    let rows = figures.rows;
+    let summary = figures.summary;
     let totals: [u64; 4] = std::array::from_fn(|i| rows.iter().map(|row| row.counts[i]).sum());
+    let unplanned = summary.expiring.saturating_sub(summary.expiring_planned);
+    let degraded: u64 = summary.degraded_by_error.iter().map(|(_, count)| count).sum();
     layout(
         chrome,
         "Overview",
@@ -165,10 +177,39 @@ pub(crate) fn overview(
                     }
                 }
             }
+            section #expiring aria-label="Expiring within the hour" {
+                h2 { "Tokens expiring within the hour" }
+                p {
+                    span.expiring { (summary.expiring) } " active connections' tokens expire within the hour; "
+                    span.planned { (summary.expiring_planned) } " have a refresh planned before their expiry"
+                    @if unplanned > 0 { ", " strong.unplanned { (unplanned) } " do not" }
+                    "."
+                }
+            }
+            section #throttled aria-label="Throttled or backing off" {
+                h2 { "Provider calls throttled or backing off now" }
+                @if degraded == 0 {
+                    p { "No connection is degraded: no refresh is being retried." }
+                } @else {
+                    table {
+                        caption { "Degraded connections (retrying with backoff) by their last error" }
+                        thead { tr { th scope="col" { "Last error" } th scope="col" { "Connections" } } }
+                        tbody {
+                            @for (code, count) in &summary.degraded_by_error {
+                                tr {
+                                    th scope="row" { code { (code.as_deref().unwrap_or("none recorded")) } }
+                                    td { (count) }
+                                }
+                            }
+                        }
+                    }
+                }
+                p.note { "Counted from the stored connections: a degraded connection waits for its next retry; a rate-limited one (429 or the provider's throttling error) waits at least a minute." }
+            }
             (counts_table(chrome.base, rows))
             section {
-                h2 { "Refreshes per minute, last " ((now - since).num_hours()) " hours" }
-                (refresh_plot(minutes, since, now))
+                h2 { "Refreshes per minute, last " ((figures.now - figures.since).num_hours()) " hours" }
+                (refresh_plot(figures.minutes, figures.since, figures.now))
             }
         },
     )

@@ -47,6 +47,7 @@ on_both_backends!(
     an_integration_is_updated_and_deleted_only_once_no_connection_uses_it,
     attempts_are_counted_per_minute_and_outcome_since_a_time,
     api_keys_and_the_audit_trail_round_trip,
+    the_connection_summary_counts_by_integration_status_expiry_and_error,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -1402,4 +1403,97 @@ async fn audit_write_rate_sqlite() {
 #[ignore = "a measurement (BENCHMARKS.md), not a check"]
 async fn audit_write_rate_postgres() {
     audit_write_rate(TestDb::postgres().await, "postgres").await;
+}
+
+async fn the_connection_summary_counts_by_integration_status_expiry_and_error(db: TestDb) {
+    use crate::{ConnectionSummary, StatusCount};
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let memory = crate::MemoryStore::new();
+    let first = sample_integration("first");
+    let second = sample_integration("second");
+    let empty = sample_integration("empty");
+    let at = now();
+    let mut connections = Vec::new();
+    // first: two active expiring within the hour (one planned before its expiry, one
+    // planned after it), one active expiring in two hours, one needs_reauth expiring
+    // within the hour (not active: not counted as expiring).
+    let mut planned = sample_connection(first.id, "a");
+    planned.expires_at = at + chrono::Duration::minutes(30);
+    planned.next_refresh_at = Some(at + chrono::Duration::minutes(20));
+    let mut late = sample_connection(first.id, "b");
+    late.expires_at = at + chrono::Duration::minutes(40);
+    late.next_refresh_at = Some(at + chrono::Duration::minutes(50));
+    let mut later = sample_connection(first.id, "c");
+    later.expires_at = at + chrono::Duration::hours(2);
+    let mut lost = sample_connection(first.id, "d");
+    lost.expires_at = at + chrono::Duration::minutes(10);
+    lost.status = ConnectionStatus::NeedsReauth;
+    lost.is_active = false;
+    lost.next_refresh_at = None;
+    connections.extend([planned, late, later, lost]);
+    // second: three degraded (two rate limited, one without an error), one expired,
+    // unplanned.
+    for (tenant, code) in [("e", Some("rate_limited")), ("f", Some("rate_limited")), ("g", None)] {
+        let mut degraded = sample_connection(second.id, tenant);
+        degraded.status = ConnectionStatus::Degraded;
+        degraded.expires_at = at + chrono::Duration::hours(3);
+        degraded.last_error = code.map(|code| tokenvisor_core::LastError {
+            code: code.to_owned(),
+            message: "slow down".to_owned(),
+            at,
+        });
+        connections.push(degraded);
+    }
+    let mut expired = sample_connection(second.id, "h");
+    expired.expires_at = at - chrono::Duration::minutes(1);
+    connections.push(expired);
+    for integration in [&first, &second, &empty] {
+        store.insert_integration(integration).await.expect("integration");
+        memory.insert_integration(integration).await.expect("integration");
+    }
+    for connection in &connections {
+        store.insert_connection(connection).await.expect("connection");
+        memory.insert_connection(connection).await.expect("connection");
+    }
+    let summary = store
+        .connection_summary(at, chrono::Duration::hours(1))
+        .await
+        .expect("summary");
+    let mut by_status = vec![
+        StatusCount {
+            integration_id: first.id,
+            status: ConnectionStatus::Active,
+            count: 3,
+        },
+        StatusCount {
+            integration_id: first.id,
+            status: ConnectionStatus::NeedsReauth,
+            count: 1,
+        },
+        StatusCount {
+            integration_id: second.id,
+            status: ConnectionStatus::Active,
+            count: 1,
+        },
+        StatusCount {
+            integration_id: second.id,
+            status: ConnectionStatus::Degraded,
+            count: 3,
+        },
+    ];
+    by_status.sort_by_key(|count| (count.integration_id.0, count.status.as_str()));
+    let expected = ConnectionSummary {
+        by_status,
+        expiring: 2,
+        expiring_planned: 1,
+        degraded_by_error: vec![(None, 1), (Some("rate_limited".to_owned()), 2)],
+    };
+    assert_eq!(summary, expected);
+    assert_eq!(
+        memory
+            .connection_summary(at, chrono::Duration::hours(1))
+            .await
+            .expect("summary"),
+        expected
+    );
 }
