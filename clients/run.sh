@@ -14,6 +14,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=../scripts/start-tokenvisor.sh
+source "$root/scripts/start-tokenvisor.sh"
 binary=$root/target/debug/tokenvisor
 fake_binary=$root/target/debug/examples/fake_provider
 for file in "$binary" "$fake_binary"; do
@@ -57,31 +59,9 @@ for _ in $(seq 1 100); do [[ -s $work/fake.json ]] && break; sleep 0.1; done
 FAKE_PROVIDER=$(head -n1 "$work/fake.json")
 export FAKE_PROVIDER
 
-# tokenvisor on SQLite in the temporary directory; the admin port is read from the log.
-admin_token=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
-mkdir "$work/data"
-(
-    cd "$work/data"
-    for name in $(env | sed -n 's/^\(TOKENVISOR_[A-Z_]*\)=.*/\1/p'); do unset "$name"; done
-    export RUST_LOG=info NO_COLOR=1 TOKENVISOR_ADMIN_ADDR=127.0.0.1:0 \
-        TOKENVISOR_ADMIN_TOKEN=$admin_token TOKENVISOR_ALLOW_INSECURE_ENDPOINTS=127.0.0.1
-    exec "$binary" serve
-) 2>"$work/tokenvisor.log" &
-pids+=($!)
-addr=
-for _ in $(seq 1 300); do
-    addr=$(sed -n 's/.*admin API listening addr=\([^ ]*\).*/\1/p' "$work/tokenvisor.log" | head -n1)
-    [[ -n $addr ]] && break
-    sleep 0.1
-done
-if [[ -z $addr ]]; then
-    echo "clients: tokenvisor did not start:" >&2
-    cat "$work/tokenvisor.log" >&2
-    exit 1
-fi
-export TOKENVISOR_URL=http://$addr TOKENVISOR_ADMIN_TOKEN=$admin_token
+# tokenvisor on SQLite in the temporary directory, on a free port.
+start_tokenvisor clients
 curl -fsS "$TOKENVISOR_URL/openapi.json" -o "$work/openapi.json"
-echo "tokenvisor at $TOKENVISOR_URL"
 
 # Python: a venv with the generator, schemathesis and the webhook library.
 venv=${CLIENTS_VENV:-$root/target/clients-venv}
@@ -103,7 +83,7 @@ run_step "typescript client smoke" clients/typescript/node_modules/.bin/tsx clie
 
 # Schema fuzzing of the admin API: no server error, every answer as the document says.
 run_step "schemathesis" "$venv/bin/schemathesis" run "$work/openapi.json" \
-    --url "$TOKENVISOR_URL" -H "Authorization: Bearer $admin_token" \
+    --url "$TOKENVISOR_URL" -H "Authorization: Bearer $TOKENVISOR_ADMIN_TOKEN" \
     --checks not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,response_schema_conformance \
     --max-examples "$SCHEMATHESIS_EXAMPLES" --exclude-path /v1/events --exclude-path /v1/cluster/forward \
     --no-color --report-dir "$work/schemathesis" --seed 1

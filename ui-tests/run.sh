@@ -12,6 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
+# shellcheck source=../scripts/start-tokenvisor.sh
+source "$root/scripts/start-tokenvisor.sh"
 binary=$root/target/debug/tokenvisor
 fake_binary=$root/target/debug/examples/fake_provider
 for file in "$binary" "$fake_binary"; do
@@ -50,30 +52,8 @@ for _ in $(seq 1 100); do [[ -s $work/fake.json ]] && break; sleep 0.1; done
 FAKE_PROVIDER_FILE=$work/fake.json
 export FAKE_PROVIDER_FILE
 
-# tokenvisor on SQLite in the temporary directory; the admin port is read from the log.
-admin_token=$(head -c 24 /dev/urandom | base64 | tr -d '/+=')
-mkdir "$work/data"
-(
-    cd "$work/data"
-    for name in $(env | sed -n 's/^\(TOKENVISOR_[A-Z_]*\)=.*/\1/p'); do unset "$name"; done
-    export RUST_LOG=info NO_COLOR=1 TOKENVISOR_ADMIN_ADDR=127.0.0.1:0 \
-        TOKENVISOR_ADMIN_TOKEN=$admin_token TOKENVISOR_ALLOW_INSECURE_ENDPOINTS=127.0.0.1
-    exec "$binary" serve
-) 2>"$work/tokenvisor.log" &
-pids+=($!)
-addr=
-for _ in $(seq 1 300); do
-    addr=$(sed -n 's/.*admin API listening addr=\([^ ]*\).*/\1/p' "$work/tokenvisor.log" | head -n1)
-    [[ -n $addr ]] && break
-    sleep 0.1
-done
-if [[ -z $addr ]]; then
-    echo "ui-tests: tokenvisor did not start:" >&2
-    cat "$work/tokenvisor.log" >&2
-    exit 1
-fi
-export TOKENVISOR_URL=http://$addr TOKENVISOR_ADMIN_TOKEN=$admin_token
-echo "tokenvisor at $TOKENVISOR_URL"
+# tokenvisor on SQLite in the temporary directory, on a free port.
+start_tokenvisor ui-tests
 
 export UI_TESTS_SCREENSHOTS=${UI_TESTS_SCREENSHOTS:-$root/target/ui-tests/screenshots}
 export AXE_SCRIPT=$root/ui-tests/node_modules/axe-core/axe.min.js

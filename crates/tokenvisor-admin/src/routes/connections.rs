@@ -676,7 +676,8 @@ fn token_response(token: &AccessToken) -> Response {
     response
 }
 
-async fn view(state: &AppState, connection: &Connection) -> Result<ConnectionView, ApiError> {
+/// The view of a connection with its integration's name.
+pub(crate) async fn view(state: &AppState, connection: &Connection) -> Result<ConnectionView, ApiError> {
     let integration = state
         .tokenvisor
         .store()

@@ -374,12 +374,7 @@ fn parse_id(id: &str) -> Result<ConnectionId, ApiError> {
 
 async fn view_of(state: &AppState, id: ConnectionId) -> Result<ConnectionView, ApiError> {
     let connection = state.tokenvisor.connections().get(id).await?;
-    let integration = state
-        .tokenvisor
-        .store()
-        .get_integration(connection.integration_id)
-        .await?;
-    Ok(ConnectionView::of(&connection, integration.as_ref()))
+    crate::routes::connections::view(state, &connection).await
 }
 
 async fn render_connection(
@@ -462,7 +457,7 @@ async fn act(
             return match connections.remove(id).await {
                 Ok(()) => {
                     tracing::info!(connection.id = %id, "connection deleted from the dashboard");
-                    audit(&state, &operator, "delete", id).await;
+                    audit(&state, &operator, "delete", id);
                     Redirect::to(&format!("{}/ui/connections", state.options.base_path)).into_response()
                 }
                 Err(error) => failure(&state, &operator, error.into()),
@@ -473,7 +468,7 @@ async fn act(
     };
     tracing::info!(connection.id = %id, action = %action, ok = notice.is_ok(), "dashboard action");
     if notice.is_ok() {
-        audit(&state, &operator, &action, id).await;
+        audit(&state, &operator, &action, id);
     }
     match notice {
         Ok(notice) => render_connection(&state, &operator, id, Some(notice)).await,
@@ -482,11 +477,8 @@ async fn act(
 }
 
 /// Records a dashboard action in the audit trail (who signed in, what, which connection).
-async fn audit(state: &AppState, operator: &Operator, action: &str, id: ConnectionId) {
-    let tenant = match state.tokenvisor.store().get_connection(id).await {
-        Ok(Some(connection)) => Some(connection.tenant_id.to_string()),
-        _ => None,
-    };
+fn audit(state: &AppState, operator: &Operator, action: &str, id: ConnectionId) {
+    // The audit writer fills in the tenant of the connection, one query per batch.
     state.audit.record(tokenvisor_store::sql::AuditEvent {
         id: uuid::Uuid::now_v7().to_string(),
         at: Utc::now(),
@@ -495,7 +487,7 @@ async fn audit(state: &AppState, operator: &Operator, action: &str, id: Connecti
         status: 200,
         key_id: operator.key_id.clone(),
         connection_id: Some(id.to_string()),
-        tenant_id: tenant,
+        tenant_id: None,
         target: None,
         caller_address: operator.address.map(|ip| ip.to_string()),
         trace_id: tokenvisor_telemetry::current_trace_ids().map(|(trace, _)| trace),
