@@ -489,8 +489,22 @@ async fn the_binary_exports_refresh_spans_and_metrics_over_otlp_http() {
         .await
         .expect("token request by key");
     assert_eq!(answer.status(), 200);
+    // Stop once two refreshes are committed (their attempts recorded), not merely granted by
+    // the provider: on a loaded machine a refresh the provider has granted may still be
+    // persisting when the signal arrives, and its span would end after the export.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while harness.fake.refreshes_for("exported") < 2 && std::time::Instant::now() < deadline {
+    loop {
+        let committed = harness
+            .store
+            .list_attempts(connection.id, 50)
+            .await
+            .unwrap()
+            .iter()
+            .filter(|attempt| attempt.outcome == tokenvisor_core::RefreshOutcomeKind::Success)
+            .count();
+        if committed >= 2 || std::time::Instant::now() >= deadline {
+            break;
+        }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     let status = server.terminate();
