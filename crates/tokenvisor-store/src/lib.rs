@@ -275,6 +275,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     fn access(&self) -> Option<sql::AccessStore> {
         None
     }
+    /// Key rotation over this store's database (SQLite, PostgreSQL); `None` when the
+    /// store encrypts nothing (the in-memory store).
+    fn key_rotation(&self) -> Option<sql::KeyRotation> {
+        None
+    }
     /// Deletes a connection and its history. Whether it existed.
     async fn delete_connection(&self, id: ConnectionId) -> Result<bool, StoreError>;
 
