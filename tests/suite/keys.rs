@@ -213,3 +213,66 @@ async fn a_rotation_killed_half_way_resumes_and_leaves_every_value_under_the_new
             .all(|c| c.access_token.expose().starts_with("parked-access-"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_api_rotates_every_value_to_the_primary_key_and_reports_progress() {
+    let fake = fake(Dialect::NonRotating, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (key_a, key_b) = (random_key(), random_key());
+    let service = Service::start(
+        binary(),
+        dir.path(),
+        &[("TOKENVISOR_ENCRYPTION_KEYS", format!("a:{key_a}"))],
+    );
+    service.add_integration(&fake, "plain").await;
+    let mut ids = Vec::new();
+    for index in 0..5 {
+        let view = service.connect(&fake, "plain", &format!("tenant-{index}")).await;
+        ids.push(view["id"].as_str().unwrap().to_owned());
+    }
+    let before = service.get("/v1/keys/rotation").await;
+    assert_eq!(before.status, 200, "{before:?}");
+    assert_eq!(before.body["values_not_under_primary"], 0, "{before:?}");
+    assert_eq!(before.body["primary_label"], "a");
+    assert!(service.server.terminate().success());
+
+    let service = Service::start(
+        binary(),
+        dir.path(),
+        &[("TOKENVISOR_ENCRYPTION_KEYS", format!("b:{key_b},a:{key_a}"))],
+    );
+    let pending = service.get("/v1/keys/rotation").await;
+    assert_eq!(pending.body["primary_label"], "b", "{pending:?}");
+    // 5 access + 5 refresh tokens, the client secret, the key check.
+    assert_eq!(pending.body["values_not_under_primary"], 12, "{pending:?}");
+    assert!(pending.body["last_rotation"].is_null(), "{pending:?}");
+
+    let started = service.post_empty("/v1/keys/rotate").await;
+    assert_eq!(started.status, 202, "{started:?}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let done = loop {
+        let answer = service.get("/v1/keys/rotation").await;
+        if answer.body["running"] == false && answer.body["last_rotation"]["finished"] == true {
+            break answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{answer:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(done.body["values_not_under_primary"], 0, "{done:?}");
+    assert_eq!(
+        done.body["last_rotation"]["rows_rewritten"], 7,
+        "5 connections, the integration, the key check: {done:?}"
+    );
+    assert!(service.server.terminate().success());
+
+    let service = Service::start(
+        binary(),
+        dir.path(),
+        &[("TOKENVISOR_ENCRYPTION_KEYS", format!("b:{key_b}"))],
+    );
+    for id in &ids {
+        let token = service.get(&format!("/v1/connections/{id}/token")).await;
+        assert_eq!(token.status, 200, "{token:?}");
+    }
+    assert!(service.server.terminate().success());
+}
