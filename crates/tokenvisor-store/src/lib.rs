@@ -10,6 +10,7 @@
 
 pub mod crypto;
 mod entity;
+pub mod keys;
 pub mod memory;
 pub mod partitions;
 pub mod sql;
