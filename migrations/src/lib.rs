@@ -41,6 +41,8 @@
 //!   dashboard's overview.
 //! - `m20261202_000012_return_to`: `tokenvisor_authorization_states.return_to` (where the
 //!   tenant's browser goes after consent).
+//! - `m20261202_000013_key_rotations`: `tokenvisor_key_rotations` (progress of
+//!   `tokenvisor keys rotate`, per target key and table, so a rotation resumes).
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -62,6 +64,7 @@ mod m20261202_000009_api_keys;
 mod m20261202_000010_attempt_times;
 mod m20261202_000011_dashboard_indexes;
 mod m20261202_000012_return_to;
+mod m20261202_000013_key_rotations;
 
 pub use legacy::has_legacy_layout;
 pub use m20261202_000006_connection_keys::DEFAULT_CONNECTION_KEY;
@@ -116,6 +119,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261202_000010_attempt_times::Migration),
             Box::new(m20261202_000011_dashboard_indexes::Migration),
             Box::new(m20261202_000012_return_to::Migration),
+            Box::new(m20261202_000013_key_rotations::Migration),
         ]
     }
 

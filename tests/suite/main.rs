@@ -15,6 +15,7 @@ mod escalation;
 mod interleavings;
 mod isolation;
 mod keyed;
+mod keys;
 mod lifecycle;
 mod outage;
 mod outbox;

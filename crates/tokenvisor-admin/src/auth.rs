@@ -112,7 +112,8 @@ pub(crate) fn route_need(method: &Method, route: &str) -> Need {
     let route = route.split_once("/v1").map_or(route, |(_, rest)| rest);
     let read = *method == Method::GET;
     match route {
-        "/api-keys" | "/api-keys/{id}" | "/audit" | "/events" | "/cluster" | "/cluster/forward" => Need::Admin,
+        "/api-keys" | "/api-keys/{id}" | "/audit" | "/events" | "/cluster" | "/cluster/forward" | "/keys/rotate"
+        | "/keys/rotation" => Need::Admin,
         r if r.starts_with("/webhooks/") => Need::Admin,
         "/connections/{id}/token"
         | "/connections/{id}/token/rejected"

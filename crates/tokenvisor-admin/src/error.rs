@@ -32,6 +32,14 @@ pub const ERROR_CODES: &[(&str, &str)] = &[
         "429: too many failed authentications from this address or key prefix; retry after `Retry-After`",
     ),
     (
+        "keys_unavailable",
+        "501: this store encrypts nothing (the in-memory store): there are no keys to rotate",
+    ),
+    (
+        "rotation_running",
+        "409: a key rotation already runs in this process; follow it with `GET /v1/keys/rotation`",
+    ),
+    (
         "access_unavailable",
         "501: this store keeps no API keys or audit trail (the in-memory store)",
     ),

@@ -203,6 +203,8 @@ pub(crate) struct AppState {
     pub(crate) throttle: Arc<auth::Throttle>,
     /// The audit trail's writer.
     pub(crate) audit: Arc<audit::AuditLog>,
+    /// Whether a key rotation started through the API runs in this process.
+    pub(crate) key_rotation_running: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The admin application, complete: [`router_parts`] merged, with a JSON `404` for
@@ -233,6 +235,7 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
         journal: journal::Journal::start(tokenvisor.subscribe(), options.shutdown.clone()),
         tokenvisor,
         options: Arc::new(options),
+        key_rotation_running: Arc::default(),
     };
     let v1 = Router::new()
         .route(
@@ -328,6 +331,8 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
         .route("/api-keys", post(routes::api_keys::create).get(routes::api_keys::list))
         .route("/api-keys/{id}", axum::routing::delete(routes::api_keys::revoke))
         .route("/audit", get(routes::api_keys::audit))
+        .route("/keys/rotate", post(routes::keys::rotate))
+        .route("/keys/rotation", get(routes::keys::status))
         .route("/cluster", get(routes::cluster::status))
         .route("/cluster/forward", post(routes::cluster::forward))
         .fallback(not_found);

@@ -6,6 +6,7 @@
 
 mod baseline;
 mod dashboard;
+mod keys;
 mod recovery;
 mod replicas;
 mod report;
@@ -29,7 +30,7 @@ struct Cli {
     /// Also try one million connections in the scale scenario.
     #[arg(long)]
     million: bool,
-    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery, replicas, dashboard).
+    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery, replicas, dashboard, keys).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the table to this markdown file.
@@ -48,6 +49,12 @@ struct Cli {
     /// Internal: measure scale at one size and print JSON (run in a child process).
     #[arg(long, hide = true)]
     scale_one: Option<usize>,
+    /// Connections in the keys scenario. Default: 100,000; 2,000 with `--quick`.
+    #[arg(long)]
+    keys_size: Option<usize>,
+    /// Internal: the keys scenario's rotation (run in a child process, killed half-way).
+    #[arg(long, hide = true)]
+    keys_rotate_child: bool,
 }
 
 fn wants(cli: &Cli, scenario: &str) -> bool {
@@ -60,6 +67,9 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if cli.keys_rotate_child {
+        return runtime.block_on(keys::rotate_child());
+    }
     if let Some(size) = cli.scale_one {
         let result = runtime.block_on(scenarios::scale_one(size))?;
         println!("{result}");
@@ -210,6 +220,11 @@ fn main() -> anyhow::Result<()> {
     if wants(&cli, "dashboard") {
         let (size, requests) = if cli.quick { (1_000, 5) } else { (100_000, 50) };
         rows.extend(runtime.block_on(dashboard::pages(size, requests))?);
+        print_progress(&rows);
+    }
+    if wants(&cli, "keys") {
+        let size = cli.keys_size.unwrap_or(if cli.quick { 2_000 } else { 100_000 });
+        rows.extend(runtime.block_on(keys::rotation(size))?);
         print_progress(&rows);
     }
     if wants(&cli, "baseline") {

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 /// Opens the store: migrations run, the key is checked; a newly generated key file is
 /// written only after the store accepted the key.
 async fn open_store(config: &Storage) -> anyhow::Result<(SqlStore, tokenvisor_store::Keyring)> {
-    if config.is_embedded_default() || config.encryption_key.is_none() {
+    if config.is_embedded_default() || !config.has_configured_keys() {
         config.ensure_data_dir()?;
     }
     let (keyring, new_key_file) = config.keyring()?;

@@ -5,6 +5,7 @@
 mod client;
 mod commands;
 mod exit;
+mod keys;
 mod settings;
 mod telemetry;
 mod transport;
@@ -33,6 +34,10 @@ enum Command {
     /// Print a table of connections, reading the database directly. Read-only: it never
     /// migrates, creates or writes anything (run `migrate` or `serve` first).
     Status(settings::StorageArgs),
+    /// Encryption keys: generate one, show which keys hold the stored values, rotate
+    /// every stored secret to the primary key (reads the database directly, online).
+    #[command(subcommand, after_help = exit::HELP)]
+    Keys(keys::KeysCommand),
     /// Integrations of a running service (admin API).
     #[command(after_help = exit::HELP)]
     Integrations {
@@ -145,6 +150,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let storage = args.resolve().map_err(|error| exit::Exit::Usage.with(error))?;
             let telemetry = telemetry::init();
             let result = commands::status(&storage).await;
+            telemetry.shutdown();
+            result
+        }
+        Command::Keys(command) => {
+            let telemetry = telemetry::init();
+            let result = keys::run(command).await;
             telemetry.shutdown();
             result
         }

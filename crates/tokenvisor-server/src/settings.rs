@@ -40,6 +40,11 @@ pub struct StorageArgs {
     /// generated on first `serve`.
     #[arg(long, env = "TOKENVISOR_ENCRYPTION_KEY", hide_env_values = true)]
     pub encryption_key: Option<String>,
+    /// Several keys, `label:base64` comma-separated, the primary (for new writes) first,
+    /// older keys (still read) after; labels are `a-z 0-9 - _`, at most 32 characters.
+    /// Not together with TOKENVISOR_ENCRYPTION_KEY.
+    #[arg(long, env = "TOKENVISOR_ENCRYPTION_KEYS", hide_env_values = true)]
+    pub encryption_keys: Option<String>,
 }
 
 /// Every server setting: `serve` takes them. Durations take a unit (`250ms`, `90s`,
@@ -220,6 +225,7 @@ struct Raw {
     database_url: Option<Text>,
     database_pool: Option<Text>,
     encryption_key: Option<Text>,
+    encryption_keys: Option<Text>,
     admin_addr: Option<Text>,
     admin_header_timeout: Option<Text>,
     admin_idle_timeout: Option<Text>,
@@ -334,6 +340,7 @@ impl StorageArgs {
                 ("database_url", self.database_url.clone()),
                 ("database_pool", self.database_pool.clone()),
                 ("encryption_key", self.encryption_key.clone()),
+                ("encryption_keys", self.encryption_keys.clone()),
             ],
         );
     }
@@ -456,6 +463,8 @@ pub struct Storage {
     pub database_pool: u32,
     /// Explicit encryption key, if any.
     pub encryption_key: Option<SecretString>,
+    /// Explicit key list (`label:base64,...`, the primary first), if any.
+    pub encryption_keys: Option<SecretString>,
 }
 
 /// The resolved configuration of `serve`.
@@ -535,11 +544,22 @@ impl Storage {
             .encryption_key
             .clone()
             .map(|key| SecretString::new(key.into_string().trim()));
+        let encryption_keys = raw
+            .encryption_keys
+            .clone()
+            .map(|keys| SecretString::new(keys.into_string().trim()));
+        if encryption_key.is_some() && encryption_keys.is_some() {
+            bail!(
+                "both TOKENVISOR_ENCRYPTION_KEY and TOKENVISOR_ENCRYPTION_KEYS are set: keep one \
+                 (TOKENVISOR_ENCRYPTION_KEYS=\"new:...,old:...\" holds several keys, the primary first)"
+            );
+        }
         Ok(Self {
             data_dir,
             database_url,
             database_pool,
             encryption_key,
+            encryption_keys,
         })
     }
 }
@@ -907,8 +927,17 @@ impl Storage {
         self.data_dir.join(ADMIN_TOKEN_FILE)
     }
 
-    /// The configured key, else the key file's, else `None` (nothing is generated).
+    /// Whether keys are configured (not taken from the key file).
+    pub fn has_configured_keys(&self) -> bool {
+        self.encryption_key.is_some() || self.encryption_keys.is_some()
+    }
+
+    /// The configured keys, else the key file's, else `None` (nothing is generated).
     pub fn existing_keyring(&self) -> anyhow::Result<Option<Keyring>> {
+        if let Some(keys) = &self.encryption_keys {
+            let keyring = Keyring::from_key_list(keys.expose()).context("invalid TOKENVISOR_ENCRYPTION_KEYS")?;
+            return Ok(Some(keyring));
+        }
         if let Some(key) = &self.encryption_key {
             let keyring = Keyring::from_base64(key.expose(), &[]).context("invalid TOKENVISOR_ENCRYPTION_KEY")?;
             return Ok(Some(keyring));
@@ -1038,6 +1067,49 @@ mod tests {
             },
             ..ServeArgs::default()
         }
+    }
+
+    #[test]
+    fn several_keys_are_read_the_primary_first_and_never_with_the_single_key() {
+        let first = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let second = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+        let storage = StorageArgs {
+            encryption_keys: Some(format!("new:{second},old:{first}")),
+            ..StorageArgs::default()
+        }
+        .resolve()
+        .expect("valid");
+        let keyring = storage.existing_keyring().expect("keys").expect("configured");
+        assert_eq!(keyring.key_ids().len(), 2);
+        assert_eq!(keyring.label(keyring.primary_key_id()), Some("new"));
+        assert!(storage.has_configured_keys());
+
+        let message = StorageArgs {
+            encryption_key: Some(first.to_owned()),
+            encryption_keys: Some(format!("new:{second}")),
+            ..StorageArgs::default()
+        }
+        .resolve()
+        .expect_err("both")
+        .to_string();
+        assert!(
+            message.contains("TOKENVISOR_ENCRYPTION_KEY and TOKENVISOR_ENCRYPTION_KEYS"),
+            "{message}"
+        );
+        assert!(!message.contains(first) && !message.contains(second), "{message}");
+
+        let bad = StorageArgs {
+            encryption_keys: Some(format!("new:{second},NEW:{first}")),
+            ..StorageArgs::default()
+        }
+        .resolve()
+        .expect("resolves");
+        let message = format!("{:#}", bad.existing_keyring().expect_err("bad label"));
+        assert!(
+            message.contains("TOKENVISOR_ENCRYPTION_KEYS") && message.contains("key label"),
+            "{message}"
+        );
+        assert!(!message.contains(first) && !message.contains(second), "{message}");
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 pub mod crypto;
 mod entity;
+pub mod keys;
 pub mod memory;
 pub mod partitions;
 pub mod sql;
@@ -273,6 +274,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// `None` when the store keeps none (the in-memory store: only the configured admin
     /// token authenticates, nothing is audited).
     fn access(&self) -> Option<sql::AccessStore> {
+        None
+    }
+    /// Key rotation over this store's database (SQLite, PostgreSQL); `None` when the
+    /// store encrypts nothing (the in-memory store).
+    fn key_rotation(&self) -> Option<sql::KeyRotation> {
         None
     }
     /// Deletes a connection and its history. Whether it existed.

@@ -109,6 +109,7 @@ pub(super) fn now_ms(backend: DbBackend) -> &'static str {
     }
 }
 mod access;
+mod keys;
 mod lease;
 mod outbox;
 #[cfg(feature = "postgres")]
@@ -117,6 +118,7 @@ mod partitions;
 pub use access::{AccessStore, ApiKeyRecord, AuditEvent, AuditFilter};
 #[cfg(feature = "postgres")]
 use group_commit::{GroupCommitter, PreparedCommit};
+pub use keys::{KeyRotation, KeyUsage, RotationOptions, RotationProgress, TableProgress, encrypted_columns};
 pub use outbox::{
     DeadLetter, DeadLetterReason, EndpointSource, OutboxMessage, ReplayOutcome, WebhookEndpoint, WebhookOutbox,
 };
@@ -290,6 +292,12 @@ impl SqlStore {
         AccessStore::new(self.db.clone())
     }
 
+    /// Key rotation over this store's database: re-encrypts every secret under the
+    /// keyring's primary key (see [`KeyRotation`]).
+    pub fn key_rotation(&self) -> KeyRotation {
+        KeyRotation::new(self.db.clone(), self.keyring.clone())
+    }
+
     /// The keyring this store encrypts with.
     pub fn keyring(&self) -> &Keyring {
         &self.keyring
@@ -325,7 +333,7 @@ impl SqlStore {
 
     fn open_secret(&self, ciphertext: &[u8], aad: &str) -> Result<SecretString, StoreError> {
         let plaintext = self.keyring.decrypt(ciphertext, aad.as_bytes())?;
-        String::from_utf8(plaintext)
+        String::from_utf8(plaintext.to_vec())
             .map(SecretString::from)
             .map_err(|_| StoreError::Decryption {
                 context: aad.to_owned(),
@@ -802,7 +810,7 @@ async fn verify_key_check(db: &DatabaseConnection, keyring: &Keyring, table: &st
     let value: Vec<u8> = row.try_get("", "value").map_err(db_error("reading the key check"))?;
     let matches = keyring
         .decrypt(&value, KEY_CHECK_AAD)
-        .is_ok_and(|plaintext| plaintext == KEY_CHECK_PLAINTEXT);
+        .is_ok_and(|plaintext| plaintext.as_slice() == KEY_CHECK_PLAINTEXT);
     if matches {
         return Ok(true);
     }
@@ -1215,6 +1223,10 @@ impl Store for SqlStore {
 
     fn webhooks(&self) -> Option<WebhookOutbox> {
         Some(self.webhook_outbox())
+    }
+
+    fn key_rotation(&self) -> Option<KeyRotation> {
+        Some(SqlStore::key_rotation(self))
     }
 
     fn access(&self) -> Option<AccessStore> {

@@ -53,12 +53,13 @@ on_both_backends!(
 );
 
 /// Our tables after the upgrade (and on a fresh database), with the bookkeeping table.
-const OUR_TABLES: [&str; 14] = [
+const OUR_TABLES: [&str; 15] = [
     "tokenvisor_api_keys",
     "tokenvisor_audit_events",
     "tokenvisor_authorization_states",
     "tokenvisor_connections",
     "tokenvisor_integrations",
+    "tokenvisor_key_rotations",
     "tokenvisor_meta",
     "tokenvisor_migrations",
     "tokenvisor_partitions",
@@ -71,7 +72,7 @@ const OUR_TABLES: [&str; 14] = [
 ];
 
 /// Our migrations, all of them (the old layout's and those written since).
-const OUR_VERSIONS: [&str; 12] = [
+const OUR_VERSIONS: [&str; 13] = [
     "m20250101_000001_initial",
     "m20251122_000002_authorizations",
     "m20261122_000003_refresh_leases",
@@ -84,6 +85,7 @@ const OUR_VERSIONS: [&str; 12] = [
     "m20261202_000010_attempt_times",
     "m20261202_000011_dashboard_indexes",
     "m20261202_000012_return_to",
+    "m20261202_000013_key_rotations",
 ];
 
 fn keyring() -> Keyring {

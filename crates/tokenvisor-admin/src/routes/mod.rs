@@ -7,6 +7,7 @@ pub(crate) mod connections;
 pub(crate) mod events;
 pub(crate) mod health;
 pub(crate) mod integrations;
+pub(crate) mod keys;
 pub(crate) mod proxy;
 pub(crate) mod webhooks;
 

@@ -217,7 +217,7 @@ impl WebhookOutbox {
     fn open(&self, id: &str, column: &str, ciphertext: &[u8]) -> Result<SecretString, StoreError> {
         let aad = format!("webhook_endpoints:{id}:{column}");
         let plaintext = self.keyring.decrypt(ciphertext, aad.as_bytes())?;
-        String::from_utf8(plaintext)
+        String::from_utf8(plaintext.to_vec())
             .map(SecretString::from)
             .map_err(|_| StoreError::Decryption {
                 context: aad,
