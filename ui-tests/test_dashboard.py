@@ -154,6 +154,8 @@ def start_browser() -> webdriver.Chrome:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                      "--window-size=1280,800", "--force-device-scale-factor=1", "--lang=en-US"):
         options.add_argument(argument)
+    # The browser's console (CSP violations, failed loads) is read by the /docs step.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))
     # The viewport (what the screenshots show) is 1280x800, whatever the window's frame takes.
     inner = driver.execute_script("return [window.innerWidth, window.innerHeight];")
@@ -393,6 +395,28 @@ def main() -> int:
         axe(driver, "integrations")
         shot(driver, "integrations")
 
+    def api_documentation() -> None:
+        driver.get_log("browser")  # forget what earlier pages logged
+        driver.get(f"{BASE}/docs")
+        wait(
+            driver,
+            lambda d: any(
+                "/v1/connections" in e.text for e in d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+            ),
+            "Swagger UI to show the operation /v1/connections",
+        )
+        check("tokenvisor admin API" in driver.find_element(By.CSS_SELECTOR, ".info .title").text, "the title")
+        # Everything the page loaded came from tokenvisor; nothing was blocked or failed.
+        loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+        foreign = [url for url in loaded if not url.startswith(BASE + "/")]
+        check(not foreign, f"/docs loaded from elsewhere: {foreign}")
+        check(any(url.endswith("/openapi.json") for url in loaded), f"the document was not fetched: {loaded}")
+        errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        check(not errors, f"console errors on /docs: {errors}")
+        print(f"  /docs loaded {len(loaded)} resources, all from {BASE}")
+        shot(driver, "docs")
+        driver.get(f"{BASE}/ui")
+
     def sign_out_and_be_refused() -> None:
         driver.find_element(By.XPATH, "//button[normalize-space()='Sign out']").click()
         wait(driver, ec.url_to_be(f"{BASE}/ui/sign-in"), "the sign-in page after signing out")
@@ -416,6 +440,7 @@ def main() -> int:
         deactivate_with_confirmation,
         activate_with_confirmation,
         integrations,
+        api_documentation,
         sign_out_and_be_refused,
     ]
     passed = failed = 0

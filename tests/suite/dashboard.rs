@@ -349,3 +349,98 @@ async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
     assert_eq!(replayed.status, 303, "a signed-out session acts no more");
     tokio::time::sleep(Duration::from_millis(10)).await;
 }
+
+/// Absolute URLs (`http://` or `https://` followed by a host) in `text`.
+fn absolute_urls(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for scheme in ["http://", "https://"] {
+        let mut rest = text;
+        while let Some(at) = rest.find(scheme) {
+            let tail = &rest[at + scheme.len()..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "./_-".contains(c)))
+                .unwrap_or(tail.len());
+            if end > 0 {
+                found.push(format!("{scheme}{}", &tail[..end]));
+            }
+            rest = tail;
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_documentation_is_served_from_the_binary_and_names_no_other_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    let browser = Browser {
+        service: &service,
+        cookie: None,
+    };
+    let page = browser.get("/docs").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("data-openapi=\"/openapi.json\""), "{}", page.body);
+    assert_eq!(absolute_urls(&page.body), Vec::<String>::new(), "{}", page.body);
+    let policy = page.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+        "img-src 'self' data:",
+    ] {
+        assert!(policy.contains(directive), "{policy}");
+    }
+    assert!(
+        !policy.contains("http") && !policy.contains('*') && !policy.contains("unsafe"),
+        "{policy}"
+    );
+
+    // Every script and stylesheet the page names answers from here.
+    let mut names = Vec::new();
+    for marker in ["src=\"", "href=\""] {
+        for (at, _) in page.body.match_indices(marker) {
+            let start = at + marker.len();
+            names.push(page.body[start..][..page.body[start..].find('"').unwrap()].to_owned());
+        }
+    }
+    for asset in [
+        "/docs/assets/swagger-ui-bundle.js",
+        "/docs/assets/swagger-ui.css",
+        "/docs/assets/docs.js",
+        "/docs/assets/LICENSE",
+    ] {
+        assert!(names.iter().any(|name| name == asset), "{asset} not in {names:?}");
+    }
+    for name in &names {
+        let answer = browser.get(name).await;
+        assert_eq!(answer.status, 200, "{name}");
+        assert!(!answer.body.is_empty(), "{name}");
+    }
+    // The starter names no other origin and turns off the public validator badge.
+    let starter = browser.get("/docs/assets/docs.js").await;
+    assert_eq!(absolute_urls(&starter.body), Vec::<String>::new());
+    assert!(starter.body.contains("validatorUrl: null"), "{}", starter.body);
+    assert!(
+        browser
+            .get("/docs/assets/LICENSE")
+            .await
+            .body
+            .contains("Apache License")
+    );
+    let bundle = browser.get("/docs/assets/swagger-ui-bundle.js").await;
+    assert!(bundle.body.contains("SwaggerUIBundle"));
+    // The bundle's absolute URLs are identifiers (XML namespaces, JSON Schema and OpenAPI
+    // dialects), links in its texts and licences, or its validator (off, see above): none
+    // is a script, style or font it loads.
+    let loads: Vec<String> = absolute_urls(&bundle.body)
+        .into_iter()
+        .filter(|url| url.ends_with(".js") || url.ends_with(".css") || url.ends_with(".woff2") || url.contains("cdn"))
+        .collect();
+    assert_eq!(loads, Vec::<String>::new());
+    // The document it renders is the service's own.
+    let document = browser.get("/openapi.json").await;
+    assert_eq!(document.status, 200);
+}

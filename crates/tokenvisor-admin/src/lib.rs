@@ -2,7 +2,7 @@
 //!
 //! - [`router`]: the axum application — `/v1` (the admin token or a scoped API key,
 //!   compared in constant time; every route's scope checked in one place, `auth`;
-//!   failed authentications throttled; token reads and changes audited, [`audit`]), `/oauth/callback`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+//!   failed authentications throttled; token reads and changes audited, [`audit`]), `/oauth/callback`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` (read at `/docs`).
 //!   That is `tokenvisor serve`; an embedder mounts the same routes as a component
 //!   under a prefix ([`AdminOptions::base_path`]), behind its own authentication
 //!   ([`AdminAuth::External`] and [`router_parts`]), without the health and metrics
@@ -340,7 +340,9 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
         public = public.merge(ui::routes());
     }
     if state.options.health_routes {
-        api = api.route("/openapi.json", get(openapi::serve));
+        api = api
+            .route("/openapi.json", get(openapi::serve))
+            .merge(ui::docs::routes());
         public = public
             .route("/healthz", get(routes::health::healthz))
             .route("/readyz", get(routes::health::readyz));

@@ -18,6 +18,7 @@
 //! compiled into the binary, nothing is fetched from elsewhere, and a strict content
 //! security policy forbids inline and foreign scripts.
 
+pub(crate) mod docs;
 mod pages;
 pub(crate) mod session;
 
