@@ -41,6 +41,9 @@
 //!   dashboard's overview.
 //! - `m20261202_000012_return_to`: `tokenvisor_authorization_states.return_to` (where the
 //!   tenant's browser goes after consent).
+//! - `m20261202_000013_connection_sort_indexes`: (`expires_at, id`),
+//!   (`consecutive_failures, id`), (`last_error_at, id`) for the connections' sorted keyset
+//!   pages, and prefix indexes of `tenant_id` and `connection_key` for their search.
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -62,6 +65,7 @@ mod m20261202_000009_api_keys;
 mod m20261202_000010_attempt_times;
 mod m20261202_000011_dashboard_indexes;
 mod m20261202_000012_return_to;
+mod m20261202_000013_connection_sort_indexes;
 
 pub use legacy::has_legacy_layout;
 pub use m20261202_000006_connection_keys::DEFAULT_CONNECTION_KEY;
@@ -116,6 +120,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261202_000010_attempt_times::Migration),
             Box::new(m20261202_000011_dashboard_indexes::Migration),
             Box::new(m20261202_000012_return_to::Migration),
+            Box::new(m20261202_000013_connection_sort_indexes::Migration),
         ]
     }
 

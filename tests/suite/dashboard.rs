@@ -444,3 +444,126 @@ async fn the_api_documentation_is_served_from_the_binary_and_names_no_other_orig
     let document = browser.get("/openapi.json").await;
     assert_eq!(document.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_searched_and_sorted_a_keyset_page_at_a_time_through_the_api_and_the_table() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    for index in 0..10 {
+        let tenant = format!("t-{index}");
+        let grant = fake.issue_grant(&tenant);
+        let created = service
+            .post(
+                "/v1/connections",
+                serde_json::json!({
+                    "tenant_id": tenant,
+                    "integration": "crm",
+                    "access_token": grant.access_token,
+                    "refresh_token": grant.refresh_token,
+                    // Three expiry times: ties broken by id.
+                    "expires_in": 3600 + (index % 3) * 600,
+                }),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    // Sorted by expiry, latest first, 4 a page: every connection once, in order.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut path = "/v1/connections?sort=expires_at&order=desc&limit=4".to_owned();
+    for _ in 0..5 {
+        let page = service.get(&path).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        for item in page.body["items"].as_array().unwrap() {
+            seen.push((
+                item["expires_at"].as_str().unwrap().to_owned(),
+                item["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => {
+                assert!(cursor.starts_with("expires_at~"), "{cursor}");
+                path = format!("/v1/connections?sort=expires_at&order=desc&limit=4&cursor={cursor}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    let mut expected = seen.clone();
+    expected.sort_by(|a, b| {
+        let time = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+        time(&b.0).cmp(&time(&a.0)).then(b.1.cmp(&a.1))
+    });
+    assert_eq!(seen, expected);
+
+    // The search: a prefix of the tenant id (or key, or integration name).
+    let found = service.get("/v1/connections?q=t-1").await;
+    assert_eq!(found.status, 200);
+    let tenants: Vec<&str> = found.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["tenant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["t-1"]);
+    assert_eq!(
+        service.get("/v1/connections?q=cr&limit=500").await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+    for (bad, code) in [
+        ("q=%25", "invalid_query"),
+        ("sort=tenant", "invalid_query"),
+        ("order=sideways", "invalid_query"),
+        (
+            "sort=failures&cursor=expires_at~1~0190a000-0000-7000-8000-000000000000",
+            "invalid_cursor",
+        ),
+    ] {
+        let refused = service.get(&format!("/v1/connections?{bad}")).await;
+        assert_eq!((refused.status, refused.code()), (400, code), "{bad}: {refused:?}");
+    }
+
+    // The document names the new parameters and their values.
+    let document = service.get("/openapi.json").await.body;
+    let parameters = document["paths"]["/v1/connections"]["get"]["parameters"].to_string();
+    for name in ["\"q\"", "\"sort\"", "\"order\""] {
+        assert!(parameters.contains(name), "{name} not in {parameters}");
+    }
+    // The values, inline or in a referenced schema.
+    let described = format!("{parameters}{}", document["components"]["schemas"]);
+    for value in ["expires_at", "failures", "last_error", "desc"] {
+        assert!(
+            described.contains(&format!("\"{value}\"")),
+            "{value} not in {parameters}"
+        );
+    }
+
+    // The table: the same search and order, its next page by the cursor.
+    let mut browser = Browser {
+        service: &service,
+        cookie: None,
+    };
+    let signed_in = browser.post("/ui/sign-in", &[("token", ADMIN_TOKEN)]).await;
+    browser.cookie = Some(signed_in.set_cookie.unwrap().split(';').next().unwrap().to_owned());
+    let table = browser.get("/ui/connections?q=t-1").await;
+    assert_eq!(table.status, 200, "{}", table.body);
+    assert!(
+        table.body.contains(">t-1</a>") && !table.body.contains(">t-2</a>"),
+        "{}",
+        table.body
+    );
+    assert!(
+        table
+            .body
+            .contains("placeholder=\"start of tenant, key or integration\"")
+    );
+    let sorted = browser.get("/ui/connections?sort=failures&order=desc").await;
+    assert_eq!(sorted.status, 200, "{}", sorted.body);
+    assert!(sorted.body.contains("aria-sort=\"descending\""), "{}", sorted.body);
+    let refused = browser.get("/ui/connections?q=%25").await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+}

@@ -334,7 +334,9 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
     // Every route: throttle, authenticate, check the route's scope, audit (see `auth`).
     let v1 = v1.layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard));
     let mut api = Router::new().nest("/v1", v1);
-    let mut public = Router::new().route("/oauth/callback", get(routes::authorizations::callback));
+    let mut public = Router::new()
+        .route("/oauth/callback", get(routes::authorizations::callback))
+        .merge(ui::asset_routes());
     if state.admin_token_digest.is_some() {
         // The dashboard signs its operators in with the admin token (its own sessions).
         public = public.merge(ui::routes());

@@ -41,8 +41,8 @@ use std::sync::{Arc, OnceLock};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use std::time::Duration;
 use tokenvisor_core::{
-    Connection, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionStatus, Integration, IntegrationId, LastError,
-    PendingAuthorization, RefreshAttempt, SecretString, TenantId,
+    Connection, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionSort, ConnectionStatus, Integration,
+    IntegrationId, LastError, PendingAuthorization, RefreshAttempt, SecretString, SortValue, TenantId,
 };
 use tokenvisor_migration::Migrator;
 use uuid::Uuid;
@@ -541,7 +541,11 @@ impl SqlStore {
 }
 
 /// The connections matching `filter` (its `limit` aside).
-fn filtered_connections(filter: &ConnectionFilter) -> sea_orm::Select<connection::Entity> {
+/// The connections `filter` keeps, before any cursor or order. Its search is a prefix match
+/// of the tenant id, the connection key or the integration name that an index answers:
+/// `LIKE 'prefix%'` on PostgreSQL (the `text_pattern_ops` indexes of migration 000013),
+/// `GLOB 'prefix*'` on SQLite (its case-sensitive match, which uses the plain indexes).
+fn filtered_connections(filter: &ConnectionFilter, backend: DbBackend) -> sea_orm::Select<connection::Entity> {
     let mut query = connection::Entity::find();
     if let Some(tenant_id) = &filter.tenant_id {
         query = query.filter(connection::Column::TenantId.eq(tenant_id.as_str()));
@@ -555,10 +559,64 @@ fn filtered_connections(filter: &ConnectionFilter) -> sea_orm::Select<connection
     if let Some(key) = &filter.connection_key {
         query = query.filter(connection::Column::ConnectionKey.eq(key.as_str()));
     }
-    if let Some(after) = filter.after {
-        query = query.filter(connection::Column::Id.gt(after.0));
+    if let Some(search) = filter.search.as_deref() {
+        if !ConnectionFilter::is_valid_search(search) {
+            // Nothing starts with what no tenant id, key or name may hold.
+            return query.filter(Expr::cust("1 = 0"));
+        }
+        let starts_with = |column: Expr| -> sea_orm::sea_query::SimpleExpr {
+            match backend {
+                // `_` is LIKE's one-character wildcard (and a character of tenant ids):
+                // escaped with PostgreSQL's default escape character. The other characters
+                // allowed in a search mean themselves in LIKE and GLOB alike.
+                DbBackend::Postgres => column.like(sea_orm::sea_query::LikeExpr::new(format!(
+                    "{}%",
+                    search.replace('_', "\\_")
+                ))),
+                _ => column.binary(
+                    sea_orm::sea_query::BinOper::Custom("GLOB"),
+                    Expr::val(format!("{search}*")),
+                ),
+            }
+        };
+        let integrations = Query::select()
+            .column(integration::Column::Id)
+            .from(integration::Entity)
+            .and_where(starts_with(Expr::col(integration::Column::Name)))
+            .to_owned();
+        query = query.filter(
+            sea_orm::Condition::any()
+                .add(starts_with(Expr::col((
+                    connection::Entity,
+                    connection::Column::TenantId,
+                ))))
+                .add(starts_with(Expr::col((
+                    connection::Entity,
+                    connection::Column::ConnectionKey,
+                ))))
+                .add(connection::Column::IntegrationId.in_subquery(integrations)),
+        );
     }
     query
+}
+
+/// The column a sort order reads.
+fn sort_column(sort: ConnectionSort) -> connection::Column {
+    match sort {
+        ConnectionSort::Id => connection::Column::Id,
+        ConnectionSort::ExpiresAt => connection::Column::ExpiresAt,
+        ConnectionSort::Failures => connection::Column::ConsecutiveFailures,
+        ConnectionSort::LastError => connection::Column::LastErrorAt,
+    }
+}
+
+/// A sort value as a SQL value of its column.
+fn sort_value(value: SortValue) -> Value {
+    match value {
+        SortValue::Count(count) => Value::from(i32::try_from(count).unwrap_or(i32::MAX)),
+        SortValue::Time(time) => Value::from(time),
+        SortValue::Missing => Value::from(None::<chrono::DateTime<chrono::Utc>>),
+    }
 }
 
 /// The connections that should have a running owner (`active` or `degraded`, `is_active`).
@@ -1083,17 +1141,73 @@ impl Store for SqlStore {
             .transpose()
     }
 
+    /// Keyset pagination in every order: `WHERE (sort value, id) > (cursor value, cursor id)
+    /// ORDER BY sort value, id LIMIT n`, which the `(column, id)` indexes answer by a range
+    /// scan (migration 000013), however deep the page. The last error's time can be
+    /// missing: those rows come last in both directions, as a second range (`IS NULL`,
+    /// by id) read once the first is exhausted.
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError> {
-        let mut query = filtered_connections(filter).order_by_asc(connection::Column::Id);
-        if let Some(limit) = filter.limit {
-            query = query.limit(limit);
+        let backend = self.db.get_database_backend();
+        let order = if filter.descending { Order::Desc } else { Order::Asc };
+        let limit = filter.limit.unwrap_or(u64::MAX);
+        let column = sort_column(filter.sort);
+        let id_after = |id: ConnectionId| {
+            if filter.descending {
+                connection::Column::Id.lt(id.0)
+            } else {
+                connection::Column::Id.gt(id.0)
+            }
+        };
+        let mut rows = Vec::new();
+        let cursor_value = filter.after.and(filter.after_value);
+        let missing_only = cursor_value == Some(SortValue::Missing);
+        if filter.sort == ConnectionSort::Id || !missing_only {
+            let mut query = filtered_connections(filter, backend);
+            if filter.sort == ConnectionSort::Id {
+                if let Some(after) = filter.after {
+                    query = query.filter(id_after(after));
+                }
+            } else {
+                query = query.filter(Expr::col(column).is_not_null());
+                if let (Some(after), Some(value)) = (filter.after, cursor_value) {
+                    let row = Expr::tuple([Expr::col(column), Expr::col(connection::Column::Id)]);
+                    let cursor = Expr::tuple([Expr::val(sort_value(value)), Expr::val(after.0)]);
+                    query = query.filter(if filter.descending {
+                        row.lt(cursor)
+                    } else {
+                        row.gt(cursor)
+                    });
+                }
+                query = query.order_by(column, order.clone());
+            }
+            query = query.order_by(connection::Column::Id, order.clone());
+            if limit != u64::MAX {
+                query = query.limit(limit);
+            }
+            rows = query.all(&self.db).await.map_err(db_error("listing connections"))?;
         }
-        let rows = query.all(&self.db).await.map_err(db_error("listing connections"))?;
+        let may_be_missing = filter.sort == ConnectionSort::LastError;
+        if may_be_missing && (rows.len() as u64) < limit {
+            let mut query = filtered_connections(filter, backend).filter(Expr::col(column).is_null());
+            if missing_only && let Some(after) = filter.after {
+                query = query.filter(id_after(after));
+            }
+            query = query.order_by(connection::Column::Id, order);
+            if limit != u64::MAX {
+                query = query.limit(limit - rows.len() as u64);
+            }
+            rows.extend(query.all(&self.db).await.map_err(db_error("listing connections"))?);
+        }
         self.connections_from_rows(rows)
     }
 
     async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError> {
-        filtered_connections(filter)
+        let without_cursor = ConnectionFilter {
+            after: None,
+            after_value: None,
+            ..filter.clone()
+        };
+        filtered_connections(&without_cursor, self.db.get_database_backend())
             .count(&self.db)
             .await
             .map_err(db_error("counting connections"))

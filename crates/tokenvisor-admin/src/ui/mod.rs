@@ -7,8 +7,10 @@
 //!   their last error (rate limited or backing off), refreshes per minute by outcome over
 //!   the last three hours (all counted by the database: a few grouped queries, whatever
 //!   the number of connections).
-//! - `GET /ui/connections`: filtered by tenant, integration and status, one page at a
-//!   time through the store's keyset pagination (never all rows).
+//! - `GET /ui/connections`: filtered by tenant, integration and status, searched by the
+//!   start of a tenant id, connection key or integration name, sorted by creation, expiry,
+//!   failures in a row or last error; one page at a time through the listing of
+//!   `GET /v1/connections` (keyset pagination in every order, never all rows).
 //! - `GET /ui/connections/{id}`: state, token preview, refresh history, and actions
 //!   (`POST .../{refresh|deactivate|activate|delete|reauthorize}`, each with the session's
 //!   CSRF token); `GET .../status` feeds the page's live status.
@@ -19,7 +21,7 @@
 //! security policy forbids inline and foreign scripts.
 
 pub(crate) mod docs;
-mod pages;
+pub(crate) mod pages;
 pub(crate) mod session;
 
 use crate::AppState;
@@ -34,7 +36,7 @@ use chrono::Utc;
 use pages::{Chrome, IntegrationCounts, Notice, STATUSES};
 use serde::Deserialize;
 use session::Operator;
-use tokenvisor_core::{ConnectionFilter, ConnectionId, TenantId};
+use tokenvisor_core::{ConnectionFilter, ConnectionId, ConnectionSort, TenantId};
 use tokenvisor_supervisor::AuthorizationRequest;
 
 /// Rows per page of the connections table.
@@ -55,6 +57,13 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/ui/connections/{id}/status", get(status))
         .route("/ui/connections/{id}/{action}", post(act))
         .route("/ui/integrations", get(integrations))
+        .layer(axum::middleware::map_response(secure_headers))
+}
+
+/// The dashboard's stylesheet and script: always served (the tenant's callback page uses
+/// the stylesheet, whether or not the dashboard is mounted).
+pub(crate) fn asset_routes() -> Router<AppState> {
+    Router::new()
         .route(
             "/ui/assets/app.css",
             get(|| async { asset("text/css; charset=utf-8", pages::CSS) }),
@@ -303,22 +312,47 @@ struct TableQuery {
     integration: String,
     #[serde(default)]
     status: String,
+    /// Prefix of a tenant id, connection key or integration name.
     #[serde(default)]
-    after: Option<uuid::Uuid>,
+    q: String,
+    #[serde(default)]
+    sort: String,
+    #[serde(default)]
+    order: String,
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
+/// The connections table, a page at a time through the same listing as
+/// `GET /v1/connections` (its filters, search, orders and keyset cursor).
 async fn connections(State(state): State<AppState>, operator: Operator, Query(query): Query<TableQuery>) -> Response {
+    let tenant = query.tenant.trim();
+    let search = query.q.trim();
+    let sort = if query.sort.is_empty() {
+        Some(ConnectionSort::Id)
+    } else {
+        ConnectionSort::parse(&query.sort)
+    };
     let listed = async {
         let store = state.tokenvisor.store();
         let integrations = store.list_integrations().await?;
+        let sort = sort.ok_or_else(|| ApiError::invalid("sort", "unknown order"))?;
         let mut filter = ConnectionFilter {
-            after: query.after.map(ConnectionId),
-            limit: Some(PAGE + 1),
+            sort,
+            descending: query.order == "desc",
             ..ConnectionFilter::default()
         };
-        let tenant = query.tenant.trim();
         if !tenant.is_empty() {
             filter.tenant_id = Some(TenantId::parse(tenant).map_err(|error| ApiError::invalid("tenant", error))?);
+        }
+        if !search.is_empty() {
+            if !ConnectionFilter::is_valid_search(search) {
+                return Err(ApiError::invalid(
+                    "q",
+                    "search with the start of a tenant id, connection key or integration name (A-Z a-z 0-9 . _ : @ -)",
+                ));
+            }
+            filter.search = Some(search.to_owned());
         }
         if !query.integration.is_empty() {
             let integration = integrations
@@ -335,30 +369,33 @@ async fn connections(State(state): State<AppState>, operator: Operator, Query(qu
                     .ok_or_else(|| ApiError::invalid("status", "unknown status"))?,
             );
         }
-        let mut rows = store.list_connections(&filter).await?;
-        let more = rows.len() as u64 > PAGE;
-        rows.truncate(PAGE as usize);
-        let views: Vec<ConnectionView> = rows
-            .iter()
-            .map(|row| ConnectionView::of(row, integrations.iter().find(|i| i.id == row.integration_id)))
-            .collect();
-        let next = more.then(|| rows.last().map(|last| last.id)).flatten().map(|last| {
+        let principal = crate::auth::Principal::admin(&operator.key_id);
+        let listed =
+            crate::routes::connections::page(&state, &principal, filter, query.cursor.clone(), Some(PAGE)).await?;
+        let next = listed.next_cursor.map(|cursor| {
             format!(
-                "{}/ui/connections?tenant={}&integration={}&status={}&after={last}",
+                "{}/ui/connections?tenant={}&integration={}&status={}&q={}&sort={}&order={}&cursor={}",
                 state.options.base_path,
                 pages::urlencode(tenant),
                 pages::urlencode(&query.integration),
                 pages::urlencode(&query.status),
+                pages::urlencode(search),
+                sort.as_str(),
+                if query.order == "desc" { "desc" } else { "asc" },
+                pages::urlencode(&cursor),
             )
         });
-        Ok::<_, ApiError>((integrations.into_iter().map(|i| i.name).collect(), views, next))
+        Ok::<_, ApiError>((integrations.into_iter().map(|i| i.name).collect(), listed.items, next))
     };
     match listed.await {
         Ok((names, views, next)) => {
             let filters = pages::TableFilters {
-                tenant: query.tenant.trim(),
+                tenant,
                 integration: &query.integration,
                 status: &query.status,
+                search,
+                sort: sort.unwrap_or_default(),
+                descending: query.order == "desc",
                 integrations: names,
             };
             Html(pages::connections(&chrome(&state, &operator), &filters, &views, next).into_string()).into_response()

@@ -4,7 +4,7 @@
 use crate::views::ConnectionView;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
-use tokenvisor_core::{ConnectionStatus, RefreshAttempt, RefreshOutcomeKind};
+use tokenvisor_core::{ConnectionSort, ConnectionStatus, RefreshAttempt, RefreshOutcomeKind};
 use tokenvisor_store::{ConnectionSummary, MinuteCount};
 
 /// Every status, in the order the pages show them.
@@ -274,8 +274,20 @@ pub(crate) struct TableFilters<'a> {
     pub(crate) tenant: &'a str,
     pub(crate) integration: &'a str,
     pub(crate) status: &'a str,
+    /// The search (a prefix).
+    pub(crate) search: &'a str,
+    pub(crate) sort: ConnectionSort,
+    pub(crate) descending: bool,
     pub(crate) integrations: Vec<String>,
 }
+
+/// The orders of the connections table, with their labels.
+const SORTS: [(ConnectionSort, &str); 4] = [
+    (ConnectionSort::Id, "created"),
+    (ConnectionSort::ExpiresAt, "expiry"),
+    (ConnectionSort::Failures, "failures in a row"),
+    (ConnectionSort::LastError, "last error"),
+];
 
 /// The connections table: filters, one page of rows, a link to the next page.
 pub(crate) fn connections(
@@ -285,11 +297,14 @@ pub(crate) fn connections(
     next: Option<String>,
 ) -> Markup {
     let base = chrome.base;
+    let direction = if filters.descending { "descending" } else { "ascending" };
+    let sorted = |column: ConnectionSort| (column == filters.sort).then_some(direction);
     layout(
         chrome,
         "Connections",
         html! {
             form.filters method="get" action={ (base) "/ui/connections" } role="search" {
+                label { "Search " input type="search" name="q" value=(filters.search) placeholder="start of tenant, key or integration" size="28"; }
                 label { "Tenant " input type="search" name="tenant" value=(filters.tenant) placeholder="exact tenant id"; }
                 label { "Integration "
                     select name="integration" {
@@ -307,13 +322,29 @@ pub(crate) fn connections(
                         }
                     }
                 }
+                label { "Sort "
+                    select name="sort" {
+                        @for (sort, label) in SORTS {
+                            option value=(sort.as_str()) selected[sort == filters.sort] { (label) }
+                        }
+                    }
+                }
+                label { "Order "
+                    select name="order" {
+                        option value="asc" selected[!filters.descending] { "ascending" }
+                        option value="desc" selected[filters.descending] { "descending" }
+                    }
+                }
                 button type="submit" { "Filter" }
             }
             table #connections {
                 thead { tr {
                     th scope="col" { "Tenant" } th scope="col" { "Integration" } th scope="col" { "Key" }
-                    th scope="col" { "Status" } th scope="col" { "Expires" } th scope="col" { "Next refresh" }
-                    th scope="col" { "Failures" } th scope="col" { "Last error" }
+                    th scope="col" { "Status" }
+                    th scope="col" aria-sort=[sorted(ConnectionSort::ExpiresAt)] { "Expires" }
+                    th scope="col" { "Next refresh" }
+                    th scope="col" aria-sort=[sorted(ConnectionSort::Failures)] { "Failures (in a row)" }
+                    th scope="col" aria-sort=[sorted(ConnectionSort::LastError)] { "Last error" }
                 } }
                 tbody {
                     @for row in rows {
@@ -322,8 +353,8 @@ pub(crate) fn connections(
                             td { (row.integration) } td { (row.connection_key) }
                             td { (badge(row.status.as_str())) }
                             td { (moment(Some(row.expires_at))) } td { (moment(row.next_refresh_at)) }
-                            td { (row.refresh_failures) }
-                            td { @if let Some(error) = &row.last_error { code { (error.code) } } }
+                            td { (row.refresh_failures) " (" (row.consecutive_failures) ")" }
+                            td { @if let Some(error) = &row.last_error { code { (error.code) } " " (moment(Some(error.at))) } }
                         }
                     }
                     @if rows.is_empty() { tr { td colspan="8" { "No connection matches." } } }
@@ -456,6 +487,39 @@ pub(crate) fn integrations(chrome: &Chrome<'_>, rows: &[IntegrationCounts]) -> M
 /// A page with one message (errors of the dashboard's own).
 pub(crate) fn message(chrome: &Chrome<'_>, title: &str, text: &str) -> Markup {
     layout(chrome, title, html! { p role="alert" { (text) } })
+}
+
+/// The tenant's page at the end of an authorization (without `return_to`): the outcome in
+/// words, styled with the dashboard's stylesheet, no script, no secret (the tenant id, or
+/// the error's code).
+pub(crate) fn callback(base: &str, outcome: Result<&str, (&str, &str)>) -> Markup {
+    let title = if outcome.is_ok() { "Connected" } else { "Not connected" };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                link rel="stylesheet" href={ (base) "/ui/assets/app.css" };
+            }
+            body {
+                main.outcome {
+                    @match outcome {
+                        Ok(tenant) => div.card.succeeded role="status" {
+                            h1 { span aria-hidden="true" { "✓ " } (title) }
+                            p { "Tenant " b { (tenant) } " is connected. You can close this window." }
+                        },
+                        Err((message, code)) => div.card.failed role="alert" {
+                            h1 { span aria-hidden="true" { "✗ " } (title) }
+                            p { (message) }
+                            p.code { "Reference: " code { (code) } }
+                        },
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Percent-encodes a query value.
