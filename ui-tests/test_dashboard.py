@@ -3,7 +3,7 @@
 One scenario, in steps that each pass or fail: sign in with the keyboard alone; find the one
 needs-reauth tenant among 1,000 connections by filtering; open it; start re-authorization;
 complete consent at the fake provider in another tab; see the status badge turn active
-without a reload; deactivate and activate with the confirmation dialog (dismissed once:
+and the event listed without a reload; deactivate and activate with the confirmation dialog (dismissed once:
 nothing changes); sign out and be refused. Every page is checked with axe-core (violations
 of impact serious or critical fail) and photographed.
 
@@ -347,6 +347,12 @@ def main() -> int:
         )
         check(driver.execute_script("return window.__notReloaded === true;"), "the page was reloaded")
         check(connection_status(broken_id) == "active", "the API does not say active")
+        # The page's event list shows the re-authorization as it happened.
+        wait(
+            driver,
+            lambda d: "reauthorized" in d.find_element(By.ID, "live-events").text,
+            "the re-authorization in the page's live events",
+        )
 
     def confirm_action(label: str, accept: bool) -> None:
         driver.find_element(By.XPATH, f"//button[normalize-space()='{label}']").click()
@@ -395,6 +401,28 @@ def main() -> int:
         axe(driver, "integrations")
         shot(driver, "integrations")
 
+    def table_row_follows_events_without_reload() -> None:
+        tenant = sorted(ids)[1]
+        connection_id = ids[tenant]
+        driver.get(f"{BASE}/ui/connections?q={tenant}")
+        wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "table#connections[data-live-open]")),
+             "the table's event stream to open")
+        row_badge = (
+            f"const b = document.querySelector('tr[data-connection=\"{connection_id}\"] td.status .badge');"
+            "return b ? b.textContent : null;"
+        )
+        check(driver.execute_script(row_badge) == "active", f"row badge {driver.execute_script(row_badge)!r}")
+        driver.execute_script("window.__notReloaded = true;")
+        status, body = api("POST", f"/connections/{connection_id}/deactivate")
+        check(status == 200, f"deactivate: {status} {body}")
+        wait(driver, lambda d: d.execute_script(row_badge) == "disabled", "the row's badge to turn disabled")
+        shot(driver, "connections-live")
+        status, body = api("POST", f"/connections/{connection_id}/activate")
+        check(status == 200, f"activate: {status} {body}")
+        wait(driver, lambda d: d.execute_script(row_badge) == "active", "the row's badge to turn active again")
+        check(driver.execute_script("return window.__notReloaded === true;"), "the table was reloaded")
+        axe(driver, "connections live")
+
     def api_documentation() -> None:
         driver.get_log("browser")  # forget what earlier pages logged
         driver.get(f"{BASE}/docs")
@@ -440,6 +468,7 @@ def main() -> int:
         deactivate_with_confirmation,
         activate_with_confirmation,
         integrations,
+        table_row_follows_events_without_reload,
         api_documentation,
         sign_out_and_be_refused,
     ]

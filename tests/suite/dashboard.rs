@@ -567,3 +567,86 @@ async fn connections_are_searched_and_sorted_a_keyset_page_at_a_time_through_the
     let refused = browser.get("/ui/connections?q=%25").await;
     assert_eq!(refused.status, 422, "{}", refused.body);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_event_stream_needs_a_session_and_relays_only_the_connections_of_the_page() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let shown = service.connect(&fake, "crm", "shown").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = service.connect(&fake, "crm", "other").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut browser = Browser {
+        service: &service,
+        cookie: None,
+    };
+    // Without a session: to the sign-in page, no stream.
+    let anonymous = browser.get(&format!("/ui/events?ids={shown}")).await;
+    assert_eq!(
+        (anonymous.status, anonymous.location.as_deref()),
+        (303, Some("/ui/sign-in"))
+    );
+    let signed_in = browser.post("/ui/sign-in", &[("token", ADMIN_TOKEN)]).await;
+    browser.cookie = Some(signed_in.set_cookie.unwrap().split(';').next().unwrap().to_owned());
+    for bad in ["/ui/events", "/ui/events?ids=not-an-id", "/ui/events?ids="] {
+        assert_eq!(browser.get(bad).await.status, 400, "{bad}");
+    }
+    // The table names its rows' stream; the connection page its own.
+    let table = browser.get("/ui/connections").await;
+    assert!(
+        table.body.contains("data-live-events=\"/ui/events?ids="),
+        "{}",
+        table.body
+    );
+    let page = browser.get(&format!("/ui/connections/{shown}")).await;
+    assert!(
+        page.body
+            .contains(&format!("data-live-events=\"/ui/events?connection={shown}\"")),
+        "{}",
+        page.body
+    );
+
+    let mut events = service
+        .http
+        .get(format!("{}/ui/events?connection={shown}", service.base))
+        .header(header::COOKIE, browser.cookie.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()[header::CONTENT_TYPE], "text/event-stream");
+    // The other connection's event is not relayed; the shown one's is.
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{other}/deactivate"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{shown}/deactivate"))
+            .await
+            .status,
+        200
+    );
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains("event: deactivated") {
+        let chunk = tokio::time::timeout_at(deadline, events.chunk())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains(&shown), "{seen}");
+    assert!(!seen.contains(&other), "{seen}");
+}

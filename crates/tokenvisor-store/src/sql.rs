@@ -542,10 +542,18 @@ impl SqlStore {
 
 /// The connections matching `filter` (its `limit` aside).
 /// The connections `filter` keeps, before any cursor or order. Its search is a prefix match
-/// of the tenant id, the connection key or the integration name that an index answers:
-/// `LIKE 'prefix%'` on PostgreSQL (the `text_pattern_ops` indexes of migration 000013),
-/// `GLOB 'prefix*'` on SQLite (its case-sensitive match, which uses the plain indexes).
-fn filtered_connections(filter: &ConnectionFilter, backend: DbBackend) -> sea_orm::Select<connection::Entity> {
+/// of the tenant id or the connection key that an index answers, or the connection's
+/// integration is one of `named` (the integrations whose name starts with it, looked up
+/// first: a short list, so the condition stays indexable). The prefix is written into the
+/// SQL as a literal (it holds only `A-Z a-z 0-9 . _ : @ -`, checked here), so that
+/// PostgreSQL plans it as an index range even in a generic plan: `LIKE 'prefix%'` (the
+/// `text_pattern_ops` indexes of migration 000013, `_` escaped), and SQLite `GLOB 'prefix*'`
+/// (its case-sensitive match, which uses the plain indexes).
+fn filtered_connections(
+    filter: &ConnectionFilter,
+    backend: DbBackend,
+    named: &[Uuid],
+) -> sea_orm::Select<connection::Entity> {
     let mut query = connection::Entity::find();
     if let Some(tenant_id) = &filter.tenant_id {
         query = query.filter(connection::Column::TenantId.eq(tenant_id.as_str()));
@@ -564,38 +572,19 @@ fn filtered_connections(filter: &ConnectionFilter, backend: DbBackend) -> sea_or
             // Nothing starts with what no tenant id, key or name may hold.
             return query.filter(Expr::cust("1 = 0"));
         }
-        let starts_with = |column: Expr| -> sea_orm::sea_query::SimpleExpr {
-            match backend {
-                // `_` is LIKE's one-character wildcard (and a character of tenant ids):
-                // escaped with PostgreSQL's default escape character. The other characters
-                // allowed in a search mean themselves in LIKE and GLOB alike.
-                DbBackend::Postgres => column.like(sea_orm::sea_query::LikeExpr::new(format!(
-                    "{}%",
-                    search.replace('_', "\\_")
-                ))),
-                _ => column.binary(
-                    sea_orm::sea_query::BinOper::Custom("GLOB"),
-                    Expr::val(format!("{search}*")),
-                ),
-            }
+        let starts_with = |column: &str| match backend {
+            // `_` is LIKE's one-character wildcard (and a character of tenant ids): escaped
+            // with PostgreSQL's default escape character.
+            DbBackend::Postgres => Expr::cust(format!("{column} LIKE '{}%'", search.replace('_', "\\_"))),
+            _ => Expr::cust(format!("{column} GLOB '{search}*'")),
         };
-        let integrations = Query::select()
-            .column(integration::Column::Id)
-            .from(integration::Entity)
-            .and_where(starts_with(Expr::col(integration::Column::Name)))
-            .to_owned();
-        query = query.filter(
-            sea_orm::Condition::any()
-                .add(starts_with(Expr::col((
-                    connection::Entity,
-                    connection::Column::TenantId,
-                ))))
-                .add(starts_with(Expr::col((
-                    connection::Entity,
-                    connection::Column::ConnectionKey,
-                ))))
-                .add(connection::Column::IntegrationId.in_subquery(integrations)),
-        );
+        let mut any = sea_orm::Condition::any()
+            .add(starts_with("tokenvisor_connections.tenant_id"))
+            .add(starts_with("tokenvisor_connections.connection_key"));
+        if !named.is_empty() {
+            any = any.add(connection::Column::IntegrationId.is_in(named.iter().copied()));
+        }
+        query = query.filter(any);
     }
     query
 }
@@ -628,6 +617,26 @@ pub(super) fn supervised_connections() -> sea_orm::Select<connection::Entity> {
 }
 
 impl SqlStore {
+    /// The integrations whose name starts with the filter's search (none without one).
+    async fn integrations_named(&self, filter: &ConnectionFilter) -> Result<Vec<Uuid>, StoreError> {
+        let Some(search) = filter.search.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let names: Vec<(Uuid, String)> = integration::Entity::find()
+            .select_only()
+            .column(integration::Column::Id)
+            .column(integration::Column::Name)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_error("reading integration names"))?;
+        Ok(names
+            .into_iter()
+            .filter(|(_, name)| name.starts_with(search))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// The rows of `query`, decrypted as the stream is polled (one query).
     pub(super) fn stream_connections(
         &self,
@@ -1148,6 +1157,7 @@ impl Store for SqlStore {
     /// by id) read once the first is exhausted.
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError> {
         let backend = self.db.get_database_backend();
+        let named = self.integrations_named(filter).await?;
         let order = if filter.descending { Order::Desc } else { Order::Asc };
         let limit = filter.limit.unwrap_or(u64::MAX);
         let column = sort_column(filter.sort);
@@ -1162,7 +1172,7 @@ impl Store for SqlStore {
         let cursor_value = filter.after.and(filter.after_value);
         let missing_only = cursor_value == Some(SortValue::Missing);
         if filter.sort == ConnectionSort::Id || !missing_only {
-            let mut query = filtered_connections(filter, backend);
+            let mut query = filtered_connections(filter, backend, &named);
             if filter.sort == ConnectionSort::Id {
                 if let Some(after) = filter.after {
                     query = query.filter(id_after(after));
@@ -1188,7 +1198,7 @@ impl Store for SqlStore {
         }
         let may_be_missing = filter.sort == ConnectionSort::LastError;
         if may_be_missing && (rows.len() as u64) < limit {
-            let mut query = filtered_connections(filter, backend).filter(Expr::col(column).is_null());
+            let mut query = filtered_connections(filter, backend, &named).filter(Expr::col(column).is_null());
             if missing_only && let Some(after) = filter.after {
                 query = query.filter(id_after(after));
             }
@@ -1207,7 +1217,8 @@ impl Store for SqlStore {
             after_value: None,
             ..filter.clone()
         };
-        filtered_connections(&without_cursor, self.db.get_database_backend())
+        let named = self.integrations_named(filter).await?;
+        filtered_connections(&without_cursor, self.db.get_database_backend(), &named)
             .count(&self.db)
             .await
             .map_err(db_error("counting connections"))

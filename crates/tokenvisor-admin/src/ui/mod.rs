@@ -15,6 +15,9 @@
 //!   (`POST .../{refresh|deactivate|activate|delete|reauthorize}`, each with the session's
 //!   CSRF token); `GET .../status` feeds the page's live status.
 //! - `GET /ui/integrations`: the OAuth apps (never their secrets) and their health.
+//! - `GET /ui/events?connection=...` or `?ids=...`: the event stream of the connections a
+//!   page shows, for the signed-in operator; the table's rows and the connection page's
+//!   event list follow it without reloading.
 //!
 //! Pages are maud templates (escaped by construction), the stylesheet and script are
 //! compiled into the binary, nothing is fetched from elsewhere, and a strict content
@@ -57,7 +60,54 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/ui/connections/{id}/status", get(status))
         .route("/ui/connections/{id}/{action}", post(act))
         .route("/ui/integrations", get(integrations))
+        .route("/ui/events", get(events))
         .layer(axum::middleware::map_response(secure_headers))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// The connection page's connection.
+    #[serde(default)]
+    connection: Option<String>,
+    /// The table's rows (comma-separated ids, at most [`PAGE`]).
+    #[serde(default)]
+    ids: Option<String>,
+}
+
+/// `GET /ui/events`: the event stream of `/v1/events` for the signed-in operator (a
+/// browser's `EventSource` sends the session cookie, not a bearer token), only the events
+/// of the connections the page shows.
+async fn events(
+    State(state): State<AppState>,
+    _operator: Operator,
+    headers: axum::http::HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Response {
+    let listed = query
+        .connection
+        .iter()
+        .chain(query.ids.iter())
+        .flat_map(|ids| ids.split(','))
+        .filter(|id| !id.is_empty())
+        .map(|id| uuid::Uuid::parse_str(id).map(ConnectionId))
+        .collect::<Result<std::collections::HashSet<_>, _>>();
+    let ids = match listed {
+        Ok(ids) if !ids.is_empty() && ids.len() as u64 <= PAGE => ids,
+        _ => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "connection or ids: 1 to 50 connection ids",
+            )
+            .into_response();
+        }
+    };
+    let wanted: crate::routes::events::Wanted = std::sync::Arc::new(move |event| ids.contains(&event.connection_id));
+    let mut response = crate::routes::events::relay(&state, &headers, wanted).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
 }
 
 /// The dashboard's stylesheet and script: always served (the tenant's callback page uses

@@ -337,7 +337,8 @@ pub(crate) fn connections(
                 }
                 button type="submit" { "Filter" }
             }
-            table #connections {
+            @let ids = rows.iter().map(|row| row.id.to_string()).collect::<Vec<_>>().join(",");
+            table #connections data-live-events=[(!rows.is_empty()).then(|| format!("{base}/ui/events?ids={ids}"))] {
                 thead { tr {
                     th scope="col" { "Tenant" } th scope="col" { "Integration" } th scope="col" { "Key" }
                     th scope="col" { "Status" }
@@ -348,11 +349,11 @@ pub(crate) fn connections(
                 } }
                 tbody {
                     @for row in rows {
-                        tr {
+                        tr data-connection=(row.id) data-status-url={ (base) "/ui/connections/" (row.id) "/status" } {
                             th scope="row" { a href={ (base) "/ui/connections/" (row.id) } { (row.tenant_id) } }
                             td { (row.integration) } td { (row.connection_key) }
-                            td { (badge(row.status.as_str())) }
-                            td { (moment(Some(row.expires_at))) } td { (moment(row.next_refresh_at)) }
+                            td.status { (badge(row.status.as_str())) }
+                            td.expires { (moment(Some(row.expires_at))) } td.next-refresh { (moment(row.next_refresh_at)) }
                             td { (row.refresh_failures) " (" (row.consecutive_failures) ")" }
                             td { @if let Some(error) = &row.last_error { code { (error.code) } " " (moment(Some(error.at))) } }
                         }
@@ -431,6 +432,12 @@ pub(crate) fn connection(
                 }
                 (action("reauthorize", "Re-authorize", None))
                 (action("delete", "Delete", Some("Delete this connection? Its tokens are revoked at the provider.")))
+            }
+            section {
+                h2 #live-events-title { "Events since this page opened" }
+                ol #live-events aria-labelledby="live-events-title" aria-live="polite"
+                    data-live-events={ (base) "/ui/events?connection=" (view.id) } {}
+                p.muted #live-events-empty { "None yet (they appear here as they happen)." }
             }
             section {
                 h2 { "Refresh history" }
