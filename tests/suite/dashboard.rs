@@ -198,6 +198,15 @@ async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
         overview.body
     );
     assert!(overview.body.contains("<rect"), "{}", overview.body);
+    // The provider calls now, from the supervisor's limiter: none waiting or in flight
+    // between requests; the throttled connection backs off.
+    assert!(
+        overview.body.contains(
+            "<th scope=\"row\">crm</th><td class=\"waiting\">0</td><td class=\"in-flight\">0 of 32</td><td class=\"backing-off\">1</td>"
+        ),
+        "{}",
+        overview.body
+    );
 
     // Filtering finds the broken tenant alone.
     let broken = browser.get("/ui/connections?status=needs_reauth").await;

@@ -4,7 +4,9 @@
 //!   with the admin token; a session cookie follows ([`session`]).
 //! - `GET /ui`: connections by status per integration, the tokens expiring within the
 //!   hour against the refreshes planned before their expiry, the degraded connections by
-//!   their last error (rate limited or backing off), refreshes per minute by outcome over
+//!   their last error (rate limited or backing off), the refreshes waiting on each
+//!   integration's rate and concurrency limit or calling its provider right now (the
+//!   supervisor's limiter counters), refreshes per minute by outcome over
 //!   the last three hours (all counted by the database: a few grouped queries, whatever
 //!   the number of connections).
 //! - `GET /ui/connections`: filtered by tenant, integration and status, searched by the
@@ -302,6 +304,7 @@ async fn integration_counts(
                     .map_or(0, |count| count.count)
             });
             IntegrationCounts {
+                id: integration.id,
                 name: integration.name,
                 provider: integration.provider,
                 client_id: integration.client_id,
@@ -326,12 +329,14 @@ async fn overview(State(state): State<AppState>, operator: Operator) -> Response
     };
     match counted.await {
         Ok((summary, rows, minutes)) => {
+            let limits = state.tokenvisor.provider_limits_now();
             let figures = pages::Figures {
                 rows: &rows,
                 summary: &summary,
                 minutes: &minutes,
                 since,
                 now,
+                limits: &limits,
             };
             Html(pages::overview(&chrome(&state, &operator), &figures).into_string()).into_response()
         }

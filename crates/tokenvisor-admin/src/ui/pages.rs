@@ -110,6 +110,7 @@ pub(crate) fn sign_in(base: &str, error: Option<&str>) -> Markup {
 
 /// One integration's row of the overview: its name and the count of each status.
 pub(crate) struct IntegrationCounts {
+    pub(crate) id: tokenvisor_core::IntegrationId,
     pub(crate) name: String,
     pub(crate) provider: String,
     pub(crate) client_id: String,
@@ -155,6 +156,8 @@ pub(crate) struct Figures<'a> {
     pub(crate) minutes: &'a [MinuteCount],
     pub(crate) since: DateTime<Utc>,
     pub(crate) now: DateTime<Utc>,
+    /// Each integration's limiter now (absent: not used by this process yet).
+    pub(crate) limits: &'a [(tokenvisor_core::IntegrationId, tokenvisor_supervisor::LimiterSnapshot)],
 }
 
 /// The overview: counts per integration, tokens expiring within the hour against the
@@ -205,6 +208,26 @@ pub(crate) fn overview(chrome: &Chrome<'_>, figures: &Figures<'_>) -> Markup {
                     }
                 }
                 p.note { "Counted from the stored connections: a degraded connection waits for its next retry; a rate-limited one (429 or the provider's throttling error) waits at least a minute." }
+                table #provider-calls {
+                    caption { "Provider calls per integration right now (this process)" }
+                    thead { tr {
+                        th scope="col" { "Integration" }
+                        th scope="col" { "Waiting on tokenvisor's rate or concurrency limit" }
+                        th scope="col" { "Calling the provider" }
+                        th scope="col" { "Backing off (degraded)" }
+                    } }
+                    tbody {
+                        @for row in figures.rows {
+                            @let now = figures.limits.iter().find(|(id, _)| *id == row.id).map(|(_, snapshot)| *snapshot).unwrap_or_default();
+                            tr {
+                                th scope="row" { (row.name) }
+                                td.waiting { (now.waiting) }
+                                td.in-flight { (now.in_flight) @if now.max_concurrent > 0 { " of " (now.max_concurrent) } }
+                                td.backing-off { (row.counts[1]) }
+                            }
+                        }
+                    }
+                }
             }
             (counts_table(chrome.base, rows))
             section {
