@@ -181,8 +181,9 @@ fn normalize_base_path(base_path: &str) -> String {
 /// `state`). Merge both into the host's router; neither has a fallback.
 #[derive(Debug)]
 pub struct AdminRouter {
-    /// `/v1/...` and, with health routes, `/openapi.json` and `/metrics` (the latter
-    /// authenticated unless [`AdminOptions::metrics_public`]).
+    /// `/v1/...`, with [`AdminAuth::External`] the dashboard `/ui` (its sign-in trusts the
+    /// host's authentication), and, with health routes, `/openapi.json`, `/docs` and
+    /// `/metrics` (the latter authenticated unless [`AdminOptions::metrics_public`]).
     pub api: Router,
     /// `/oauth/callback` and, with health routes, `/healthz`, `/readyz` (and `/metrics`
     /// when [`AdminOptions::metrics_public`]).
@@ -340,6 +341,10 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
     if state.admin_token_digest.is_some() {
         // The dashboard signs its operators in with the admin token (its own sessions).
         public = public.merge(ui::routes());
+    } else {
+        // Embedded: the host's authentication wraps the dashboard with `/v1`; whoever
+        // reaches it gets a session at once (see `ui`).
+        api = api.merge(ui::routes());
     }
     if state.options.health_routes {
         api = api

@@ -21,6 +21,11 @@
 //!   page shows, for the signed-in operator; the table's rows and the connection page's
 //!   event list follow it without reloading.
 //!
+//! Embedded in a host application ([`crate::AdminAuth::External`]), the dashboard is part
+//! of [`crate::AdminRouter::api`], behind the host's authentication: there is no sign-in
+//! form, `/ui/sign-in` gives whoever the host let through a session at once (its CSRF
+//! token still guards every action).
+//!
 //! Pages are maud templates (escaped by construction), the stylesheet and script are
 //! compiled into the binary, nothing is fetched from elsewhere, and a strict content
 //! security policy forbids inline and foreign scripts.
@@ -175,8 +180,28 @@ fn failure(state: &AppState, operator: &Operator, error: ApiError) -> Response {
     (error.status(), Html(page.into_string())).into_response()
 }
 
+/// The sign-in form; embedded ([`crate::AdminAuth::External`]), no form: the host's
+/// authentication let this request through, so it gets a session at once (key id
+/// `external` in the audit trail) and goes on to the overview.
 async fn sign_in_form(State(state): State<AppState>) -> Response {
+    if state.admin_token_digest.is_none() {
+        return trusted_session(&state);
+    }
     Html(pages::sign_in(&state.options.base_path, None).into_string()).into_response()
+}
+
+/// A session for a request the host application authenticated.
+fn trusted_session(state: &AppState) -> Response {
+    let (id, _csrf) = state.sessions.create("external");
+    tracing::info!(
+        key.id = "external",
+        "dashboard session for a host-authenticated request"
+    );
+    (
+        [(header::SET_COOKIE, session::set_cookie(state, Some(&id)))],
+        Redirect::to(&format!("{}/ui", state.options.base_path)),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -190,6 +215,9 @@ struct SignIn {
 /// attempts count against the client address like those of `/v1`.
 async fn sign_in(State(state): State<AppState>, request: axum::extract::Request) -> Response {
     use axum::extract::FromRequest as _;
+    if state.admin_token_digest.is_none() {
+        return trusted_session(&state);
+    }
     let base = state.options.base_path.clone();
     let refuse = |status: StatusCode, message: &str| {
         (status, Html(pages::sign_in(&base, Some(message)).into_string())).into_response()
@@ -613,4 +641,104 @@ async fn reauthorize(state: &AppState, id: ConnectionId) -> Result<Notice, ApiEr
         url: start.authorize_url,
         expires_at: start.expires_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{AdminOptions, router_parts};
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse as _;
+    use std::sync::Arc;
+    use tokenvisor_supervisor::{Tokenvisor, TokenvisorConfig};
+
+    /// A host application: its own authentication (a header) around the admin API part,
+    /// the public part open, served on `127.0.0.1:0`.
+    async fn host(tokenvisor: &Tokenvisor) -> (String, tokio::task::JoinHandle<()>) {
+        let parts = router_parts(
+            tokenvisor.clone(),
+            AdminOptions::embedded("http://app.example.com", "/tokenvisor"),
+        );
+        let app = Router::new()
+            .merge(parts.api.layer(axum::middleware::from_fn(
+                |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                    if request.headers().contains_key("x-host-session") {
+                        next.run(request).await
+                    } else {
+                        StatusCode::FORBIDDEN.into_response()
+                    }
+                },
+            )))
+            .merge(parts.public);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (base, server)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_the_dashboard_trusts_the_hosts_authentication_and_still_checks_csrf() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = Arc::new(tokenvisor_store::MemoryStore::new());
+        let tokenvisor = Tokenvisor::start(store, TokenvisorConfig::default())
+            .await
+            .expect("starts");
+        let (base, server) = host(&tokenvisor).await;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        // Not through the host's authentication: refused by the host.
+        for path in ["/tokenvisor/ui", "/tokenvisor/ui/sign-in", "/tokenvisor/ui/connections"] {
+            let answer = http.get(format!("{base}{path}")).send().await.expect("request");
+            assert_eq!(answer.status(), 403, "{path}");
+        }
+        // Through it: no form, a session at once, then the pages.
+        let authenticated = |path: &str| http.get(format!("{base}{path}")).header("x-host-session", "alice");
+        let first = authenticated("/tokenvisor/ui").send().await.expect("request");
+        assert_eq!(first.status(), 303);
+        assert_eq!(first.headers()["location"], "/tokenvisor/ui/sign-in");
+        let signed_in = authenticated("/tokenvisor/ui/sign-in").send().await.expect("request");
+        assert_eq!(signed_in.status(), 303);
+        assert_eq!(signed_in.headers()["location"], "/tokenvisor/ui");
+        let set_cookie = signed_in.headers()["set-cookie"].to_str().expect("ascii").to_owned();
+        assert!(
+            set_cookie.contains("Path=/tokenvisor/ui") && set_cookie.contains("HttpOnly"),
+            "{set_cookie}"
+        );
+        let cookie = set_cookie.split(';').next().expect("a pair").to_owned();
+        let overview = authenticated("/tokenvisor/ui")
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(overview.status(), 200);
+        let body = overview.text().await.expect("body");
+        assert!(body.contains("Overview") && body.contains("name=\"csrf\""), "{body}");
+        // The cookie alone is not enough: the host's authentication still decides.
+        let without_host = http
+            .get(format!("{base}/tokenvisor/ui"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(without_host.status(), 403);
+        // An action without the session's CSRF token is refused.
+        let forged = http
+            .post(format!(
+                "{base}/tokenvisor/ui/connections/{}/refresh",
+                uuid::Uuid::now_v7()
+            ))
+            .header("x-host-session", "alice")
+            .header("cookie", &cookie)
+            .form(&[("csrf", "forged")])
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(forged.status(), 403);
+        server.abort();
+        tokenvisor.shutdown().await;
+    }
 }
