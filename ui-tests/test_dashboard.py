@@ -3,7 +3,7 @@
 One scenario, in steps that each pass or fail: sign in with the keyboard alone; find the one
 needs-reauth tenant among 1,000 connections by filtering; open it; start re-authorization;
 complete consent at the fake provider in another tab; see the status badge turn active
-without a reload; deactivate and activate with the confirmation dialog (dismissed once:
+and the event listed without a reload; deactivate and activate with the confirmation dialog (dismissed once:
 nothing changes); sign out and be refused. Every page is checked with axe-core (violations
 of impact serious or critical fail) and photographed.
 
@@ -154,6 +154,8 @@ def start_browser() -> webdriver.Chrome:
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                      "--window-size=1280,800", "--force-device-scale-factor=1", "--lang=en-US"):
         options.add_argument(argument)
+    # The browser's console (CSP violations, failed loads) is read by the /docs step.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))
     # The viewport (what the screenshots show) is 1280x800, whatever the window's frame takes.
     inner = driver.execute_script("return [window.innerWidth, window.innerHeight];")
@@ -345,6 +347,12 @@ def main() -> int:
         )
         check(driver.execute_script("return window.__notReloaded === true;"), "the page was reloaded")
         check(connection_status(broken_id) == "active", "the API does not say active")
+        # The page's event list shows the re-authorization as it happened.
+        wait(
+            driver,
+            lambda d: "reauthorized" in d.find_element(By.ID, "live-events").text,
+            "the re-authorization in the page's live events",
+        )
 
     def confirm_action(label: str, accept: bool) -> None:
         driver.find_element(By.XPATH, f"//button[normalize-space()='{label}']").click()
@@ -393,6 +401,50 @@ def main() -> int:
         axe(driver, "integrations")
         shot(driver, "integrations")
 
+    def table_row_follows_events_without_reload() -> None:
+        tenant = sorted(ids)[1]
+        connection_id = ids[tenant]
+        driver.get(f"{BASE}/ui/connections?q={tenant}")
+        wait(driver, ec.presence_of_element_located((By.CSS_SELECTOR, "table#connections[data-live-open]")),
+             "the table's event stream to open")
+        row_badge = (
+            f"const b = document.querySelector('tr[data-connection=\"{connection_id}\"] td.status .badge');"
+            "return b ? b.textContent : null;"
+        )
+        check(driver.execute_script(row_badge) == "active", f"row badge {driver.execute_script(row_badge)!r}")
+        driver.execute_script("window.__notReloaded = true;")
+        status, body = api("POST", f"/connections/{connection_id}/deactivate")
+        check(status == 200, f"deactivate: {status} {body}")
+        wait(driver, lambda d: d.execute_script(row_badge) == "disabled", "the row's badge to turn disabled")
+        shot(driver, "connections-live")
+        status, body = api("POST", f"/connections/{connection_id}/activate")
+        check(status == 200, f"activate: {status} {body}")
+        wait(driver, lambda d: d.execute_script(row_badge) == "active", "the row's badge to turn active again")
+        check(driver.execute_script("return window.__notReloaded === true;"), "the table was reloaded")
+        axe(driver, "connections live")
+
+    def api_documentation() -> None:
+        driver.get_log("browser")  # forget what earlier pages logged
+        driver.get(f"{BASE}/docs")
+        wait(
+            driver,
+            lambda d: any(
+                "/v1/connections" in e.text for e in d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")
+            ),
+            "Swagger UI to show the operation /v1/connections",
+        )
+        check("tokenvisor admin API" in driver.find_element(By.CSS_SELECTOR, ".info .title").text, "the title")
+        # Everything the page loaded came from tokenvisor; nothing was blocked or failed.
+        loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name);")
+        foreign = [url for url in loaded if not url.startswith(BASE + "/")]
+        check(not foreign, f"/docs loaded from elsewhere: {foreign}")
+        check(any(url.endswith("/openapi.json") for url in loaded), f"the document was not fetched: {loaded}")
+        errors = [entry["message"] for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        check(not errors, f"console errors on /docs: {errors}")
+        print(f"  /docs loaded {len(loaded)} resources, all from {BASE}")
+        shot(driver, "docs")
+        driver.get(f"{BASE}/ui")
+
     def sign_out_and_be_refused() -> None:
         driver.find_element(By.XPATH, "//button[normalize-space()='Sign out']").click()
         wait(driver, ec.url_to_be(f"{BASE}/ui/sign-in"), "the sign-in page after signing out")
@@ -416,6 +468,8 @@ def main() -> int:
         deactivate_with_confirmation,
         activate_with_confirmation,
         integrations,
+        table_row_follows_events_without_reload,
+        api_documentation,
         sign_out_and_be_refused,
     ]
     passed = failed = 0

@@ -43,6 +43,9 @@
 //!   tenant's browser goes after consent).
 //! - `m20261202_000013_key_rotations`: `tokenvisor_key_rotations` (progress of
 //!   `tokenvisor keys rotate`, per target key and table, so a rotation resumes).
+//! - `m20261202_000014_connection_sort_indexes`: (`expires_at, id`),
+//!   (`consecutive_failures, id`), (`last_error_at, id`) for the connections' sorted keyset
+//!   pages, and prefix indexes of `tenant_id` and `connection_key` for their search.
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -65,6 +68,7 @@ mod m20261202_000010_attempt_times;
 mod m20261202_000011_dashboard_indexes;
 mod m20261202_000012_return_to;
 mod m20261202_000013_key_rotations;
+mod m20261202_000014_connection_sort_indexes;
 
 pub use legacy::has_legacy_layout;
 pub use m20261202_000006_connection_keys::DEFAULT_CONNECTION_KEY;
@@ -120,6 +124,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261202_000011_dashboard_indexes::Migration),
             Box::new(m20261202_000012_return_to::Migration),
             Box::new(m20261202_000013_key_rotations::Migration),
+            Box::new(m20261202_000014_connection_sort_indexes::Migration),
         ]
     }
 

@@ -501,10 +501,49 @@ async fn an_authorization_started_through_the_api_finishes_at_the_callback() {
     assert!(location.starts_with(&callback), "{location}");
     let page = service.http.get(&location).send().await.unwrap();
     assert_eq!(page.status(), 200);
-    assert!(page.text().await.unwrap().contains("newco"));
-    // The state is single-use.
+    let policy = page.headers()["content-security-policy"].to_str().unwrap().to_owned();
+    assert!(
+        policy.contains("default-src 'none'") && policy.contains("style-src 'self'"),
+        "{policy}"
+    );
+    assert_eq!(page.headers()["referrer-policy"], "no-referrer");
+    let text = page.text().await.unwrap();
+    // A styled success page naming the tenant, never the code of the redirect.
+    assert!(
+        text.contains("class=\"card succeeded\"") && text.contains("<b>newco</b>"),
+        "{text}"
+    );
+    assert!(
+        text.contains("href=\"/ui/assets/app.css\"") && !text.contains("<script"),
+        "{text}"
+    );
+    let code = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    assert!(!text.contains(&code), "{text}");
+    let stylesheet = service
+        .http
+        .get(format!("{}/ui/assets/app.css", service.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stylesheet.status(), 200);
+    assert!(stylesheet.text().await.unwrap().contains("main.outcome"));
+    // The state is single-use: a failure page says so.
     let again = service.http.get(&location).send().await.unwrap();
     assert_eq!(again.status(), 400);
+    let text = again.text().await.unwrap();
+    assert!(
+        text.contains("class=\"card failed\"") && text.contains("Not connected"),
+        "{text}"
+    );
+    assert!(
+        text.contains("<code>unknown_state</code>") && !text.contains(&code),
+        "{text}"
+    );
 
     let list = service.get("/v1/connections?tenant_id=newco").await;
     let items = list.body["items"].as_array().unwrap();

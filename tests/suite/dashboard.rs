@@ -198,6 +198,15 @@ async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
         overview.body
     );
     assert!(overview.body.contains("<rect"), "{}", overview.body);
+    // The provider calls now, from the supervisor's limiter: none waiting or in flight
+    // between requests; the throttled connection backs off.
+    assert!(
+        overview.body.contains(
+            "<th scope=\"row\">crm</th><td class=\"waiting\">0</td><td class=\"in-flight\">0 of 32</td><td class=\"backing-off\">1</td>"
+        ),
+        "{}",
+        overview.body
+    );
 
     // Filtering finds the broken tenant alone.
     let broken = browser.get("/ui/connections?status=needs_reauth").await;
@@ -348,4 +357,305 @@ async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
         .await;
     assert_eq!(replayed.status, 303, "a signed-out session acts no more");
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// Absolute URLs (`http://` or `https://` followed by a host) in `text`.
+fn absolute_urls(text: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for scheme in ["http://", "https://"] {
+        let mut rest = text;
+        while let Some(at) = rest.find(scheme) {
+            let tail = &rest[at + scheme.len()..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || "./_-".contains(c)))
+                .unwrap_or(tail.len());
+            if end > 0 {
+                found.push(format!("{scheme}{}", &tail[..end]));
+            }
+            rest = tail;
+        }
+    }
+    found
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_documentation_is_served_from_the_binary_and_names_no_other_origin() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    let browser = Browser {
+        service: &service,
+        cookie: None,
+    };
+    let page = browser.get("/docs").await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("data-openapi=\"/openapi.json\""), "{}", page.body);
+    assert_eq!(absolute_urls(&page.body), Vec::<String>::new(), "{}", page.body);
+    let policy = page.headers[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for directive in [
+        "default-src 'none'",
+        "script-src 'self'",
+        "connect-src 'self'",
+        "img-src 'self' data:",
+    ] {
+        assert!(policy.contains(directive), "{policy}");
+    }
+    assert!(
+        !policy.contains("http") && !policy.contains('*') && !policy.contains("unsafe"),
+        "{policy}"
+    );
+
+    // Every script and stylesheet the page names answers from here.
+    let mut names = Vec::new();
+    for marker in ["src=\"", "href=\""] {
+        for (at, _) in page.body.match_indices(marker) {
+            let start = at + marker.len();
+            names.push(page.body[start..][..page.body[start..].find('"').unwrap()].to_owned());
+        }
+    }
+    for asset in [
+        "/docs/assets/swagger-ui-bundle.js",
+        "/docs/assets/swagger-ui.css",
+        "/docs/assets/docs.js",
+        "/docs/assets/LICENSE",
+    ] {
+        assert!(names.iter().any(|name| name == asset), "{asset} not in {names:?}");
+    }
+    for name in &names {
+        let answer = browser.get(name).await;
+        assert_eq!(answer.status, 200, "{name}");
+        assert!(!answer.body.is_empty(), "{name}");
+    }
+    // The starter names no other origin and turns off the public validator badge.
+    let starter = browser.get("/docs/assets/docs.js").await;
+    assert_eq!(absolute_urls(&starter.body), Vec::<String>::new());
+    assert!(starter.body.contains("validatorUrl: null"), "{}", starter.body);
+    assert!(
+        browser
+            .get("/docs/assets/LICENSE")
+            .await
+            .body
+            .contains("Apache License")
+    );
+    let bundle = browser.get("/docs/assets/swagger-ui-bundle.js").await;
+    assert!(bundle.body.contains("SwaggerUIBundle"));
+    // The bundle's absolute URLs are identifiers (XML namespaces, JSON Schema and OpenAPI
+    // dialects), links in its texts and licences, or its validator (off, see above): none
+    // is a script, style or font it loads.
+    let loads: Vec<String> = absolute_urls(&bundle.body)
+        .into_iter()
+        .filter(|url| url.ends_with(".js") || url.ends_with(".css") || url.ends_with(".woff2") || url.contains("cdn"))
+        .collect();
+    assert_eq!(loads, Vec::<String>::new());
+    // The document it renders is the service's own.
+    let document = browser.get("/openapi.json").await;
+    assert_eq!(document.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_are_searched_and_sorted_a_keyset_page_at_a_time_through_the_api_and_the_table() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    for index in 0..10 {
+        let tenant = format!("t-{index}");
+        let grant = fake.issue_grant(&tenant);
+        let created = service
+            .post(
+                "/v1/connections",
+                serde_json::json!({
+                    "tenant_id": tenant,
+                    "integration": "crm",
+                    "access_token": grant.access_token,
+                    "refresh_token": grant.refresh_token,
+                    // Three expiry times: ties broken by id.
+                    "expires_in": 3600 + (index % 3) * 600,
+                }),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{created:?}");
+    }
+    // Sorted by expiry, latest first, 4 a page: every connection once, in order.
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let mut path = "/v1/connections?sort=expires_at&order=desc&limit=4".to_owned();
+    for _ in 0..5 {
+        let page = service.get(&path).await;
+        assert_eq!(page.status, 200, "{page:?}");
+        for item in page.body["items"].as_array().unwrap() {
+            seen.push((
+                item["expires_at"].as_str().unwrap().to_owned(),
+                item["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match page.body["next_cursor"].as_str() {
+            Some(cursor) => {
+                assert!(cursor.starts_with("expires_at~"), "{cursor}");
+                path = format!("/v1/connections?sort=expires_at&order=desc&limit=4&cursor={cursor}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    let mut expected = seen.clone();
+    expected.sort_by(|a, b| {
+        let time = |s: &str| chrono::DateTime::parse_from_rfc3339(s).unwrap();
+        time(&b.0).cmp(&time(&a.0)).then(b.1.cmp(&a.1))
+    });
+    assert_eq!(seen, expected);
+
+    // The search: a prefix of the tenant id (or key, or integration name).
+    let found = service.get("/v1/connections?q=t-1").await;
+    assert_eq!(found.status, 200);
+    let tenants: Vec<&str> = found.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["tenant_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(tenants, ["t-1"]);
+    assert_eq!(
+        service.get("/v1/connections?q=cr&limit=500").await.body["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+    for (bad, code) in [
+        ("q=%25", "invalid_query"),
+        ("sort=tenant", "invalid_query"),
+        ("order=sideways", "invalid_query"),
+        (
+            "sort=failures&cursor=expires_at~1~0190a000-0000-7000-8000-000000000000",
+            "invalid_cursor",
+        ),
+    ] {
+        let refused = service.get(&format!("/v1/connections?{bad}")).await;
+        assert_eq!((refused.status, refused.code()), (400, code), "{bad}: {refused:?}");
+    }
+
+    // The document names the new parameters and their values.
+    let document = service.get("/openapi.json").await.body;
+    let parameters = document["paths"]["/v1/connections"]["get"]["parameters"].to_string();
+    for name in ["\"q\"", "\"sort\"", "\"order\""] {
+        assert!(parameters.contains(name), "{name} not in {parameters}");
+    }
+    // The values, inline or in a referenced schema.
+    let described = format!("{parameters}{}", document["components"]["schemas"]);
+    for value in ["expires_at", "failures", "last_error", "desc"] {
+        assert!(
+            described.contains(&format!("\"{value}\"")),
+            "{value} not in {parameters}"
+        );
+    }
+
+    // The table: the same search and order, its next page by the cursor.
+    let mut browser = Browser {
+        service: &service,
+        cookie: None,
+    };
+    let signed_in = browser.post("/ui/sign-in", &[("token", ADMIN_TOKEN)]).await;
+    browser.cookie = Some(signed_in.set_cookie.unwrap().split(';').next().unwrap().to_owned());
+    let table = browser.get("/ui/connections?q=t-1").await;
+    assert_eq!(table.status, 200, "{}", table.body);
+    assert!(
+        table.body.contains(">t-1</a>") && !table.body.contains(">t-2</a>"),
+        "{}",
+        table.body
+    );
+    assert!(
+        table
+            .body
+            .contains("placeholder=\"start of tenant, key or integration\"")
+    );
+    let sorted = browser.get("/ui/connections?sort=failures&order=desc").await;
+    assert_eq!(sorted.status, 200, "{}", sorted.body);
+    assert!(sorted.body.contains("aria-sort=\"descending\""), "{}", sorted.body);
+    let refused = browser.get("/ui/connections?q=%25").await;
+    assert_eq!(refused.status, 422, "{}", refused.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboards_event_stream_needs_a_session_and_relays_only_the_connections_of_the_page() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let shown = service.connect(&fake, "crm", "shown").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = service.connect(&fake, "crm", "other").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let mut browser = Browser {
+        service: &service,
+        cookie: None,
+    };
+    // Without a session: to the sign-in page, no stream.
+    let anonymous = browser.get(&format!("/ui/events?ids={shown}")).await;
+    assert_eq!(
+        (anonymous.status, anonymous.location.as_deref()),
+        (303, Some("/ui/sign-in"))
+    );
+    let signed_in = browser.post("/ui/sign-in", &[("token", ADMIN_TOKEN)]).await;
+    browser.cookie = Some(signed_in.set_cookie.unwrap().split(';').next().unwrap().to_owned());
+    for bad in ["/ui/events", "/ui/events?ids=not-an-id", "/ui/events?ids="] {
+        assert_eq!(browser.get(bad).await.status, 400, "{bad}");
+    }
+    // The table names its rows' stream; the connection page its own.
+    let table = browser.get("/ui/connections").await;
+    assert!(
+        table.body.contains("data-live-events=\"/ui/events?ids="),
+        "{}",
+        table.body
+    );
+    let page = browser.get(&format!("/ui/connections/{shown}")).await;
+    assert!(
+        page.body
+            .contains(&format!("data-live-events=\"/ui/events?connection={shown}\"")),
+        "{}",
+        page.body
+    );
+
+    let mut events = service
+        .http
+        .get(format!("{}/ui/events?connection={shown}", service.base))
+        .header(header::COOKIE, browser.cookie.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(events.status(), 200);
+    assert_eq!(events.headers()[header::CONTENT_TYPE], "text/event-stream");
+    // The other connection's event is not relayed; the shown one's is.
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{other}/deactivate"))
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        service
+            .post_empty(&format!("/v1/connections/{shown}/deactivate"))
+            .await
+            .status,
+        200
+    );
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains("event: deactivated") {
+        let chunk = tokio::time::timeout_at(deadline, events.chunk())
+            .await
+            .expect("an event within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains(&shown), "{seen}");
+    assert!(!seen.contains(&other), "{seen}");
 }

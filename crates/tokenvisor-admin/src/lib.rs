@@ -2,7 +2,7 @@
 //!
 //! - [`router`]: the axum application — `/v1` (the admin token or a scoped API key,
 //!   compared in constant time; every route's scope checked in one place, `auth`;
-//!   failed authentications throttled; token reads and changes audited, [`audit`]), `/oauth/callback`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+//!   failed authentications throttled; token reads and changes audited, [`audit`]), `/oauth/callback`, `/healthz`, `/readyz`, `/metrics`, `/openapi.json` (read at `/docs`).
 //!   That is `tokenvisor serve`; an embedder mounts the same routes as a component
 //!   under a prefix ([`AdminOptions::base_path`]), behind its own authentication
 //!   ([`AdminAuth::External`] and [`router_parts`]), without the health and metrics
@@ -181,8 +181,9 @@ fn normalize_base_path(base_path: &str) -> String {
 /// `state`). Merge both into the host's router; neither has a fallback.
 #[derive(Debug)]
 pub struct AdminRouter {
-    /// `/v1/...` and, with health routes, `/openapi.json` and `/metrics` (the latter
-    /// authenticated unless [`AdminOptions::metrics_public`]).
+    /// `/v1/...`, with [`AdminAuth::External`] the dashboard `/ui` (its sign-in trusts the
+    /// host's authentication), and, with health routes, `/openapi.json`, `/docs` and
+    /// `/metrics` (the latter authenticated unless [`AdminOptions::metrics_public`]).
     pub api: Router,
     /// `/oauth/callback` and, with health routes, `/healthz`, `/readyz` (and `/metrics`
     /// when [`AdminOptions::metrics_public`]).
@@ -339,13 +340,21 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
     // Every route: throttle, authenticate, check the route's scope, audit (see `auth`).
     let v1 = v1.layer(axum::middleware::from_fn_with_state(state.clone(), auth::guard));
     let mut api = Router::new().nest("/v1", v1);
-    let mut public = Router::new().route("/oauth/callback", get(routes::authorizations::callback));
+    let mut public = Router::new()
+        .route("/oauth/callback", get(routes::authorizations::callback))
+        .merge(ui::asset_routes());
     if state.admin_token_digest.is_some() {
         // The dashboard signs its operators in with the admin token (its own sessions).
         public = public.merge(ui::routes());
+    } else {
+        // Embedded: the host's authentication wraps the dashboard with `/v1`; whoever
+        // reaches it gets a session at once (see `ui`).
+        api = api.merge(ui::routes());
     }
     if state.options.health_routes {
-        api = api.route("/openapi.json", get(openapi::serve));
+        api = api
+            .route("/openapi.json", get(openapi::serve))
+            .merge(ui::docs::routes());
         public = public
             .route("/healthz", get(routes::health::healthz))
             .route("/readyz", get(routes::health::readyz));

@@ -65,6 +65,8 @@ use utoipa::{Modify, OpenApi};
         routes::health::readyz,
         routes::health::metrics,
     ),
+    // Referenced only by query parameters, which do not register their schemas.
+    components(schemas(crate::views::SortParam, crate::views::OrderParam)),
     modifiers(&BearerAuth, &CommonErrors)
 )]
 pub struct ApiDoc;

@@ -286,7 +286,7 @@ impl ConnectionView {
 /// `{items: [...], next_cursor}`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ConnectionList {
-    /// Connections, ordered by id.
+    /// Connections, in the order asked (by id by default).
     pub items: Vec<ConnectionView>,
     /// Pass as `cursor` to get the next page; null on the last page.
     pub next_cursor: Option<String>,
@@ -305,11 +305,56 @@ pub struct ConnectionQuery {
     pub status: Option<String>,
     /// Only this integration (name or id).
     pub integration: Option<String>,
-    /// The `next_cursor` of the previous page.
+    /// Only connections whose tenant id, connection key or integration name starts with
+    /// this (case-sensitive prefix, answered from an index; 1 to 128 characters from
+    /// `A-Z a-z 0-9 . _ : @ -`).
+    #[param(min_length = 1, max_length = 128, pattern = "^[A-Za-z0-9._:@-]{1,128}$")]
+    pub q: Option<String>,
+    /// The order (default `id`); ties are broken by id, and connections without a last
+    /// error come last when sorted by it. Every order pages through `cursor` (keyset).
+    pub sort: Option<SortParam>,
+    /// `asc` (default) or `desc`.
+    pub order: Option<OrderParam>,
+    /// The `next_cursor` of the previous page (of the same `sort`).
     pub cursor: Option<String>,
     /// Page size (1 to 500, default 100).
     #[param(minimum = 1, maximum = 500)]
     pub limit: Option<u64>,
+}
+
+/// The orders of `GET /v1/connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SortParam {
+    /// By id (creation order).
+    Id,
+    /// By the access token's expiry.
+    ExpiresAt,
+    /// By the refresh failures in a row.
+    Failures,
+    /// By the time of the last error (connections without one last).
+    LastError,
+}
+
+impl From<SortParam> for tokenvisor_core::ConnectionSort {
+    fn from(sort: SortParam) -> Self {
+        match sort {
+            SortParam::Id => Self::Id,
+            SortParam::ExpiresAt => Self::ExpiresAt,
+            SortParam::Failures => Self::Failures,
+            SortParam::LastError => Self::LastError,
+        }
+    }
+}
+
+/// The direction of a sorted listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OrderParam {
+    /// Smallest first.
+    Asc,
+    /// Largest first.
+    Desc,
 }
 
 /// Paging of `GET /v1/tenants/{tenant}/connections`.

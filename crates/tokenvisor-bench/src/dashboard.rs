@@ -176,8 +176,41 @@ pub async fn pages(size: usize, requests: usize) -> anyhow::Result<Vec<Row>> {
         .map(str::to_owned)
         .ok_or_else(|| anyhow::anyhow!("no session cookie: {}", signed_in.status()))?;
 
+    // The second page of the table sorted by failures in a row (one value for most rows:
+    // the cursor's id breaks the tie), for a page that starts past a cursor.
+    let first_page = http
+        .get(format!("{base}/ui/connections?sort=failures&order=desc"))
+        .header(reqwest::header::COOKIE, &cookie)
+        .send()
+        .await?
+        .text()
+        .await?;
+    let marker = "rel=\"next\" href=\"";
+    let next = first_page
+        .find(marker)
+        .map(|at| &first_page[at + marker.len()..])
+        .and_then(|rest| rest.split('"').next())
+        .map(|href| href.replace("&amp;", "&"))
+        .ok_or_else(|| anyhow::anyhow!("no next page when sorted by failures"))?;
     let pages = [
         ("/ui".to_owned(), "overview"),
+        (
+            "/ui/connections?sort=expires_at&order=desc".to_owned(),
+            "connections by expiry, latest first",
+        ),
+        (
+            "/ui/connections?sort=last_error&order=desc".to_owned(),
+            "connections by last error, latest first",
+        ),
+        (next, "connections by failures in a row, second page by cursor"),
+        (
+            "/ui/connections?q=t4321".to_owned(),
+            "connections, search by tenant prefix",
+        ),
+        (
+            "/ui/connections?q=t4321&sort=expires_at".to_owned(),
+            "connections, search by tenant prefix, by expiry",
+        ),
         ("/ui/connections".to_owned(), "connections"),
         (
             "/ui/connections?status=needs_reauth".to_owned(),

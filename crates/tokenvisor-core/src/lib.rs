@@ -21,9 +21,9 @@ pub use clock::{Clock, SystemClock, TokioClock};
 pub use event::{Event, EventBus, EventKind};
 pub use failure::{FailureClass, RefreshFailure};
 pub use model::{
-    Connection, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionStatus, Integration, IntegrationId,
-    InvalidConnectionKey, LastError, PendingAuthorization, RefreshAttempt, RefreshOutcomeKind, RefreshReason, TenantId,
-    TokenSet,
+    Connection, ConnectionCursor, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionSort, ConnectionStatus,
+    Integration, IntegrationId, InvalidConnectionKey, LastError, PendingAuthorization, RefreshAttempt,
+    RefreshOutcomeKind, RefreshReason, SortValue, TenantId, TokenSet,
 };
 pub use partition::{PARTITIONS, Partition, partition_of};
 pub use schedule::{SchedulePolicy, next_refresh_at, validity_floor};

@@ -490,10 +490,195 @@ pub struct ConnectionFilter {
     pub integration_id: Option<IntegrationId>,
     /// Only connections with this key.
     pub connection_key: Option<ConnectionKey>,
-    /// Only ids after this one (cursor).
+    /// Only connections whose tenant id, connection key or integration name starts with
+    /// this (case-sensitive prefix: an index range, never a scan of every row).
+    pub search: Option<String>,
+    /// The order of the rows (ties broken by id).
+    pub sort: ConnectionSort,
+    /// Largest first (rows without the sort value still come last).
+    pub descending: bool,
+    /// Only rows after this one in the order (the cursor of keyset pagination): after its
+    /// id alone when sorted by id, else after its sort value and id.
     pub after: Option<ConnectionId>,
+    /// The sort value of the row `after` names (with a sort other than the id).
+    pub after_value: Option<SortValue>,
     /// At most this many.
     pub limit: Option<u64>,
+}
+
+/// The orders a connection listing can have.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConnectionSort {
+    /// By id (creation order): the default.
+    #[default]
+    Id,
+    /// By the access token's expiry.
+    ExpiresAt,
+    /// By the count of refresh failures in a row.
+    Failures,
+    /// By the time of the last error; connections without an error come last.
+    LastError,
+}
+
+impl ConnectionSort {
+    /// Every order, as named in the API.
+    pub const ALL: [ConnectionSort; 4] = [Self::Id, Self::ExpiresAt, Self::Failures, Self::LastError];
+
+    /// The order's name in the API (`id`, `expires_at`, `failures`, `last_error`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Id => "id",
+            Self::ExpiresAt => "expires_at",
+            Self::Failures => "failures",
+            Self::LastError => "last_error",
+        }
+    }
+
+    /// The order named `name` in the API.
+    pub fn parse(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|sort| sort.as_str() == name)
+    }
+
+    /// The value `connection` is sorted by (`None` when sorted by id).
+    pub fn value_of(self, connection: &Connection) -> Option<SortValue> {
+        match self {
+            Self::Id => None,
+            Self::ExpiresAt => Some(SortValue::Time(connection.expires_at)),
+            Self::Failures => Some(SortValue::Count(i64::from(connection.consecutive_failures))),
+            Self::LastError => Some(
+                connection
+                    .last_error
+                    .as_ref()
+                    .map_or(SortValue::Missing, |error| SortValue::Time(error.at)),
+            ),
+        }
+    }
+}
+
+/// A connection's value in a sort order other than the id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SortValue {
+    /// A count (failures in a row).
+    Count(i64),
+    /// A time (expiry, last error).
+    Time(DateTime<Utc>),
+    /// No value (no last error): such rows come after every other, in both directions.
+    Missing,
+}
+
+/// The position of a row in a sorted listing, as the API's opaque `cursor`: the id alone
+/// when sorted by id (`0190...`), else `sort~value~id` (`expires_at~1767225600000000000~0190...`,
+/// times in nanoseconds since 1970, `-` for a missing value).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionCursor {
+    /// The order the cursor belongs to.
+    pub sort: ConnectionSort,
+    /// The row's sort value (`None` when sorted by id).
+    pub value: Option<SortValue>,
+    /// The row's id.
+    pub id: ConnectionId,
+}
+
+impl ConnectionCursor {
+    /// The cursor after `connection` in `sort`.
+    pub fn after(sort: ConnectionSort, connection: &Connection) -> Self {
+        Self {
+            sort,
+            value: sort.value_of(connection),
+            id: connection.id,
+        }
+    }
+
+    /// Reads a cursor of the order `sort`; `None` for anything this type did not write for
+    /// that order.
+    pub fn parse(sort: ConnectionSort, text: &str) -> Option<Self> {
+        if sort == ConnectionSort::Id {
+            let id = text.parse::<ConnectionId>().ok()?;
+            return Some(Self { sort, value: None, id });
+        }
+        let mut parts = text.splitn(3, '~');
+        let (name, value, id) = (parts.next()?, parts.next()?, parts.next()?);
+        if name != sort.as_str() {
+            return None;
+        }
+        let value = match (sort, value) {
+            (ConnectionSort::LastError, "-") => SortValue::Missing,
+            (ConnectionSort::Failures, count) => SortValue::Count(count.parse().ok()?),
+            (_, nanos) => SortValue::Time(DateTime::from_timestamp_nanos(nanos.parse().ok()?)),
+        };
+        Some(Self {
+            sort,
+            value: Some(value),
+            id: id.parse().ok()?,
+        })
+    }
+}
+
+impl fmt::Display for ConnectionCursor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.value {
+            None => write!(f, "{}", self.id),
+            Some(SortValue::Missing) => write!(f, "{}~-~{}", self.sort.as_str(), self.id),
+            Some(SortValue::Count(count)) => write!(f, "{}~{count}~{}", self.sort.as_str(), self.id),
+            Some(SortValue::Time(time)) => write!(
+                f,
+                "{}~{}~{}",
+                self.sort.as_str(),
+                time.timestamp_nanos_opt().unwrap_or(i64::MAX),
+                self.id
+            ),
+        }
+    }
+}
+
+impl ConnectionFilter {
+    /// Whether `connection` comes after the filter's cursor in its order (always, without
+    /// a cursor). The stores that sort in memory use it; SQL says the same.
+    pub fn is_after_cursor(&self, connection: &Connection) -> bool {
+        let Some(after) = self.after else {
+            return true;
+        };
+        let by_id = if self.descending {
+            connection.id < after
+        } else {
+            connection.id > after
+        };
+        let (Some(mine), Some(theirs)) = (self.sort.value_of(connection), self.after_value) else {
+            return by_id;
+        };
+        match (mine, theirs) {
+            (SortValue::Missing, SortValue::Missing) => by_id,
+            (SortValue::Missing, _) => true,
+            (_, SortValue::Missing) => false,
+            _ if mine == theirs => by_id,
+            _ => (mine > theirs) != self.descending,
+        }
+    }
+
+    /// Orders two connections as the listing does: by the sort value (missing values
+    /// last), then by id, both in the filter's direction.
+    pub fn compare(&self, left: &Connection, right: &Connection) -> std::cmp::Ordering {
+        let directed = |ordering: std::cmp::Ordering| {
+            if self.descending { ordering.reverse() } else { ordering }
+        };
+        let by_value = match (self.sort.value_of(left), self.sort.value_of(right)) {
+            (Some(SortValue::Missing), Some(SortValue::Missing)) => std::cmp::Ordering::Equal,
+            (Some(SortValue::Missing), _) => std::cmp::Ordering::Greater,
+            (_, Some(SortValue::Missing)) => std::cmp::Ordering::Less,
+            (mine, theirs) => directed(mine.cmp(&theirs)),
+        };
+        by_value.then_with(|| directed(left.id.cmp(&right.id)))
+    }
+
+    /// Whether `text` is a valid search: the characters of tenant ids, connection keys and
+    /// integration names (`A-Z a-z 0-9 . _ : @ -`), 1 to 128 of them.
+    pub fn is_valid_search(text: &str) -> bool {
+        !text.is_empty()
+            && text.len() <= 128
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '@' | '-'))
+    }
 }
 
 #[cfg(test)]

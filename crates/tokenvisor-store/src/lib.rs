@@ -190,8 +190,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// One connection by id.
     async fn get_connection(&self, id: ConnectionId) -> Result<Option<Connection>, StoreError>;
     /// Connections matching the filter, ordered by id.
+    /// The connections matching the filter, in its order after its cursor, at most `limit`.
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError>;
-    /// How many connections match the filter (`limit` ignored).
+    /// How many connections match the filter (`limit`, the cursor and the order ignored).
     async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError>;
     /// The overview's counts ([`ConnectionSummary`]) at `now`, tokens expiring within
     /// `horizon`: a few grouped queries, whatever the number of connections or

@@ -44,15 +44,29 @@ impl MemoryStore {
     }
 }
 
-fn matches(connection: &Connection, filter: &ConnectionFilter) -> bool {
-    filter.tenant_id.as_ref().is_none_or(|t| *t == connection.tenant_id)
+/// Whether `connection` passes the filter's conditions (not its cursor); `integrations`
+/// names the integrations for the search.
+fn matches(
+    connection: &Connection,
+    filter: &ConnectionFilter,
+    integrations: &HashMap<IntegrationId, Integration>,
+) -> bool {
+    let found = |search: &String| {
+        ConnectionFilter::is_valid_search(search)
+            && (connection.tenant_id.as_str().starts_with(search.as_str())
+                || connection.connection_key.as_str().starts_with(search.as_str())
+                || integrations
+                    .get(&connection.integration_id)
+                    .is_some_and(|integration| integration.name.starts_with(search.as_str())))
+    };
+    filter.search.as_ref().is_none_or(found)
+        && filter.tenant_id.as_ref().is_none_or(|t| *t == connection.tenant_id)
         && filter.status.is_none_or(|s| s == connection.status)
         && filter.integration_id.is_none_or(|i| i == connection.integration_id)
         && filter
             .connection_key
             .as_ref()
             .is_none_or(|k| *k == connection.connection_key)
-        && filter.after.is_none_or(|after| connection.id > after)
 }
 
 #[async_trait]
@@ -132,17 +146,22 @@ impl Store for MemoryStore {
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError> {
         let inner = self.lock();
         let limit = filter.limit.map_or(usize::MAX, |l| l as usize);
-        Ok(inner
+        let mut found: Vec<&Connection> = inner
             .connections
             .values()
-            .filter(|c| matches(c, filter))
-            .take(limit)
-            .cloned()
-            .collect())
+            .filter(|c| matches(c, filter, &inner.integrations) && filter.is_after_cursor(c))
+            .collect();
+        found.sort_by(|left, right| filter.compare(left, right));
+        Ok(found.into_iter().take(limit).cloned().collect())
     }
 
     async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError> {
-        Ok(self.lock().connections.values().filter(|c| matches(c, filter)).count() as u64)
+        let inner = self.lock();
+        Ok(inner
+            .connections
+            .values()
+            .filter(|c| matches(c, filter, &inner.integrations))
+            .count() as u64)
     }
 
     async fn connection_summary(

@@ -41,8 +41,8 @@ use std::sync::{Arc, OnceLock};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use std::time::Duration;
 use tokenvisor_core::{
-    Connection, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionStatus, Integration, IntegrationId, LastError,
-    PendingAuthorization, RefreshAttempt, SecretString, TenantId,
+    Connection, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionSort, ConnectionStatus, Integration,
+    IntegrationId, LastError, PendingAuthorization, RefreshAttempt, SecretString, SortValue, TenantId,
 };
 use tokenvisor_migration::Migrator;
 use uuid::Uuid;
@@ -549,7 +549,19 @@ impl SqlStore {
 }
 
 /// The connections matching `filter` (its `limit` aside).
-fn filtered_connections(filter: &ConnectionFilter) -> sea_orm::Select<connection::Entity> {
+/// The connections `filter` keeps, before any cursor or order. Its search is a prefix match
+/// of the tenant id or the connection key that an index answers, or the connection's
+/// integration is one of `named` (the integrations whose name starts with it, looked up
+/// first: a short list, so the condition stays indexable). The prefix is written into the
+/// SQL as a literal (it holds only `A-Z a-z 0-9 . _ : @ -`, checked here), so that
+/// PostgreSQL plans it as an index range even in a generic plan: `LIKE 'prefix%'` (the
+/// `text_pattern_ops` indexes of migration 000014, `_` escaped), and SQLite `GLOB 'prefix*'`
+/// (its case-sensitive match, which uses the plain indexes).
+fn filtered_connections(
+    filter: &ConnectionFilter,
+    backend: DbBackend,
+    named: &[Uuid],
+) -> sea_orm::Select<connection::Entity> {
     let mut query = connection::Entity::find();
     if let Some(tenant_id) = &filter.tenant_id {
         query = query.filter(connection::Column::TenantId.eq(tenant_id.as_str()));
@@ -563,10 +575,45 @@ fn filtered_connections(filter: &ConnectionFilter) -> sea_orm::Select<connection
     if let Some(key) = &filter.connection_key {
         query = query.filter(connection::Column::ConnectionKey.eq(key.as_str()));
     }
-    if let Some(after) = filter.after {
-        query = query.filter(connection::Column::Id.gt(after.0));
+    if let Some(search) = filter.search.as_deref() {
+        if !ConnectionFilter::is_valid_search(search) {
+            // Nothing starts with what no tenant id, key or name may hold.
+            return query.filter(Expr::cust("1 = 0"));
+        }
+        let starts_with = |column: &str| match backend {
+            // `_` is LIKE's one-character wildcard (and a character of tenant ids): escaped
+            // with PostgreSQL's default escape character.
+            DbBackend::Postgres => Expr::cust(format!("{column} LIKE '{}%'", search.replace('_', "\\_"))),
+            _ => Expr::cust(format!("{column} GLOB '{search}*'")),
+        };
+        let mut any = sea_orm::Condition::any()
+            .add(starts_with("tokenvisor_connections.tenant_id"))
+            .add(starts_with("tokenvisor_connections.connection_key"));
+        if !named.is_empty() {
+            any = any.add(connection::Column::IntegrationId.is_in(named.iter().copied()));
+        }
+        query = query.filter(any);
     }
     query
+}
+
+/// The column a sort order reads.
+fn sort_column(sort: ConnectionSort) -> connection::Column {
+    match sort {
+        ConnectionSort::Id => connection::Column::Id,
+        ConnectionSort::ExpiresAt => connection::Column::ExpiresAt,
+        ConnectionSort::Failures => connection::Column::ConsecutiveFailures,
+        ConnectionSort::LastError => connection::Column::LastErrorAt,
+    }
+}
+
+/// A sort value as a SQL value of its column.
+fn sort_value(value: SortValue) -> Value {
+    match value {
+        SortValue::Count(count) => Value::from(i32::try_from(count).unwrap_or(i32::MAX)),
+        SortValue::Time(time) => Value::from(time),
+        SortValue::Missing => Value::from(None::<chrono::DateTime<chrono::Utc>>),
+    }
 }
 
 /// The connections that should have a running owner (`active` or `degraded`, `is_active`).
@@ -578,6 +625,26 @@ pub(super) fn supervised_connections() -> sea_orm::Select<connection::Entity> {
 }
 
 impl SqlStore {
+    /// The integrations whose name starts with the filter's search (none without one).
+    async fn integrations_named(&self, filter: &ConnectionFilter) -> Result<Vec<Uuid>, StoreError> {
+        let Some(search) = filter.search.as_deref() else {
+            return Ok(Vec::new());
+        };
+        let names: Vec<(Uuid, String)> = integration::Entity::find()
+            .select_only()
+            .column(integration::Column::Id)
+            .column(integration::Column::Name)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(db_error("reading integration names"))?;
+        Ok(names
+            .into_iter()
+            .filter(|(_, name)| name.starts_with(search))
+            .map(|(id, _)| id)
+            .collect())
+    }
+
     /// The rows of `query`, decrypted as the stream is polled (one query).
     pub(super) fn stream_connections(
         &self,
@@ -1091,17 +1158,75 @@ impl Store for SqlStore {
             .transpose()
     }
 
+    /// Keyset pagination in every order: `WHERE (sort value, id) > (cursor value, cursor id)
+    /// ORDER BY sort value, id LIMIT n`, which the `(column, id)` indexes answer by a range
+    /// scan (migration 000014), however deep the page. The last error's time can be
+    /// missing: those rows come last in both directions, as a second range (`IS NULL`,
+    /// by id) read once the first is exhausted.
     async fn list_connections(&self, filter: &ConnectionFilter) -> Result<Vec<Connection>, StoreError> {
-        let mut query = filtered_connections(filter).order_by_asc(connection::Column::Id);
-        if let Some(limit) = filter.limit {
-            query = query.limit(limit);
+        let backend = self.db.get_database_backend();
+        let named = self.integrations_named(filter).await?;
+        let order = if filter.descending { Order::Desc } else { Order::Asc };
+        let limit = filter.limit.unwrap_or(u64::MAX);
+        let column = sort_column(filter.sort);
+        let id_after = |id: ConnectionId| {
+            if filter.descending {
+                connection::Column::Id.lt(id.0)
+            } else {
+                connection::Column::Id.gt(id.0)
+            }
+        };
+        let mut rows = Vec::new();
+        let cursor_value = filter.after.and(filter.after_value);
+        let missing_only = cursor_value == Some(SortValue::Missing);
+        if filter.sort == ConnectionSort::Id || !missing_only {
+            let mut query = filtered_connections(filter, backend, &named);
+            if filter.sort == ConnectionSort::Id {
+                if let Some(after) = filter.after {
+                    query = query.filter(id_after(after));
+                }
+            } else {
+                query = query.filter(Expr::col(column).is_not_null());
+                if let (Some(after), Some(value)) = (filter.after, cursor_value) {
+                    let row = Expr::tuple([Expr::col(column), Expr::col(connection::Column::Id)]);
+                    let cursor = Expr::tuple([Expr::val(sort_value(value)), Expr::val(after.0)]);
+                    query = query.filter(if filter.descending {
+                        row.lt(cursor)
+                    } else {
+                        row.gt(cursor)
+                    });
+                }
+                query = query.order_by(column, order.clone());
+            }
+            query = query.order_by(connection::Column::Id, order.clone());
+            if limit != u64::MAX {
+                query = query.limit(limit);
+            }
+            rows = query.all(&self.db).await.map_err(db_error("listing connections"))?;
         }
-        let rows = query.all(&self.db).await.map_err(db_error("listing connections"))?;
+        let may_be_missing = filter.sort == ConnectionSort::LastError;
+        if may_be_missing && (rows.len() as u64) < limit {
+            let mut query = filtered_connections(filter, backend, &named).filter(Expr::col(column).is_null());
+            if missing_only && let Some(after) = filter.after {
+                query = query.filter(id_after(after));
+            }
+            query = query.order_by(connection::Column::Id, order);
+            if limit != u64::MAX {
+                query = query.limit(limit - rows.len() as u64);
+            }
+            rows.extend(query.all(&self.db).await.map_err(db_error("listing connections"))?);
+        }
         self.connections_from_rows(rows)
     }
 
     async fn count_connections(&self, filter: &ConnectionFilter) -> Result<u64, StoreError> {
-        filtered_connections(filter)
+        let without_cursor = ConnectionFilter {
+            after: None,
+            after_value: None,
+            ..filter.clone()
+        };
+        let named = self.integrations_named(filter).await?;
+        filtered_connections(&without_cursor, self.db.get_database_backend(), &named)
             .count(&self.db)
             .await
             .map_err(db_error("counting connections"))

@@ -97,5 +97,5 @@ pub use config::{RestartBudget, TokenvisorConfig};
 pub use env::{ConfigError, ENV_VARIABLES, parse_duration};
 pub use error::{AdminError, StartError, TokenError};
 pub use journal::{JournalConfig, JournalError};
-pub use limits::ProviderLimits;
+pub use limits::{LimiterSnapshot, ProviderLimits};
 pub use token::AccessToken;

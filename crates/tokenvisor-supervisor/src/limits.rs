@@ -7,6 +7,7 @@ use governor::clock::Clock;
 use governor::{Quota, RateLimiter};
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -54,7 +55,31 @@ type Limiter = RateLimiter<
 #[derive(Debug)]
 pub(crate) struct IntegrationLimiter {
     slots: Arc<Semaphore>,
+    /// The slots there are.
+    max_concurrent: usize,
     rate: Option<(Limiter, TokioElapsed)>,
+    /// Refreshes waiting for a slot or for the rate limit right now.
+    waiting: AtomicUsize,
+}
+
+/// What an integration's limiter holds right now (a read of two counters: cheap).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LimiterSnapshot {
+    /// Refreshes waiting for a slot or for the rate limit (throttled by tokenvisor).
+    pub waiting: usize,
+    /// Refreshes calling the provider.
+    pub in_flight: usize,
+    /// The slots there are (`max_concurrent`).
+    pub max_concurrent: usize,
+}
+
+/// Counts a waiter for as long as it lives (a cancelled wait counts down too).
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Held while a refresh may call the provider.
@@ -73,14 +98,28 @@ impl IntegrationLimiter {
             let quota = Quota::per_second(per_second).allow_burst(NonZeroU32::MIN);
             (RateLimiter::direct_with_clock(quota, clock), clock)
         });
+        let max_concurrent = limits.max_concurrent.max(1) as usize;
         Self {
-            slots: Arc::new(Semaphore::new(limits.max_concurrent.max(1) as usize)),
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            max_concurrent,
             rate,
+            waiting: AtomicUsize::new(0),
+        }
+    }
+
+    /// The waiting and in-flight refreshes now.
+    pub(crate) fn snapshot(&self) -> LimiterSnapshot {
+        LimiterSnapshot {
+            waiting: self.waiting.load(Ordering::Relaxed),
+            in_flight: self.max_concurrent.saturating_sub(self.slots.available_permits()),
+            max_concurrent: self.max_concurrent,
         }
     }
 
     /// Waits for a slot and for the rate limit. `None` when shutting down.
     pub(crate) async fn acquire(&self) -> Option<LimitPermit> {
+        self.waiting.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.waiting);
         let slot = self.slots.clone().acquire_owned().await.ok()?;
         if let Some((limiter, clock)) = &self.rate {
             while let Err(not_until) = limiter.check() {
@@ -94,6 +133,40 @@ impl IntegrationLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_snapshot_counts_the_waiting_and_the_calls_in_flight() {
+        let limiter = Arc::new(IntegrationLimiter::new(ProviderLimits {
+            max_concurrent: 1,
+            per_second: None,
+        }));
+        assert_eq!(
+            limiter.snapshot(),
+            LimiterSnapshot {
+                waiting: 0,
+                in_flight: 0,
+                max_concurrent: 1
+            }
+        );
+        let held = limiter.acquire().await.expect("a slot");
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let limiter = limiter.clone();
+                tokio::spawn(async move { limiter.acquire().await.is_some() })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!((limiter.snapshot().waiting, limiter.snapshot().in_flight), (3, 1));
+        // A cancelled wait no longer counts.
+        waiters[0].abort();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        assert_eq!(limiter.snapshot().waiting, 2);
+        drop(held);
+        for waiter in waiters.into_iter().skip(1) {
+            assert!(waiter.await.expect("task"));
+        }
+        assert_eq!((limiter.snapshot().waiting, limiter.snapshot().in_flight), (0, 0));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn the_rate_limit_spreads_a_herd_evenly() {

@@ -146,6 +146,15 @@ impl Shared {
         Ok(Some(self.cache_integration(&integration)))
     }
 
+    /// The limiters of the integrations in use, as they are now.
+    pub fn limiter_snapshots(&self) -> Vec<(IntegrationId, crate::limits::LimiterSnapshot)> {
+        let integrations = self.integrations.read().unwrap_or_else(|p| p.into_inner());
+        integrations
+            .iter()
+            .map(|(id, runtime)| (*id, runtime.limiter.snapshot()))
+            .collect()
+    }
+
     /// The runtime of an integration if it is cached (no store read).
     pub fn cached_integration(&self, id: IntegrationId) -> Option<IntegrationRef> {
         self.integrations

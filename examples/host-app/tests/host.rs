@@ -122,6 +122,36 @@ async fn embed_and_restart(backend: Backend, order: Order) {
     let admin = format!("{}/tokenvisor/v1", host.base_url);
     let unauthenticated = http.get(format!("{admin}/connections")).send().await.expect("request");
     assert_eq!(unauthenticated.status(), 401);
+    // The dashboard too: behind the host's key, which is its sign-in (a session at once).
+    let dashboard = format!("{}/tokenvisor/ui", host.base_url);
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("client");
+    let refused = no_redirects.get(&dashboard).send().await.expect("request");
+    assert_eq!(refused.status(), 401);
+    let session = no_redirects
+        .get(format!("{dashboard}/sign-in"))
+        .header("x-api-key", API_KEY)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(session.status(), 303);
+    let cookie = session.headers()["set-cookie"]
+        .to_str()
+        .expect("ascii")
+        .split(';')
+        .next()
+        .expect("pair")
+        .to_owned();
+    let overview = no_redirects
+        .get(&dashboard)
+        .header("x-api-key", API_KEY)
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(overview.status(), 200);
     let callback = http
         .get(format!("{}/tokenvisor/oauth/callback", host.base_url))
         .send()

@@ -116,16 +116,13 @@ pub(crate) async fn callback(State(state): State<AppState>, Query(query): Query<
         }
     };
     if let Some(return_to) = finished.return_to {
-        return return_redirect(&return_to, &outcome);
+        return return_redirect(&state.options.base_path, &return_to, &outcome);
     }
+    let base = &state.options.base_path;
     match outcome {
         Ok(connection) => page(
             StatusCode::OK,
-            "Connected",
-            &format!(
-                "Tenant <b>{}</b> is connected. You can close this window.",
-                escape(connection.tenant_id.as_str())
-            ),
+            crate::ui::pages::callback(base, Ok(connection.tenant_id.as_str())),
         ),
         Err(api) => {
             let status = if api.status().is_server_error() {
@@ -140,11 +137,7 @@ pub(crate) async fn callback(State(state): State<AppState>, Query(query): Query<
                 "code_exchange_failed" => "The provider did not accept the authorization code. Start again.",
                 _ => "The connection could not be completed.",
             };
-            page(
-                status,
-                "Not connected",
-                &format!("{message} <small>({})</small>", escape(api.code())),
-            )
+            page(status, crate::ui::pages::callback(base, Err((message, api.code()))))
         }
     }
 }
@@ -176,12 +169,11 @@ fn allowed_return_to(state: &AppState, text: &str) -> Result<String, ApiError> {
 
 /// 303 to `return_to` with the outcome in its query: `tokenvisor_outcome=connected` and
 /// the `connection_id`, or `tokenvisor_outcome=error` and the `error` code.
-fn return_redirect(return_to: &str, outcome: &Result<tokenvisor_core::Connection, ApiError>) -> Response {
+fn return_redirect(base: &str, return_to: &str, outcome: &Result<tokenvisor_core::Connection, ApiError>) -> Response {
     let Ok(mut url) = url::Url::parse(return_to) else {
         return page(
             StatusCode::BAD_REQUEST,
-            "Not connected",
-            "The return address is not valid.",
+            crate::ui::pages::callback(base, Err(("The return address is not valid.", "invalid_input"))),
         );
     };
     {
@@ -207,37 +199,16 @@ fn return_redirect(return_to: &str, outcome: &Result<tokenvisor_core::Connection
     response
 }
 
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>{title}</title></head>\
-         <body style=\"font-family:sans-serif;margin:3em\"><h1>{title}</h1><p>{body}</p></body></html>"
+/// The callback's page: no caching, no referrer (its URL held the code), styles from here
+/// only and no script.
+fn page(status: StatusCode, markup: maud::Markup) -> Response {
+    let mut response = (status, Html(markup.into_string())).into_response();
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'self'; frame-ancestors 'none'; base-uri 'none'"),
     );
-    let mut response = (status, Html(html)).into_response();
     response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    response
-}
-
-fn escape(text: &str) -> String {
-    text.chars()
-        .map(|c| match c {
-            '<' => "&lt;".to_owned(),
-            '>' => "&gt;".to_owned(),
-            '&' => "&amp;".to_owned(),
-            '"' => "&quot;".to_owned(),
-            '\'' => "&#39;".to_owned(),
-            other => other.to_string(),
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn html_is_escaped() {
-        assert_eq!(escape("<script>\"x\"&'"), "&lt;script&gt;&quot;x&quot;&amp;&#39;");
-    }
 }

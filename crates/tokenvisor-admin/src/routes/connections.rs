@@ -12,7 +12,8 @@ use crate::error::{ApiError, ErrorBody};
 use crate::extract::{ApiJson, ApiQuery, ConnectionPath};
 use crate::routes::find_integration;
 use crate::views::{
-    ConnectionList, ConnectionQuery, ConnectionView, CreateConnection, PageQuery, RejectedToken, TokenAnswer,
+    ConnectionList, ConnectionQuery, ConnectionView, CreateConnection, OrderParam, PageQuery, RejectedToken,
+    TokenAnswer,
 };
 use axum::Json;
 use axum::extract::{Path, State};
@@ -20,8 +21,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use std::collections::HashMap;
 use tokenvisor_core::{
-    Connection, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionStatus, Integration, IntegrationId,
-    SecretString, TenantId,
+    Connection, ConnectionCursor, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionSort, ConnectionStatus,
+    Integration, IntegrationId, SecretString, TenantId,
 };
 use tokenvisor_supervisor::{AccessToken, NewConnection};
 
@@ -126,7 +127,8 @@ pub(crate) async fn create(
     Ok(response)
 }
 
-/// Connections matching the filters, ordered by id, a page at a time.
+/// Connections matching the filters and the search, in the order asked (by id by default),
+/// a page at a time (keyset pagination in every order).
 #[utoipa::path(
     get, path = "/v1/connections", tag = "connections",
     operation_id = "list_connections",
@@ -178,10 +180,21 @@ pub(crate) async fn list(
         (None, Some(only)) => TenantId::parse(only.to_owned()).ok(),
         (tenant_id, _) => tenant_id,
     };
+    if let Some(search) = &query.q
+        && !ConnectionFilter::is_valid_search(search)
+    {
+        return Err(bad_filter(
+            "invalid_query",
+            "q must be 1 to 128 characters from A-Z a-z 0-9 . _ : @ -",
+        ));
+    }
     let filter = ConnectionFilter {
         tenant_id,
         status,
         integration_id,
+        search: query.q,
+        sort: query.sort.map_or(ConnectionSort::Id, ConnectionSort::from),
+        descending: query.order == Some(OrderParam::Desc),
         ..ConnectionFilter::default()
     };
     page(&state, &principal, filter, query.cursor, query.limit)
@@ -192,7 +205,7 @@ pub(crate) async fn list(
 /// One page of the connections matching `filter`, after `cursor`; of those, the ones
 /// `principal` may see (a restricted key's page can hold fewer than `limit`: follow
 /// `next_cursor`).
-async fn page(
+pub(crate) async fn page(
     state: &AppState,
     principal: &Principal,
     mut filter: ConnectionFilter,
@@ -200,14 +213,16 @@ async fn page(
     limit: Option<u64>,
 ) -> Result<ConnectionList, ApiError> {
     let bad_filter = |code: &'static str, message: &str| ApiError::new(StatusCode::BAD_REQUEST, code, message);
-    filter.after = match cursor {
-        Some(cursor) => Some(
-            cursor
-                .parse::<ConnectionId>()
-                .map_err(|_| bad_filter("invalid_cursor", "the cursor is not one this API returned"))?,
-        ),
-        None => None,
-    };
+    if let Some(cursor) = cursor {
+        let cursor = ConnectionCursor::parse(filter.sort, &cursor).ok_or_else(|| {
+            bad_filter(
+                "invalid_cursor",
+                "the cursor is not one this API returned for this sort",
+            )
+        })?;
+        filter.after = Some(cursor.id);
+        filter.after_value = cursor.value;
+    }
     let limit = limit.unwrap_or(DEFAULT_PAGE);
     if !(1..=MAX_PAGE).contains(&limit) {
         return Err(bad_filter("invalid_query", "limit must be 1 to 500"));
@@ -216,7 +231,9 @@ async fn page(
     let mut connections = state.tokenvisor.store().list_connections(&filter).await?;
     let next_cursor = if connections.len() as u64 > limit {
         connections.truncate(limit as usize);
-        connections.last().map(|c| c.id.to_string())
+        connections
+            .last()
+            .map(|c| ConnectionCursor::after(filter.sort, c).to_string())
     } else {
         None
     };

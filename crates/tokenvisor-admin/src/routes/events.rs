@@ -64,6 +64,19 @@ pub(crate) async fn stream(
     let wanted = Arc::new(move |event: &Event| {
         tenant.as_ref().is_none_or(|t| *t == event.tenant_id) && connection.is_none_or(|c| c == event.connection_id)
     });
+    Ok(relay(&state, &headers, wanted))
+}
+
+/// What a subscriber wants of the event stream.
+pub(crate) type Wanted = Arc<dyn Fn(&Event) -> bool + Send + Sync>;
+
+/// The event stream as server-sent events, the events `wanted` keeps, resumed after the
+/// request's `Last-Event-ID` (also the dashboard's `/ui/events`).
+pub(crate) fn relay(
+    state: &AppState,
+    headers: &HeaderMap,
+    wanted: Wanted,
+) -> Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>> {
     let last_event_id = headers.get("last-event-id").and_then(|value| value.to_str().ok());
     let resume = state.journal.resume(last_event_id);
     let journal = state.journal.clone();
@@ -98,7 +111,7 @@ pub(crate) async fn stream(
             }
         }
     });
-    Ok(Sse::new(futures::StreamExt::chain(futures::stream::iter(head), live)).keep_alive(KeepAlive::default()))
+    Sse::new(futures::StreamExt::chain(futures::stream::iter(head), live)).keep_alive(KeepAlive::default())
 }
 
 /// `event: lagged` with how many events the client missed (`null`: unknown, it last

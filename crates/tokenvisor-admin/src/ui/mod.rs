@@ -4,21 +4,34 @@
 //!   with the admin token; a session cookie follows ([`session`]).
 //! - `GET /ui`: connections by status per integration, the tokens expiring within the
 //!   hour against the refreshes planned before their expiry, the degraded connections by
-//!   their last error (rate limited or backing off), refreshes per minute by outcome over
+//!   their last error (rate limited or backing off), the refreshes waiting on each
+//!   integration's rate and concurrency limit or calling its provider right now (the
+//!   supervisor's limiter counters), refreshes per minute by outcome over
 //!   the last three hours (all counted by the database: a few grouped queries, whatever
 //!   the number of connections).
-//! - `GET /ui/connections`: filtered by tenant, integration and status, one page at a
-//!   time through the store's keyset pagination (never all rows).
+//! - `GET /ui/connections`: filtered by tenant, integration and status, searched by the
+//!   start of a tenant id, connection key or integration name, sorted by creation, expiry,
+//!   failures in a row or last error; one page at a time through the listing of
+//!   `GET /v1/connections` (keyset pagination in every order, never all rows).
 //! - `GET /ui/connections/{id}`: state, token preview, refresh history, and actions
 //!   (`POST .../{refresh|deactivate|activate|delete|reauthorize}`, each with the session's
 //!   CSRF token); `GET .../status` feeds the page's live status.
 //! - `GET /ui/integrations`: the OAuth apps (never their secrets) and their health.
+//! - `GET /ui/events?connection=...` or `?ids=...`: the event stream of the connections a
+//!   page shows, for the signed-in operator; the table's rows and the connection page's
+//!   event list follow it without reloading.
+//!
+//! Embedded in a host application ([`crate::AdminAuth::External`]), the dashboard is part
+//! of [`crate::AdminRouter::api`], behind the host's authentication: there is no sign-in
+//! form, `/ui/sign-in` gives whoever the host let through a session at once (its CSRF
+//! token still guards every action).
 //!
 //! Pages are maud templates (escaped by construction), the stylesheet and script are
 //! compiled into the binary, nothing is fetched from elsewhere, and a strict content
 //! security policy forbids inline and foreign scripts.
 
-mod pages;
+pub(crate) mod docs;
+pub(crate) mod pages;
 pub(crate) mod session;
 
 use crate::AppState;
@@ -33,7 +46,7 @@ use chrono::Utc;
 use pages::{Chrome, IntegrationCounts, Notice, STATUSES};
 use serde::Deserialize;
 use session::Operator;
-use tokenvisor_core::{ConnectionFilter, ConnectionId, TenantId};
+use tokenvisor_core::{ConnectionFilter, ConnectionId, ConnectionSort, TenantId};
 use tokenvisor_supervisor::AuthorizationRequest;
 
 /// Rows per page of the connections table.
@@ -54,6 +67,60 @@ pub(crate) fn routes() -> Router<AppState> {
         .route("/ui/connections/{id}/status", get(status))
         .route("/ui/connections/{id}/{action}", post(act))
         .route("/ui/integrations", get(integrations))
+        .route("/ui/events", get(events))
+        .layer(axum::middleware::map_response(secure_headers))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// The connection page's connection.
+    #[serde(default)]
+    connection: Option<String>,
+    /// The table's rows (comma-separated ids, at most [`PAGE`]).
+    #[serde(default)]
+    ids: Option<String>,
+}
+
+/// `GET /ui/events`: the event stream of `/v1/events` for the signed-in operator (a
+/// browser's `EventSource` sends the session cookie, not a bearer token), only the events
+/// of the connections the page shows.
+async fn events(
+    State(state): State<AppState>,
+    _operator: Operator,
+    headers: axum::http::HeaderMap,
+    Query(query): Query<EventsQuery>,
+) -> Response {
+    let listed = query
+        .connection
+        .iter()
+        .chain(query.ids.iter())
+        .flat_map(|ids| ids.split(','))
+        .filter(|id| !id.is_empty())
+        .map(|id| uuid::Uuid::parse_str(id).map(ConnectionId))
+        .collect::<Result<std::collections::HashSet<_>, _>>();
+    let ids = match listed {
+        Ok(ids) if !ids.is_empty() && ids.len() as u64 <= PAGE => ids,
+        _ => {
+            return ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_query",
+                "connection or ids: 1 to 50 connection ids",
+            )
+            .into_response();
+        }
+    };
+    let wanted: crate::routes::events::Wanted = std::sync::Arc::new(move |event| ids.contains(&event.connection_id));
+    let mut response = crate::routes::events::relay(&state, &headers, wanted).into_response();
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+/// The dashboard's stylesheet and script: always served (the tenant's callback page uses
+/// the stylesheet, whether or not the dashboard is mounted).
+pub(crate) fn asset_routes() -> Router<AppState> {
+    Router::new()
         .route(
             "/ui/assets/app.css",
             get(|| async { asset("text/css; charset=utf-8", pages::CSS) }),
@@ -113,8 +180,28 @@ fn failure(state: &AppState, operator: &Operator, error: ApiError) -> Response {
     (error.status(), Html(page.into_string())).into_response()
 }
 
+/// The sign-in form; embedded ([`crate::AdminAuth::External`]), no form: the host's
+/// authentication let this request through, so it gets a session at once (key id
+/// `external` in the audit trail) and goes on to the overview.
 async fn sign_in_form(State(state): State<AppState>) -> Response {
+    if state.admin_token_digest.is_none() {
+        return trusted_session(&state);
+    }
     Html(pages::sign_in(&state.options.base_path, None).into_string()).into_response()
+}
+
+/// A session for a request the host application authenticated.
+fn trusted_session(state: &AppState) -> Response {
+    let (id, _csrf) = state.sessions.create("external");
+    tracing::info!(
+        key.id = "external",
+        "dashboard session for a host-authenticated request"
+    );
+    (
+        [(header::SET_COOKIE, session::set_cookie(state, Some(&id)))],
+        Redirect::to(&format!("{}/ui", state.options.base_path)),
+    )
+        .into_response()
 }
 
 #[derive(Deserialize)]
@@ -128,6 +215,9 @@ struct SignIn {
 /// attempts count against the client address like those of `/v1`.
 async fn sign_in(State(state): State<AppState>, request: axum::extract::Request) -> Response {
     use axum::extract::FromRequest as _;
+    if state.admin_token_digest.is_none() {
+        return trusted_session(&state);
+    }
     let base = state.options.base_path.clone();
     let refuse = |status: StatusCode, message: &str| {
         (status, Html(pages::sign_in(&base, Some(message)).into_string())).into_response()
@@ -242,6 +332,7 @@ async fn integration_counts(
                     .map_or(0, |count| count.count)
             });
             IntegrationCounts {
+                id: integration.id,
                 name: integration.name,
                 provider: integration.provider,
                 client_id: integration.client_id,
@@ -266,12 +357,14 @@ async fn overview(State(state): State<AppState>, operator: Operator) -> Response
     };
     match counted.await {
         Ok((summary, rows, minutes)) => {
+            let limits = state.tokenvisor.provider_limits_now();
             let figures = pages::Figures {
                 rows: &rows,
                 summary: &summary,
                 minutes: &minutes,
                 since,
                 now,
+                limits: &limits,
             };
             Html(pages::overview(&chrome(&state, &operator), &figures).into_string()).into_response()
         }
@@ -302,22 +395,47 @@ struct TableQuery {
     integration: String,
     #[serde(default)]
     status: String,
+    /// Prefix of a tenant id, connection key or integration name.
     #[serde(default)]
-    after: Option<uuid::Uuid>,
+    q: String,
+    #[serde(default)]
+    sort: String,
+    #[serde(default)]
+    order: String,
+    #[serde(default)]
+    cursor: Option<String>,
 }
 
+/// The connections table, a page at a time through the same listing as
+/// `GET /v1/connections` (its filters, search, orders and keyset cursor).
 async fn connections(State(state): State<AppState>, operator: Operator, Query(query): Query<TableQuery>) -> Response {
+    let tenant = query.tenant.trim();
+    let search = query.q.trim();
+    let sort = if query.sort.is_empty() {
+        Some(ConnectionSort::Id)
+    } else {
+        ConnectionSort::parse(&query.sort)
+    };
     let listed = async {
         let store = state.tokenvisor.store();
         let integrations = store.list_integrations().await?;
+        let sort = sort.ok_or_else(|| ApiError::invalid("sort", "unknown order"))?;
         let mut filter = ConnectionFilter {
-            after: query.after.map(ConnectionId),
-            limit: Some(PAGE + 1),
+            sort,
+            descending: query.order == "desc",
             ..ConnectionFilter::default()
         };
-        let tenant = query.tenant.trim();
         if !tenant.is_empty() {
             filter.tenant_id = Some(TenantId::parse(tenant).map_err(|error| ApiError::invalid("tenant", error))?);
+        }
+        if !search.is_empty() {
+            if !ConnectionFilter::is_valid_search(search) {
+                return Err(ApiError::invalid(
+                    "q",
+                    "search with the start of a tenant id, connection key or integration name (A-Z a-z 0-9 . _ : @ -)",
+                ));
+            }
+            filter.search = Some(search.to_owned());
         }
         if !query.integration.is_empty() {
             let integration = integrations
@@ -334,30 +452,33 @@ async fn connections(State(state): State<AppState>, operator: Operator, Query(qu
                     .ok_or_else(|| ApiError::invalid("status", "unknown status"))?,
             );
         }
-        let mut rows = store.list_connections(&filter).await?;
-        let more = rows.len() as u64 > PAGE;
-        rows.truncate(PAGE as usize);
-        let views: Vec<ConnectionView> = rows
-            .iter()
-            .map(|row| ConnectionView::of(row, integrations.iter().find(|i| i.id == row.integration_id)))
-            .collect();
-        let next = more.then(|| rows.last().map(|last| last.id)).flatten().map(|last| {
+        let principal = crate::auth::Principal::admin(&operator.key_id);
+        let listed =
+            crate::routes::connections::page(&state, &principal, filter, query.cursor.clone(), Some(PAGE)).await?;
+        let next = listed.next_cursor.map(|cursor| {
             format!(
-                "{}/ui/connections?tenant={}&integration={}&status={}&after={last}",
+                "{}/ui/connections?tenant={}&integration={}&status={}&q={}&sort={}&order={}&cursor={}",
                 state.options.base_path,
                 pages::urlencode(tenant),
                 pages::urlencode(&query.integration),
                 pages::urlencode(&query.status),
+                pages::urlencode(search),
+                sort.as_str(),
+                if query.order == "desc" { "desc" } else { "asc" },
+                pages::urlencode(&cursor),
             )
         });
-        Ok::<_, ApiError>((integrations.into_iter().map(|i| i.name).collect(), views, next))
+        Ok::<_, ApiError>((integrations.into_iter().map(|i| i.name).collect(), listed.items, next))
     };
     match listed.await {
         Ok((names, views, next)) => {
             let filters = pages::TableFilters {
-                tenant: query.tenant.trim(),
+                tenant,
                 integration: &query.integration,
                 status: &query.status,
+                search,
+                sort: sort.unwrap_or_default(),
+                descending: query.order == "desc",
                 integrations: names,
             };
             Html(pages::connections(&chrome(&state, &operator), &filters, &views, next).into_string()).into_response()
@@ -520,4 +641,104 @@ async fn reauthorize(state: &AppState, id: ConnectionId) -> Result<Notice, ApiEr
         url: start.authorize_url,
         expires_at: start.expires_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{AdminOptions, router_parts};
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse as _;
+    use std::sync::Arc;
+    use tokenvisor_supervisor::{Tokenvisor, TokenvisorConfig};
+
+    /// A host application: its own authentication (a header) around the admin API part,
+    /// the public part open, served on `127.0.0.1:0`.
+    async fn host(tokenvisor: &Tokenvisor) -> (String, tokio::task::JoinHandle<()>) {
+        let parts = router_parts(
+            tokenvisor.clone(),
+            AdminOptions::embedded("http://app.example.com", "/tokenvisor"),
+        );
+        let app = Router::new()
+            .merge(parts.api.layer(axum::middleware::from_fn(
+                |request: axum::extract::Request, next: axum::middleware::Next| async move {
+                    if request.headers().contains_key("x-host-session") {
+                        next.run(request).await
+                    } else {
+                        StatusCode::FORBIDDEN.into_response()
+                    }
+                },
+            )))
+            .merge(parts.public);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("address"));
+        let server = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        (base, server)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn embedded_the_dashboard_trusts_the_hosts_authentication_and_still_checks_csrf() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let store = Arc::new(tokenvisor_store::MemoryStore::new());
+        let tokenvisor = Tokenvisor::start(store, TokenvisorConfig::default())
+            .await
+            .expect("starts");
+        let (base, server) = host(&tokenvisor).await;
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        // Not through the host's authentication: refused by the host.
+        for path in ["/tokenvisor/ui", "/tokenvisor/ui/sign-in", "/tokenvisor/ui/connections"] {
+            let answer = http.get(format!("{base}{path}")).send().await.expect("request");
+            assert_eq!(answer.status(), 403, "{path}");
+        }
+        // Through it: no form, a session at once, then the pages.
+        let authenticated = |path: &str| http.get(format!("{base}{path}")).header("x-host-session", "alice");
+        let first = authenticated("/tokenvisor/ui").send().await.expect("request");
+        assert_eq!(first.status(), 303);
+        assert_eq!(first.headers()["location"], "/tokenvisor/ui/sign-in");
+        let signed_in = authenticated("/tokenvisor/ui/sign-in").send().await.expect("request");
+        assert_eq!(signed_in.status(), 303);
+        assert_eq!(signed_in.headers()["location"], "/tokenvisor/ui");
+        let set_cookie = signed_in.headers()["set-cookie"].to_str().expect("ascii").to_owned();
+        assert!(
+            set_cookie.contains("Path=/tokenvisor/ui") && set_cookie.contains("HttpOnly"),
+            "{set_cookie}"
+        );
+        let cookie = set_cookie.split(';').next().expect("a pair").to_owned();
+        let overview = authenticated("/tokenvisor/ui")
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(overview.status(), 200);
+        let body = overview.text().await.expect("body");
+        assert!(body.contains("Overview") && body.contains("name=\"csrf\""), "{body}");
+        // The cookie alone is not enough: the host's authentication still decides.
+        let without_host = http
+            .get(format!("{base}/tokenvisor/ui"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(without_host.status(), 403);
+        // An action without the session's CSRF token is refused.
+        let forged = http
+            .post(format!(
+                "{base}/tokenvisor/ui/connections/{}/refresh",
+                uuid::Uuid::now_v7()
+            ))
+            .header("x-host-session", "alice")
+            .header("cookie", &cookie)
+            .form(&[("csrf", "forged")])
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(forged.status(), 403);
+        server.abort();
+        tokenvisor.shutdown().await;
+    }
 }

@@ -4,7 +4,7 @@
 use crate::views::ConnectionView;
 use chrono::{DateTime, Utc};
 use maud::{DOCTYPE, Markup, html};
-use tokenvisor_core::{ConnectionStatus, RefreshAttempt, RefreshOutcomeKind};
+use tokenvisor_core::{ConnectionSort, ConnectionStatus, RefreshAttempt, RefreshOutcomeKind};
 use tokenvisor_store::{ConnectionSummary, MinuteCount};
 
 /// Every status, in the order the pages show them.
@@ -110,6 +110,7 @@ pub(crate) fn sign_in(base: &str, error: Option<&str>) -> Markup {
 
 /// One integration's row of the overview: its name and the count of each status.
 pub(crate) struct IntegrationCounts {
+    pub(crate) id: tokenvisor_core::IntegrationId,
     pub(crate) name: String,
     pub(crate) provider: String,
     pub(crate) client_id: String,
@@ -155,6 +156,8 @@ pub(crate) struct Figures<'a> {
     pub(crate) minutes: &'a [MinuteCount],
     pub(crate) since: DateTime<Utc>,
     pub(crate) now: DateTime<Utc>,
+    /// Each integration's limiter now (absent: not used by this process yet).
+    pub(crate) limits: &'a [(tokenvisor_core::IntegrationId, tokenvisor_supervisor::LimiterSnapshot)],
 }
 
 /// The overview: counts per integration, tokens expiring within the hour against the
@@ -205,6 +208,26 @@ pub(crate) fn overview(chrome: &Chrome<'_>, figures: &Figures<'_>) -> Markup {
                     }
                 }
                 p.note { "Counted from the stored connections: a degraded connection waits for its next retry; a rate-limited one (429 or the provider's throttling error) waits at least a minute." }
+                table #provider-calls {
+                    caption { "Provider calls per integration right now (this process)" }
+                    thead { tr {
+                        th scope="col" { "Integration" }
+                        th scope="col" { "Waiting on tokenvisor's rate or concurrency limit" }
+                        th scope="col" { "Calling the provider" }
+                        th scope="col" { "Backing off (degraded)" }
+                    } }
+                    tbody {
+                        @for row in figures.rows {
+                            @let now = figures.limits.iter().find(|(id, _)| *id == row.id).map(|(_, snapshot)| *snapshot).unwrap_or_default();
+                            tr {
+                                th scope="row" { (row.name) }
+                                td.waiting { (now.waiting) }
+                                td.in-flight { (now.in_flight) @if now.max_concurrent > 0 { " of " (now.max_concurrent) } }
+                                td.backing-off { (row.counts[1]) }
+                            }
+                        }
+                    }
+                }
             }
             (counts_table(chrome.base, rows))
             section {
@@ -274,8 +297,20 @@ pub(crate) struct TableFilters<'a> {
     pub(crate) tenant: &'a str,
     pub(crate) integration: &'a str,
     pub(crate) status: &'a str,
+    /// The search (a prefix).
+    pub(crate) search: &'a str,
+    pub(crate) sort: ConnectionSort,
+    pub(crate) descending: bool,
     pub(crate) integrations: Vec<String>,
 }
+
+/// The orders of the connections table, with their labels.
+const SORTS: [(ConnectionSort, &str); 4] = [
+    (ConnectionSort::Id, "created"),
+    (ConnectionSort::ExpiresAt, "expiry"),
+    (ConnectionSort::Failures, "failures in a row"),
+    (ConnectionSort::LastError, "last error"),
+];
 
 /// The connections table: filters, one page of rows, a link to the next page.
 pub(crate) fn connections(
@@ -285,11 +320,14 @@ pub(crate) fn connections(
     next: Option<String>,
 ) -> Markup {
     let base = chrome.base;
+    let direction = if filters.descending { "descending" } else { "ascending" };
+    let sorted = |column: ConnectionSort| (column == filters.sort).then_some(direction);
     layout(
         chrome,
         "Connections",
         html! {
             form.filters method="get" action={ (base) "/ui/connections" } role="search" {
+                label { "Search " input type="search" name="q" value=(filters.search) placeholder="start of tenant, key or integration" size="28"; }
                 label { "Tenant " input type="search" name="tenant" value=(filters.tenant) placeholder="exact tenant id"; }
                 label { "Integration "
                     select name="integration" {
@@ -307,23 +345,40 @@ pub(crate) fn connections(
                         }
                     }
                 }
+                label { "Sort "
+                    select name="sort" {
+                        @for (sort, label) in SORTS {
+                            option value=(sort.as_str()) selected[sort == filters.sort] { (label) }
+                        }
+                    }
+                }
+                label { "Order "
+                    select name="order" {
+                        option value="asc" selected[!filters.descending] { "ascending" }
+                        option value="desc" selected[filters.descending] { "descending" }
+                    }
+                }
                 button type="submit" { "Filter" }
             }
-            table #connections {
+            @let ids = rows.iter().map(|row| row.id.to_string()).collect::<Vec<_>>().join(",");
+            table #connections data-live-events=[(!rows.is_empty()).then(|| format!("{base}/ui/events?ids={ids}"))] {
                 thead { tr {
                     th scope="col" { "Tenant" } th scope="col" { "Integration" } th scope="col" { "Key" }
-                    th scope="col" { "Status" } th scope="col" { "Expires" } th scope="col" { "Next refresh" }
-                    th scope="col" { "Failures" } th scope="col" { "Last error" }
+                    th scope="col" { "Status" }
+                    th scope="col" aria-sort=[sorted(ConnectionSort::ExpiresAt)] { "Expires" }
+                    th scope="col" { "Next refresh" }
+                    th scope="col" aria-sort=[sorted(ConnectionSort::Failures)] { "Failures (in a row)" }
+                    th scope="col" aria-sort=[sorted(ConnectionSort::LastError)] { "Last error" }
                 } }
                 tbody {
                     @for row in rows {
-                        tr {
+                        tr data-connection=(row.id) data-status-url={ (base) "/ui/connections/" (row.id) "/status" } {
                             th scope="row" { a href={ (base) "/ui/connections/" (row.id) } { (row.tenant_id) } }
                             td { (row.integration) } td { (row.connection_key) }
-                            td { (badge(row.status.as_str())) }
-                            td { (moment(Some(row.expires_at))) } td { (moment(row.next_refresh_at)) }
-                            td { (row.refresh_failures) }
-                            td { @if let Some(error) = &row.last_error { code { (error.code) } } }
+                            td.status { (badge(row.status.as_str())) }
+                            td.expires { (moment(Some(row.expires_at))) } td.next-refresh { (moment(row.next_refresh_at)) }
+                            td { (row.refresh_failures) " (" (row.consecutive_failures) ")" }
+                            td { @if let Some(error) = &row.last_error { code { (error.code) } " " (moment(Some(error.at))) } }
                         }
                     }
                     @if rows.is_empty() { tr { td colspan="8" { "No connection matches." } } }
@@ -402,6 +457,12 @@ pub(crate) fn connection(
                 (action("delete", "Delete", Some("Delete this connection? Its tokens are revoked at the provider.")))
             }
             section {
+                h2 #live-events-title { "Events since this page opened" }
+                ol #live-events aria-labelledby="live-events-title" aria-live="polite"
+                    data-live-events={ (base) "/ui/events?connection=" (view.id) } {}
+                p.muted #live-events-empty { "None yet (they appear here as they happen)." }
+            }
+            section {
                 h2 { "Refresh history" }
                 table {
                     thead { tr { th scope="col" { "Started" } th scope="col" { "Reason" } th scope="col" { "Outcome" }
@@ -456,6 +517,39 @@ pub(crate) fn integrations(chrome: &Chrome<'_>, rows: &[IntegrationCounts]) -> M
 /// A page with one message (errors of the dashboard's own).
 pub(crate) fn message(chrome: &Chrome<'_>, title: &str, text: &str) -> Markup {
     layout(chrome, title, html! { p role="alert" { (text) } })
+}
+
+/// The tenant's page at the end of an authorization (without `return_to`): the outcome in
+/// words, styled with the dashboard's stylesheet, no script, no secret (the tenant id, or
+/// the error's code).
+pub(crate) fn callback(base: &str, outcome: Result<&str, (&str, &str)>) -> Markup {
+    let title = if outcome.is_ok() { "Connected" } else { "Not connected" };
+    html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width, initial-scale=1";
+                title { (title) }
+                link rel="stylesheet" href={ (base) "/ui/assets/app.css" };
+            }
+            body {
+                main.outcome {
+                    @match outcome {
+                        Ok(tenant) => div.card.succeeded role="status" {
+                            h1 { span aria-hidden="true" { "✓ " } (title) }
+                            p { "Tenant " b { (tenant) } " is connected. You can close this window." }
+                        },
+                        Err((message, code)) => div.card.failed role="alert" {
+                            h1 { span aria-hidden="true" { "✗ " } (title) }
+                            p { (message) }
+                            p.code { "Reference: " code { (code) } }
+                        },
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Percent-encodes a query value.

@@ -5,7 +5,7 @@
 
 use super::*;
 use chrono::{DateTime, SubsecRound as _, Utc};
-use tokenvisor_core::{RefreshOutcomeKind, RefreshReason};
+use tokenvisor_core::{ConnectionCursor, RefreshOutcomeKind, RefreshReason};
 
 use tokenvisor_testkit::database::TestDatabase as TestDb;
 
@@ -48,6 +48,8 @@ on_both_backends!(
     attempts_are_counted_per_minute_and_outcome_since_a_time,
     api_keys_and_the_audit_trail_round_trip,
     the_connection_summary_counts_by_integration_status_expiry_and_error,
+    sorted_pages_follow_each_order_without_duplicate_or_gap_ties_broken_by_id,
+    the_search_matches_prefixes_of_tenant_key_and_integration_name_literally,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -1496,4 +1498,194 @@ async fn the_connection_summary_counts_by_integration_status_expiry_and_error(db
             .expect("summary"),
         expected
     );
+}
+
+/// 60 connections with many ties in every order (5 expiry times, 3 failure counts, 4 error
+/// times and no error for a third of them).
+async fn sortable_connections(store: &SqlStore) -> Vec<Connection> {
+    let crm = sample_integration("crm");
+    store.insert_integration(&crm).await.expect("insert");
+    let base = now();
+    let mut all = Vec::new();
+    for index in 0..60_i64 {
+        let connection = Connection {
+            expires_at: base + chrono::Duration::minutes(index % 5),
+            consecutive_failures: (index % 3) as i32,
+            status: if index % 4 == 0 {
+                ConnectionStatus::Degraded
+            } else {
+                ConnectionStatus::Active
+            },
+            last_error: (index % 3 != 0).then(|| LastError {
+                code: "http_503".to_owned(),
+                message: "unavailable".to_owned(),
+                at: base - chrono::Duration::seconds(index % 4),
+            }),
+            ..sample_connection(crm.id, &format!("tenant-{index:02}"))
+        };
+        store.insert_connection(&connection).await.expect("insert");
+        all.push(connection);
+    }
+    all
+}
+
+/// The expected order, written out independently of the store: by the value (missing
+/// last in both directions), then by id, in the direction asked.
+fn expected_order(
+    all: &[Connection],
+    sort: ConnectionSort,
+    descending: bool,
+    keep: impl Fn(&Connection) -> bool,
+) -> Vec<ConnectionId> {
+    let key = |c: &Connection| -> (bool, i128) {
+        match sort {
+            ConnectionSort::Id => (false, 0),
+            ConnectionSort::ExpiresAt => (false, i128::from(c.expires_at.timestamp_micros())),
+            ConnectionSort::Failures => (false, i128::from(c.consecutive_failures)),
+            ConnectionSort::LastError => match &c.last_error {
+                Some(error) => (false, i128::from(error.at.timestamp_micros())),
+                None => (true, 0),
+            },
+        }
+    };
+    let mut kept: Vec<&Connection> = all.iter().filter(|c| keep(c)).collect();
+    kept.sort_by(|a, b| {
+        let (a_missing, a_value) = key(a);
+        let (b_missing, b_value) = key(b);
+        let by_value = if descending {
+            b_value.cmp(&a_value)
+        } else {
+            a_value.cmp(&b_value)
+        };
+        let by_id = if descending { b.id.cmp(&a.id) } else { a.id.cmp(&b.id) };
+        a_missing.cmp(&b_missing).then(by_value).then(by_id)
+    });
+    kept.into_iter().map(|c| c.id).collect()
+}
+
+/// Every page of `filter` (7 rows each), following the cursor through its text form.
+async fn every_page(store: &dyn Store, filter: &ConnectionFilter) -> Vec<ConnectionId> {
+    let mut seen = Vec::new();
+    let mut filter = ConnectionFilter {
+        limit: Some(7),
+        ..filter.clone()
+    };
+    for _ in 0..100 {
+        let page = store.list_connections(&filter).await.expect("page");
+        assert!(page.len() <= 7);
+        seen.extend(page.iter().map(|c| c.id));
+        let Some(last) = page.last().filter(|_| page.len() == 7) else {
+            return seen;
+        };
+        let text = ConnectionCursor::after(filter.sort, last).to_string();
+        let cursor = ConnectionCursor::parse(filter.sort, &text).expect("the cursor reads back");
+        assert_eq!(cursor, ConnectionCursor::after(filter.sort, last), "{text}");
+        filter.after = Some(cursor.id);
+        filter.after_value = cursor.value;
+    }
+    panic!("more than 100 pages");
+}
+
+async fn sorted_pages_follow_each_order_without_duplicate_or_gap_ties_broken_by_id(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let all = sortable_connections(&store).await;
+    let memory = crate::MemoryStore::new();
+    sortable_connections_in(&memory, &all).await;
+    for sort in ConnectionSort::ALL {
+        for descending in [false, true] {
+            for status in [None, Some(ConnectionStatus::Degraded)] {
+                let filter = ConnectionFilter {
+                    sort,
+                    descending,
+                    status,
+                    ..ConnectionFilter::default()
+                };
+                let expected = expected_order(&all, sort, descending, |c| status.is_none_or(|s| c.status == s));
+                let paged = every_page(&store, &filter).await;
+                assert_eq!(paged, expected, "{sort:?} descending={descending} status={status:?}");
+                let mut unique = paged.clone();
+                unique.sort();
+                unique.dedup();
+                assert_eq!(unique.len(), paged.len(), "a duplicate in {sort:?}");
+                // The memory store pages the same way.
+                assert_eq!(
+                    every_page(&memory, &filter).await,
+                    expected,
+                    "memory {sort:?} {descending}"
+                );
+            }
+        }
+    }
+    // A cursor of another order is not one.
+    assert_eq!(
+        ConnectionCursor::parse(ConnectionSort::Failures, "expires_at~1~0190"),
+        None
+    );
+    assert_eq!(ConnectionCursor::parse(ConnectionSort::ExpiresAt, "not-a-cursor"), None);
+}
+
+/// The same connections (same ids) in another store, their integration first.
+async fn sortable_connections_in(store: &dyn Store, all: &[Connection]) {
+    let crm = Integration {
+        id: all[0].integration_id,
+        ..sample_integration("crm")
+    };
+    store.insert_integration(&crm).await.expect("insert");
+    for connection in all {
+        store.insert_connection(connection).await.expect("insert");
+    }
+}
+
+async fn the_search_matches_prefixes_of_tenant_key_and_integration_name_literally(db: TestDb) {
+    let store = open_store(&db, Keyring::new(key(1), vec![])).await;
+    let help_desk = sample_integration("help_desk");
+    let helpxdesk = sample_integration("helpxdesk");
+    store.insert_integration(&help_desk).await.expect("insert");
+    store.insert_integration(&helpxdesk).await.expect("insert");
+    let in_help_desk = sample_connection(help_desk.id, "zeta");
+    let in_helpxdesk = sample_connection(helpxdesk.id, "omega");
+    let underscore = sample_connection(helpxdesk.id, "ab_1");
+    let letter = sample_connection(helpxdesk.id, "abx1");
+    let keyed = Connection {
+        connection_key: tokenvisor_core::ConnectionKey::parse("ab_sandbox").expect("valid"),
+        ..sample_connection(help_desk.id, "kappa")
+    };
+    let upper = sample_connection(helpxdesk.id, "AB_2");
+    for connection in [&in_help_desk, &in_helpxdesk, &underscore, &letter, &keyed, &upper] {
+        store.insert_connection(connection).await.expect("insert");
+    }
+    let found = |search: &'static str| {
+        let store = &store;
+        async move {
+            let filter = ConnectionFilter {
+                search: Some(search.to_owned()),
+                ..ConnectionFilter::default()
+            };
+            let mut ids: Vec<ConnectionId> = store
+                .list_connections(&filter)
+                .await
+                .expect("list")
+                .into_iter()
+                .map(|c| c.id)
+                .collect();
+            assert_eq!(store.count_connections(&filter).await.expect("count"), ids.len() as u64);
+            ids.sort();
+            ids
+        }
+    };
+    let sorted = |mut ids: Vec<ConnectionId>| {
+        ids.sort();
+        ids
+    };
+    // `_` is a character, not a wildcard; case matters; the key and the integration's
+    // name are searched too.
+    assert_eq!(found("ab_").await, sorted(vec![underscore.id, keyed.id]));
+    assert_eq!(found("abx").await, vec![letter.id]);
+    assert_eq!(found("AB").await, vec![upper.id]);
+    assert_eq!(found("help_").await, sorted(vec![in_help_desk.id, keyed.id]));
+    assert_eq!(found("ze").await, vec![in_help_desk.id]);
+    assert_eq!(found("nothing").await, Vec::<ConnectionId>::new());
+    // What no tenant id, key or name may hold finds nothing (and is no pattern).
+    assert_eq!(found("%").await, Vec::<ConnectionId>::new());
+    assert_eq!(found("*").await, Vec::<ConnectionId>::new());
 }

@@ -233,6 +233,13 @@ impl Tokenvisor {
         &self.shared
     }
 
+    /// Each integration in use with its limiter now: the refreshes waiting for a slot or
+    /// for the rate limit, and those calling the provider (two counters read per
+    /// integration; integrations no connection of this process used yet are absent).
+    pub fn provider_limits_now(&self) -> Vec<(tokenvisor_core::IntegrationId, crate::LimiterSnapshot)> {
+        self.shared.limiter_snapshots()
+    }
+
     /// The store this instance writes to.
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.shared.store

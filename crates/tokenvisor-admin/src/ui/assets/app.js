@@ -92,6 +92,63 @@ function followStatus(list) {
   setInterval(tick, 2000);
 }
 
+// Re-reads a table row's status, expiry and next refresh (after an event about it).
+async function refreshRow(row) {
+  try {
+    const response = await fetch(row.getAttribute("data-status-url"), {
+      credentials: "same-origin", headers: { accept: "application/json" },
+    });
+    if (!response.ok) return;
+    const state = await response.json();
+    row.querySelector("td.status").replaceChildren(badge(state.status));
+    row.querySelector("td.expires").replaceChildren(timeElement(state.expires_at));
+    row.querySelector("td.next-refresh").replaceChildren(timeElement(state.next_refresh_at));
+    row.classList.add("changed");
+  } catch (_) { /* the next event tries again */ }
+}
+
+const EVENT_TYPES = ["refreshed", "refresh_failed", "needs_reauthorization", "recovered", "deactivated",
+  "activated", "reauthorized", "connected", "removed"];
+
+// Follows the page's connections on the event stream (/ui/events, the session's cookie).
+function followEvents(element, onEvent) {
+  const source = new EventSource(element.getAttribute("data-live-events"));
+  // Marks the element while the stream is open (tests and styles can see it).
+  source.addEventListener("open", () => element.setAttribute("data-live-open", ""));
+  source.addEventListener("error", () => element.removeAttribute("data-live-open"));
+  for (const type of EVENT_TYPES) {
+    source.addEventListener(type, (message) => {
+      try { onEvent(type, JSON.parse(message.data)); } catch (_) { /* not an event */ }
+    });
+  }
+  window.addEventListener("pagehide", () => source.close());
+  return source;
+}
+
+function followTable(table) {
+  followEvents(table, (_type, event) => {
+    const row = table.querySelector(`tr[data-connection="${event.connection_id}"]`);
+    if (row) refreshRow(row);
+  });
+}
+
+function followConnectionEvents(list) {
+  followEvents(list, (type, event) => {
+    const item = document.createElement("li");
+    item.appendChild(timeElement(event.at));
+    item.appendChild(document.createTextNode(" " + type.replaceAll("_", " ")));
+    if (event.code) {
+      const code = document.createElement("code");
+      code.textContent = event.code;
+      item.appendChild(document.createTextNode(" "));
+      item.appendChild(code);
+    }
+    list.prepend(item);
+    const empty = document.getElementById("live-events-empty");
+    if (empty) empty.remove();
+  });
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   refreshTimes(document);
   setInterval(() => refreshTimes(document), 1000);
@@ -106,4 +163,8 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   const live = document.querySelector("[data-live-status]");
   if (live) followStatus(live);
+  const table = document.querySelector("table#connections[data-live-events]");
+  if (table) followTable(table);
+  const events = document.querySelector("ol#live-events[data-live-events]");
+  if (events) followConnectionEvents(events);
 });
