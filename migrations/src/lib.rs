@@ -41,6 +41,9 @@
 //!   dashboard's overview.
 //! - `m20261202_000012_return_to`: `tokenvisor_authorization_states.return_to` (where the
 //!   tenant's browser goes after consent).
+//! - `m20261202_000013_audit_statuses`: `tokenvisor_audit_events.status_before` and
+//!   `status_after` (what a change did to a connection's status) and indexes on the audit
+//!   trail's filter columns (key, tenant, connection; each with the id it pages by).
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -62,6 +65,7 @@ mod m20261202_000009_api_keys;
 mod m20261202_000010_attempt_times;
 mod m20261202_000011_dashboard_indexes;
 mod m20261202_000012_return_to;
+mod m20261202_000013_audit_statuses;
 
 pub use legacy::has_legacy_layout;
 pub use m20261202_000006_connection_keys::DEFAULT_CONNECTION_KEY;
@@ -116,6 +120,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261202_000010_attempt_times::Migration),
             Box::new(m20261202_000011_dashboard_indexes::Migration),
             Box::new(m20261202_000012_return_to::Migration),
+            Box::new(m20261202_000013_audit_statuses::Migration),
         ]
     }
 

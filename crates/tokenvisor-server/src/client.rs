@@ -735,6 +735,7 @@ impl AdminClient {
             "ACTION",
             "REQUEST",
             "STATUS",
+            "CHANGE",
             "KEY",
             "CONNECTION",
             "TENANT",
@@ -746,6 +747,7 @@ impl AdminClient {
                 text(&event["action"]),
                 text(&event["request"]),
                 event["status"].as_u64().unwrap_or_default().to_string(),
+                status_change(&event["status_before"], &event["status_after"]),
                 text(&event["key_id"]),
                 text(&event["connection_id"]),
                 text(&event["tenant_id"]),
@@ -1410,6 +1412,16 @@ fn text(value: &Value) -> String {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// An audit event's status change: `active -> disabled`, `new -> active`; `-` for an
+/// event that changed no connection's status.
+fn status_change(before: &Value, after: &Value) -> String {
+    match (before, after) {
+        (Value::Null, Value::Null) => "-".into(),
+        (Value::Null, after) => format!("new -> {}", text(after)),
+        (before, after) => format!("{} -> {}", text(before), text(after)),
     }
 }
 

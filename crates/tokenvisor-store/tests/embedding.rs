@@ -71,7 +71,7 @@ const OUR_TABLES: [&str; 14] = [
 ];
 
 /// Our migrations, all of them (the old layout's and those written since).
-const OUR_VERSIONS: [&str; 12] = [
+const OUR_VERSIONS: [&str; 13] = [
     "m20250101_000001_initial",
     "m20251122_000002_authorizations",
     "m20261122_000003_refresh_leases",
@@ -84,6 +84,7 @@ const OUR_VERSIONS: [&str; 12] = [
     "m20261202_000010_attempt_times",
     "m20261202_000011_dashboard_indexes",
     "m20261202_000012_return_to",
+    "m20261202_000013_audit_statuses",
 ];
 
 fn keyring() -> Keyring {

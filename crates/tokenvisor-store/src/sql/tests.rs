@@ -1307,6 +1307,8 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
         target: None,
         caller_address: Some("127.0.0.1".into()),
         trace_id: None,
+        status_before: n.is_multiple_of(3).then(|| "active".into()),
+        status_after: n.is_multiple_of(3).then(|| "deleted".into()),
     };
     let old = event(0, None, now() - chrono::Duration::days(100));
     let mut events = vec![old];
@@ -1328,6 +1330,17 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
         .await
         .expect("store call");
     assert_eq!(mine.len(), 600);
+    let changed: Vec<_> = mine.iter().filter(|e| e.status_before.is_some()).collect();
+    assert_eq!(changed.len(), 200, "every sixth event has statuses");
+    assert!(
+        changed
+            .iter()
+            .all(|e| e.status_before.as_deref() == Some("active") && e.status_after.as_deref() == Some("deleted"))
+    );
+    assert!(
+        mine.iter()
+            .all(|e| e.status_before.is_some() == e.status_after.is_some())
+    );
     assert!(mine.windows(2).all(|w| w[0].id > w[1].id), "newest first");
     let page = access
         .list_audit_events(&AuditFilter {
@@ -1380,6 +1393,8 @@ async fn audit_write_rate(db: TestDb, backend: &str) {
                 target: None,
                 caller_address: Some("10.0.0.7".into()),
                 trace_id: Some("3931d1a24ecd91978faab91a3a748f36".into()),
+                status_before: None,
+                status_after: None,
             })
             .collect();
         access.insert_audit_events(&events).await.expect("batch");
