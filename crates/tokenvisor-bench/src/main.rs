@@ -4,6 +4,7 @@
 //! `cargo run --release -p tokenvisor-bench -- --full --write BENCHMARKS.md` (or
 //! `scripts/bench.sh`). CI runs `--quick` to check that the harness still runs.
 
+mod audit;
 mod baseline;
 mod dashboard;
 mod recovery;
@@ -29,7 +30,7 @@ struct Cli {
     /// Also try one million connections in the scale scenario.
     #[arg(long)]
     million: bool,
-    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery, replicas, dashboard).
+    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery, replicas, dashboard, audit).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the table to this markdown file.
@@ -211,6 +212,25 @@ fn main() -> anyhow::Result<()> {
         let (size, requests) = if cli.quick { (1_000, 5) } else { (100_000, 50) };
         rows.extend(runtime.block_on(dashboard::pages(size, requests))?);
         print_progress(&rows);
+    }
+    if wants(&cli, "audit") {
+        // CI's --quick: SQLite only, one second per run.
+        let plan = if cli.quick {
+            audit::Plan {
+                connections: 100,
+                clients: 8,
+                duration: Duration::from_secs(1),
+                postgres: false,
+            }
+        } else {
+            audit::Plan {
+                connections: 1_000,
+                clients: 64,
+                duration: Duration::from_secs(10),
+                postgres: true,
+            }
+        };
+        rows.extend(runtime.block_on(audit::audit_cost(plan))?);
     }
     if wants(&cli, "baseline") {
         let size = if cli.full { 10_000 } else { 200 };

@@ -291,6 +291,22 @@ impl AccessStore {
         rows.iter().map(audit_from_row).collect()
     }
 
+    /// How many events the trail holds (benchmarks, checks).
+    pub async fn count_audit_events(&self) -> Result<u64, StoreError> {
+        let row = self
+            .db
+            .query_one_raw(statement(
+                self.backend(),
+                "SELECT COUNT(*) AS n FROM tokenvisor_audit_events",
+                vec![],
+            ))
+            .await
+            .map_err(db_error("counting audit events"))?
+            .ok_or_else(|| StoreError::Corrupt("COUNT(*) answered no row".into()))?;
+        let count: i64 = row.try_get("", "n").map_err(db_error("counting audit events"))?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
     /// Deletes the events older than `before` (the retention). How many went.
     pub async fn delete_audit_events_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let result = self

@@ -1355,11 +1355,13 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
         page.iter().map(|e| &e.id).collect::<Vec<_>>(),
         mine[10..15].iter().map(|e| &e.id).collect::<Vec<_>>()
     );
+    assert_eq!(access.count_audit_events().await.expect("store call"), 1201);
     let deleted = access
         .delete_audit_events_before(now() - chrono::Duration::days(90))
         .await
         .expect("store call");
     assert_eq!(deleted, 1);
+    assert_eq!(access.count_audit_events().await.expect("store call"), 1200);
 }
 
 /// The audit writer's capacity: 100,000 events in batches of 500 (what the admin API's
