@@ -46,6 +46,9 @@
 //! - `m20261202_000014_connection_sort_indexes`: (`expires_at, id`),
 //!   (`consecutive_failures, id`), (`last_error_at, id`) for the connections' sorted keyset
 //!   pages, and prefix indexes of `tenant_id` and `connection_key` for their search.
+//! - `m20261202_000015_audit_statuses`: `tokenvisor_audit_events.status_before` and
+//!   `status_after` (what a change did to a connection's status) and indexes on the audit
+//!   trail's filter columns (key, tenant, connection; each with the id it pages by).
 
 pub use sea_orm_migration::MigratorTrait;
 use sea_orm_migration::prelude::*;
@@ -69,6 +72,7 @@ mod m20261202_000011_dashboard_indexes;
 mod m20261202_000012_return_to;
 mod m20261202_000013_key_rotations;
 mod m20261202_000014_connection_sort_indexes;
+mod m20261202_000015_audit_statuses;
 
 pub use legacy::has_legacy_layout;
 pub use m20261202_000006_connection_keys::DEFAULT_CONNECTION_KEY;
@@ -125,6 +129,7 @@ impl MigratorTrait for Steps {
             Box::new(m20261202_000012_return_to::Migration),
             Box::new(m20261202_000013_key_rotations::Migration),
             Box::new(m20261202_000014_connection_sort_indexes::Migration),
+            Box::new(m20261202_000015_audit_statuses::Migration),
         ]
     }
 

@@ -531,3 +531,91 @@ async fn failed_authentications_are_throttled_per_address_and_per_key_prefix() {
     assert!(failures >= 10.0, "{failures}: {metrics}");
     assert!(throttled >= 5.0, "{throttled}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn change_events_carry_the_status_before_and_after_and_the_cli_shows_them() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let id = service.connect(&fake, "crm", "acme").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keyed = service.connect(&fake, "crm", "globex").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    for (path, expected) in [
+        (format!("/v1/connections/{id}/deactivate"), 200),
+        (format!("/v1/connections/{id}/activate"), 200),
+        ("/v1/tenants/globex/connections/crm/default/deactivate".to_owned(), 200),
+    ] {
+        let done = service.post_empty(&path).await;
+        assert_eq!(done.status, expected, "{path}: {done:?}");
+    }
+    assert_eq!(service.delete(&format!("/v1/connections/{id}")).await.status, 204);
+    assert_eq!(
+        service
+            .delete("/v1/tenants/globex/connections/crm/default")
+            .await
+            .status,
+        204
+    );
+
+    let changes = audit_until(&service, &format!("connection={id}"), |items| {
+        items.iter().filter(|e| e["action"] == "change").count() >= 4
+    })
+    .await;
+    let transitions: Vec<(String, String, String)> = changes
+        .iter()
+        .filter(|e| e["action"] == "change")
+        .rev()
+        .map(|e| {
+            (
+                e["request"].as_str().unwrap().to_owned(),
+                e["status_before"].as_str().unwrap_or("-").to_owned(),
+                e["status_after"].as_str().unwrap_or("-").to_owned(),
+            )
+        })
+        .collect();
+    let expected = |request: &str, before: &str, after: &str| (request.to_owned(), before.to_owned(), after.to_owned());
+    assert_eq!(
+        transitions,
+        vec![
+            expected("POST /v1/connections", "-", "active"),
+            expected("POST /v1/connections/{id}/deactivate", "active", "disabled"),
+            expected("POST /v1/connections/{id}/activate", "disabled", "active"),
+            expected("DELETE /v1/connections/{id}", "active", "deleted"),
+        ],
+        "{changes:#?}"
+    );
+    // The tenant of a deleted connection is still named (the row is gone by the time the
+    // writer would look it up).
+    assert!(changes.iter().all(|e| e["tenant_id"] == "acme"), "{changes:#?}");
+
+    let by_key = audit_until(&service, &format!("connection={keyed}"), |items| {
+        items.iter().filter(|e| e["action"] == "change").count() >= 3
+    })
+    .await;
+    let last = &by_key[0];
+    assert_eq!(
+        (
+            last["request"].as_str(),
+            last["status_before"].as_str(),
+            last["status_after"].as_str()
+        ),
+        (
+            Some("DELETE /v1/tenants/{tenant}/connections/{integration}/{key}"),
+            Some("disabled"),
+            Some("deleted")
+        ),
+        "{by_key:#?}"
+    );
+    assert_eq!(last["tenant_id"], "globex");
+
+    let table = String::from_utf8(cli(&service, &["audit", "list", "--connection", &id]).stdout).unwrap();
+    assert!(table.contains("active -> disabled"), "{table}");
+    assert!(table.contains("active -> deleted"), "{table}");
+}

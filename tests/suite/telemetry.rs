@@ -520,6 +520,29 @@ async fn the_binary_exports_refresh_spans_and_metrics_over_otlp_http() {
         .expect("the admin request's server span continues the caller's trace");
     assert_eq!(server_span.kind, 2, "a server span");
     assert_eq!(server_span.name, "GET /v1/connections/{id}/token");
+    // The audit event of the token read is an event of that span (there is no OTLP logs
+    // pipeline: the tracing-opentelemetry layer turns events inside a span into span events).
+    let audit: Vec<_> = server_span
+        .events
+        .iter()
+        .filter(|event| event.name == "audit")
+        .collect();
+    assert_eq!(
+        audit.len(),
+        1,
+        "one audit event on the request span: {:?}",
+        server_span.events
+    );
+    assert_eq!(
+        otlp_attribute(&audit[0].attributes, "action").as_deref(),
+        Some("token_read")
+    );
+    assert_eq!(otlp_attribute(&audit[0].attributes, "key_id").as_deref(), Some("admin"));
+    assert_eq!(
+        otlp_attribute(&audit[0].attributes, "connection_id"),
+        Some(connection.id.to_string())
+    );
+    assert_eq!(otlp_attribute(&audit[0].attributes, "level").as_deref(), Some("INFO"));
     let keyed_span = spans
         .iter()
         .filter(|span| span.trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>() == keyed_trace_id)

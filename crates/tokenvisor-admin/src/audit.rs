@@ -1,6 +1,7 @@
 //! The audit trail: every token handed out, every call proxied and every change made
 //! through `/v1` (who: the key id; what: the route and the connection, tenant or other
-//! target; when; from where; the trace id), appended to `tokenvisor_audit_events`.
+//! target, and for a change to a connection its status before and after; when; from
+//! where; the trace id), appended to `tokenvisor_audit_events`.
 //!
 //! Off the request path: `AuditLog::record_request` puts the event on a bounded channel
 //! and returns at once; one writer task takes up to [`AuditOptions::batch_rows`] events
@@ -17,6 +18,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+use tokenvisor_core::ConnectionStatus;
 use tokenvisor_store::sql::{AccessStore, AuditEvent};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -56,6 +58,10 @@ pub(crate) struct AuditSubject {
     pub(crate) tenant_id: Option<String>,
     /// Anything else (`api_key:<id>`, `integration:<name>`).
     pub(crate) target: Option<String>,
+    /// A change to the connection: its status before (`None`: it did not exist).
+    pub(crate) status_before: Option<&'static str>,
+    /// A change to the connection: its status after (`deleted` once removed).
+    pub(crate) status_after: Option<&'static str>,
 }
 
 impl AuditSubject {
@@ -65,6 +71,23 @@ impl AuditSubject {
             connection_id: Some(connection.id.to_string()),
             tenant_id: Some(connection.tenant_id.to_string()),
             target: None,
+            status_before: None,
+            status_after: None,
+        }
+    }
+
+    /// A change to the connection: from `before` (`None`: a new connection) to `after`
+    /// (a status name, or `deleted`). `connection` is the connection as it was before,
+    /// or as created.
+    pub(crate) fn change(
+        connection: &tokenvisor_core::Connection,
+        before: Option<ConnectionStatus>,
+        after: &'static str,
+    ) -> Self {
+        Self {
+            status_before: before.map(ConnectionStatus::as_str),
+            status_after: Some(after),
+            ..Self::connection(connection)
         }
     }
 }
@@ -136,6 +159,8 @@ impl AuditLog {
             target: None,
             caller_address: recorded.caller.map(|ip| ip.to_string()),
             trace_id: recorded.trace_id,
+            status_before: None,
+            status_after: None,
         };
         // What the path names: `{id}` of a connection, `{tenant}`, anything else. Below a
         // nested router the path lacks the prefix the route has (`/v1`, a base path): line
@@ -162,6 +187,8 @@ impl AuditLog {
             event.connection_id = subject.connection_id.clone().or(event.connection_id);
             event.tenant_id = subject.tenant_id.clone().or(event.tenant_id);
             event.target = subject.target.clone().or(event.target);
+            event.status_before = subject.status_before.map(str::to_owned);
+            event.status_after = subject.status_after.map(str::to_owned);
         }
         self.push(event);
     }
@@ -172,10 +199,13 @@ impl AuditLog {
     }
 
     fn push(&self, event: AuditEvent) {
-        // Also a tracing event (exported with the logs), off unless asked for:
-        // `RUST_LOG=info,tokenvisor::audit=debug`.
-        tracing::debug!(
-            target: "tokenvisor::audit",
+        // Also an OpenTelemetry event: the telemetry crate has no OTLP logs pipeline, so
+        // this INFO event on its own target, emitted inside the request's server span,
+        // becomes an event of that span (`tracing-opentelemetry`) and is exported with
+        // the trace. The binary's log lines leave it out unless `RUST_LOG` names
+        // `tokenvisor::audit` (a line per token read would drown the log).
+        tracing::info!(
+            target: tokenvisor_telemetry::AUDIT_TARGET,
             action = %event.action,
             request = %event.request,
             status = event.status,
@@ -184,6 +214,8 @@ impl AuditLog {
             tenant_id = event.tenant_id.as_deref(),
             audit_target = event.target.as_deref(),
             caller_address = event.caller_address.as_deref(),
+            status_before = event.status_before.as_deref(),
+            status_after = event.status_after.as_deref(),
             "audit"
         );
         let Some(sender) = &self.sender else { return };
@@ -280,6 +312,8 @@ mod tests {
             target: None,
             caller_address: None,
             trace_id: None,
+            status_before: None,
+            status_after: None,
         }
     }
 

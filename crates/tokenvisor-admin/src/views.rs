@@ -551,6 +551,11 @@ pub struct AuditEventView {
     pub caller_address: Option<String>,
     /// The W3C trace id, if the request had one.
     pub trace_id: Option<String>,
+    /// A change to a connection: its status before (`active`, `degraded`, `needs_reauth`,
+    /// `disabled`; null when it did not exist yet, and for every other event).
+    pub status_before: Option<String>,
+    /// A change to a connection: its status after (one of the above, or `deleted`).
+    pub status_after: Option<String>,
 }
 
 /// `GET /v1/audit`: newest first.

@@ -4,6 +4,7 @@
 //! `cargo run --release -p tokenvisor-bench -- --full --write BENCHMARKS.md` (or
 //! `scripts/bench.sh`). CI runs `--quick` to check that the harness still runs.
 
+mod audit;
 mod baseline;
 mod dashboard;
 mod keys;
@@ -30,7 +31,7 @@ struct Cli {
     /// Also try one million connections in the scale scenario.
     #[arg(long)]
     million: bool,
-    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery, replicas, dashboard, keys).
+    /// Only these scenarios (scale, latency, throughput, precision, herd, dead, baseline, recovery, replicas, dashboard, keys, audit).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Write the table to this markdown file.
@@ -226,6 +227,25 @@ fn main() -> anyhow::Result<()> {
         let size = cli.keys_size.unwrap_or(if cli.quick { 2_000 } else { 100_000 });
         rows.extend(runtime.block_on(keys::rotation(size))?);
         print_progress(&rows);
+    }
+    if wants(&cli, "audit") {
+        // CI's --quick: SQLite only, one second per run.
+        let plan = if cli.quick {
+            audit::Plan {
+                connections: 100,
+                clients: 8,
+                duration: Duration::from_secs(1),
+                postgres: false,
+            }
+        } else {
+            audit::Plan {
+                connections: 1_000,
+                clients: 64,
+                duration: Duration::from_secs(10),
+                postgres: true,
+            }
+        };
+        rows.extend(runtime.block_on(audit::audit_cost(plan))?);
     }
     if wants(&cli, "baseline") {
         let size = if cli.full { 10_000 } else { 200 };

@@ -32,6 +32,10 @@ pub struct ClientArgs {
     /// Read the admin token from this file (`-`: standard input).
     #[arg(long, global = true, value_name = "PATH")]
     pub admin_token_file: Option<PathBuf>,
+    /// Trust the certificate authorities in this PEM file too, for an https admin URL
+    /// whose certificate a private CA signed (the system's roots stay trusted).
+    #[arg(long, global = true, env = "TOKENVISOR_ADMIN_CA", value_name = "PATH")]
+    pub admin_ca: Option<PathBuf>,
     /// Data directory of a local `serve`, for its generated admin.token [default: ./tokenvisor-data].
     #[arg(long, global = true, env = "TOKENVISOR_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -410,12 +414,39 @@ impl AdminClient {
         let base = args.admin_url.trim_end_matches('/').to_owned();
         url::Url::parse(&base)
             .map_err(|error| Exit::Usage.msg(format_args!("invalid TOKENVISOR_ADMIN_URL {base:?}: {error}")))?;
-        let http = reqwest::Client::builder()
+        let authorities = match &args.admin_ca {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|error| {
+                    Exit::Usage.msg(format_args!(
+                        "cannot read TOKENVISOR_ADMIN_CA {}: {error}",
+                        path.display()
+                    ))
+                })?;
+                let certificates = reqwest::Certificate::from_pem_bundle(&pem).map_err(|error| {
+                    Exit::Usage.msg(format_args!("invalid TOKENVISOR_ADMIN_CA {}: {error}", path.display()))
+                })?;
+                if certificates.is_empty() {
+                    return Err(Exit::Usage.msg(format_args!(
+                        "TOKENVISOR_ADMIN_CA {} holds no certificate",
+                        path.display()
+                    )));
+                }
+                certificates
+            }
+            None => Vec::new(),
+        };
+        let trusting = |mut builder: reqwest::ClientBuilder| {
+            for certificate in &authorities {
+                builder = builder.add_root_certificate(certificate.clone());
+            }
+            builder
+        };
+        let http = trusting(reqwest::Client::builder())
             .timeout(Duration::from_secs(60))
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("failed to build the HTTP client")?;
-        let streaming = reqwest::Client::builder()
+        let streaming = trusting(reqwest::Client::builder())
             .connect_timeout(Duration::from_secs(5))
             .build()
             .context("failed to build the HTTP client")?;
@@ -735,6 +766,7 @@ impl AdminClient {
             "ACTION",
             "REQUEST",
             "STATUS",
+            "CHANGE",
             "KEY",
             "CONNECTION",
             "TENANT",
@@ -746,6 +778,7 @@ impl AdminClient {
                 text(&event["action"]),
                 text(&event["request"]),
                 event["status"].as_u64().unwrap_or_default().to_string(),
+                status_change(&event["status_before"], &event["status_after"]),
                 text(&event["key_id"]),
                 text(&event["connection_id"]),
                 text(&event["tenant_id"]),
@@ -1410,6 +1443,16 @@ fn text(value: &Value) -> String {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
         other => other.to_string(),
+    }
+}
+
+/// An audit event's status change: `active -> disabled`, `new -> active`; `-` for an
+/// event that changed no connection's status.
+fn status_change(before: &Value, after: &Value) -> String {
+    match (before, after) {
+        (Value::Null, Value::Null) => "-".into(),
+        (Value::Null, after) => format!("new -> {}", text(after)),
+        (before, after) => format!("{} -> {}", text(before), text(after)),
     }
 }
 

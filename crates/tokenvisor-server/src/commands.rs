@@ -54,6 +54,11 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         }
     };
     let local_addr = listener.local_addr().context("failed to read the admin address")?;
+    // TLS files next: a missing or broken certificate is refused before anything is written.
+    let admin_tls = match &config.admin_tls {
+        Some(files) => Some(crate::transport::ServerTls::load(files.clone()).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     // One serve per data directory (its journal, SQLite file and replica id), checked
     // before anything is written there.
     let _data_dir_lock = config.storage.lock_data_dir()?;
@@ -78,10 +83,10 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         path: config.storage.journal_file(),
         keyring,
     });
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| format!("http://{local_addr}"));
+    let public_url = config.public_url.clone().unwrap_or_else(|| {
+        let scheme = if admin_tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{local_addr}")
+    });
     // On PostgreSQL, replicas share the work unless told not to.
     if backend == "postgres" && config.cluster.enabled {
         let replica_id = config.replica_id()?;
@@ -150,8 +155,12 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         ..AdminOptions::new(admin_token, public_url.clone())
     };
     let app = tokenvisor_admin::router(tokenvisor.clone(), options);
+    if let Some(tls) = &admin_tls {
+        tokio::spawn(tls.clone().watch(shutdown.clone()));
+    }
     tracing::info!(
         addr = %local_addr,
+        tls = admin_tls.is_some(),
         public_url = %public_url,
         header_timeout_ms = config.transport.header_timeout.as_millis() as u64,
         idle_timeout_ms = config.transport.idle_timeout.as_millis() as u64,
@@ -166,6 +175,7 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
                 listener,
                 tokenvisor_admin::metrics_router(renderer),
                 config.transport,
+                None,
                 shutdown.clone(),
             )))
         }
@@ -186,6 +196,7 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         listener,
         app,
         config.transport,
+        admin_tls,
         shutdown.clone(),
     ));
 

@@ -68,6 +68,17 @@ pub struct ServeArgs {
     /// backlog until one closes [default: 1024].
     #[arg(long, env = "TOKENVISOR_ADMIN_MAX_CONNECTIONS")]
     pub admin_max_connections: Option<String>,
+    // TLS of the admin API.
+    /// Serve the admin API over TLS with this certificate chain (PEM, leaf first); needs
+    /// TOKENVISOR_ADMIN_TLS_KEY. Reloaded when the file changes [default: plain HTTP].
+    #[arg(long, env = "TOKENVISOR_ADMIN_TLS_CERT", value_name = "PATH")]
+    pub admin_tls_cert: Option<PathBuf>,
+    /// The private key of TOKENVISOR_ADMIN_TLS_CERT (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "TOKENVISOR_ADMIN_TLS_KEY", value_name = "PATH")]
+    pub admin_tls_key: Option<PathBuf>,
+    /// How often the certificate and key files are read again for a change [default: 5s].
+    #[arg(long, env = "TOKENVISOR_ADMIN_TLS_RELOAD")]
+    pub admin_tls_reload: Option<String>,
     /// Serve `/metrics` without credentials on this separate address (`127.0.0.1:9464`);
     /// unset, `/metrics` is on the admin address and needs the admin token or an `admin` API key.
     #[arg(long, env = "TOKENVISOR_METRICS_ADDR")]
@@ -230,6 +241,9 @@ struct Raw {
     admin_header_timeout: Option<Text>,
     admin_idle_timeout: Option<Text>,
     admin_max_connections: Option<Text>,
+    admin_tls_cert: Option<Text>,
+    admin_tls_key: Option<Text>,
+    admin_tls_reload: Option<Text>,
     metrics_addr: Option<Text>,
     admin_token: Option<Text>,
     auth_failures_per_minute: Option<Text>,
@@ -401,6 +415,14 @@ impl ServeArgs {
                 ("allow_insecure_endpoints", self.allow_insecure_endpoints.clone()),
             ],
         );
+        put(
+            &mut overrides,
+            &[
+                ("admin_tls_cert", path_text(&self.admin_tls_cert)),
+                ("admin_tls_key", path_text(&self.admin_tls_key)),
+                ("admin_tls_reload", self.admin_tls_reload.clone()),
+            ],
+        );
         let mut webhooks = Dict::new();
         put(
             &mut webhooks,
@@ -476,6 +498,8 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     /// Timeouts and the connection cap of the admin API (and of the metrics address).
     pub transport: crate::transport::TransportLimits,
+    /// `TOKENVISOR_ADMIN_TLS_CERT`, `_KEY`, `_RELOAD`: the admin API over TLS.
+    pub admin_tls: Option<crate::transport::TlsFiles>,
     /// `TOKENVISOR_METRICS_ADDR`: `/metrics` without credentials there, instead of behind
     /// the admin token on the admin address.
     pub metrics_addr: Option<SocketAddr>,
@@ -636,6 +660,7 @@ impl Config {
             idle_timeout,
             max_connections,
         };
+        let admin_tls = admin_tls(layers, raw.admin_tls_cert, raw.admin_tls_key, raw.admin_tls_reload)?;
         let metrics_addr = match layers.pick(raw.metrics_addr, "metrics_addr", "TOKENVISOR_METRICS_ADDR") {
             Some((addr, name)) => Some(
                 addr.trim()
@@ -833,6 +858,7 @@ impl Config {
             storage,
             admin_addr,
             transport,
+            admin_tls,
             metrics_addr,
             admin_token,
             public_url,
@@ -844,6 +870,36 @@ impl Config {
             audit_retention,
             return_to_hosts,
         })
+    }
+}
+
+/// The admin API's TLS files: both or neither; the reload interval from 1 s to 1 h.
+fn admin_tls(
+    layers: &Layers,
+    cert: Option<Text>,
+    key: Option<Text>,
+    reload: Option<Text>,
+) -> anyhow::Result<Option<crate::transport::TlsFiles>> {
+    let cert = layers.pick(cert, "admin_tls_cert", "TOKENVISOR_ADMIN_TLS_CERT");
+    let key = layers.pick(key, "admin_tls_key", "TOKENVISOR_ADMIN_TLS_KEY");
+    let reload_interval = match layers.pick(reload, "admin_tls_reload", "TOKENVISOR_ADMIN_TLS_RELOAD") {
+        Some((value, name)) => tokenvisor_supervisor::parse_duration(&value)
+            .ok()
+            .and_then(|every| every.to_std().ok())
+            .filter(|every| (std::time::Duration::from_secs(1)..=std::time::Duration::from_secs(3600)).contains(every))
+            .ok_or_else(|| anyhow::anyhow!("invalid {name}: {value:?} must be a duration from 1s to 1h"))?,
+        None => std::time::Duration::from_secs(5),
+    };
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some((cert, _)), Some((key, _))) => Ok(Some(crate::transport::TlsFiles {
+            cert: PathBuf::from(cert.trim()),
+            key: PathBuf::from(key.trim()),
+            reload_interval,
+        })),
+        (Some((_, set)), None) | (None, Some((_, set))) => {
+            bail!("{set} is set: set both TOKENVISOR_ADMIN_TLS_CERT and TOKENVISOR_ADMIN_TLS_KEY, or neither")
+        }
     }
 }
 
@@ -1202,6 +1258,36 @@ mod tests {
             let message = bad.resolve().expect_err("invalid").to_string();
             assert!(message.contains(variable), "{message}");
         }
+    }
+
+    #[test]
+    fn the_admin_tls_files_come_in_pairs_and_reload_within_bounds() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("tokenvisor.toml");
+        std::fs::write(&path, "admin_tls_cert = \"/etc/tokenvisor/tls.crt\"\n").expect("write");
+        let message = with_file(&path)
+            .resolve()
+            .expect_err("a cert without a key")
+            .to_string();
+        assert!(
+            message.contains("admin_tls_cert") && message.contains("TOKENVISOR_ADMIN_TLS_KEY"),
+            "{message}"
+        );
+        let both = ServeArgs {
+            admin_tls_key: Some("/etc/tokenvisor/tls.key".into()),
+            ..with_file(&path)
+        };
+        let files = both.resolve().expect("valid").admin_tls.expect("tls");
+        assert_eq!(files.cert, std::path::PathBuf::from("/etc/tokenvisor/tls.crt"));
+        assert_eq!(files.key, std::path::PathBuf::from("/etc/tokenvisor/tls.key"));
+        assert_eq!(files.reload_interval, std::time::Duration::from_secs(5));
+        let too_often = ServeArgs {
+            admin_tls_key: Some("/etc/tokenvisor/tls.key".into()),
+            admin_tls_reload: Some("100ms".into()),
+            ..with_file(&path)
+        };
+        let message = too_often.resolve().expect_err("too often").to_string();
+        assert!(message.contains("TOKENVISOR_ADMIN_TLS_RELOAD"), "{message}");
     }
 
     #[test]

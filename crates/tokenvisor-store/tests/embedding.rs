@@ -72,7 +72,7 @@ const OUR_TABLES: [&str; 15] = [
 ];
 
 /// Our migrations, all of them (the old layout's and those written since).
-const OUR_VERSIONS: [&str; 14] = [
+const OUR_VERSIONS: [&str; 15] = [
     "m20250101_000001_initial",
     "m20251122_000002_authorizations",
     "m20261122_000003_refresh_leases",
@@ -87,6 +87,7 @@ const OUR_VERSIONS: [&str; 14] = [
     "m20261202_000012_return_to",
     "m20261202_000013_key_rotations",
     "m20261202_000014_connection_sort_indexes",
+    "m20261202_000015_audit_statuses",
 ];
 
 fn keyring() -> Keyring {

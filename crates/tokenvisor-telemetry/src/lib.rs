@@ -173,7 +173,9 @@ impl Pipeline {
         let ansi = config.log_format == LogFormat::Text && std::io::IsTerminal::is_terminal(&std::io::stderr());
         let installed = tracing_subscriber::registry()
             .with(filter)
-            .with(fmt_layer(config.log_format, std::io::stderr, ansi))
+            .with(fmt_layer(config.log_format, std::io::stderr, ansi).with_filter(
+                tracing_subscriber::filter::filter_fn(audit_in_log_lines(&config.filter)),
+            ))
             .with(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
@@ -318,6 +320,20 @@ fn otlp_http_client() -> Result<reqwest::blocking::Client, String> {
         .map_err(|_| "the thread building it panicked".to_owned())?
 }
 
+/// The tracing target of the audit trail's events: one INFO event per audited request
+/// (token read, proxied call, change), emitted inside the request's server span so that
+/// the OpenTelemetry layer exports it as an event of that span. There is no OTLP logs
+/// pipeline: span events are how audit events leave the process.
+pub const AUDIT_TARGET: &str = "tokenvisor::audit";
+
+/// Whether the binary's log lines show audit events: only when the `RUST_LOG` directive
+/// names [`AUDIT_TARGET`] (`RUST_LOG=info,tokenvisor::audit=info`); otherwise they go to
+/// the span (and the audit table) only, not one log line per token read.
+fn audit_in_log_lines(filter: &str) -> impl Fn(&tracing::Metadata<'_>) -> bool + Send + Sync + 'static {
+    let shown = filter.contains(AUDIT_TARGET);
+    move |metadata| shown || metadata.target() != AUDIT_TARGET
+}
+
 /// ractor wraps each actor's whole life in an `Actor` span (target `ractor`): useful
 /// context in log lines, but as OpenTelemetry spans they would stay open for days and
 /// hold every span created inside an actor in one endless trace. They are kept out of the
@@ -361,6 +377,46 @@ pub fn render_prometheus(registry: &prometheus::Registry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Log lines written to memory.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("lines").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn logged_with(filter: &str) -> String {
+        let lines = Lines::default();
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::registry().with(
+            fmt_layer(LogFormat::Text, move || writer.clone(), false)
+                .with_filter(tracing_subscriber::filter::filter_fn(audit_in_log_lines(filter))),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(target: AUDIT_TARGET, action = "token_read", "audit");
+            tracing::info!("connection deactivated");
+        });
+        String::from_utf8(lines.0.lock().expect("lines").clone()).expect("utf-8")
+    }
+
+    #[test]
+    fn audit_events_stay_out_of_log_lines_unless_rust_log_names_them() {
+        let quiet = logged_with("info");
+        assert!(quiet.contains("connection deactivated"), "{quiet}");
+        assert!(!quiet.contains("token_read"), "{quiet}");
+        let shown = logged_with("info,tokenvisor::audit=info");
+        assert!(
+            shown.contains("token_read") && shown.contains("connection deactivated"),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn prometheus_text_reflects_the_instruments_of_the_meter_provider() {

@@ -234,6 +234,8 @@ pub(crate) async fn audit(
                 target: e.target,
                 caller_address: e.caller_address,
                 trace_id: e.trace_id,
+                status_before: e.status_before,
+                status_after: e.status_after,
             })
             .collect(),
         next_cursor,

@@ -24,7 +24,7 @@ use tokenvisor_core::{
     Connection, ConnectionCursor, ConnectionFilter, ConnectionId, ConnectionKey, ConnectionSort, ConnectionStatus,
     Integration, IntegrationId, SecretString, TenantId,
 };
-use tokenvisor_supervisor::{AccessToken, NewConnection};
+use tokenvisor_supervisor::{AccessToken, NewConnection, TokenError};
 
 const MAX_TOKEN_LENGTH: usize = 16 * 1024;
 const MAX_LIFETIME_SECS: i64 = 366 * 24 * 3600;
@@ -100,6 +100,17 @@ pub(crate) async fn create(
     if !principal.allows_integration(integration.id) {
         return Err(ApiError::forbidden());
     }
+    // For the audit trail: the status of the connection whose tokens are replaced, if any.
+    let before = match state
+        .tokenvisor
+        .connections()
+        .by_key(integration.id, &tenant_id, &connection_key)
+        .await
+    {
+        Ok(existing) => Some(existing.status),
+        Err(TokenError::NotFound) => None,
+        Err(error) => return Err(error.into()),
+    };
     let registered = state
         .tokenvisor
         .connections()
@@ -123,7 +134,10 @@ pub(crate) async fn create(
         StatusCode::OK
     };
     let mut response = (status, Json(ConnectionView::of(&connection, Some(&integration)))).into_response();
-    response.extensions_mut().insert(AuditSubject::connection(&connection));
+    let before = if registered.created { None } else { before };
+    response
+        .extensions_mut()
+        .insert(AuditSubject::change(&connection, before, connection.status.as_str()));
     Ok(response)
 }
 
@@ -497,8 +511,9 @@ async fn reject_token(state: &AppState, id: ConnectionId, body: RejectedToken) -
 pub(crate) async fn refresh(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
-) -> Result<Json<ConnectionView>, ApiError> {
-    refresh_now(&state, id).await.map(Json)
+) -> Result<Response, ApiError> {
+    let before = state.tokenvisor.connections().get(id).await?;
+    refresh_now(&state, &before).await
 }
 
 /// Refreshes the tenant's connection under a key now (within the provider's spacing limit).
@@ -525,15 +540,23 @@ pub(crate) async fn refresh_by_key(
     State(state): State<AppState>,
     principal: Principal,
     Path(path): Path<KeyPath>,
-) -> Result<Json<ConnectionView>, ApiError> {
+) -> Result<Response, ApiError> {
     let connection = path.resolve(&state, &principal).await?;
-    refresh_now(&state, connection.id).await.map(Json)
+    refresh_now(&state, &connection).await
 }
 
-async fn refresh_now(state: &AppState, id: ConnectionId) -> Result<ConnectionView, ApiError> {
-    state.tokenvisor.tokens().force_refresh(id).await?;
-    let connection = state.tokenvisor.connections().get(id).await?;
-    view(state, &connection).await
+/// Refreshes `before` (the connection as it was) now; the audit trail gets its status
+/// before and after.
+async fn refresh_now(state: &AppState, before: &Connection) -> Result<Response, ApiError> {
+    state.tokenvisor.tokens().force_refresh(before.id).await?;
+    let connection = state.tokenvisor.connections().get(before.id).await?;
+    let mut response = Json(view(state, &connection).await?).into_response();
+    response.extensions_mut().insert(AuditSubject::change(
+        before,
+        Some(before.status),
+        connection.status.as_str(),
+    ));
+    Ok(response)
 }
 
 /// Disables the connection: no refreshes, token requests answer 409 `disabled`.
@@ -547,8 +570,9 @@ async fn refresh_now(state: &AppState, id: ConnectionId) -> Result<ConnectionVie
 pub(crate) async fn deactivate(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
-) -> Result<Json<ConnectionView>, ApiError> {
-    set_active(&state, id, false).await.map(Json)
+) -> Result<Response, ApiError> {
+    let before = state.tokenvisor.connections().get(id).await?;
+    set_active(&state, &before, false).await
 }
 
 /// Disables the tenant's connection under a key: no refreshes, token requests answer 409
@@ -572,9 +596,9 @@ pub(crate) async fn deactivate_by_key(
     State(state): State<AppState>,
     principal: Principal,
     Path(path): Path<KeyPath>,
-) -> Result<Json<ConnectionView>, ApiError> {
+) -> Result<Response, ApiError> {
     let connection = path.resolve(&state, &principal).await?;
-    set_active(&state, connection.id, false).await.map(Json)
+    set_active(&state, &connection, false).await
 }
 
 /// Enables a disabled (or `needs_reauth`) connection again.
@@ -588,8 +612,9 @@ pub(crate) async fn deactivate_by_key(
 pub(crate) async fn activate(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
-) -> Result<Json<ConnectionView>, ApiError> {
-    set_active(&state, id, true).await.map(Json)
+) -> Result<Response, ApiError> {
+    let before = state.tokenvisor.connections().get(id).await?;
+    set_active(&state, &before, true).await
 }
 
 /// Enables the tenant's disabled (or `needs_reauth`) connection under a key again.
@@ -612,13 +637,15 @@ pub(crate) async fn activate_by_key(
     State(state): State<AppState>,
     principal: Principal,
     Path(path): Path<KeyPath>,
-) -> Result<Json<ConnectionView>, ApiError> {
+) -> Result<Response, ApiError> {
     let connection = path.resolve(&state, &principal).await?;
-    set_active(&state, connection.id, true).await.map(Json)
+    set_active(&state, &connection, true).await
 }
 
-/// Activates or deactivates connection `id`.
-async fn set_active(state: &AppState, id: ConnectionId, active: bool) -> Result<ConnectionView, ApiError> {
+/// Activates or deactivates `before` (the connection as it was); the audit trail gets its
+/// status before and after.
+async fn set_active(state: &AppState, before: &Connection, active: bool) -> Result<Response, ApiError> {
+    let id = before.id;
     let connections = state.tokenvisor.connections();
     let connection = if active {
         let connection = connections.activate(id).await?;
@@ -629,7 +656,13 @@ async fn set_active(state: &AppState, id: ConnectionId, active: bool) -> Result<
         tracing::info!(connection.id = %id, "connection deactivated");
         connection
     };
-    view(state, &connection).await
+    let mut response = Json(view(state, &connection).await?).into_response();
+    response.extensions_mut().insert(AuditSubject::change(
+        before,
+        Some(before.status),
+        connection.status.as_str(),
+    ));
+    Ok(response)
 }
 
 /// Deletes the connection (its grant is revoked at the provider, best effort).
@@ -643,8 +676,9 @@ async fn set_active(state: &AppState, id: ConnectionId, active: bool) -> Result<
 pub(crate) async fn delete(
     State(state): State<AppState>,
     ConnectionPath(id): ConnectionPath,
-) -> Result<StatusCode, ApiError> {
-    remove(&state, id).await
+) -> Result<Response, ApiError> {
+    let before = state.tokenvisor.connections().get(id).await?;
+    remove(&state, &before).await
 }
 
 /// Deletes the tenant's connection under a key (its grant is revoked at the provider, best
@@ -668,15 +702,21 @@ pub(crate) async fn delete_by_key(
     State(state): State<AppState>,
     principal: Principal,
     Path(path): Path<KeyPath>,
-) -> Result<StatusCode, ApiError> {
+) -> Result<Response, ApiError> {
     let connection = path.resolve(&state, &principal).await?;
-    remove(&state, connection.id).await
+    remove(&state, &connection).await
 }
 
-async fn remove(state: &AppState, id: ConnectionId) -> Result<StatusCode, ApiError> {
-    state.tokenvisor.connections().remove(id).await?;
-    tracing::info!(connection.id = %id, "connection deleted");
-    Ok(StatusCode::NO_CONTENT)
+/// Deletes `before` (the connection as it was); the audit trail gets its status before,
+/// `deleted` after, and its tenant (the row is gone when the audit writer runs).
+async fn remove(state: &AppState, before: &Connection) -> Result<Response, ApiError> {
+    state.tokenvisor.connections().remove(before.id).await?;
+    tracing::info!(connection.id = %before.id, "connection deleted");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    response
+        .extensions_mut()
+        .insert(AuditSubject::change(before, Some(before.status), "deleted"));
+    Ok(response)
 }
 
 fn token_response(token: &AccessToken) -> Response {

@@ -612,6 +612,8 @@ fn audit(state: &AppState, operator: &Operator, action: &str, id: ConnectionId) 
         target: None,
         caller_address: operator.address.map(|ip| ip.to_string()),
         trace_id: tokenvisor_telemetry::current_trace_ids().map(|(trace, _)| trace),
+        status_before: None,
+        status_after: None,
     });
 }
 

@@ -60,6 +60,11 @@ pub struct AuditEvent {
     pub caller_address: Option<String>,
     /// The W3C trace id of the request, if any.
     pub trace_id: Option<String>,
+    /// A change to a connection: its status before (`active`, `degraded`, `needs_reauth`,
+    /// `disabled`; `None` when it did not exist yet).
+    pub status_before: Option<String>,
+    /// A change to a connection: its status after (one of the above, or `deleted`).
+    pub status_after: Option<String>,
 }
 
 /// Which audit events to list.
@@ -79,9 +84,11 @@ pub struct AuditFilter {
 
 const KEY_COLUMNS: &str =
     "id, name, prefix, secret_hash, scopes, tenants, integrations, created_at, expires_at, revoked_at";
-const AUDIT_COLUMNS: &str =
-    "id, at, action, request, status, key_id, connection_id, tenant_id, target, caller_address, trace_id";
-/// Rows per multi-row insert (11 values each: far below PostgreSQL's bind limit).
+const AUDIT_COLUMNS: &str = "id, at, action, request, status, key_id, connection_id, tenant_id, target, \
+                             caller_address, trace_id, status_before, status_after";
+/// Values per audit row.
+const AUDIT_VALUES: usize = 13;
+/// Rows per multi-row insert (13 values each: far below PostgreSQL's bind limit).
 const INSERT_CHUNK: usize = 500;
 
 /// The API key and audit tables of a [`super::SqlStore`]'s database (see [`crate::Store::access`]).
@@ -207,14 +214,14 @@ impl AccessStore {
         let tenants = self.tenants_of(&missing).await?;
         for chunk in events.chunks(INSERT_CHUNK) {
             let mut sql = format!("INSERT INTO tokenvisor_audit_events ({AUDIT_COLUMNS}) VALUES ");
-            let mut values = Vec::with_capacity(chunk.len() * 11);
+            let mut values = Vec::with_capacity(chunk.len() * AUDIT_VALUES);
             for (row, event) in chunk.iter().enumerate() {
                 if row > 0 {
                     sql.push_str(", ");
                 }
-                let base = row * 11;
+                let base = row * AUDIT_VALUES;
                 sql.push('(');
-                for column in 1..=11 {
+                for column in 1..=AUDIT_VALUES {
                     if column > 1 {
                         sql.push_str(", ");
                     }
@@ -236,6 +243,8 @@ impl AccessStore {
                     Value::from(event.target.clone()),
                     Value::from(event.caller_address.clone()),
                     Value::from(event.trace_id.clone()),
+                    Value::from(event.status_before.clone()),
+                    Value::from(event.status_after.clone()),
                 ]);
             }
             self.db
@@ -280,6 +289,22 @@ impl AccessStore {
             .await
             .map_err(db_error("listing audit events"))?;
         rows.iter().map(audit_from_row).collect()
+    }
+
+    /// How many events the trail holds (benchmarks, checks).
+    pub async fn count_audit_events(&self) -> Result<u64, StoreError> {
+        let row = self
+            .db
+            .query_one_raw(statement(
+                self.backend(),
+                "SELECT COUNT(*) AS n FROM tokenvisor_audit_events",
+                vec![],
+            ))
+            .await
+            .map_err(db_error("counting audit events"))?
+            .ok_or_else(|| StoreError::Corrupt("COUNT(*) answered no row".into()))?;
+        let count: i64 = row.try_get("", "n").map_err(db_error("counting audit events"))?;
+        Ok(u64::try_from(count).unwrap_or(0))
     }
 
     /// Deletes the events older than `before` (the retention). How many went.
@@ -331,5 +356,7 @@ fn audit_from_row(row: &sea_orm::QueryResult) -> Result<AuditEvent, StoreError> 
         target: row.try_get("", "target").map_err(&read)?,
         caller_address: row.try_get("", "caller_address").map_err(&read)?,
         trace_id: row.try_get("", "trace_id").map_err(&read)?,
+        status_before: row.try_get("", "status_before").map_err(&read)?,
+        status_after: row.try_get("", "status_after").map_err(&read)?,
     })
 }

@@ -1309,6 +1309,8 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
         target: None,
         caller_address: Some("127.0.0.1".into()),
         trace_id: None,
+        status_before: n.is_multiple_of(3).then(|| "active".into()),
+        status_after: n.is_multiple_of(3).then(|| "deleted".into()),
     };
     let old = event(0, None, now() - chrono::Duration::days(100));
     let mut events = vec![old];
@@ -1330,6 +1332,17 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
         .await
         .expect("store call");
     assert_eq!(mine.len(), 600);
+    let changed: Vec<_> = mine.iter().filter(|e| e.status_before.is_some()).collect();
+    assert_eq!(changed.len(), 200, "every sixth event has statuses");
+    assert!(
+        changed
+            .iter()
+            .all(|e| e.status_before.as_deref() == Some("active") && e.status_after.as_deref() == Some("deleted"))
+    );
+    assert!(
+        mine.iter()
+            .all(|e| e.status_before.is_some() == e.status_after.is_some())
+    );
     assert!(mine.windows(2).all(|w| w[0].id > w[1].id), "newest first");
     let page = access
         .list_audit_events(&AuditFilter {
@@ -1344,11 +1357,13 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
         page.iter().map(|e| &e.id).collect::<Vec<_>>(),
         mine[10..15].iter().map(|e| &e.id).collect::<Vec<_>>()
     );
+    assert_eq!(access.count_audit_events().await.expect("store call"), 1201);
     let deleted = access
         .delete_audit_events_before(now() - chrono::Duration::days(90))
         .await
         .expect("store call");
     assert_eq!(deleted, 1);
+    assert_eq!(access.count_audit_events().await.expect("store call"), 1200);
 }
 
 /// The audit writer's capacity: 100,000 events in batches of 500 (what the admin API's
@@ -1382,6 +1397,8 @@ async fn audit_write_rate(db: TestDb, backend: &str) {
                 target: None,
                 caller_address: Some("10.0.0.7".into()),
                 trace_id: Some("3931d1a24ecd91978faab91a3a748f36".into()),
+                status_before: None,
+                status_after: None,
             })
             .collect();
         access.insert_audit_events(&events).await.expect("batch");
