@@ -284,14 +284,22 @@ async fn an_operator_finds_a_broken_tenant_reauthorizes_it_and_signs_out() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    for request in &wanted {
+    // Each with the tenant and the connection's status before and after, as the API's
+    // changes have them.
+    for (request, before, after) in wanted
+        .iter()
+        .zip([("active", "disabled"), ("disabled", "active")])
+        .map(|(request, (before, after))| (request, before, after))
+    {
         assert!(
-            audited["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .any(|event| event["key_id"] == operator_id.as_str() && event["request"] == request.as_str()),
-            "{request} in {audited}"
+            audited["items"].as_array().unwrap().iter().any(|event| {
+                event["key_id"] == operator_id.as_str()
+                    && event["request"] == request.as_str()
+                    && event["tenant_id"] == "acme"
+                    && event["status_before"] == before
+                    && event["status_after"] == after
+            }),
+            "{request} ({before} -> {after}) in {audited}"
         );
     }
 

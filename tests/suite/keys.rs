@@ -276,3 +276,119 @@ async fn the_admin_api_rotates_every_value_to_the_primary_key_and_reports_progre
     }
     assert!(service.server.terminate().success());
 }
+
+/// `tokenvisor keys ARGS` with the key-encryption key file `kek` (stdin from `input`).
+fn kek_command(
+    dir: &std::path::Path,
+    kek: &std::path::Path,
+    args: &[&str],
+    input: Option<&str>,
+) -> (bool, String, String) {
+    use std::io::Write as _;
+    let mut cmd = command(binary(), dir);
+    cmd.env("TOKENVISOR_KEK_FILE", kek)
+        .arg("keys")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("run tokenvisor keys");
+    let mut stdin = child.stdin.take().expect("stdin");
+    if let Some(input) = input {
+        stdin.write_all(input.as_bytes()).expect("write stdin");
+    }
+    drop(stdin);
+    let output = child.wait_with_output().expect("wait");
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).trim().to_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrapped_keys_with_a_key_encryption_key_file_serve_the_same_data_and_another_kek_is_refused() {
+    let fake = fake(Dialect::NonRotating, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    // The KEK: `keys generate` output serves as one (label:base64).
+    let generated = command(binary(), dir.path())
+        .args(["keys", "generate", "--label", "kek"])
+        .output()
+        .expect("generate");
+    assert!(generated.status.success());
+    let kek_file = dir.path().join("kek");
+    std::fs::write(&kek_file, &generated.stdout).unwrap();
+
+    // Data written under a plain key `a`.
+    let key_a = random_key();
+    let service = Service::start(
+        binary(),
+        dir.path(),
+        &[("TOKENVISOR_ENCRYPTION_KEYS", format!("a:{key_a}"))],
+    );
+    service.add_integration(&fake, "plain").await;
+    let mut ids = Vec::new();
+    for index in 0..3 {
+        let view = service.connect(&fake, "plain", &format!("tenant-{index}")).await;
+        ids.push(view["id"].as_str().unwrap().to_owned());
+    }
+    assert!(service.server.terminate().success());
+
+    // `a` wrapped (same key id: nothing to rewrite), a new primary `b` generated wrapped.
+    let (ok, wrapped_a, stderr) = kek_command(dir.path(), &kek_file, &["wrap"], Some(&format!("a:{key_a}\n")));
+    assert!(ok, "{stderr}");
+    assert!(
+        wrapped_a.starts_with("a:") && !wrapped_a.contains(&key_a),
+        "{wrapped_a}"
+    );
+    let (ok, wrapped_b, stderr) = kek_command(dir.path(), &kek_file, &["generate", "--wrapped", "--label", "b"], None);
+    assert!(ok, "{stderr}");
+    assert!(wrapped_b.starts_with("b:"), "{wrapped_b}");
+    // Without a label, or without a KEK, wrapping is refused with a usage error.
+    let (ok, _, stderr) = kek_command(dir.path(), &kek_file, &["wrap"], Some(&key_a));
+    assert!(!ok && stderr.contains("no label"), "{stderr}");
+    assert!(!stderr.contains(&key_a), "{stderr}");
+    let no_kek = command(binary(), dir.path())
+        .args(["keys", "generate", "--wrapped"])
+        .output()
+        .expect("generate");
+    assert_eq!(no_kek.status.code(), Some(2), "{no_kek:?}");
+
+    // serve with the wrapped keys and the KEK file reads everything written under `a`,
+    // and writes new values under `b`.
+    let wrapped = format!("{wrapped_b},{wrapped_a}");
+    let service = Service::start(
+        binary(),
+        dir.path(),
+        &[
+            ("TOKENVISOR_ENCRYPTION_KEYS", wrapped.clone()),
+            ("TOKENVISOR_KEK_FILE", kek_file.display().to_string()),
+        ],
+    );
+    for id in &ids {
+        let token = service.get(&format!("/v1/connections/{id}/token")).await;
+        assert_eq!(token.status, 200, "{token:?}");
+    }
+    let rotation = service.get("/v1/keys/rotation").await;
+    assert_eq!(rotation.body["primary_label"], "b", "{rotation:?}");
+    assert!(service.server.terminate().success());
+
+    // Another KEK: serve refuses to start and says which key it cannot unwrap.
+    let other = dir.path().join("other-kek");
+    std::fs::write(&other, format!("{}\n", random_key())).unwrap();
+    let output = command(binary(), dir.path())
+        .env("TOKENVISOR_DATA_DIR", dir.path().join("data"))
+        .env("TOKENVISOR_ENCRYPTION_KEYS", &wrapped)
+        .env("TOKENVISOR_KEK_FILE", &other)
+        .env("TOKENVISOR_ADMIN_ADDR", "127.0.0.1:0")
+        .arg("serve")
+        .output()
+        .expect("serve");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("TOKENVISOR_KEK_FILE") && stderr.contains("does not unwrap key \"b\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(&key_a), "{stderr}");
+}

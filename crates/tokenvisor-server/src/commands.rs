@@ -17,7 +17,7 @@ async fn open_store(config: &Storage) -> anyhow::Result<(SqlStore, tokenvisor_st
     if config.is_embedded_default() || !config.has_configured_keys() {
         config.ensure_data_dir()?;
     }
-    let (keyring, new_key_file) = config.keyring()?;
+    let (keyring, new_key_file) = config.keyring().await?;
     let url = config.database_url();
     let store = SqlStore::connect_with_pool(&url, keyring.clone(), config.database_pool)
         .await
@@ -254,7 +254,7 @@ pub async fn status(config: &Storage) -> anyhow::Result<()> {
             path.display()
         )));
     }
-    let keyring = config.existing_keyring()?.ok_or_else(|| {
+    let keyring = config.existing_keyring().await?.ok_or_else(|| {
         Exit::Usage.msg(format_args!(
             "no encryption key: set TOKENVISOR_ENCRYPTION_KEY or restore the key file {} (status never generates one)",
             config.key_file().display()

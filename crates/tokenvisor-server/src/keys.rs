@@ -3,11 +3,13 @@
 //! `migrate`, with the same storage settings), while `serve` keeps running.
 
 use crate::exit::Exit;
-use crate::settings::{Storage, StorageArgs};
+use crate::settings::{Kek, KekArgs, Storage, StorageArgs};
+use anyhow::Context as _;
 use base64::Engine as _;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
-use tokenvisor_store::crypto::validate_label;
+use tokenvisor_store::crypto::{KeyMaterial, validate_label};
+use tokenvisor_store::keys::wrap_key;
 use tokenvisor_store::sql::{KeyRotation, RotationOptions, RotationProgress};
 use tokenvisor_store::{Keyring, SqlStore};
 use zeroize::Zeroizing;
@@ -16,10 +18,28 @@ use zeroize::Zeroizing;
 #[derive(Debug, clap::Subcommand)]
 pub enum KeysCommand {
     /// Print a new random key as `label:base64`, to put first in TOKENVISOR_ENCRYPTION_KEYS.
+    ///
+    /// The same output serves as a key-encryption key (TOKENVISOR_KEK, or the file of
+    /// TOKENVISOR_KEK_FILE).
     Generate {
         /// The key's label (`a-z 0-9 - _`, at most 32 characters).
         #[arg(long, default_value = "key")]
         label: String,
+        /// Print the new key wrapped by the key-encryption key (TOKENVISOR_KEK or
+        /// TOKENVISOR_KEK_FILE) instead of in plain text; the plain key is never shown.
+        #[arg(long)]
+        wrapped: bool,
+        #[command(flatten)]
+        kek: KekArgs,
+    },
+    /// Wrap keys with the key-encryption key (TOKENVISOR_KEK or TOKENVISOR_KEK_FILE):
+    /// reads a TOKENVISOR_ENCRYPTION_KEYS value (`label:base64`, comma-separated or one
+    /// per line) on standard input and prints the same keys wrapped, in the same order:
+    /// the value of TOKENVISOR_ENCRYPTION_KEYS once TOKENVISOR_KEK is set. The key ids do
+    /// not change, so nothing stored needs rewriting.
+    Wrap {
+        #[command(flatten)]
+        kek: KekArgs,
     },
     /// The configured keys (the primary first), how many stored values each key holds,
     /// and the progress of the last rotation.
@@ -46,7 +66,11 @@ pub enum KeysCommand {
 /// Runs a `keys` subcommand.
 pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     match command {
-        KeysCommand::Generate { label } => generate(&label),
+        KeysCommand::Generate { label, wrapped, kek } => {
+            let kek = if wrapped { Some(required_kek(&kek)?) } else { None };
+            generate(&label, kek.as_ref()).await
+        }
+        KeysCommand::Wrap { kek } => wrap(&required_kek(&kek)?).await,
         KeysCommand::Status(args) => {
             let storage = args.resolve().map_err(|error| Exit::Usage.with(error))?;
             status(&storage).await
@@ -67,21 +91,58 @@ pub async fn run(command: KeysCommand) -> anyhow::Result<()> {
     }
 }
 
-fn generate(label: &str) -> anyhow::Result<()> {
+fn required_kek(args: &KekArgs) -> anyhow::Result<Kek> {
+    args.load()
+        .map_err(|error| Exit::Usage.with(error))?
+        .ok_or_else(|| Exit::Usage.msg("no key-encryption key: set TOKENVISOR_KEK or TOKENVISOR_KEK_FILE"))
+}
+
+async fn generate(label: &str, kek: Option<&Kek>) -> anyhow::Result<()> {
     validate_label(label, "--label").map_err(|error| Exit::Usage.with(anyhow::anyhow!("{error}")))?;
     let key = Zeroizing::new(rand::random::<[u8; 32]>());
-    let line = Zeroizing::new(format!(
-        "{label}:{}\n",
-        base64::engine::general_purpose::STANDARD.encode(key.as_ref())
-    ));
+    let line = Zeroizing::new(match kek {
+        Some(kek) => format!("{}\n", wrap_key(kek.key_encryption_key(), label, &key).await?),
+        None => format!(
+            "{label}:{}\n",
+            base64::engine::general_purpose::STANDARD.encode(key.as_ref())
+        ),
+    });
     std::io::stdout().write_all(line.as_bytes())?;
+    Ok(())
+}
+
+async fn wrap(kek: &Kek) -> anyhow::Result<()> {
+    let mut input = Zeroizing::new(String::new());
+    std::io::Read::read_to_string(&mut std::io::stdin(), &mut input).context("cannot read standard input")?;
+    let mut wrapped = Vec::new();
+    for entry in input
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+    {
+        let material = KeyMaterial::parse(entry, "a key on standard input")
+            .map_err(|error| Exit::Usage.with(anyhow::anyhow!("{error}")))?;
+        let Some(label) = &material.label else {
+            return Err(Exit::Usage.msg(
+                "a key on standard input has no label: write label:base64 (a label names the key in status and errors)",
+            ));
+        };
+        wrapped.push(wrap_key(kek.key_encryption_key(), label, &material.bytes).await?);
+    }
+    if wrapped.is_empty() {
+        return Err(Exit::Usage.msg("no key on standard input: pipe in a TOKENVISOR_ENCRYPTION_KEYS value"));
+    }
+    println!("{}", wrapped.join(","));
     Ok(())
 }
 
 /// Opens the store with the configured keys (never generating one); migrations run, so
 /// the progress table exists.
 async fn open(storage: &Storage) -> anyhow::Result<SqlStore> {
-    let keyring = storage.existing_keyring()?.ok_or_else(|| {
+    let keyring = storage.existing_keyring().await?.ok_or_else(|| {
         Exit::Usage.msg(format_args!(
             "no encryption key: set TOKENVISOR_ENCRYPTION_KEYS (or TOKENVISOR_ENCRYPTION_KEY), or restore the key file {}",
             storage.key_file().display()

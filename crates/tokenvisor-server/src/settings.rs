@@ -45,6 +45,82 @@ pub struct StorageArgs {
     /// Not together with TOKENVISOR_ENCRYPTION_KEY.
     #[arg(long, env = "TOKENVISOR_ENCRYPTION_KEYS", hide_env_values = true)]
     pub encryption_keys: Option<String>,
+    /// The key-encryption key that unwraps TOKENVISOR_ENCRYPTION_KEYS.
+    #[command(flatten)]
+    pub kek: KekArgs,
+}
+
+/// A key-encryption key (KEK): with one, TOKENVISOR_ENCRYPTION_KEYS holds the data keys
+/// wrapped by it (`tokenvisor keys generate --wrapped`, `tokenvisor keys wrap`), so the
+/// data keys are never written down in plain text.
+#[derive(Debug, Default, Clone, clap::Args)]
+pub struct KekArgs {
+    /// Key-encryption key, base64 of 32 bytes: TOKENVISOR_ENCRYPTION_KEYS then holds
+    /// wrapped keys. Not together with TOKENVISOR_KEK_FILE.
+    #[arg(long, env = "TOKENVISOR_KEK", hide_env_values = true)]
+    pub kek: Option<String>,
+    /// A file holding the key-encryption key (base64), such as a mounted secret.
+    #[arg(long, env = "TOKENVISOR_KEK_FILE", value_name = "PATH")]
+    pub kek_file: Option<PathBuf>,
+}
+
+impl KekArgs {
+    /// The KEK these flags (or their variables) give, if any.
+    pub fn load(&self) -> anyhow::Result<Option<Kek>> {
+        Kek::from_parts(
+            self.kek.clone().map(|kek| (kek, "TOKENVISOR_KEK".to_owned())),
+            self.kek_file
+                .clone()
+                .map(|path| (path, "TOKENVISOR_KEK_FILE".to_owned())),
+        )
+    }
+}
+
+/// A resolved key-encryption key and where it came from (for errors; never its value).
+#[derive(Clone)]
+pub struct Kek {
+    kek: std::sync::Arc<tokenvisor_store::keys::LocalKek>,
+    source: String,
+}
+
+impl std::fmt::Debug for Kek {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kek")
+            .field("kek", &self.kek)
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+impl Kek {
+    fn from_parts(value: Option<(String, String)>, file: Option<(PathBuf, String)>) -> anyhow::Result<Option<Self>> {
+        let (text, source) = match (value, file) {
+            (Some((_, value_name)), Some((_, file_name))) => bail!("set {value_name} or {file_name}, not both"),
+            (Some((text, name)), None) => (zeroize::Zeroizing::new(text), name),
+            (None, Some((path, name))) => {
+                let text =
+                    std::fs::read_to_string(&path).with_context(|| format!("cannot read {name} {}", path.display()))?;
+                (zeroize::Zeroizing::new(text), format!("{name} {}", path.display()))
+            }
+            (None, None) => return Ok(None),
+        };
+        let kek = tokenvisor_store::keys::LocalKek::from_base64(text.trim())
+            .map_err(|error| anyhow::anyhow!("invalid {source}: {error}"))?;
+        Ok(Some(Self {
+            kek: std::sync::Arc::new(kek),
+            source,
+        }))
+    }
+
+    /// The key-wrapping implementation.
+    pub fn key_encryption_key(&self) -> &tokenvisor_store::keys::LocalKek {
+        &self.kek
+    }
+
+    /// Where the KEK came from (a variable, or a variable and its file), for messages.
+    pub fn source(&self) -> &str {
+        &self.source
+    }
 }
 
 /// Every server setting: `serve` takes them. Durations take a unit (`250ms`, `90s`,
@@ -237,6 +313,8 @@ struct Raw {
     database_pool: Option<Text>,
     encryption_key: Option<Text>,
     encryption_keys: Option<Text>,
+    kek: Option<Text>,
+    kek_file: Option<Text>,
     admin_addr: Option<Text>,
     admin_header_timeout: Option<Text>,
     admin_idle_timeout: Option<Text>,
@@ -355,6 +433,8 @@ impl StorageArgs {
                 ("database_pool", self.database_pool.clone()),
                 ("encryption_key", self.encryption_key.clone()),
                 ("encryption_keys", self.encryption_keys.clone()),
+                ("kek", self.kek.kek.clone()),
+                ("kek_file", path_text(&self.kek.kek_file)),
             ],
         );
     }
@@ -485,8 +565,11 @@ pub struct Storage {
     pub database_pool: u32,
     /// Explicit encryption key, if any.
     pub encryption_key: Option<SecretString>,
-    /// Explicit key list (`label:base64,...`, the primary first), if any.
+    /// Explicit key list (`label:base64,...`, the primary first), if any; wrapped by
+    /// `kek` when that is set.
     pub encryption_keys: Option<SecretString>,
+    /// The key-encryption key of `encryption_keys`, if the keys are wrapped.
+    pub kek: Option<Kek>,
 }
 
 /// The resolved configuration of `serve`.
@@ -578,12 +661,35 @@ impl Storage {
                  (TOKENVISOR_ENCRYPTION_KEYS=\"new:...,old:...\" holds several keys, the primary first)"
             );
         }
+        let kek = Kek::from_parts(
+            layers.pick(raw.kek.clone(), "kek", "TOKENVISOR_KEK"),
+            layers
+                .pick(raw.kek_file.clone(), "kek_file", "TOKENVISOR_KEK_FILE")
+                .map(|(path, name)| (PathBuf::from(path), name)),
+        )?;
+        if let Some(kek) = &kek {
+            if encryption_key.is_some() {
+                bail!(
+                    "{} is set with TOKENVISOR_ENCRYPTION_KEY: a key-encryption key unwraps \
+                     TOKENVISOR_ENCRYPTION_KEYS (wrapped keys from `tokenvisor keys wrap`), not a plain key",
+                    kek.source()
+                );
+            }
+            if encryption_keys.is_none() {
+                bail!(
+                    "{} is set but TOKENVISOR_ENCRYPTION_KEYS is not: set it to the wrapped keys \
+                     (`tokenvisor keys generate --wrapped` or `tokenvisor keys wrap`), the primary first",
+                    kek.source()
+                );
+            }
+        }
         Ok(Self {
             data_dir,
             database_url,
             database_pool,
             encryption_key,
             encryption_keys,
+            kek,
         })
     }
 }
@@ -989,9 +1095,14 @@ impl Storage {
     }
 
     /// The configured keys, else the key file's, else `None` (nothing is generated).
-    pub fn existing_keyring(&self) -> anyhow::Result<Option<Keyring>> {
+    pub async fn existing_keyring(&self) -> anyhow::Result<Option<Keyring>> {
         if let Some(keys) = &self.encryption_keys {
-            let keyring = Keyring::from_key_list(keys.expose()).context("invalid TOKENVISOR_ENCRYPTION_KEYS")?;
+            let keyring = match &self.kek {
+                Some(kek) => tokenvisor_store::keys::unwrap_key_list(kek.key_encryption_key(), keys.expose())
+                    .await
+                    .with_context(|| format!("invalid TOKENVISOR_ENCRYPTION_KEYS (wrapped keys, {})", kek.source()))?,
+                None => Keyring::from_key_list(keys.expose()).context("invalid TOKENVISOR_ENCRYPTION_KEYS")?,
+            };
             return Ok(Some(keyring));
         }
         if let Some(key) = &self.encryption_key {
@@ -1006,8 +1117,8 @@ impl Storage {
     /// is generated and returned with `Some(path)`: the caller writes it there only once
     /// the store has accepted it (a database encrypted with another key is never
     /// paired with a new key file).
-    pub fn keyring(&self) -> anyhow::Result<(Keyring, Option<PathBuf>)> {
-        if let Some(keyring) = self.existing_keyring()? {
+    pub async fn keyring(&self) -> anyhow::Result<(Keyring, Option<PathBuf>)> {
+        if let Some(keyring) = self.existing_keyring().await? {
             return Ok((keyring, None));
         }
         let (keyring, _) = Keyring::generate();
@@ -1125,8 +1236,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn several_keys_are_read_the_primary_first_and_never_with_the_single_key() {
+    #[tokio::test]
+    async fn several_keys_are_read_the_primary_first_and_never_with_the_single_key() {
         let first = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
         let second = "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
         let storage = StorageArgs {
@@ -1135,7 +1246,7 @@ mod tests {
         }
         .resolve()
         .expect("valid");
-        let keyring = storage.existing_keyring().expect("keys").expect("configured");
+        let keyring = storage.existing_keyring().await.expect("keys").expect("configured");
         assert_eq!(keyring.key_ids().len(), 2);
         assert_eq!(keyring.label(keyring.primary_key_id()), Some("new"));
         assert!(storage.has_configured_keys());
@@ -1160,12 +1271,147 @@ mod tests {
         }
         .resolve()
         .expect("resolves");
-        let message = format!("{:#}", bad.existing_keyring().expect_err("bad label"));
+        let message = format!("{:#}", bad.existing_keyring().await.expect_err("bad label"));
         assert!(
             message.contains("TOKENVISOR_ENCRYPTION_KEYS") && message.contains("key label"),
             "{message}"
         );
         assert!(!message.contains(first) && !message.contains(second), "{message}");
+    }
+
+    #[tokio::test]
+    async fn wrapped_keys_are_unwrapped_by_the_key_encryption_key_from_a_variable_or_a_file() {
+        use tokenvisor_store::keys::{LocalKek, wrap_key};
+        let kek_text = "CQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQk=";
+        let other_kek = "CAgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAg=";
+        let kek = LocalKek::from_base64(kek_text).expect("kek");
+        let (new, old) = ([2u8; 32], [1u8; 32]);
+        let wrapped = format!(
+            "{},{}",
+            wrap_key(&kek, "new", &new).await.expect("wrap"),
+            wrap_key(&kek, "old", &old).await.expect("wrap")
+        );
+        let plain = Keyring::new(new, vec![old]);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let kek_file = dir.path().join("kek");
+        std::fs::write(&kek_file, format!("{kek_text}\n")).expect("write");
+        for kek in [
+            KekArgs {
+                kek: Some(kek_text.to_owned()),
+                kek_file: None,
+            },
+            KekArgs {
+                kek: None,
+                kek_file: Some(kek_file.clone()),
+            },
+        ] {
+            let storage = StorageArgs {
+                encryption_keys: Some(wrapped.clone()),
+                kek,
+                ..StorageArgs::default()
+            }
+            .resolve()
+            .expect("valid");
+            let keyring = storage.existing_keyring().await.expect("unwraps").expect("configured");
+            assert_eq!(keyring.key_ids(), plain.key_ids(), "the same data keys");
+            assert_eq!(keyring.label(keyring.primary_key_id()), Some("new"));
+        }
+
+        // Another KEK: refused, naming where it came from, echoing no key.
+        let storage = StorageArgs {
+            encryption_keys: Some(wrapped.clone()),
+            kek: KekArgs {
+                kek: Some(other_kek.to_owned()),
+                kek_file: None,
+            },
+            ..StorageArgs::default()
+        }
+        .resolve()
+        .expect("resolves");
+        let message = format!("{:#}", storage.existing_keyring().await.expect_err("other KEK"));
+        assert!(
+            message.contains("TOKENVISOR_KEK") && message.contains("does not unwrap key \"new\""),
+            "{message}"
+        );
+        assert!(!message.contains(kek_text) && !message.contains(other_kek), "{message}");
+
+        // Plain keys under a KEK fail to unwrap rather than being taken as they are.
+        let plain_list = "new:AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=";
+        let storage = StorageArgs {
+            encryption_keys: Some(plain_list.to_owned()),
+            kek: KekArgs {
+                kek: Some(kek_text.to_owned()),
+                kek_file: None,
+            },
+            ..StorageArgs::default()
+        }
+        .resolve()
+        .expect("resolves");
+        assert!(storage.existing_keyring().await.is_err());
+
+        // Refused combinations, each naming the settings.
+        let cases = [
+            (
+                KekArgs {
+                    kek: Some(kek_text.to_owned()),
+                    kek_file: Some(kek_file.clone()),
+                },
+                Some(wrapped.clone()),
+                None,
+                "set TOKENVISOR_KEK or TOKENVISOR_KEK_FILE, not both",
+            ),
+            (
+                KekArgs {
+                    kek: Some(kek_text.to_owned()),
+                    kek_file: None,
+                },
+                None,
+                None,
+                "TOKENVISOR_ENCRYPTION_KEYS is not",
+            ),
+            (
+                KekArgs {
+                    kek: Some(kek_text.to_owned()),
+                    kek_file: None,
+                },
+                None,
+                Some("AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=".to_owned()),
+                "with TOKENVISOR_ENCRYPTION_KEY",
+            ),
+            (
+                KekArgs {
+                    kek: None,
+                    kek_file: Some(dir.path().join("missing")),
+                },
+                Some(wrapped.clone()),
+                None,
+                "cannot read TOKENVISOR_KEK_FILE",
+            ),
+            (
+                KekArgs {
+                    kek: Some("not base64!".to_owned()),
+                    kek_file: None,
+                },
+                Some(wrapped.clone()),
+                None,
+                "invalid TOKENVISOR_KEK",
+            ),
+        ];
+        for (kek, encryption_keys, encryption_key, expected) in cases {
+            let message = format!(
+                "{:#}",
+                StorageArgs {
+                    encryption_keys,
+                    encryption_key,
+                    kek,
+                    ..StorageArgs::default()
+                }
+                .resolve()
+                .expect_err(expected)
+            );
+            assert!(message.contains(expected), "{expected}: {message}");
+            assert!(!message.contains(kek_text), "{message}");
+        }
     }
 
     #[test]

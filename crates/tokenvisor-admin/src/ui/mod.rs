@@ -46,7 +46,7 @@ use chrono::Utc;
 use pages::{Chrome, IntegrationCounts, Notice, STATUSES};
 use serde::Deserialize;
 use session::Operator;
-use tokenvisor_core::{ConnectionFilter, ConnectionId, ConnectionSort, TenantId};
+use tokenvisor_core::{Connection, ConnectionFilter, ConnectionId, ConnectionSort, TenantId};
 use tokenvisor_supervisor::AuthorizationRequest;
 
 /// Rows per page of the connections table.
@@ -556,50 +556,66 @@ async fn act(
         Err(error) => return failure(&state, &operator, error),
     };
     let connections = state.tokenvisor.connections();
-    let notice = match action.as_str() {
-        "refresh" => state
-            .tokenvisor
-            .tokens()
-            .force_refresh(id)
-            .await
-            .map(|_| Notice::Done("Refreshed.".into()))
-            .map_err(ApiError::from),
+    // The connection as it was, for the audit trail's status before (and its tenant,
+    // which a deleted connection no longer has).
+    let before = match connections.get(id).await {
+        Ok(connection) => connection,
+        Err(error) => return failure(&state, &operator, error.into()),
+    };
+    let outcome = match action.as_str() {
+        "refresh" => match state.tokenvisor.tokens().force_refresh(id).await {
+            Ok(_) => connections
+                .get(id)
+                .await
+                .map(|after| (Notice::Done("Refreshed.".into()), after.status.as_str()))
+                .map_err(ApiError::from),
+            Err(error) => Err(ApiError::from(error)),
+        },
         "deactivate" => connections
             .deactivate(id)
             .await
-            .map(|_| Notice::Done("Deactivated: no refreshes, no tokens handed out.".into()))
+            .map(|after| {
+                (
+                    Notice::Done("Deactivated: no refreshes, no tokens handed out.".into()),
+                    after.status.as_str(),
+                )
+            })
             .map_err(ApiError::from),
         "activate" => connections
             .activate(id)
             .await
-            .map(|_| Notice::Done("Activated.".into()))
+            .map(|after| (Notice::Done("Activated.".into()), after.status.as_str()))
             .map_err(ApiError::from),
         "delete" => {
             return match connections.remove(id).await {
                 Ok(()) => {
                     tracing::info!(connection.id = %id, "connection deleted from the dashboard");
-                    audit(&state, &operator, "delete", id);
+                    audit(&state, &operator, "delete", &before, "deleted");
                     Redirect::to(&format!("{}/ui/connections", state.options.base_path)).into_response()
                 }
                 Err(error) => failure(&state, &operator, error.into()),
             };
         }
-        "reauthorize" => reauthorize(&state, id).await,
+        // The link changes nothing until the tenant consents (the callback then
+        // replaces the tokens).
+        "reauthorize" => reauthorize(&state, id)
+            .await
+            .map(|notice| (notice, before.status.as_str())),
         _ => Err(ApiError::not_found("action")),
     };
-    tracing::info!(connection.id = %id, action = %action, ok = notice.is_ok(), "dashboard action");
-    if notice.is_ok() {
-        audit(&state, &operator, &action, id);
-    }
-    match notice {
-        Ok(notice) => render_connection(&state, &operator, id, Some(notice)).await,
+    tracing::info!(connection.id = %id, action = %action, ok = outcome.is_ok(), "dashboard action");
+    match outcome {
+        Ok((notice, after)) => {
+            audit(&state, &operator, &action, &before, after);
+            render_connection(&state, &operator, id, Some(notice)).await
+        }
         Err(error) => failure(&state, &operator, error),
     }
 }
 
-/// Records a dashboard action in the audit trail (who signed in, what, which connection).
-fn audit(state: &AppState, operator: &Operator, action: &str, id: ConnectionId) {
-    // The audit writer fills in the tenant of the connection, one query per batch.
+/// Records a dashboard action in the audit trail (who signed in, what, which connection
+/// of which tenant, its status before and after).
+fn audit(state: &AppState, operator: &Operator, action: &str, before: &Connection, after: &str) {
     state.audit.record(tokenvisor_store::sql::AuditEvent {
         id: uuid::Uuid::now_v7().to_string(),
         at: Utc::now(),
@@ -607,13 +623,13 @@ fn audit(state: &AppState, operator: &Operator, action: &str, id: ConnectionId) 
         request: format!("POST /ui/connections/{{id}}/{action}"),
         status: 200,
         key_id: operator.key_id.clone(),
-        connection_id: Some(id.to_string()),
-        tenant_id: None,
+        connection_id: Some(before.id.to_string()),
+        tenant_id: Some(before.tenant_id.to_string()),
         target: None,
         caller_address: operator.address.map(|ip| ip.to_string()),
         trace_id: tokenvisor_telemetry::current_trace_ids().map(|(trace, _)| trace),
-        status_before: None,
-        status_after: None,
+        status_before: Some(before.status.as_str().to_owned()),
+        status_after: Some(after.to_owned()),
     });
 }
 
