@@ -16,7 +16,9 @@
 //!   connection actors' own compare-and-swap on `version` keeps working untouched.
 //! - One short transaction per batch holds the rewrites and the progress row
 //!   (`tokenvisor_key_rotations`: the last key done, counts), so after a crash (`kill -9`)
-//!   the next run resumes exactly after the last committed batch.
+//!   the next run resumes exactly after the last committed batch. The progress row has
+//!   one writer: its update matches the cursor the run read, so a second rotation
+//!   towards the same key that moved it first makes this one stop with an error.
 //! - At the end, [`KeyRotation::usage`] counts the values per key id: every value should
 //!   be under the primary key; one that is not means another process still writes with an
 //!   older primary key (a replica not yet restarted with the new keys). Running the
@@ -322,25 +324,46 @@ impl KeyRotation {
                 if rows.len() < batch_size as usize {
                     done.finished = true;
                 }
-                let sql = "UPDATE tokenvisor_key_rotations SET cursor_key = $1, rows_rewritten = $2, rows_current = $3, \
-                           rows_raced = $4, updated_at_ms = $5, finished_at_ms = $6 \
-                           WHERE target_key_id = $7 AND table_name = $8";
-                txn.execute_raw(statement(
-                    self.backend(),
-                    sql,
-                    vec![
-                        Value::from(done.cursor.clone()),
-                        Value::from(to_i64(done.rows_rewritten)),
-                        Value::from(to_i64(done.rows_current)),
-                        Value::from(to_i64(done.rows_raced)),
-                        Value::from(now),
-                        Value::from(done.finished.then_some(now)),
-                        Value::from(target.clone()),
-                        Value::from(table.table),
-                    ],
-                ))
-                .await
-                .map_err(db_error("recording the key rotation's progress"))?;
+                // The progress row has one writer: the update matches only the cursor
+                // this run read. Another rotation towards the same key (the CLI beside the
+                // API, another replica) that moved it first makes this one stop here,
+                // rolling its batch back, rather than write a stale cursor and counts.
+                let same_cursor = match self.backend() {
+                    DbBackend::Postgres => "cursor_key IS NOT DISTINCT FROM $9",
+                    _ => "cursor_key IS $9",
+                };
+                let sql = format!(
+                    "UPDATE tokenvisor_key_rotations SET cursor_key = $1, rows_rewritten = $2, rows_current = $3, \
+                     rows_raced = $4, updated_at_ms = $5, finished_at_ms = $6 \
+                     WHERE target_key_id = $7 AND table_name = $8 AND {same_cursor} AND finished_at_ms IS NULL"
+                );
+                let recorded = txn
+                    .execute_raw(statement(
+                        self.backend(),
+                        &sql,
+                        vec![
+                            Value::from(done.cursor.clone()),
+                            Value::from(to_i64(done.rows_rewritten)),
+                            Value::from(to_i64(done.rows_current)),
+                            Value::from(to_i64(done.rows_raced)),
+                            Value::from(now),
+                            Value::from(done.finished.then_some(now)),
+                            Value::from(target.clone()),
+                            Value::from(table.table),
+                            Value::from(cursor.clone()),
+                        ],
+                    ))
+                    .await
+                    .map_err(db_error("recording the key rotation's progress"))?;
+                if recorded.rows_affected() != 1 {
+                    drop(txn);
+                    return Err(StoreError::Key(format!(
+                        "another key rotation towards key {target} moved its progress on {} while this one ran: \
+                         this run stopped and leaves the rest to it (`tokenvisor keys status` shows its progress; \
+                         run again once it is done)",
+                        table.table
+                    )));
+                }
                 txn.commit()
                     .await
                     .map_err(db_error("committing a key rotation batch"))?;

@@ -36,6 +36,7 @@ on_both_backends!(
     an_interrupted_rotation_resumes_after_its_last_committed_batch,
     a_writer_racing_the_rotation_never_loses_an_update,
     a_commit_between_the_rotations_read_and_write_is_kept,
+    a_second_rotation_running_at_once_stops_the_first_and_finishes_alone,
 );
 
 fn key(byte: u8) -> [u8; 32] {
@@ -436,6 +437,66 @@ async fn a_commit_between_the_rotations_read_and_write_is_kept(db: TestDb) {
     let again = rotation.rotate(&options, |_| {}).await.expect("second run");
     assert!(again.finished());
     assert_eq!(rotation.values_not_current().await.expect("count"), 0);
+}
+
+/// Two rotations towards one key (the CLI beside `POST /v1/keys/rotate`, or two
+/// replicas): the progress row has one writer. The rotation whose progress moved under it
+/// stops with an error at its next batch instead of writing its stale cursor and counts
+/// over the other's; the other finishes, and every value ends under the primary key.
+async fn a_second_rotation_running_at_once_stops_the_first_and_finishes_alone(db: TestDb) {
+    let _ = seed(&db, 12).await;
+    let first = SqlStore::connect(db.url(), Keyring::new(key(2), vec![key(1)]))
+        .await
+        .expect("store opens");
+    let second = Arc::new(
+        SqlStore::connect(db.url(), Keyring::new(key(2), vec![key(1)]))
+            .await
+            .expect("second store opens"),
+    );
+    let options = RotationOptions {
+        batch_size: 5,
+        pause: Duration::ZERO,
+    };
+    let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let second_finished = Arc::new(std::sync::Mutex::new(None));
+    let hook = {
+        let ran = Arc::clone(&ran);
+        let second = Arc::clone(&second);
+        let second_finished = Arc::clone(&second_finished);
+        let second_options = options.clone();
+        move |_table: &'static str| -> futures::future::BoxFuture<'static, ()> {
+            let options = second_options.clone();
+            let ran = Arc::clone(&ran);
+            let second = Arc::clone(&second);
+            let second_finished = Arc::clone(&second_finished);
+            Box::pin(async move {
+                if ran.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    return;
+                }
+                // The whole second rotation runs between the first one's first read and
+                // its first write.
+                let progress = second
+                    .key_rotation()
+                    .rotate(&options, |_| {})
+                    .await
+                    .expect("the second rotation");
+                *second_finished.lock().expect("lock") = Some(progress);
+            })
+        }
+    };
+    let rotation = first.key_rotation();
+    let error = rotation
+        .rotate_with_hook(&options, |_| {}, Some(&hook))
+        .await
+        .expect_err("the first rotation's progress moved under it");
+    assert!(error.to_string().contains("another key rotation"), "{error}");
+    let finished = second_finished.lock().expect("lock").take().expect("the second ran");
+    assert!(finished.finished(), "{finished:?}");
+    assert_eq!(rotation.values_not_current().await.expect("count"), 0);
+    // The recorded progress is the second rotation's, not overwritten by the first.
+    let recorded = rotation.progress(None).await.expect("progress").expect("recorded");
+    assert!(recorded.finished(), "{recorded:?}");
+    assert_eq!(recorded.rows_rewritten(), finished.rows_rewritten(), "{recorded:?}");
 }
 
 /// A new encrypted column must be added to the rotation's list, or rotation would leave
