@@ -8,7 +8,7 @@ use sea_orm::sea_query::{Alias, Expr, ExprTrait as _, Query};
 use std::sync::Arc;
 use std::time::Duration;
 use tokenvisor_core::{Connection, ConnectionId, ConnectionStatus, IntegrationId, SecretString, TenantId};
-use tokenvisor_store::SqlStore;
+use tokenvisor_store::{SqlStore, Store as _};
 use tokenvisor_supervisor::{StartError, Tokenvisor};
 use tokenvisor_testkit::Dialect;
 use tokenvisor_tests::databases::{TestDatabase, fast_config, open, test_keyring};
@@ -81,12 +81,26 @@ async fn every_connection_of_every_page_is_supervised(database: TestDatabase) {
 
 async fn a_row_that_does_not_decrypt_fails_start_up_and_leaves_no_actor_running(database: TestDatabase) {
     let (harness, store) = integration(&database).await;
-    // Tokens living 20 s: refreshed 15 s after their insertion by any actor still running
-    // (a start-up that takes longer than that on a loaded machine would let its actors
-    // refresh before it fails).
-    let lifetime = chrono::Duration::seconds(20);
+    let ids = insert(&store, harness.integration.id, 12_000, chrono::Duration::hours(1)).await;
+    // Then every token is made to live 32 s from now, in one statement, just before
+    // start-up: refreshed about 23 s from now (a quarter of the lifetime ahead, less
+    // jitter) by any actor still running. The window starts after the insertion, which
+    // takes long on a loaded machine, so only start-up itself has to finish within it.
+    let now = Utc::now();
+    let lifetimes = Query::update()
+        .table(Alias::new("tokenvisor_connections"))
+        .value(Alias::new("issued_at"), now)
+        .value(Alias::new("expires_at"), now + chrono::Duration::seconds(32))
+        .to_owned();
+    let changed = store.connection().execute(&lifetimes).await.expect("new lifetimes");
+    assert_eq!(changed.rows_affected(), 12_000);
+    let read_back = store.get_connection(ids[0]).await.expect("reads").expect("present");
+    let lifetime_ms = (read_back.expires_at - now).num_milliseconds();
+    assert!(
+        (31_000..=32_000).contains(&lifetime_ms),
+        "the store reads the new lifetime: {lifetime_ms} ms"
+    );
     let inserted_at = tokio::time::Instant::now();
-    let ids = insert(&store, harness.integration.id, 12_000, lifetime).await;
     let corrupted = *ids.last().expect("inserted");
     let update = Query::update()
         .table(Alias::new("tokenvisor_connections"))
@@ -112,7 +126,7 @@ async fn a_row_that_does_not_decrypt_fails_start_up_and_leaves_no_actor_running(
         inserted_at.elapsed()
     );
     // Past the refresh time of every token: no actor of the failed start-up refreshed.
-    tokio::time::sleep_until(inserted_at + Duration::from_secs(17)).await;
+    tokio::time::sleep_until(inserted_at + Duration::from_secs(26)).await;
     assert_eq!(
         harness.fake.token_requests(),
         0,
