@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use base64::Engine as _;
 use std::io::Write as _;
 use std::time::{Duration, Instant};
-use tokenvisor_store::crypto::{KeyMaterial, validate_label};
+use tokenvisor_store::crypto::{KeyMaterial, key_list_entries, validate_label};
 use tokenvisor_store::keys::wrap_key;
 use tokenvisor_store::sql::{KeyRotation, RotationOptions, RotationProgress};
 use tokenvisor_store::{Keyring, SqlStore};
@@ -115,14 +115,7 @@ async fn wrap(kek: &Kek) -> anyhow::Result<()> {
     let mut input = Zeroizing::new(String::new());
     std::io::Read::read_to_string(&mut std::io::stdin(), &mut input).context("cannot read standard input")?;
     let mut wrapped = Vec::new();
-    for entry in input
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with('#'))
-        .flat_map(|line| line.split(','))
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-    {
+    for entry in key_list_entries(&input) {
         let material = KeyMaterial::parse(entry, "a key on standard input")
             .map_err(|error| Exit::Usage.with(anyhow::anyhow!("{error}")))?;
         let Some(label) = &material.label else {

@@ -184,6 +184,17 @@ impl KeyMaterial {
     }
 }
 
+/// The entries of a key list (`TOKENVISOR_ENCRYPTION_KEYS`, plain or wrapped): separated
+/// by commas or new lines, trimmed, empty ones and lines starting with `#` left out.
+pub fn key_list_entries(list: &str) -> impl Iterator<Item = &str> {
+    list.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .flat_map(|line| line.split(','))
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+}
+
 /// Checks a key label: 1 to 32 characters among `a-z`, `0-9`, `-`, `_`.
 pub fn validate_label(label: &str, what: &str) -> Result<(), StoreError> {
     let valid = !label.is_empty()
@@ -267,16 +278,12 @@ impl Keyring {
         Ok(Self { primary, older })
     }
 
-    /// A keyring from a comma-separated list of `label:base64` (or bare base64) keys,
-    /// the primary first, as `TOKENVISOR_ENCRYPTION_KEYS` holds. Errors never echo a key.
+    /// A keyring from a list of `label:base64` (or bare base64) keys, comma-separated or
+    /// one per line ([`key_list_entries`]), the primary first, as
+    /// `TOKENVISOR_ENCRYPTION_KEYS` holds. Errors never echo a key.
     pub fn from_key_list(list: &str) -> Result<Self, StoreError> {
         let mut keys = Vec::new();
-        for (index, entry) in list
-            .split(',')
-            .map(str::trim)
-            .filter(|entry| !entry.is_empty())
-            .enumerate()
-        {
+        for (index, entry) in key_list_entries(list).enumerate() {
             let what = if index == 0 {
                 "the primary key".to_owned()
             } else {

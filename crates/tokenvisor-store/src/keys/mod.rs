@@ -16,7 +16,7 @@
 //! [`Keyring`] to [`crate::SqlStore`].
 
 use crate::StoreError;
-use crate::crypto::{KEY_LEN, KeyMaterial, Keyring, validate_label};
+use crate::crypto::{KEY_LEN, KeyMaterial, Keyring, key_list_entries, validate_label};
 use async_trait::async_trait;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -124,14 +124,7 @@ pub async fn wrap_key(kek: &dyn KeyEncryptionKey, label: &str, data_key: &[u8; K
 /// comma-separated, the primary first (`#` starts a comment line).
 pub async fn unwrap_key_list(kek: &dyn KeyEncryptionKey, list: &str) -> Result<Keyring, StoreError> {
     let mut keys = Vec::new();
-    for entry in list
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.starts_with('#'))
-        .flat_map(|line| line.split(','))
-        .map(str::trim)
-        .filter(|entry| !entry.is_empty())
-    {
+    for entry in key_list_entries(list) {
         let Some((label, encoded)) = entry.split_once(':') else {
             return Err(StoreError::Key("a wrapped key must be written label:base64".to_owned()));
         };
