@@ -614,7 +614,13 @@ async fn events_resume_after_the_stream_breaks_without_duplicates_and_take_filte
             .ok()
             .map(|line| serde_json::from_str(&line).unwrap())
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Subscribed before the first event (a fixed pause raced a slow start under load).
+    let mut logged: Vec<String> = Vec::new();
+    while !logged.iter().any(|line| line.contains("listening for events")) {
+        let line = tokio::task::block_in_place(|| err_lines.recv_timeout(Duration::from_secs(30)))
+            .unwrap_or_else(|_| panic!("the tail never connected: {logged:?}"));
+        logged.push(line);
+    }
 
     let path = |id: &str, action: &str| format!("/v1/connections/{id}/{action}");
     assert_eq!(service.post_empty(&path(&other, "deactivate")).await.status, 200);
@@ -642,7 +648,7 @@ async fn events_resume_after_the_stream_breaks_without_duplicates_and_take_filte
     assert!(tail.try_wait().unwrap().is_none(), "events kept running");
     let _ = tail.kill();
     let _ = tail.wait();
-    let logged: Vec<String> = err_lines.try_iter().collect();
+    logged.extend(err_lines.try_iter());
     assert!(logged.iter().any(|l| l.contains("reconnecting")), "{logged:?}");
 }
 

@@ -1188,9 +1188,11 @@ impl AdminClient {
                     eprintln!("event stream: {failure:#}");
                 }
                 Ok(mut response) => {
+                    // On stderr also with --json (stdout holds only the events), like
+                    // the reconnection lines: a script can wait for it before acting.
                     if connected {
                         eprintln!("event stream resumed");
-                    } else if !self.json {
+                    } else {
                         eprintln!("listening for events (Ctrl-C to stop)");
                     }
                     connected = true;
