@@ -154,7 +154,7 @@ async fn the_cli_manages_a_running_service_in_tables_and_json() {
     // `events` tails the stream: a deactivation shows up as one JSON line.
     let mut tail = cli(&service, &["events", "--json"])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     let (sender, lines) = std::sync::mpsc::channel();
@@ -164,7 +164,15 @@ async fn the_cli_manages_a_running_service_in_tables_and_json() {
             let _ = sender.send(line);
         }
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Subscribed before the deactivation: the tail says so on stderr.
+    let tail_stderr = tail.stderr.take().unwrap();
+    let subscribed = tokio::task::block_in_place(|| {
+        BufReader::new(tail_stderr)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.contains("listening for events"))
+    });
+    assert!(subscribed, "the tail never subscribed");
 
     let deactivated = stdout(&run(&service, &["connections", "deactivate", &id]));
     assert!(deactivated.contains("disabled"), "{deactivated}");

@@ -76,7 +76,9 @@ async fn a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead(data
     let connection = harness.connect("tenant").await;
     let store = &harness.store;
 
-    // A replica died holding the lease for two more seconds.
+    // A replica died holding the lease for two more seconds (from about now: the
+    // round trips below take long on a loaded machine, so the wait is measured from here).
+    let leased_at = Instant::now();
     let taken = store
         .acquire_refresh_lease(connection.id, "dead-replica", Duration::from_secs(2))
         .await;
@@ -96,7 +98,6 @@ async fn a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead(data
         .expect("lease answer");
     assert_eq!(unknown, LeaseOutcome::Missing);
 
-    let asked = Instant::now();
     let token = harness
         .tokenvisor
         .tokens()
@@ -104,9 +105,9 @@ async fn a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead(data
         .await
         .expect("refresh after the lease ran out");
     assert!(
-        asked.elapsed() >= Duration::from_millis(1500),
-        "waited {:?}",
-        asked.elapsed()
+        leased_at.elapsed() >= Duration::from_millis(1900),
+        "refreshed {:?} after the 2 s lease was taken",
+        leased_at.elapsed()
     );
     assert_eq!(harness.fake.refreshes(), 1);
     assert_ne!(token.secret, connection.access_token);
@@ -119,11 +120,8 @@ async fn a_lease_left_by_a_dead_replica_runs_out_and_the_refresh_goes_ahead(data
         .force_refresh(connection.id)
         .await
         .expect("second refresh");
-    assert!(
-        asked.elapsed() < Duration::from_millis(1500),
-        "waited {:?}",
-        asked.elapsed()
-    );
+    // A lease not given back would hold it for the configured lease (10 s).
+    assert!(asked.elapsed() < Duration::from_secs(5), "waited {:?}", asked.elapsed());
     assert_eq!(harness.fake.refreshes(), 2);
     harness.tokenvisor.shutdown().await;
 }

@@ -43,9 +43,10 @@ fn through_proxy(database: &TestDatabase, port: u16) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_database_outage_with_a_kill_during_it_loses_no_rotated_refresh_token() {
     const CONNECTIONS: usize = 20;
-    // 10-second tokens: refreshed about 7.5 s after they were issued, so every connection
-    // is due for a refresh during the outage, and its token expires during it.
-    const LIFETIME: Duration = Duration::from_secs(10);
+    // 20-second tokens: refreshed about 15 s after they were issued (room for the 20
+    // registrations on a loaded machine before the cut), so every connection is due for
+    // a refresh during the outage, and its token expires during it.
+    const LIFETIME: Duration = Duration::from_secs(20);
     const OUTAGE: Duration = Duration::from_secs(30);
     const KILL_AFTER: Duration = Duration::from_secs(25);
 
@@ -76,6 +77,8 @@ async fn a_database_outage_with_a_kill_during_it_loses_no_rotated_refresh_token(
     }
 
     // The database goes away before any of them is due.
+    let refreshed_before: u64 = connections.iter().map(|(t, _)| fake.refreshes_for(t)).sum();
+    println!("before the outage: {refreshed_before} refreshes (expected 0)");
     proxy.cut();
     let cut_at = Instant::now();
     tokio::time::sleep_until(cut_at + KILL_AFTER).await;
