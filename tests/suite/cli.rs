@@ -831,3 +831,152 @@ async fn integrations_are_shown_changed_and_deleted_and_connections_addressed_by
     let listed = json(&ok(&service, &["tenants", "connections", "acme", "--json"]));
     assert_eq!(listed["items"].as_array().unwrap().len(), 0, "{listed}");
 }
+
+/// The `--json` items of `connections list` with `args`, as (tenant, id, sort value).
+fn listed(service: &Service, args: &[&str], field: &str) -> Vec<(String, String, serde_json::Value)> {
+    let mut all = vec!["connections", "list", "--json"];
+    all.extend_from_slice(args);
+    json(&ok(service, &all))["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| {
+            (
+                item["tenant_id"].as_str().unwrap().to_owned(),
+                item["id"].as_str().unwrap().to_owned(),
+                item[field].clone(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_list_searches_and_sorts_across_pages() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    // No automatic retry during the test: the transient failures stay counted.
+    let service = Service::start(
+        binary(),
+        dir.path(),
+        &[
+            ("TOKENVISOR_RETRY_BASE", "30m".to_owned()),
+            ("TOKENVISOR_RETRY_CAP", "1h".to_owned()),
+        ],
+    );
+    service.add_integration(&fake, "crm").await;
+    // More than a page (100) of connections: the CLI follows the cursor of each order.
+    let mut tenants: Vec<String> = (0..110).map(|i| format!("bulk-{i:03}")).collect();
+    tenants.extend(["acme-1", "acme-2", "acme-3", "globex-1", "globex-2"].map(String::from));
+    let mut ids = std::collections::HashMap::new();
+    for (index, tenant) in tenants.iter().enumerate() {
+        let grant = fake.issue_grant(tenant);
+        let created = service
+            .post(
+                "/v1/connections",
+                serde_json::json!({
+                    "tenant_id": tenant,
+                    "integration": "crm",
+                    "access_token": grant.access_token,
+                    "refresh_token": grant.refresh_token,
+                    // Expiries not in creation order, with ties (broken by id).
+                    "expires_in": 3600 + ((index * 37) % 50) * 60,
+                }),
+            )
+            .await;
+        assert_eq!(created.status, 201, "{created:?}");
+        ids.insert(tenant.clone(), created.body["id"].as_str().unwrap().to_owned());
+    }
+    // Transient failures in a row: globex-1 two, acme-2 one.
+    for (tenant, failures) in [("globex-1", 2), ("acme-2", 1)] {
+        for _ in 0..failures {
+            fake.fail_next(1, 503, serde_json::json!({"error": "temporarily_unavailable"}));
+            let refused = admin(&service, &["connections", "refresh", &ids[tenant]])
+                .output()
+                .unwrap();
+            assert!(!refused.status.success(), "{}", stdout(&refused));
+        }
+        let view = service.get(&format!("/v1/connections/{}", ids[tenant])).await;
+        assert_eq!(view.body["consecutive_failures"], failures, "{view:?}");
+    }
+
+    // By failures, most first: globex-1, acme-2, then the others by id, latest first.
+    let by_failures = listed(
+        &service,
+        &["--sort", "failures", "--order", "desc"],
+        "consecutive_failures",
+    );
+    assert_eq!(by_failures.len(), tenants.len());
+    assert_eq!(
+        by_failures[..2].iter().map(|(t, ..)| t.as_str()).collect::<Vec<_>>(),
+        ["globex-1", "acme-2"]
+    );
+    let mut expected = by_failures.clone();
+    expected.sort_by(|a, b| b.2.as_i64().cmp(&a.2.as_i64()).then(b.1.cmp(&a.1)));
+    assert_eq!(by_failures, expected);
+
+    // By expiry, soonest first (the default order): every connection once, in order.
+    let by_expiry = listed(&service, &["--sort", "expires_at"], "expires_at");
+    let time = |value: &serde_json::Value| chrono::DateTime::parse_from_rfc3339(value.as_str().unwrap()).unwrap();
+    let mut expected = by_expiry.clone();
+    expected.sort_by(|a, b| time(&a.2).cmp(&time(&b.2)).then(a.1.cmp(&b.1)));
+    assert_eq!(by_expiry, expected);
+    let mut seen: Vec<&str> = by_expiry.iter().map(|(t, ..)| t.as_str()).collect();
+    seen.sort_unstable();
+    seen.dedup();
+    assert_eq!(seen.len(), tenants.len(), "each connection once");
+    assert_ne!(
+        by_expiry.iter().map(|(_, id, _)| id).collect::<Vec<_>>(),
+        {
+            let mut by_id: Vec<&String> = ids.values().collect();
+            by_id.sort();
+            by_id
+        },
+        "the expiries are not in creation order"
+    );
+
+    // The search: a tenant prefix, alone or with an order; the table too.
+    let found = listed(&service, &["-q", "acme"], "expires_at");
+    assert_eq!(
+        found.iter().map(|(t, ..)| t.as_str()).collect::<Vec<_>>(),
+        ["acme-1", "acme-2", "acme-3"]
+    );
+    let found = listed(
+        &service,
+        &["--search", "globex", "--sort", "failures", "--order", "desc"],
+        "consecutive_failures",
+    );
+    assert_eq!(
+        found.iter().map(|(t, ..)| t.as_str()).collect::<Vec<_>>(),
+        ["globex-1", "globex-2"]
+    );
+    let table = stdout(&ok(
+        &service,
+        &["connections", "list", "-q", "acme-", "--sort", "expires_at"],
+    ));
+    assert!(
+        table.contains("acme-3") && !table.contains("globex") && !table.contains("bulk"),
+        "{table}"
+    );
+    assert!(table.contains("3 connection(s)"), "{table}");
+    let none = json(&ok(&service, &["connections", "list", "--json", "-q", "initech"]));
+    assert_eq!(none["items"].as_array().unwrap().len(), 0, "{none}");
+
+    // Bad values are usage errors before any request, naming the choices.
+    let bad = admin(&service, &["connections", "list", "--sort", "tenant"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(
+        stderr(&bad).contains("expires_at") && stderr(&bad).contains("last_error"),
+        "{}",
+        stderr(&bad)
+    );
+    let bad = admin(&service, &["connections", "list", "--order", "sideways"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+    assert!(stderr(&bad).contains("desc"), "{}", stderr(&bad));
+    // A search the API refuses is a usage error too.
+    let bad = admin(&service, &["connections", "list", "-q", "a b"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(2), "{}", stderr(&bad));
+}

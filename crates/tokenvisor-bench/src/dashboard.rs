@@ -1,12 +1,14 @@
-//! The dashboard at 100,000 connections: every page of `/ui` timed over HTTP against
-//! the admin router of `tokenvisor serve` on a fresh PostgreSQL database.
+//! The dashboard at 100,000 connections (`--dashboard-size`): every page of `/ui` timed
+//! over HTTP against the admin router of `tokenvisor serve` on a fresh PostgreSQL database.
 
 use crate::report::Row;
 use crate::setup;
 use chrono::{Duration as Span, Utc};
 use futures::StreamExt as _;
 use std::time::{Duration, Instant};
-use tokenvisor_core::{Connection, ConnectionStatus, LastError, RefreshAttempt, SecretString};
+use tokenvisor_core::{
+    Connection, ConnectionCursor, ConnectionSort, ConnectionStatus, LastError, RefreshAttempt, SecretString,
+};
 use tokenvisor_store::Store as _;
 use tokenvisor_supervisor::Tokenvisor;
 use tokenvisor_testkit::Dialect;
@@ -28,6 +30,8 @@ pub async fn pages(size: usize, requests: usize) -> anyhow::Result<Vec<Row>> {
     let now = Utc::now();
     let loading = Instant::now();
     let mut sample = None;
+    // The connection half-way through the table (by id), for the pages deep in it.
+    let mut middle = None;
     for start in (0..size).step_by(50_000) {
         let batch: Vec<Connection> = (start..(start + 50_000).min(size))
             .map(|i| {
@@ -60,9 +64,13 @@ pub async fn pages(size: usize, requests: usize) -> anyhow::Result<Vec<Row>> {
             })
             .collect();
         sample.get_or_insert_with(|| (batch[10].id, batch[10].tenant_id.clone()));
+        if (start..start + batch.len()).contains(&(size / 2)) {
+            middle = Some(batch[size / 2 - start].clone());
+        }
         store.insert_connections(&batch).await?;
     }
     let (sample, tenant) = sample.ok_or_else(|| anyhow::anyhow!("no connections"))?;
+    let middle = middle.ok_or_else(|| anyhow::anyhow!("no connections"))?;
     let ids: Vec<_> = store
         .list_connections(&tokenvisor_core::ConnectionFilter {
             limit: Some(500),
@@ -204,6 +212,20 @@ pub async fn pages(size: usize, requests: usize) -> anyhow::Result<Vec<Row>> {
         ),
         (next, "connections by failures in a row, second page by cursor"),
         (
+            format!(
+                "/ui/connections?cursor={}",
+                ConnectionCursor::after(ConnectionSort::Id, &middle)
+            ),
+            "connections, the page half-way through the table by cursor",
+        ),
+        (
+            format!(
+                "/ui/connections?sort=expires_at&cursor={}",
+                ConnectionCursor::after(ConnectionSort::ExpiresAt, &middle)
+            ),
+            "connections by expiry, a page deep in the table by cursor",
+        ),
+        (
             "/ui/connections?q=t4321".to_owned(),
             "connections, search by tenant prefix",
         ),
@@ -233,6 +255,11 @@ pub async fn pages(size: usize, requests: usize) -> anyhow::Result<Vec<Row>> {
             let body = answer.text().await?;
             times.push(started.elapsed());
             anyhow::ensure!(status.is_success(), "{path}: {status}: {body:.200}");
+            // A page by cursor is timed with its rows, not as an empty page.
+            anyhow::ensure!(
+                !path.contains("cursor=") || body.contains("data-connection="),
+                "{path}: no rows"
+            );
         }
         times.sort();
         let p95 = setup::percentile(&times, 0.95).map_or(f64::NAN, |d| d.as_secs_f64() * 1000.0);

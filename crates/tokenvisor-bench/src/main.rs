@@ -47,6 +47,9 @@ struct Cli {
     /// with `--full` or `--only replicas`, 1,000 otherwise (and with `--quick`).
     #[arg(long)]
     replicas_size: Option<usize>,
+    /// Connections in the dashboard scenario. Default: 100,000; 1,000 with `--quick`.
+    #[arg(long)]
+    dashboard_size: Option<usize>,
     /// Internal: measure scale at one size and print JSON (run in a child process).
     #[arg(long, hide = true)]
     scale_one: Option<usize>,
@@ -220,6 +223,7 @@ fn main() -> anyhow::Result<()> {
     }
     if wants(&cli, "dashboard") {
         let (size, requests) = if cli.quick { (1_000, 5) } else { (100_000, 50) };
+        let size = cli.dashboard_size.unwrap_or(size);
         rows.extend(runtime.block_on(dashboard::pages(size, requests))?);
         print_progress(&rows);
     }

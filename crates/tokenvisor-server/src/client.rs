@@ -232,6 +232,16 @@ pub enum ConnectionsCommand {
         /// Only this integration (name or id).
         #[arg(long)]
         integration: Option<String>,
+        /// Only connections whose tenant id, connection key or integration name starts
+        /// with this (case-sensitive).
+        #[arg(long, short = 'q', value_name = "TEXT")]
+        search: Option<String>,
+        /// The order [default: id]; ties are broken by id.
+        #[arg(long, value_enum)]
+        sort: Option<ListSort>,
+        /// The direction [default: asc].
+        #[arg(long, value_enum)]
+        order: Option<ListOrder>,
     },
     /// Show one connection.
     Show(ConnectionRef),
@@ -245,6 +255,52 @@ pub enum ConnectionsCommand {
     Delete(ConnectionRef),
     /// The refresh attempts, newest first (at most 50).
     History(ConnectionRef),
+}
+
+/// The orders of `connections list` (the API's `sort`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum ListSort {
+    /// By id (creation order).
+    Id,
+    /// By the access token's expiry.
+    ExpiresAt,
+    /// By the transient refresh failures in a row (`consecutive_failures` in `--json`;
+    /// the FAILURES column counts escalations to needs_reauth).
+    Failures,
+    /// By the time of the last error (connections without one come last).
+    LastError,
+}
+
+impl ListSort {
+    /// The API's name of the order.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Id => "id",
+            Self::ExpiresAt => "expires_at",
+            Self::Failures => "failures",
+            Self::LastError => "last_error",
+        }
+    }
+}
+
+/// The direction of `connections list` (the API's `order`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ListOrder {
+    /// Smallest first.
+    Asc,
+    /// Largest first.
+    Desc,
+}
+
+impl ListOrder {
+    /// The API's name of the direction.
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Asc => "asc",
+            Self::Desc => "desc",
+        }
+    }
 }
 
 /// `tokenvisor token ...`
@@ -992,7 +1048,21 @@ impl AdminClient {
                 tenant,
                 status,
                 integration,
-            } => return self.list_connections(tenant, status, integration).await,
+                search,
+                sort,
+                order,
+            } => {
+                let filters = [
+                    ("tenant_id", tenant),
+                    ("status", status),
+                    ("integration", integration),
+                    ("q", search),
+                    ("sort", sort.map(|s| s.as_str().to_owned())),
+                    ("order", order.map(|o| o.as_str().to_owned())),
+                ];
+                let items = self.all_pages("/v1/connections", &filters).await?;
+                return self.print_connections(items);
+            }
             ConnectionsCommand::Show(target) => self.get(&target.path("")?).await?,
             ConnectionsCommand::Refresh(target) => self.post(&target.path("/refresh")?, None).await?,
             ConnectionsCommand::Deactivate(target) => self.post(&target.path("/deactivate")?, None).await?,
@@ -1014,17 +1084,6 @@ impl AdminClient {
             print_connection(&view);
         }
         Ok(())
-    }
-
-    async fn list_connections(
-        &self,
-        tenant: Option<String>,
-        status: Option<String>,
-        integration: Option<String>,
-    ) -> anyhow::Result<()> {
-        let filters = [("tenant_id", tenant), ("status", status), ("integration", integration)];
-        let items = self.all_pages("/v1/connections", &filters).await?;
-        self.print_connections(items)
     }
 
     /// Every item of a paged list at `path` (relative to the admin URL) with `filters`,
