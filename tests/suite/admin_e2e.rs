@@ -77,7 +77,16 @@ async fn connections_refresh_by_themselves_and_a_revoked_tenant_alone_needs_reau
 
     // The others keep refreshing.
     let before: Vec<u64> = [&ids[0], &ids[2]].iter().map(|(t, _)| fake.refreshes_for(t)).collect();
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // (About every 3 s; waited for up to 15 s, a loaded machine being slow.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while [&ids[0], &ids[2]]
+        .iter()
+        .zip(&before)
+        .any(|((tenant, _), refreshes)| fake.refreshes_for(tenant) <= *refreshes)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for ((tenant, id), refreshes) in [&ids[0], &ids[2]].iter().zip(before) {
         assert!(fake.refreshes_for(tenant) > refreshes, "{tenant} stopped refreshing");
         let token = service.get(&format!("/v1/connections/{id}/token")).await;

@@ -62,7 +62,16 @@ async fn a_killed_service_restarts_on_the_same_data_without_losing_or_replaying_
         .map(|c| c["id"].as_str().unwrap().to_owned())
         .collect();
     assert_eq!(ids.len(), tenants.len());
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // (About every 3 s; waited for up to 15 s, a loaded machine being slow.)
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while tenants
+        .iter()
+        .zip(&before)
+        .any(|(tenant, refreshes)| fake.refreshes_for(tenant) <= *refreshes)
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (tenant, refreshes) in tenants.iter().zip(before) {
         assert!(
             fake.refreshes_for(tenant) > refreshes,
