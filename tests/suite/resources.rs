@@ -310,9 +310,10 @@ async fn deleting_an_integration_in_use_is_refused_until_asked_to_cascade() {
 /// the first; the connections the second owns are refreshed by it with the new secret.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_replicas_next_refresh_uses_a_secret_rotated_through_another() {
-    // Tokens live 20 s: their scheduled refresh comes about 15 s after the registration,
-    // well after the change notification.
-    let fake = fake(Dialect::Generic, 20).await;
+    // Tokens live 32 s: their scheduled refresh comes about 24 s after the registration,
+    // well after the change notification (room for 16 registrations and the replicas
+    // settling on a loaded machine).
+    let fake = fake(Dialect::Generic, 32).await;
     let database = TestDatabase::postgres().await;
     let root = tempfile::tempdir().unwrap();
     let replicas: Vec<Service> = (0..2)
