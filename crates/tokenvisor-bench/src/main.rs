@@ -56,6 +56,12 @@ struct Cli {
     /// Internal: the keys scenario's rotation (run in a child process, killed half-way).
     #[arg(long, hide = true)]
     keys_rotate_child: bool,
+    /// Token reads per second of the audit scenario's in-process, open-loop part.
+    #[arg(long, default_value_t = 10_000)]
+    audit_rate: u64,
+    /// Seconds of the audit scenario's open-loop schedule. Default: 20; 1 with `--quick`.
+    #[arg(long)]
+    audit_seconds: Option<f64>,
 }
 
 fn wants(cli: &Cli, scenario: &str) -> bool {
@@ -229,12 +235,17 @@ fn main() -> anyhow::Result<()> {
         print_progress(&rows);
     }
     if wants(&cli, "audit") {
-        // CI's --quick: SQLite only, one second per run.
+        // --quick: SQLite only, one second per run.
+        let seconds = cli.audit_seconds.unwrap_or(if cli.quick { 1.0 } else { 20.0 });
+        let paced_duration = Duration::try_from_secs_f64(seconds)
+            .map_err(|_| anyhow::anyhow!("--audit-seconds must be a non-negative number of seconds"))?;
         let plan = if cli.quick {
             audit::Plan {
                 connections: 100,
                 clients: 8,
                 duration: Duration::from_secs(1),
+                rate: cli.audit_rate,
+                paced_duration,
                 postgres: false,
             }
         } else {
@@ -242,6 +253,8 @@ fn main() -> anyhow::Result<()> {
                 connections: 1_000,
                 clients: 64,
                 duration: Duration::from_secs(10),
+                rate: cli.audit_rate,
+                paced_duration,
                 postgres: true,
             }
         };
