@@ -419,6 +419,7 @@ async fn paced(backend: &str, label: &str, audit: tokenvisor_admin::AuditOptions
         .iter()
         .map(|id| format!("/v1/connections/{id}/token").parse::<Uri>())
         .collect::<Result<Vec<_>, _>>()?;
+    anyhow::ensure!(!uris.is_empty(), "the audit scenario needs at least one connection");
     let uris = Arc::new(uris);
     // Warm up: every connection's actor has its token in memory.
     for uri in uris.iter() {
