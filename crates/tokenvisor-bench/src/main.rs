@@ -59,6 +59,20 @@ struct Cli {
     /// Internal: the keys scenario's rotation (run in a child process, killed half-way).
     #[arg(long, hide = true)]
     keys_rotate_child: bool,
+    /// Token reads per second of the audit scenario's in-process, open-loop part.
+    /// Default: 10,000; 2,000 with `--quick`.
+    #[arg(long)]
+    audit_rate: Option<u64>,
+    /// Seconds of the audit scenario's open-loop schedule. Default: 20; 1 with `--quick`.
+    #[arg(long)]
+    audit_seconds: Option<f64>,
+    /// Only these parts of the audit scenario (http, paced). Default: both.
+    #[arg(long, value_delimiter = ',')]
+    audit_parts: Vec<String>,
+    /// Only these backends in the audit scenario (sqlite, postgres). Default: both, SQLite
+    /// only with `--quick`.
+    #[arg(long, value_delimiter = ',')]
+    audit_backends: Vec<String>,
 }
 
 fn wants(cli: &Cli, scenario: &str) -> bool {
@@ -233,23 +247,28 @@ fn main() -> anyhow::Result<()> {
         print_progress(&rows);
     }
     if wants(&cli, "audit") {
-        // CI's --quick: SQLite only, one second per run.
-        let plan = if cli.quick {
-            audit::Plan {
-                connections: 100,
-                clients: 8,
-                duration: Duration::from_secs(1),
-                postgres: false,
-            }
+        // --quick: SQLite only, one second per run, 2,000 reads/s in the open-loop part.
+        let seconds = cli.audit_seconds.unwrap_or(if cli.quick { 1.0 } else { 20.0 });
+        let paced_duration = Duration::try_from_secs_f64(seconds)
+            .map_err(|_| anyhow::anyhow!("--audit-seconds must be a non-negative number of seconds"))?;
+        let part = |name: &str| cli.audit_parts.is_empty() || cli.audit_parts.iter().any(|p| p == name);
+        let backends: Vec<String> = if !cli.audit_backends.is_empty() {
+            cli.audit_backends.clone()
+        } else if cli.quick {
+            vec!["sqlite".into()]
         } else {
-            audit::Plan {
-                connections: 1_000,
-                clients: 64,
-                duration: Duration::from_secs(10),
-                postgres: true,
-            }
+            vec!["sqlite".into(), "postgres".into()]
         };
-        rows.extend(runtime.block_on(audit::audit_cost(plan))?);
+        let plan = audit::Plan {
+            connections: if cli.quick { 100 } else { 1_000 },
+            clients: if cli.quick { 8 } else { 64 },
+            duration: Duration::from_secs(if cli.quick { 1 } else { 10 }),
+            rate: cli.audit_rate.unwrap_or(if cli.quick { 2_000 } else { 10_000 }),
+            paced_duration,
+            http: part("http"),
+            paced: part("paced"),
+        };
+        rows.extend(runtime.block_on(audit::audit_cost(plan, &backends))?);
     }
     if wants(&cli, "baseline") {
         let size = if cli.full { 10_000 } else { 200 };
