@@ -245,6 +245,10 @@ async fn write(
 ) {
     let batch_rows = options.batch_rows.max(1);
     let mut batch = Vec::with_capacity(batch_rows);
+    // Batches being written: up to the writer's own connections
+    // (`tokenvisor_store::sql::AUDIT_WRITER_POOL`), so the next batch is collected and
+    // bound while the previous one commits.
+    let mut writing = tokio::task::JoinSet::new();
     let mut next_trim = tokio::time::Instant::now();
     loop {
         let first = tokio::select! {
@@ -260,7 +264,12 @@ async fn write(
                 Ok(None) | Err(_) => break,
             }
         }
-        flush(&access, &mut batch).await;
+        while writing.len() >= IN_FLIGHT {
+            let _ = writing.join_next().await;
+        }
+        let full = std::mem::replace(&mut batch, Vec::with_capacity(batch_rows));
+        let writer = access.clone();
+        writing.spawn(async move { flush(&writer, full).await });
         if let Some(retention) = options.retention
             && tokio::time::Instant::now() >= next_trim
         {
@@ -273,26 +282,29 @@ async fn write(
             }
         }
     }
-    // Shutting down: what is queued still goes in.
+    // Shutting down: the batches being written finish, and what is queued still goes in.
+    while writing.join_next().await.is_some() {}
     receiver.close();
     while let Ok(event) = receiver.try_recv() {
         batch.push(event);
         if batch.len() >= batch_rows {
-            flush(&access, &mut batch).await;
+            flush(&access, std::mem::take(&mut batch)).await;
         }
     }
-    flush(&access, &mut batch).await;
+    flush(&access, batch).await;
 }
 
-async fn flush(access: &AccessStore, batch: &mut Vec<AuditEvent>) {
+/// Batches written at once by the writer task.
+const IN_FLIGHT: usize = tokenvisor_store::sql::AUDIT_WRITER_POOL as usize;
+
+async fn flush(access: &AccessStore, batch: Vec<AuditEvent>) {
     if batch.is_empty() {
         return;
     }
-    if let Err(error) = access.insert_audit_events(batch).await {
+    if let Err(error) = access.insert_audit_events(&batch).await {
         tokenvisor_supervisor::metrics::record_audit_dropped(batch.len() as u64);
         tracing::warn!(error = %error, dropped = batch.len(), "failed to write audit events");
     }
-    batch.clear();
 }
 
 #[cfg(test)]

@@ -135,7 +135,16 @@ pub struct SqlStore {
     group_committer: Arc<OnceLock<Option<GroupCommitter>>>,
     /// Whether refresh commits on PostgreSQL go through the group committer.
     group_commit: bool,
+    /// The audit trail's writer's own small pool (see [`AUDIT_WRITER_POOL`]), when the
+    /// store opened the database itself; else the writer shares `db`.
+    audit_db: Option<DatabaseConnection>,
 }
+
+/// Connections of the audit trail's writer, apart from the store's pool: under load
+/// (thousands of token reads queueing for a pooled connection) its batches never wait
+/// behind the reads they record. Two on PostgreSQL (a batch in flight while the next one
+/// is bound), one on a SQLite file (one writer at a time anyway).
+pub const AUDIT_WRITER_POOL: u32 = 2;
 
 impl fmt::Debug for SqlStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -170,13 +179,24 @@ impl SqlStore {
         max_connections: u32,
     ) -> Result<Self, StoreError> {
         let db = open(database_url, Ord::max(max_connections, 2)).await?;
-        match Self::from_connection(db.clone(), keyring).await {
-            Ok(store) => Ok(store),
+        let mut store = match Self::from_connection(db.clone(), keyring).await {
+            Ok(store) => store,
             Err(error) => {
                 let _ = db.close().await;
-                Err(error)
+                return Err(error);
+            }
+        };
+        let in_memory = database_url.contains(":memory:") || database_url.contains("mode=memory");
+        if !in_memory {
+            match open_pool(database_url, AUDIT_WRITER_POOL, 1).await {
+                Ok(audit_db) => store.audit_db = Some(audit_db),
+                Err(error) => {
+                    let _ = db.close().await;
+                    return Err(error);
+                }
             }
         }
+        Ok(store)
     }
 
     /// Wraps a connection the embedder opened itself, running tokenvisor's migrations
@@ -250,6 +270,7 @@ impl SqlStore {
             #[cfg(feature = "postgres")]
             group_committer: Arc::default(),
             group_commit: true,
+            audit_db: None,
         })
     }
 
@@ -289,7 +310,7 @@ impl SqlStore {
 
     /// The API key and audit tables in this store's database.
     pub fn access_store(&self) -> AccessStore {
-        AccessStore::new(self.db.clone())
+        AccessStore::new(self.db.clone(), self.audit_db.clone())
     }
 
     /// Key rotation over this store's database: re-encrypts every secret under the
@@ -324,6 +345,12 @@ impl SqlStore {
 
     /// Closes the connection pool.
     pub async fn close(self) -> Result<(), StoreError> {
+        if let Some(audit_db) = self.audit_db {
+            audit_db
+                .close()
+                .await
+                .map_err(db_error("closing the audit writer's connection"))?;
+        }
         self.db.close().await.map_err(db_error("closing the database"))
     }
 
@@ -785,6 +812,15 @@ pub(crate) async fn run_migrations(db: &DatabaseConnection) -> Result<(), StoreE
 #[cfg_attr(not(feature = "postgres"), allow(unused_variables))]
 #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(unreachable_code))]
 async fn open(database_url: &str, postgres_pool: u32) -> Result<DatabaseConnection, StoreError> {
+    open_pool(database_url, postgres_pool, SQLITE_FILE_POOL_SIZE).await
+}
+
+/// [`open`] with `sqlite_file_pool` connections to a SQLite file.
+async fn open_pool(
+    database_url: &str,
+    postgres_pool: u32,
+    sqlite_file_pool: u32,
+) -> Result<DatabaseConnection, StoreError> {
     let mut options = ConnectOptions::new(database_url.to_owned());
     // Statements are logged by the store's own tracing, never with their values.
     options.sqlx_logging(false);
@@ -792,7 +828,7 @@ async fn open(database_url: &str, postgres_pool: u32) -> Result<DatabaseConnecti
         let in_memory = database_url.contains(":memory:") || database_url.contains("mode=memory");
         // A shared in-memory database must keep one connection open, or it vanishes.
         options
-            .max_connections(if in_memory { 1 } else { SQLITE_FILE_POOL_SIZE })
+            .max_connections(if in_memory { 1 } else { sqlite_file_pool })
             .min_connections(if in_memory { 1 } else { 0 });
         if in_memory {
             options.idle_timeout(None).max_lifetime(None);

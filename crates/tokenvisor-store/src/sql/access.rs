@@ -95,6 +95,8 @@ const INSERT_CHUNK: usize = 500;
 #[derive(Debug, Clone)]
 pub struct AccessStore {
     db: DatabaseConnection,
+    /// The audit writer's own connections, if the store has them (else `db`).
+    audit_db: Option<DatabaseConnection>,
 }
 
 fn encode_list(items: &[String]) -> String {
@@ -106,8 +108,13 @@ fn decode_list(text: &str, what: &str) -> Result<Vec<String>, StoreError> {
 }
 
 impl AccessStore {
-    pub(super) fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    pub(super) fn new(db: DatabaseConnection, audit_db: Option<DatabaseConnection>) -> Self {
+        Self { db, audit_db }
+    }
+
+    /// Where the audit trail is written: its own connections when there are.
+    fn audit_writer(&self) -> &DatabaseConnection {
+        self.audit_db.as_ref().unwrap_or(&self.db)
     }
 
     fn backend(&self) -> DbBackend {
@@ -183,6 +190,13 @@ impl AccessStore {
 
     /// The tenants of these connections (one query; unknown ids are left out).
     pub async fn tenants_of(&self, ids: &[uuid::Uuid]) -> Result<HashMap<uuid::Uuid, String>, StoreError> {
+        Self::tenants_on(&self.db, ids).await
+    }
+
+    async fn tenants_on(
+        db: &DatabaseConnection,
+        ids: &[uuid::Uuid],
+    ) -> Result<HashMap<uuid::Uuid, String>, StoreError> {
         use crate::entity::connection;
         use sea_orm::{ColumnTrait as _, EntityTrait as _, QueryFilter as _, QuerySelect as _};
         if ids.is_empty() {
@@ -194,7 +208,7 @@ impl AccessStore {
             .column(connection::Column::TenantId)
             .filter(connection::Column::Id.is_in(ids.iter().copied()))
             .into_tuple()
-            .all(&self.db)
+            .all(db)
             .await
             .map_err(db_error("reading connections' tenants"))?;
         Ok(rows.into_iter().collect())
@@ -211,7 +225,7 @@ impl AccessStore {
             .collect::<std::collections::HashSet<_>>()
             .into_iter()
             .collect();
-        let tenants = self.tenants_of(&missing).await?;
+        let tenants = Self::tenants_on(self.audit_writer(), &missing).await?;
         for chunk in events.chunks(INSERT_CHUNK) {
             let mut sql = format!("INSERT INTO tokenvisor_audit_events ({AUDIT_COLUMNS}) VALUES ");
             let mut values = Vec::with_capacity(chunk.len() * AUDIT_VALUES);
@@ -247,7 +261,7 @@ impl AccessStore {
                     Value::from(event.status_after.clone()),
                 ]);
             }
-            self.db
+            self.audit_writer()
                 .execute_raw(statement(self.backend(), &sql, values))
                 .await
                 .map_err(db_error("writing audit events"))?;
@@ -310,7 +324,7 @@ impl AccessStore {
     /// Deletes the events older than `before` (the retention). How many went.
     pub async fn delete_audit_events_before(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let result = self
-            .db
+            .audit_writer()
             .execute_raw(statement(
                 self.backend(),
                 "DELETE FROM tokenvisor_audit_events WHERE at < $1",

@@ -1366,6 +1366,48 @@ async fn api_keys_and_the_audit_trail_round_trip(db: TestDb) {
     assert_eq!(access.count_audit_events().await.expect("store call"), 1200);
 }
 
+/// The audit writer has its own database connection: with every connection of the
+/// store's pool busy (token reads, API-key lookups and refresh commits queueing for it
+/// under load), a batch of audit events is still written at once instead of waiting its
+/// turn behind them.
+#[tokio::test]
+async fn audit_events_are_written_while_every_pooled_connection_is_busy() {
+    use sea_orm::TransactionTrait as _;
+    let db = TestDb::postgres().await;
+    let store = SqlStore::connect_with_pool(db.url(), Keyring::new(key(1), vec![]), 2)
+        .await
+        .expect("store opens");
+    let access = store.access_store();
+    // Both pooled connections held, as by two long requests.
+    let first = store.connection().begin().await.expect("first connection");
+    let second = store.connection().begin().await.expect("second connection");
+    let events: Vec<AuditEvent> = (0..500)
+        .map(|_| AuditEvent {
+            id: uuid::Uuid::now_v7().to_string(),
+            at: Utc::now(),
+            action: "token_read".into(),
+            request: "GET /v1/connections/{id}/token".into(),
+            status: 200,
+            key_id: "admin".into(),
+            connection_id: Some(uuid::Uuid::now_v7().to_string()),
+            tenant_id: None,
+            target: None,
+            caller_address: None,
+            trace_id: None,
+            status_before: None,
+            status_after: None,
+        })
+        .collect();
+    let written = tokio::time::timeout(std::time::Duration::from_secs(5), access.insert_audit_events(&events)).await;
+    assert!(
+        matches!(written, Ok(Ok(()))),
+        "the audit batch waited for the busy pool: {written:?}"
+    );
+    drop((first, second));
+    assert_eq!(access.count_audit_events().await.expect("count"), 500);
+    store.close().await.expect("close");
+}
+
 /// The audit writer's capacity: 100,000 events in batches of 500 (what the admin API's
 /// writer sends), each naming a connection whose tenant is looked up per batch. Run with
 /// `cargo test --release -p tokenvisor-store --lib audit_write_rate -- --ignored --nocapture`;
