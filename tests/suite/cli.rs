@@ -164,15 +164,21 @@ async fn the_cli_manages_a_running_service_in_tables_and_json() {
             let _ = sender.send(line);
         }
     });
-    // Subscribed before the deactivation: the tail says so on stderr.
+    // Subscribed before the deactivation: the tail says so on stderr (read to the end
+    // by a thread, so the tail never writes to a closed pipe).
+    let (err_sender, err_lines) = std::sync::mpsc::channel();
     let tail_stderr = tail.stderr.take().unwrap();
-    let subscribed = tokio::task::block_in_place(|| {
-        BufReader::new(tail_stderr)
-            .lines()
-            .map_while(Result::ok)
-            .any(|line| line.contains("listening for events"))
+    std::thread::spawn(move || {
+        for line in BufReader::new(tail_stderr).lines().map_while(Result::ok) {
+            let _ = err_sender.send(line);
+        }
     });
-    assert!(subscribed, "the tail never subscribed");
+    let mut logged: Vec<String> = Vec::new();
+    while !logged.iter().any(|line| line.contains("listening for events")) {
+        let line = tokio::task::block_in_place(|| err_lines.recv_timeout(Duration::from_secs(30)))
+            .unwrap_or_else(|_| panic!("the tail never subscribed: {logged:?}"));
+        logged.push(line);
+    }
 
     let deactivated = stdout(&run(&service, &["connections", "deactivate", &id]));
     assert!(deactivated.contains("disabled"), "{deactivated}");

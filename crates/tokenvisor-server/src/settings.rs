@@ -21,7 +21,7 @@ use tokenvisor_store::Keyring;
 use tokenvisor_supervisor::TokenvisorConfig;
 
 /// The database settings: `migrate`, `status` and `serve` take them.
-#[derive(Debug, Default, Clone, clap::Args)]
+#[derive(Default, Clone, clap::Args)]
 pub struct StorageArgs {
     /// TOML configuration file (environment variables and flags override it).
     #[arg(long, env = "TOKENVISOR_CONFIG")]
@@ -53,7 +53,7 @@ pub struct StorageArgs {
 /// A key-encryption key (KEK): with one, TOKENVISOR_ENCRYPTION_KEYS holds the data keys
 /// wrapped by it (`tokenvisor keys generate --wrapped`, `tokenvisor keys wrap`), so the
 /// data keys are never written down in plain text.
-#[derive(Debug, Default, Clone, clap::Args)]
+#[derive(Default, Clone, clap::Args)]
 pub struct KekArgs {
     /// Key-encryption key, base64 of 32 bytes: TOKENVISOR_ENCRYPTION_KEYS then holds
     /// wrapped keys. Not together with TOKENVISOR_KEK_FILE.
@@ -62,6 +62,34 @@ pub struct KekArgs {
     /// A file holding the key-encryption key (base64), such as a mounted secret.
     #[arg(long, env = "TOKENVISOR_KEK_FILE", value_name = "PATH")]
     pub kek_file: Option<PathBuf>,
+}
+
+/// `set` or `-` for a secret setting: Debug output never shows a key or a password.
+fn shown(value: Option<&str>) -> &'static str {
+    if value.is_some() { "set" } else { "-" }
+}
+
+impl std::fmt::Debug for StorageArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StorageArgs")
+            .field("config", &self.config)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &shown(self.database_url.as_deref()))
+            .field("database_pool", &self.database_pool)
+            .field("encryption_key", &shown(self.encryption_key.as_deref()))
+            .field("encryption_keys", &shown(self.encryption_keys.as_deref()))
+            .field("kek", &self.kek)
+            .finish()
+    }
+}
+
+impl std::fmt::Debug for KekArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KekArgs")
+            .field("kek", &shown(self.kek.as_deref()))
+            .field("kek_file", &self.kek_file)
+            .finish()
+    }
 }
 
 impl KekArgs {
@@ -1316,6 +1344,18 @@ mod tests {
             assert_eq!(keyring.key_ids(), plain.key_ids(), "the same data keys");
             assert_eq!(keyring.label(keyring.primary_key_id()), Some("new"));
         }
+
+        // Debug output of the arguments shows neither the KEK nor the keys.
+        let args = StorageArgs {
+            encryption_keys: Some(wrapped.clone()),
+            kek: KekArgs {
+                kek: Some(kek_text.to_owned()),
+                kek_file: None,
+            },
+            ..StorageArgs::default()
+        };
+        let debug = format!("{args:?}");
+        assert!(!debug.contains(kek_text) && !debug.contains(&wrapped), "{debug}");
 
         // Another KEK: refused, naming where it came from, echoing no key.
         let storage = StorageArgs {

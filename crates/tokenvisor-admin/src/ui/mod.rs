@@ -564,11 +564,17 @@ async fn act(
     };
     let outcome = match action.as_str() {
         "refresh" => match state.tokenvisor.tokens().force_refresh(id).await {
-            Ok(_) => connections
-                .get(id)
-                .await
-                .map(|after| (Notice::Done("Refreshed.".into()), after.status.as_str()))
-                .map_err(ApiError::from),
+            // The refresh happened: it is audited even when reading the connection back
+            // fails (a refresh that succeeded leaves it active).
+            Ok(_) => Ok((
+                Notice::Done("Refreshed.".into()),
+                connections
+                    .get(id)
+                    .await
+                    .map_or(tokenvisor_core::ConnectionStatus::Active.as_str(), |after| {
+                        after.status.as_str()
+                    }),
+            )),
             Err(error) => Err(ApiError::from(error)),
         },
         "deactivate" => connections
