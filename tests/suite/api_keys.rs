@@ -620,3 +620,45 @@ async fn change_events_carry_the_status_before_and_after_and_the_cli_shows_them(
     assert!(table.contains("active -> disabled"), "{table}");
     assert!(table.contains("active -> deleted"), "{table}");
 }
+
+/// A change still in flight when `serve` is asked to stop (SIGTERM) finishes during the
+/// graceful drain, and its audit event is written before the process exits: the audit
+/// writer outlives the requests it records (nothing lost at shutdown).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_finishing_during_shutdown_is_in_the_audit_trail_after_the_restart() {
+    let fake = fake(Dialect::Generic, 3600).await;
+    let dir = tempfile::tempdir().unwrap();
+    let service = Service::start(binary(), dir.path(), &[]);
+    service.add_integration(&fake, "crm").await;
+    let id = service.connect(&fake, "crm", "acme").await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The provider answers the refresh after 2 s: the request is in flight at SIGTERM.
+    fake.set_latency(Duration::from_secs(2));
+    let refresh = {
+        let http = service.http.clone();
+        let url = format!("{}/v1/connections/{id}/refresh", service.base);
+        tokio::spawn(async move { http.post(url).bearer_auth(ADMIN_TOKEN).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = tokio::task::block_in_place(|| service.server.terminate());
+    assert!(status.success(), "{status:?}");
+    let answered = refresh.await.unwrap().expect("answered during the drain");
+    assert_eq!(answered.status(), 200);
+    fake.set_latency(Duration::ZERO);
+
+    let service = Service::start(binary(), dir.path(), &[]);
+    let audited = service.get(&format!("/v1/audit?connection={id}")).await;
+    let requests: Vec<&str> = audited.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|event| event["request"].as_str())
+        .collect();
+    assert!(
+        requests.contains(&"POST /v1/connections/{id}/refresh"),
+        "the refresh answered during shutdown is not in the trail: {audited:?}"
+    );
+    assert!(service.server.terminate().success());
+}

@@ -115,11 +115,16 @@ pub(crate) struct AuditLog {
 }
 
 impl AuditLog {
-    /// Starts the writer on `access` (none: nothing is recorded).
-    pub(crate) fn start(access: Option<AccessStore>, options: AuditOptions, shutdown: CancellationToken) -> Arc<Self> {
+    /// Starts the writer on `access` (none: nothing is recorded), tracked by `tasks`.
+    pub(crate) fn start(
+        access: Option<AccessStore>,
+        options: AuditOptions,
+        shutdown: CancellationToken,
+        tasks: &tokio_util::task::TaskTracker,
+    ) -> Arc<Self> {
         let sender = access.map(|access| {
             let (sender, receiver) = mpsc::channel(options.capacity.max(1));
-            tokio::spawn(write(access, receiver, options, shutdown));
+            tasks.spawn(write(access, receiver, options, shutdown));
             sender
         });
         Arc::new(Self {
@@ -250,10 +255,20 @@ async fn write(
     // bound while the previous one commits.
     let mut writing = tokio::task::JoinSet::new();
     let mut next_trim = tokio::time::Instant::now();
+    // After `shutdown` the writer goes on: requests answered during the graceful stop are
+    // recorded too. It ends when every sender is gone (the routes dropped), or at the
+    // latest AFTER_SHUTDOWN later.
+    let mut stop_by: Option<tokio::time::Instant> = None;
     loop {
-        let first = tokio::select! {
-            event = receiver.recv() => event,
-            () = shutdown.cancelled() => None,
+        let first = match stop_by {
+            None => tokio::select! {
+                event = receiver.recv() => event,
+                () = shutdown.cancelled() => {
+                    stop_by = Some(tokio::time::Instant::now() + AFTER_SHUTDOWN);
+                    continue;
+                }
+            },
+            Some(deadline) => tokio::time::timeout_at(deadline, receiver.recv()).await.unwrap_or(None),
         };
         let Some(first) = first else { break };
         batch.push(first);
@@ -293,6 +308,10 @@ async fn write(
     }
     flush(&access, batch).await;
 }
+
+/// How long the writer goes on after the shutdown signal, at most (the admin server's
+/// graceful stop takes up to 10 s).
+const AFTER_SHUTDOWN: Duration = Duration::from_secs(15);
 
 /// Batches written at once by the writer task.
 const IN_FLIGHT: usize = tokenvisor_store::sql::AUDIT_WRITER_POOL as usize;

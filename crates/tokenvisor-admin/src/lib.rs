@@ -104,6 +104,12 @@ pub struct AdminOptions {
     /// Hosts an authorization's `return_to` may name (exact, lower-case host names); empty:
     /// none, the callback always ends on its own page.
     pub return_to_hosts: Vec<String>,
+    /// Background work of these routes that must finish before the process exits: the
+    /// audit trail's writer, which keeps writing after [`AdminOptions::shutdown`] until
+    /// the routes are dropped (the requests still answered during a graceful stop are
+    /// recorded). After the server stops: `tasks.close()`, then `tasks.wait()` (bounded
+    /// by a timeout of your choice).
+    pub tasks: tokio_util::task::TaskTracker,
 }
 
 impl std::fmt::Debug for AdminOptions {
@@ -141,6 +147,7 @@ impl AdminOptions {
             auth_failures_per_minute: 30,
             return_to_hosts: Vec::new(),
             audit: AuditOptions::default(),
+            tasks: tokio_util::task::TaskTracker::new(),
         }
     }
 
@@ -232,7 +239,12 @@ pub fn router_parts(tokenvisor: Tokenvisor, mut options: AdminOptions) -> AdminR
         admin_token_digest,
         sessions: Arc::default(),
         throttle: auth::throttle(options.auth_failures_per_minute),
-        audit: audit::AuditLog::start(tokenvisor.store().access(), options.audit, options.shutdown.clone()),
+        audit: audit::AuditLog::start(
+            tokenvisor.store().access(),
+            options.audit,
+            options.shutdown.clone(),
+            &options.tasks,
+        ),
         journal: journal::Journal::start(tokenvisor.subscribe(), options.shutdown.clone()),
         tokenvisor,
         options: Arc::new(options),

@@ -154,6 +154,8 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
         },
         ..AdminOptions::new(admin_token, public_url.clone())
     };
+    // The audit writer and anything else the routes must finish before the exit.
+    let admin_tasks = options.tasks.clone();
     let app = tokenvisor_admin::router(tokenvisor.clone(), options);
     if let Some(tls) = &admin_tls {
         tokio::spawn(tls.clone().watch(shutdown.clone()));
@@ -211,6 +213,14 @@ pub async fn serve(config: &Config, telemetry: &crate::telemetry::TelemetryGuard
     }
     if let Some(metrics_server) = metrics_server {
         let _ = tokio::time::timeout(Duration::from_secs(2), metrics_server).await;
+    }
+    // The requests answered during the drain are in the audit trail before the exit.
+    admin_tasks.close();
+    if tokio::time::timeout(Duration::from_secs(10), admin_tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the audit trail's writer did not finish within 10 s; events still queued are lost");
     }
     let report = tokenvisor.shutdown().await;
     if report.uncommitted > 0 {
