@@ -140,10 +140,11 @@ pub struct SqlStore {
     audit_db: Option<DatabaseConnection>,
 }
 
-/// Connections of the audit trail's writer, apart from the store's pool: under load
-/// (thousands of token reads queueing for a pooled connection) its batches never wait
-/// behind the reads they record. Two on PostgreSQL (a batch in flight while the next one
-/// is bound), one on a SQLite file (one writer at a time anyway).
+/// Connections of the audit trail's writer on PostgreSQL, apart from the store's pool:
+/// under load (thousands of token reads queueing for a pooled connection) its batches
+/// never wait behind the reads they record; two let one batch commit while the next is
+/// bound. A SQLite file gets one (one writer at a time anyway: the second batch in flight
+/// waits for it); an in-memory database none (the writer shares the store's connection).
 pub const AUDIT_WRITER_POOL: u32 = 2;
 
 impl fmt::Debug for SqlStore {
@@ -172,7 +173,8 @@ impl SqlStore {
 
     /// [`SqlStore::connect`] with at most `max_connections` pooled PostgreSQL connections
     /// (default [`POSTGRES_POOL_SIZE`]; SQLite ignores it). Each replica also holds one
-    /// more for LISTEN when replicas share the work.
+    /// more for LISTEN when replicas share the work, and the audit trail's writer its own
+    /// ([`AUDIT_WRITER_POOL`] on PostgreSQL, one on a SQLite file; none in memory).
     pub async fn connect_with_pool(
         database_url: &str,
         keyring: Keyring,
@@ -186,8 +188,7 @@ impl SqlStore {
                 return Err(error);
             }
         };
-        let in_memory = database_url.contains(":memory:") || database_url.contains("mode=memory");
-        if !in_memory {
+        if !is_in_memory(database_url) {
             match open_pool(database_url, AUDIT_WRITER_POOL, 1).await {
                 Ok(audit_db) => store.audit_db = Some(audit_db),
                 Err(error) => {
@@ -345,13 +346,16 @@ impl SqlStore {
 
     /// Closes the connection pool.
     pub async fn close(self) -> Result<(), StoreError> {
-        if let Some(audit_db) = self.audit_db {
-            audit_db
+        // Both pools are closed whatever happens to the first.
+        let audit = match self.audit_db {
+            Some(audit_db) => audit_db
                 .close()
                 .await
-                .map_err(db_error("closing the audit writer's connection"))?;
-        }
-        self.db.close().await.map_err(db_error("closing the database"))
+                .map_err(db_error("closing the audit writer's connections")),
+            None => Ok(()),
+        };
+        let main = self.db.close().await.map_err(db_error("closing the database"));
+        main.and(audit)
     }
 
     fn seal(&self, plaintext: &str, aad: &str) -> Result<Vec<u8>, StoreError> {
@@ -815,6 +819,11 @@ async fn open(database_url: &str, postgres_pool: u32) -> Result<DatabaseConnecti
     open_pool(database_url, postgres_pool, SQLITE_FILE_POOL_SIZE).await
 }
 
+/// Whether a SQLite URL names an in-memory database (which lives in its one connection).
+fn is_in_memory(database_url: &str) -> bool {
+    database_url.contains(":memory:") || database_url.contains("mode=memory")
+}
+
 /// [`open`] with `sqlite_file_pool` connections to a SQLite file.
 async fn open_pool(
     database_url: &str,
@@ -825,7 +834,7 @@ async fn open_pool(
     // Statements are logged by the store's own tracing, never with their values.
     options.sqlx_logging(false);
     if database_url.starts_with("sqlite:") {
-        let in_memory = database_url.contains(":memory:") || database_url.contains("mode=memory");
+        let in_memory = is_in_memory(database_url);
         // A shared in-memory database must keep one connection open, or it vanishes.
         options
             .max_connections(if in_memory { 1 } else { sqlite_file_pool })
